@@ -1,0 +1,275 @@
+"""The LMSI filter step: majority-vote each question's sampled paths, keep the agreeing ones,
+and turn them into training examples in several prompt formats (pure, deterministic).
+
+Huang et al. 2022 ("Large Language Models Can Self-Improve") keep every path whose answer is
+the majority answer (``min_agreement: 0``) and train on four formats: few-shot and zero-shot
+prompts with a chain-of-thought completion, and the same with a direct "The answer is N."
+completion. A rationale is trained on as generated, only cleaned up so that it ends with its
+answer sentence: text after the last "The answer is N" is dropped, and a path whose answer
+was found without that sentence gets " The answer is N." appended.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from selfimprove.answers import cut_at_stop, strict_answer_span
+from selfimprove.io import InputError
+from selfimprove.prompts import STYLES, build_prompt, direct_completion, is_cot
+from selfimprove.voting import agreement_histogram, majority_vote
+
+
+class FormatsConfig(BaseModel):
+    """Which prompt formats the training set holds (LMSI uses all four)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fewshot_cot: bool = Field(
+        True, description="Few-shot exemplars + question -> kept rationale (one per kept path)."
+    )
+    fewshot_direct: bool = Field(
+        True,
+        description="Few-shot direct-answer exemplars + question -> 'The answer is N.' "
+        "(one per selected question).",
+    )
+    zeroshot_cot: bool = Field(
+        True,
+        description='Question + "Let\'s think step by step." -> kept rationale '
+        "(one per kept path).",
+    )
+    zeroshot_direct: bool = Field(
+        True, description="Question alone -> 'The answer is N.' (one per selected question)."
+    )
+
+    @model_validator(mode="after")
+    def _at_least_one(self) -> FormatsConfig:
+        if not any(getattr(self, s) for s in STYLES):
+            raise ValueError(
+                f"all training formats are disabled; set at least one of {', '.join(STYLES)} "
+                "to true"
+            )
+        return self
+
+    def enabled(self) -> list[str]:
+        """Enabled formats, in the fixed order of :data:`selfimprove.prompts.STYLES`."""
+        return [s for s in STYLES if getattr(self, s)]
+
+
+class FilterConfig(BaseModel):
+    """How sampled paths become training data (the LMSI filter)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_agreement: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="Train on a question only if at least this fraction of its paths give the "
+        "majority answer (0 = every question with a majority, as in the paper).",
+    )
+    max_paths_per_question: int = Field(
+        4, ge=0, description="Keep at most this many agreeing paths per question (0 = all)."
+    )
+    dedupe: bool = Field(
+        True, description="Drop a kept path identical to an earlier one of the same question."
+    )
+    n_shots: int = Field(
+        4, ge=0, le=8, description="Exemplars in the few-shot training formats (0..8)."
+    )
+    formats: FormatsConfig = Field(
+        default_factory=FormatsConfig, description="Prompt formats of the training examples."
+    )
+
+
+_ANSWER_TAIL = re.compile(r"[*}]*\.?")
+
+
+def finalize_path(path: str, answer: str) -> str | None:
+    """A kept path as a training rationale ending in its answer sentence, or ``None`` if it is
+    empty or its own "The answer is ..." contradicts ``answer``.
+
+    The path is cut at stop sequences and stripped; text after the last "The answer is N" is
+    dropped (its "." is kept or added); a path with no such sentence gets one appended.
+
+    >>> finalize_path("9 * 2 = 18. The answer is $18. Janet is happy.\\n\\nQ: ...", "18")
+    '9 * 2 = 18. The answer is $18.'
+    >>> finalize_path("She makes 9 * 2 = 18 dollars", "18")
+    'She makes 9 * 2 = 18 dollars. The answer is 18.'
+    >>> finalize_path("The answer is 17.", "18") is None
+    True
+    """
+    text = cut_at_stop(path).strip()
+    if not text:
+        return None
+    span = strict_answer_span(text)
+    if span is not None:
+        _, end, stated = span
+        if stated != answer:
+            return None
+        end = _ANSWER_TAIL.match(text, end).end()
+        text = text[:end]
+        return text if text.endswith(".") else text + "."
+    if text[-1] not in ".!?":
+        text += "."
+    return f"{text} The answer is {answer}."
+
+
+def _check_sample(i: int, s: object) -> tuple[str | int, str, list[str], list[str | None]]:
+    where = f"sample {i + 1}"
+    if not isinstance(s, dict):
+        raise InputError(f"{where}: expected an object, got {type(s).__name__}")
+    for key in ("id", "question", "paths", "answers"):
+        if key not in s:
+            raise InputError(
+                f"{where}: missing key {key!r} (has: {', '.join(s) or 'none'}); "
+                "regenerate samples.jsonl with the generate stage"
+            )
+    where = f"sample {i + 1} (id={s['id']!r})"
+    if not isinstance(s["id"], (str, int)):
+        raise InputError(f"{where}: 'id' must be a string or an integer")
+    paths, answers = s["paths"], s["answers"]
+    if not isinstance(s["question"], str):
+        raise InputError(f"{where}: 'question' must be a string, got {s['question']!r}")
+    if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+        raise InputError(f"{where}: 'paths' must be a list of strings")
+    if not isinstance(answers, list) or not all(a is None or isinstance(a, str) for a in answers):
+        raise InputError(f"{where}: 'answers' must be a list of strings or nulls, got {answers!r}")
+    if len(paths) != len(answers):
+        raise InputError(
+            f"{where}: {len(paths)} paths but {len(answers)} answers; they must pair up one to "
+            "one (regenerate samples.jsonl)"
+        )
+    return s["id"], s["question"], paths, answers
+
+
+def filter_samples(samples: list[dict], cfg: FilterConfig) -> tuple[list[dict], list[dict], dict]:
+    """Vote, select and format: returns ``(rationales, train_examples, stats)``.
+
+    ``samples``: ``{"id", "question", "paths": [str], "answers": [str | None]}`` per question.
+    ``rationales``: one record per question with ``majority``, ``agreement``, ``kept`` (per
+    path: it went into the training set) and ``selected`` (``agreement >= min_agreement``
+    and a majority exists). ``train_examples``: ``{"id", "format", "prompt", "completion"}``:
+    per selected question, each kept path in every enabled CoT format and one direct answer
+    in every enabled direct format. Order follows the input; nothing is random.
+    ``stats``: n_questions, n_selected, selected_fraction, n_paths, n_agreeing_paths (agree
+    with the majority of a selected question), n_kept_paths, n_duplicate_paths,
+    n_unusable_paths (empty, or their "The answer is" states another number), n_train_examples,
+    n_train_<format> for each format, mean_agreement, no_answer_rate, agreement_histogram.
+
+    >>> samples = [
+    ...     {"id": "q1", "question": "Tom has 3 apples and buys 2. How many?",
+    ...      "paths": ["3 + 2 = 5. The answer is 5.", "3 + 2 = 5. The answer is 5.",
+    ...                "3 * 2 = 6. The answer is 6.", "I don't know."],
+    ...      "answers": ["5", "5", "6", None]},
+    ...     {"id": "q2", "question": "Ann has 4 pens.", "paths": ["4", "5"], "answers": ["4", "5"]},
+    ... ]
+    >>> cfg = FilterConfig(min_agreement=0.5, formats={"fewshot_cot": False, "zeroshot_cot": True,
+    ...                    "fewshot_direct": False, "zeroshot_direct": True})
+    >>> rationales, train, stats = filter_samples(samples, cfg)
+    >>> [(r["majority"], r["agreement"], r["selected"], r["kept"]) for r in rationales]
+    [('5', 0.5, True, [True, False, False, False]), ('4', 0.5, True, [True, False])]
+    >>> [(t["id"], t["format"], t["completion"]) for t in train]  # doctest: +NORMALIZE_WHITESPACE
+    [('q1', 'zeroshot_cot', ' 3 + 2 = 5. The answer is 5.'),
+     ('q1', 'zeroshot_direct', ' The answer is 5.'),
+     ('q2', 'zeroshot_cot', ' 4. The answer is 4.'),
+     ('q2', 'zeroshot_direct', ' The answer is 4.')]
+    >>> train[0]["prompt"]
+    "Q: Tom has 3 apples and buys 2. How many?\\nA: Let's think step by step."
+    >>> stats["n_selected"], stats["n_kept_paths"], stats["no_answer_rate"]
+    (2, 2, 0.1667)
+    """
+    formats = cfg.formats.enabled()
+    cap = cfg.max_paths_per_question
+    rationales: list[dict] = []
+    train: list[dict] = []
+    per_format = dict.fromkeys(STYLES, 0)
+    seen_ids: set[str | int] = set()
+    agreements: list[float] = []
+    n_paths = n_no_answer = n_agreeing = n_kept = n_duplicates = n_unusable = 0
+
+    for i, sample in enumerate(samples):
+        qid, question, paths, answers = _check_sample(i, sample)
+        if qid in seen_ids:
+            raise InputError(
+                f"sample {i + 1}: id {qid!r} appears twice; each question needs a unique id"
+            )
+        seen_ids.add(qid)
+        majority, agreement = majority_vote(answers)
+        selected = majority is not None and agreement >= cfg.min_agreement
+        n_paths += len(paths)
+        n_no_answer += sum(a is None for a in answers)
+        agreements.append(agreement)
+
+        kept = [False] * len(paths)
+        rationales_kept: list[str] = []
+        if selected:
+            seen_paths: set[str] = set()
+            for j, (path, answer) in enumerate(zip(paths, answers, strict=True)):
+                if answer != majority:
+                    continue
+                n_agreeing += 1
+                if cap and len(rationales_kept) >= cap:
+                    continue
+                text = finalize_path(path, majority)
+                if text is None:
+                    n_unusable += 1
+                    continue
+                if cfg.dedupe and text in seen_paths:
+                    n_duplicates += 1
+                    continue
+                seen_paths.add(text)
+                kept[j] = True
+                rationales_kept.append(text)
+            n_kept += len(rationales_kept)
+
+            for fmt in formats:
+                prefix, suffix = build_prompt(question, fmt, cfg.n_shots)
+                completions = (
+                    [" " + r for r in rationales_kept]
+                    if is_cot(fmt)
+                    else [direct_completion(majority)]
+                )
+                for completion in completions:
+                    train.append(
+                        {
+                            "id": qid,
+                            "format": fmt,
+                            "prompt": prefix + suffix,
+                            "completion": completion,
+                        }
+                    )
+                per_format[fmt] += len(completions)
+
+        rationales.append(
+            {
+                "id": qid,
+                "question": question,
+                "paths": paths,
+                "answers": answers,
+                "majority": majority,
+                "agreement": agreement,
+                "kept": kept,
+                "selected": selected,
+            }
+        )
+
+    n_questions = len(rationales)
+    n_selected = sum(r["selected"] for r in rationales)
+    stats = {
+        "n_questions": n_questions,
+        "n_selected": n_selected,
+        "selected_fraction": round(n_selected / n_questions, 4) if n_questions else 0.0,
+        "n_paths": n_paths,
+        "n_agreeing_paths": n_agreeing,
+        "n_kept_paths": n_kept,
+        "n_duplicate_paths": n_duplicates,
+        "n_unusable_paths": n_unusable,
+        "n_train_examples": len(train),
+        **{f"n_train_{fmt}": n for fmt, n in per_format.items()},
+        "mean_agreement": round(sum(agreements) / n_questions, 4) if n_questions else 0.0,
+        "no_answer_rate": round(n_no_answer / n_paths, 4) if n_paths else 0.0,
+        "agreement_histogram": agreement_histogram(agreements),
+    }
+    return rationales, train, stats

@@ -1,0 +1,424 @@
+"""Fine-tuning step: LoRA (peft) or full fine-tuning of a causal LM on (prompt, completion) pairs.
+
+Training runs through transformers' ``Trainer`` (accelerate underneath) with a collator written
+here: prompt and completion are tokenized separately and their ids concatenated (as the sampler
+does), EOS is appended to the completion, only completion tokens carry a loss (prompt and padding
+are labelled -100), and over-long examples lose tokens from the *left of the prompt*, never from
+the completion.
+
+The output folder is a complete Hugging Face model folder (merged float32 weights, config,
+tokenizer, generation config) plus ``adapter/`` (the peft adapter, LoRA only),
+``train_log.jsonl`` (one record per logging step) and ``finetune_info.json``. It is written
+atomically, so a killed run leaves no half-written model behind.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from selfimprove.io import InputError, atomic_path, write_json, write_jsonl
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+
+
+class LoraSection(BaseModel):
+    """LoRA adapter settings (used when ``finetune.method`` is ``lora``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    r: int = Field(16, ge=1, description="LoRA rank: inner dimension of the low-rank update.")
+    alpha: int = Field(
+        32, gt=0, description="LoRA alpha: the update is scaled by alpha / r before being added."
+    )
+    dropout: float = Field(
+        0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA branch's input while training."
+    )
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        min_length=1,
+        description="Names (suffixes) of the linear layers that get a LoRA adapter, e.g. "
+        "q_proj, k_proj, v_proj, o_proj (attention) and gate_proj, up_proj, down_proj (MLP).",
+    )
+
+
+class FinetuneConfig(BaseModel):
+    """Settings of the fine-tuning step."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["lora", "full"] = Field(
+        "lora",
+        description="lora: train a peft LoRA adapter and merge it into the weights; "
+        "full: update all weights.",
+    )
+    init: Literal["previous", "base"] = Field(
+        "previous",
+        description="Which model each round starts from: previous = the last round's model "
+        "(LMSI), base = the base model every round (STaR / ReST-EM). The pipeline picks "
+        "model_dir accordingly.",
+    )
+    lora: LoraSection = Field(
+        default_factory=LoraSection, description="LoRA settings (ignored for method: full)."
+    )
+    learning_rate: float = Field(3e-4, gt=0.0, description="Peak learning rate (AdamW).")
+    epochs: float = Field(2, gt=0.0, description="Passes over the examples (may be fractional).")
+    batch_size: int = Field(8, ge=1, description="Examples per micro-batch.")
+    grad_accum: int = Field(
+        1,
+        ge=1,
+        description="Micro-batches per optimizer step (effective batch = batch_size * this).",
+    )
+    max_length: int = Field(
+        768,
+        ge=2,
+        description="Maximum tokens per example (prompt + completion + EOS). Longer examples are "
+        "truncated from the left of the prompt, never the completion; examples whose completion "
+        "alone does not fit are dropped. Both are counted.",
+    )
+    warmup_ratio: float = Field(
+        0.0, ge=0.0, lt=1.0, description="Fraction of the optimizer steps spent warming up the LR."
+    )
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
+    lr_scheduler: str = Field(
+        "linear",
+        description="transformers LR scheduler name: linear, cosine, constant, "
+        "constant_with_warmup, ...",
+    )
+    dtype: Literal["float32", "bfloat16"] = Field(
+        "float32",
+        description="Compute dtype of the weights while training. lora: the frozen base weights "
+        "are loaded in this dtype, the adapters stay float32; full: bfloat16 autocast over "
+        "float32 master weights. The saved model is always float32.",
+    )
+    logging_steps: int = Field(
+        10, ge=1, description="Log loss and LR every this many optimizer steps (and the last)."
+    )
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def build_example(
+    prompt_ids: list[int],
+    completion_ids: list[int],
+    eos_id: int,
+    max_length: int,
+    bos_id: int | None = None,
+) -> tuple[dict[str, list[int]] | None, bool]:
+    """Concatenate prompt + completion + EOS; labels are -100 on the prompt.
+
+    Too long: drop tokens from the left of the prompt (keeping a leading ``bos_id``). If the
+    completion + EOS alone leave no room for one prompt token, return ``None`` (drop it).
+    Returns ``(example or None, truncated)``.
+
+    >>> ex, cut = build_example([1, 2, 3], [7, 8], eos_id=0, max_length=5)
+    >>> ex["input_ids"], ex["labels"], cut
+    ([2, 3, 7, 8, 0], [-100, -100, 7, 8, 0], True)
+    >>> build_example([1, 2], [7, 8, 9], eos_id=0, max_length=4)
+    (None, True)
+    """
+    completion = list(completion_ids) + [eos_id]
+    prompt = list(prompt_ids)
+    budget = max_length - len(completion)
+    keep_bos = bos_id is not None and len(prompt) > 0 and prompt[0] == bos_id
+    if budget < 1 + int(keep_bos):
+        return None, True
+    truncated = len(prompt) > budget
+    if truncated:
+        prompt = prompt[:1] + prompt[len(prompt) - budget + 1 :] if keep_bos else prompt[-budget:]
+    return {
+        "input_ids": prompt + completion,
+        "labels": [IGNORE_INDEX] * len(prompt) + completion,
+    }, truncated
+
+
+def encode_examples(
+    tokenizer, examples: list[dict], max_length: int
+) -> tuple[list[dict[str, list[int]]], int, int]:
+    """Tokenize (prompt, completion) pairs; return ``(features, n_truncated, n_dropped)``.
+
+    The prompt is tokenized as the sampler does (with the tokenizer's special tokens, e.g. a
+    BOS), the completion without special tokens, and the ids concatenated.
+    """
+    eos_id = tokenizer.eos_token_id
+    if eos_id is None:
+        raise InputError("tokenizer has no eos_token; set eos_token in the model's tokenizer files")
+    bos_id = tokenizer.bos_token_id if tokenizer.bos_token_id != eos_id else None
+    for i, ex in enumerate(examples):
+        if not isinstance(ex, dict):
+            raise InputError(f"examples[{i}]: expected a dict, got {type(ex).__name__}")
+        for key in ("prompt", "completion"):
+            if not isinstance(ex.get(key), str):
+                raise InputError(
+                    f"examples[{i}]: key {key!r} must be a string, got {ex.get(key)!r:.60} "
+                    f"(has: {', '.join(ex) or 'none'}); each example needs 'prompt' and "
+                    "'completion' strings"
+                )
+    if not examples:
+        return [], 0, 0
+    prompts = tokenizer([ex["prompt"] for ex in examples])["input_ids"]
+    completions = tokenizer([ex["completion"] for ex in examples], add_special_tokens=False)[
+        "input_ids"
+    ]
+    features, n_truncated, n_dropped = [], 0, 0
+    for p, c in zip(prompts, completions, strict=True):
+        feat, cut = build_example(p, c, eos_id, max_length, bos_id)
+        n_truncated += int(cut and feat is not None)
+        if feat is None:
+            n_dropped += 1
+        else:
+            features.append(feat)
+    return features, n_truncated, n_dropped
+
+
+class CompletionCollator:
+    """Pad a list of ``{"input_ids", "labels"}`` features on the right, per batch.
+
+    Padding gets ``pad_id`` in ``input_ids``, -100 in ``labels`` and 0 in ``attention_mask``.
+    """
+
+    def __init__(self, pad_id: int, pad_to_multiple_of: int = 1) -> None:
+        self.pad_id = pad_id
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def __call__(self, features: list[dict]) -> dict:
+        import torch
+
+        m = self.pad_to_multiple_of
+        width = max(len(f["input_ids"]) for f in features)
+        width = -(-width // m) * m
+        ids = torch.full((len(features), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(features), width), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(features), width), dtype=torch.long)
+        for row, f in enumerate(features):
+            n = len(f["input_ids"])
+            ids[row, :n] = torch.tensor(f["input_ids"], dtype=torch.long)
+            labels[row, :n] = torch.tensor(f["labels"], dtype=torch.long)
+            mask[row, :n] = 1
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def _load_model(model_dir: Path, dtype):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+
+
+def _save_model_folder(model, tokenizer, out: Path) -> None:
+    """Save float32 weights (safetensors), config, generation config and tokenizer."""
+    import torch
+
+    model = model.to(torch.float32)
+    model.config.use_cache = True
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def _wrap_lora(model, lora: LoraSection):
+    from peft import LoraConfig, get_peft_model
+
+    peft_cfg = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    try:
+        return get_peft_model(model, peft_cfg, autocast_adapter_dtype=True)
+    except ValueError as e:
+        import torch
+
+        linear = sorted(
+            {
+                n.rsplit(".", 1)[-1]
+                for n, m in model.named_modules()
+                if isinstance(m, torch.nn.Linear)
+            }
+        )
+        raise InputError(
+            f"finetune.lora.target_modules={lora.target_modules}: {e}. "
+            f"Linear layers in this model: {', '.join(linear)}"
+        ) from None
+
+
+def _log_last_step_callback():
+    """A Trainer callback that also logs at the final optimizer step (for ``final_loss``)."""
+    from transformers import TrainerCallback
+
+    class LogLastStep(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step >= state.max_steps:
+                control.should_log = True
+            return control
+
+    return LogLastStep()
+
+
+def finetune(
+    model_dir: Path, examples: list[dict], out_dir: Path, cfg: FinetuneConfig, seed: int
+) -> dict:
+    """Fine-tune the model in ``model_dir`` on ``examples`` and write the result to ``out_dir``.
+
+    ``examples`` are dicts with ``prompt`` and ``completion`` strings (other keys are ignored).
+    Returns (and writes to ``out_dir/finetune_info.json``): n_examples, n_truncated, n_dropped,
+    steps, train_loss (mean over all steps), final_loss (mean over the last logging window),
+    runtime_s (training only), trainable_params, method, skipped.
+    """
+    import torch
+    from transformers import AutoTokenizer, Trainer, TrainingArguments, set_seed
+
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    if not (model_dir / "config.json").exists():
+        raise InputError(
+            f"{model_dir}: not a model folder (no config.json); check the model path "
+            "or run the stage that makes it"
+        )
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    features, n_truncated, n_dropped = encode_examples(tokenizer, examples, cfg.max_length)
+    info: dict = {
+        "method": cfg.method,
+        "n_examples": len(examples),
+        "n_truncated": n_truncated,
+        "n_dropped": n_dropped,
+        "steps": 0,
+        "train_loss": None,
+        "final_loss": None,
+        "runtime_s": 0.0,
+        "trainable_params": 0,
+        "skipped": False,
+    }
+    if n_truncated:
+        log.info("finetune: %d example(s) truncated from the left of the prompt", n_truncated)
+    if n_dropped:
+        log.warning(
+            "finetune: %d example(s) dropped: completion longer than max_length=%d",
+            n_dropped,
+            cfg.max_length,
+        )
+
+    set_seed(seed)
+    if not features:
+        log.warning(
+            "finetune: no training examples (%d given, %d dropped); saving %s unchanged to %s",
+            len(examples),
+            n_dropped,
+            model_dir,
+            out_dir,
+        )
+        info["skipped"] = True
+        model = _load_model(model_dir, torch.float32)
+        with atomic_path(out_dir, is_dir=True) as tmp:
+            _save_model_folder(model, tokenizer, tmp)
+            write_jsonl(tmp / "train_log.jsonl", [])
+            write_json(tmp / "finetune_info.json", info)
+        return info
+
+    use_cpu = not torch.cuda.is_available()
+    bf16 = cfg.dtype == "bfloat16"
+    if cfg.method == "lora":
+        model = _load_model(model_dir, torch.bfloat16 if bf16 else torch.float32)
+        model = _wrap_lora(model, cfg.lora)
+    else:
+        model = _load_model(model_dir, torch.float32)
+    model.config.use_cache = False
+    info["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    pad_id = (
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    )
+    with tempfile.TemporaryDirectory(prefix="selfimprove-trainer-") as scratch:
+        args = TrainingArguments(
+            output_dir=scratch,
+            per_device_train_batch_size=cfg.batch_size,
+            gradient_accumulation_steps=cfg.grad_accum,
+            num_train_epochs=cfg.epochs,
+            learning_rate=cfg.learning_rate,
+            warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio of the total steps
+            weight_decay=cfg.weight_decay,
+            lr_scheduler_type=cfg.lr_scheduler,
+            # full fine-tuning: bf16 autocast over float32 weights; LoRA: the base is bf16 already
+            bf16=bf16 and cfg.method == "full",
+            logging_steps=cfg.logging_steps,
+            save_strategy="no",
+            eval_strategy="no",
+            report_to="none",
+            use_cpu=use_cpu,
+            seed=seed,
+            data_seed=seed,
+            remove_unused_columns=False,
+            label_names=["labels"],
+            dataloader_num_workers=0,
+        )
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=features,
+            data_collator=CompletionCollator(pad_id),
+            callbacks=[_log_last_step_callback()],
+        )
+        t0 = time.perf_counter()
+        result = trainer.train()
+        runtime = time.perf_counter() - t0
+        history = list(trainer.state.log_history)
+
+    records = [
+        {
+            "step": h["step"],
+            "epoch": h.get("epoch"),
+            "loss": h["loss"],
+            "lr": h.get("learning_rate"),
+            "grad_norm": h.get("grad_norm"),
+        }
+        for h in history
+        if "loss" in h
+    ]
+    info.update(
+        steps=int(result.global_step),
+        train_loss=float(result.training_loss),
+        final_loss=records[-1]["loss"] if records else float(result.training_loss),
+        runtime_s=round(runtime, 3),
+    )
+    if any(not math.isfinite(r["loss"]) for r in records):
+        log.warning("finetune: non-finite loss logged; check learning_rate and dtype")
+
+    with atomic_path(out_dir, is_dir=True) as tmp:
+        if cfg.method == "lora":
+            model.save_pretrained(tmp / "adapter")
+            del trainer, model
+            gc.collect()
+            # Merge on float32 weights so small deltas are not lost to bf16 rounding.
+            from peft import PeftModel
+
+            base = _load_model(model_dir, torch.float32)
+            merged = PeftModel.from_pretrained(base, tmp / "adapter").merge_and_unload()
+            _save_model_folder(merged, tokenizer, tmp)
+        else:
+            trainer.model.config.use_cache = True
+            _save_model_folder(trainer.model, tokenizer, tmp)
+        write_jsonl(tmp / "train_log.jsonl", records)
+        write_json(tmp / "finetune_info.json", info)
+    log.info(
+        "finetune: %s, %d examples, %d steps, loss %.4f -> %.4f in %.1fs",
+        cfg.method,
+        len(features),
+        info["steps"],
+        info["train_loss"],
+        info["final_loss"],
+        runtime,
+    )
+    return info

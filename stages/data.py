@@ -1,0 +1,15 @@
+"""data stage: unlabeled training questions, labeled held-out sets and the optional seed set."""
+
+from selfimprove.pipeline import PREPARED, stage_main
+
+
+@stage_main(__doc__)
+def main(args, params):
+    from selfimprove.data import prepare
+
+    stats = prepare(params.data, PREPARED, params.seed)
+    print(f"data ready in {PREPARED}: {stats}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,22 @@
+"""evaluate stage: held-out accuracy of a round's model (greedy per style, maj@k), predictions."""
+
+from selfimprove.pipeline import add_round_arg, load_eval_sets, round_dir, stage_main
+
+
+@stage_main(__doc__, add_round_arg)
+def main(args, params):
+    from selfimprove.evaluate import evaluate
+    from selfimprove.io import atomic_path, write_json, write_jsonl
+
+    out = round_dir(args.round)
+    sets = load_eval_sets(params.evaluate.sets)
+    metrics, predictions = evaluate(out / "model", sets, params.evaluate, params.seed)
+    with atomic_path(out / "eval", is_dir=True) as tmp:
+        for name, preds in predictions.items():
+            write_jsonl(tmp / f"{name}.jsonl", preds)
+    write_json(out / "metrics.json", metrics)
+    print(f"{args.round}: {metrics}")
+
+
+if __name__ == "__main__":
+    main()

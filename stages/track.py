@@ -1,0 +1,70 @@
+"""track stage: log one round to MLflow (params, metrics, rationale datasets, model, provenance)."""
+
+from pathlib import Path
+
+from selfimprove.pipeline import PREPARED, add_round_arg, round_dir, stage_main
+
+
+def _read_json(path: Path) -> dict:
+    import json
+
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _provenance_tags(git: dict, lock_digest: str, method: str) -> dict[str, str]:
+    tags = {"dvc_lock": lock_digest, "method": method}
+    if git.get("commit"):
+        tags |= {"git_commit": git["commit"], "git_dirty": git.get("dirty", ""),
+                 "mlflow.source.git.commit": git["commit"]}
+    return tags
+
+
+@stage_main(__doc__, add_round_arg)
+def main(args, params):
+    from selfimprove.analysis import flatten_metrics, majority_precision
+    from selfimprove.io import read_jsonl, write_json
+    from selfimprove.provenance import dvc_lock_digest
+    from selfimprove.tracking import DatasetSpec, check_tracking, git_info, log_round
+
+    cfg = params.tracking
+    out = round_dir(args.round)
+    if not cfg.enabled:
+        write_json(out / "mlflow.json", {"enabled": False})
+        return
+    check_tracking(cfg)
+    metrics = flatten_metrics(_read_json(out / "metrics.json"))
+    for step in ("generate", "filter", "finetune", "warmstart"):
+        metrics |= flatten_metrics(_read_json(out / f"{step}.json"), f"{step}.")
+    datasets, tables = [], {}
+    if (out / "rationales.jsonl").exists():
+        rationales = read_jsonl(out / "rationales.jsonl")
+        labels = {r["id"]: r["answer"] for r in read_jsonl(PREPARED / "train_labels.jsonl")}
+        metrics |= flatten_metrics(majority_precision(rationales, labels), "analysis.")
+        datasets = [
+            DatasetSpec(out / "rationales.jsonl", f"{args.round}-rationales", "rationales"),
+            DatasetSpec(out / "train.jsonl", f"{args.round}-train", "training"),
+        ]
+    for pred_file in sorted((out / "eval").glob("*.jsonl")):
+        tables[f"predictions/{pred_file.stem}.json"] = read_jsonl(pred_file)
+    model_dir = out / "model"
+    adapter = model_dir / "adapter"
+    run_id = log_round(
+        cfg,
+        round_name=args.round,
+        round_index=params.round_index(args.round),
+        params=params.model_dump(exclude={"rounds", "tracking"}),
+        metrics=metrics,
+        datasets=datasets,
+        artifacts=[p for p in (out / "eval", out / "metrics.json") if p.exists()],
+        model_dir=model_dir if model_dir.exists() else None,
+        adapter_dir=adapter if adapter.exists() else None,
+        base_model_ref=params.base_model.hub_id,
+        tags=_provenance_tags(git_info(Path.cwd()), dvc_lock_digest(args.round), params.method),
+        tables=tables,
+    )
+    write_json(out / "mlflow.json", {"run_id": run_id, "round": args.round})
+    print(f"{args.round}: logged to MLflow run {run_id}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,17 @@
+"""warmstart stage: round 0's model — the base model, or the base fine-tuned on the labeled seed."""
+
+from selfimprove.pipeline import BASE_MODEL, PREPARED, round_dir, stage_main
+
+
+@stage_main(__doc__)
+def main(args, params):
+    from selfimprove.io import read_jsonl, write_json
+    from selfimprove.warmstart import warmstart
+
+    seed_records = read_jsonl(PREPARED / "seed.jsonl", required=["id", "question", "answer"])
+    info = warmstart(BASE_MODEL, seed_records, round_dir("r0") / "model", params.warmstart, params.seed)
+    write_json(round_dir("r0") / "warmstart.json", info)
+
+
+if __name__ == "__main__":
+    main()

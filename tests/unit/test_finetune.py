@@ -1,0 +1,214 @@
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from selfimprove.finetune import (
+    IGNORE_INDEX,
+    CompletionCollator,
+    FinetuneConfig,
+    LoraSection,
+    build_example,
+    encode_examples,
+    finetune,
+)
+from selfimprove.io import InputError, read_jsonl
+
+torch = pytest.importorskip("torch")
+
+EXAMPLES = [
+    {"prompt": f"Q: Jack has {i} stamps. Jack buys 1 more. A:", "completion": " The answer is 6."}
+    for i in range(16)
+]
+
+
+def _cfg(**kw) -> FinetuneConfig:
+    base = dict(epochs=3, batch_size=4, logging_steps=1, learning_rate=3e-3)
+    base.update(kw)
+    return FinetuneConfig(**base)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    from selfimprove.tiny import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_model):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model)
+
+
+@pytest.fixture(scope="module")
+def lora_run(tiny_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ft") / "lora"
+    info = finetune(tiny_model, EXAMPLES, out, _cfg(), seed=0)
+    return out, info
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+# ----------------------------------------------------------------------------- pure parts
+
+
+def test_build_example_masks_prompt_and_appends_eos():
+    ex, cut = build_example([5, 6, 7], [8, 9], eos_id=0, max_length=10)
+    assert not cut
+    assert ex["input_ids"] == [5, 6, 7, 8, 9, 0]
+    assert ex["labels"] == [IGNORE_INDEX] * 3 + [8, 9, 0]
+
+
+def test_build_example_truncates_prompt_from_left_only():
+    ex, cut = build_example([1, 2, 3, 4, 5], [8, 9], eos_id=0, max_length=5)
+    assert cut
+    assert ex["input_ids"] == [4, 5, 8, 9, 0]
+    assert ex["labels"] == [IGNORE_INDEX, IGNORE_INDEX, 8, 9, 0]
+    # a leading BOS survives truncation
+    ex, cut = build_example([99, 2, 3, 4, 5], [8, 9], eos_id=0, max_length=5, bos_id=99)
+    assert cut and ex["input_ids"] == [99, 5, 8, 9, 0]
+    # completion never truncated: if it does not fit with one prompt token, drop the example
+    assert build_example([1, 2], [8, 9, 10, 11], eos_id=0, max_length=5) == (None, True)
+
+
+def test_encode_and_collate_labels(tokenizer):
+    exs = [
+        {"prompt": "Q: 1 + 1?", "completion": " The answer is 2."},
+        {"prompt": "Q: How many trees?", "completion": " 6"},
+    ]
+    feats, n_trunc, n_drop = encode_examples(tokenizer, exs, max_length=64)
+    assert (n_trunc, n_drop) == (0, 0)
+    batch = CompletionCollator(pad_id=tokenizer.pad_token_id)(feats)
+    assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
+    eos = tokenizer.eos_token_id
+    for row, ex in enumerate(exs):
+        p = tokenizer(ex["prompt"])["input_ids"]
+        c = tokenizer(ex["completion"], add_special_tokens=False)["input_ids"] + [eos]
+        n = len(p) + len(c)
+        assert batch["input_ids"][row, :n].tolist() == p + c
+        assert batch["labels"][row, :n].tolist() == [IGNORE_INDEX] * len(p) + c
+        assert batch["attention_mask"][row].tolist() == [1] * n + [0] * (
+            batch["input_ids"].shape[1] - n
+        )
+        assert (batch["labels"][row, n:] == IGNORE_INDEX).all()
+        assert (batch["input_ids"][row, n:] == tokenizer.pad_token_id).all()
+    # truncation is counted
+    long = [{"prompt": "Q: " + "1 2 3 4 5 " * 20, "completion": " 6"}]
+    feats, n_trunc, n_drop = encode_examples(tokenizer, long, max_length=16)
+    assert (n_trunc, n_drop) == (1, 0) and len(feats[0]["input_ids"]) == 16
+
+
+def test_bad_examples_and_config_raise(tokenizer, tiny_model, tmp_path):
+    with pytest.raises(InputError, match=r"examples\[1\]: key 'completion'"):
+        encode_examples(tokenizer, [{"prompt": "a", "completion": "b"}, {"prompt": "a"}], 32)
+    with pytest.raises(InputError, match="target_modules"):
+        finetune(
+            tiny_model,
+            EXAMPLES[:2],
+            tmp_path / "out",
+            _cfg(lora=LoraSection(target_modules=["nope_proj"])),
+            seed=0,
+        )
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ValueError):
+        FinetuneConfig(methd="lora")
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def test_lora_outputs_and_loss_decreases(lora_run):
+    out, info = lora_run
+    assert info["method"] == "lora" and not info["skipped"]
+    assert info["n_examples"] == 16 and info["steps"] == 12
+    assert 0 < info["trainable_params"] < 50_000
+    log = read_jsonl(out / "train_log.jsonl")
+    assert [r["step"] for r in log] == list(range(1, 13))
+    assert set(log[0]) >= {"step", "loss", "lr", "epoch"}
+    assert log[-1]["loss"] == info["final_loss"]
+    assert info["final_loss"] < log[0]["loss"] - 0.2
+    assert json.loads((out / "finetune_info.json").read_text()) == info
+    for name in ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json"):
+        assert (out / name).exists(), name
+    assert (out / "adapter" / "adapter_config.json").exists()
+
+
+def test_lora_merged_matches_peft_and_keeps_tied_embeddings(lora_run, tiny_model):
+    from peft import PeftModel
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    out, _ = lora_run
+    merged = AutoModelForCausalLM.from_pretrained(out).eval()
+    base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    peft_model = PeftModel.from_pretrained(base, out / "adapter").eval()
+    ids = torch.tensor([[2, 15, 40, 7, 99, 3, 250, 11]])
+    lm, lp = _logits(merged, ids), _logits(peft_model, ids)
+    assert torch.allclose(lm, lp, atol=1e-5, rtol=0), (lm - lp).abs().max()
+    # the adapter actually changed something
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    assert (lm - _logits(plain, ids)).abs().max() > 1e-3
+    # tied embeddings survived the merge + save + load
+    assert merged.config.tie_word_embeddings
+    assert merged.lm_head.weight.data_ptr() == merged.model.embed_tokens.weight.data_ptr()
+    with safe_open(out / "model.safetensors", "pt") as f:
+        assert all(f.get_tensor(k).dtype == torch.float32 for k in f.keys())
+
+
+def test_same_seed_same_loss(lora_run, tiny_model, tmp_path):
+    out, info = lora_run
+    again = finetune(tiny_model, EXAMPLES, tmp_path / "again", _cfg(), seed=0)
+    assert again["final_loss"] == info["final_loss"]
+    assert read_jsonl(tmp_path / "again" / "train_log.jsonl") == read_jsonl(out / "train_log.jsonl")
+    other = finetune(tiny_model, EXAMPLES, tmp_path / "other", _cfg(), seed=1)
+    assert other["final_loss"] != info["final_loss"]
+
+
+def test_full_finetune(tiny_model, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    info = finetune(tiny_model, EXAMPLES, tmp_path / "full", _cfg(method="full"), seed=0)
+    assert info["method"] == "full" and info["steps"] == 12
+    log = read_jsonl(tmp_path / "full" / "train_log.jsonl")
+    assert info["final_loss"] < log[0]["loss"] - 0.5
+    assert not (tmp_path / "full" / "adapter").exists()
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "full")
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model)
+    assert info["trainable_params"] == sum(p.numel() for p in plain.parameters())
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    assert not torch.equal(model.model.embed_tokens.weight, plain.model.embed_tokens.weight)
+
+
+def test_lora_bfloat16_saves_float32(tiny_model, tmp_path):
+    from safetensors import safe_open
+
+    info = finetune(
+        tiny_model, EXAMPLES[:8], tmp_path / "bf16", _cfg(dtype="bfloat16", epochs=1), seed=0
+    )
+    assert info["steps"] == 2
+    with safe_open(tmp_path / "bf16" / "model.safetensors", "pt") as f:
+        assert all(f.get_tensor(k).dtype == torch.float32 for k in f.keys())
+    with safe_open(tmp_path / "bf16" / "adapter" / "adapter_model.safetensors", "pt") as f:
+        assert all(f.get_tensor(k).dtype == torch.float32 for k in f.keys())
+
+
+def test_zero_examples_saves_input_unchanged(tiny_model, tmp_path, caplog):
+    from transformers import AutoModelForCausalLM
+
+    with caplog.at_level(logging.WARNING, logger="selfimprove.finetune"):
+        info = finetune(tiny_model, [], tmp_path / "empty", _cfg(), seed=0)
+    assert info["skipped"] and info["n_examples"] == 0 and info["steps"] == 0
+    assert "no training examples" in caplog.text
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "empty").state_dict()
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model).state_dict()
+    assert saved.keys() == plain.keys()
+    assert all(torch.equal(saved[k], plain[k]) for k in plain)
+    assert (tmp_path / "empty" / "tokenizer.json").exists()
+    assert read_jsonl(tmp_path / "empty" / "train_log.jsonl") == []

@@ -1,0 +1,236 @@
+from __future__ import annotations
+
+import pytest
+
+from selfimprove.io import InputError
+from selfimprove.sampler import (
+    SamplingParams,
+    TransformersSampler,
+    filter_logits,
+    find_stop,
+    resolve_dtype,
+    row_seed,
+    sample_tokens,
+)
+
+torch = pytest.importorskip("torch")
+
+PREFIX = (
+    "Q: There are 15 trees in the grove. How many trees did the grove workers plant today?\n"
+    "A: 21 - 15 = 6. The answer is 6.\n\n"
+)
+PROMPTS = [
+    "Q: Jack has 5 stamps. Jack buys 1 more. How many stamps does Jack have now?\nA:",
+    "Q: 1 + 1?\nA:",
+    "",
+    "Q: There are 15 trees in the grove. Grove workers will plant trees in the grove today. "
+    "After they are done, there will be 21 trees.\nA:",
+    "Q: 7 * 3?\nA:",
+]
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    """Tiny Llama with larger random weights: varied greedy outputs (not one repeated token)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from selfimprove.tiny import make_tiny_model
+
+    src = make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.25)
+    out = tmp_path_factory.mktemp("tiny") / "varied"
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(src).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def sampler(model_dir):
+    return TransformersSampler(model_dir, dtype="float32", batch_size=3, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def ref_model(model_dir):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+
+
+def _greedy_ref(ref_model, ids: list[int], max_new_tokens: int) -> list[int]:
+    out = ref_model.generate(
+        torch.tensor([ids]), do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=1
+    )
+    return out[0, len(ids) :].tolist()
+
+
+# ---------------------------------------------------------------- pure helpers
+
+
+def test_find_stop_takes_earliest_of_all_stops():
+    stops = ("\n\nQ:", "\nQ:")
+    assert find_stop("6.\n\nQ: x", stops) == 2
+    assert find_stop("6.\nQ: x\n\nQ:", stops) == 2
+    assert find_stop("Q: at start", ("Q:",)) == 0
+    assert find_stop("abc", ("zz", "c")) == 2
+    assert find_stop("abc", ()) is None
+    assert find_stop("", stops) is None
+
+
+def test_sampling_params_validation():
+    SamplingParams(n=4, temperature=0.7)
+    assert SamplingParams(stop=["x"]).stop == ("x",)
+    with pytest.raises(InputError, match="n=4 with temperature=0"):
+        SamplingParams(n=4)
+    with pytest.raises(InputError, match="top_p"):
+        SamplingParams(temperature=1.0, top_p=0.0)
+    with pytest.raises(InputError, match="max_new_tokens"):
+        SamplingParams(max_new_tokens=0)
+    with pytest.raises(InputError, match="stop"):
+        SamplingParams(stop=("",))
+
+
+def test_row_seed_distinct():
+    seeds = {row_seed(0, q, s) for q in range(20) for s in range(8)}
+    assert len(seeds) == 160
+    assert row_seed(1, 0, 0) != row_seed(0, 0, 0)
+
+
+def test_filter_logits_matches_transformers_warpers():
+    from transformers.generation.logits_process import (
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 50, generator=g) * 3
+    for temp, k, p in [(0.7, 0, 0.9), (1.0, 5, 1.0), (1.3, 10, 0.5), (0.5, 0, 0.05)]:
+        ref = TemperatureLogitsWarper(temp)(None, logits.clone())
+        if k:
+            ref = TopKLogitsWarper(k)(None, ref)
+        if p < 1:
+            ref = TopPLogitsWarper(p)(None, ref)
+        mine = filter_logits(logits, temp, k, p)
+        assert torch.equal(mine.isinf(), ref.isinf()), (temp, k, p)
+        finite = ~mine.isinf()
+        assert torch.allclose(mine[finite], ref[finite])
+
+
+def test_sample_tokens_follows_the_distribution():
+    probs = torch.tensor([0.5, 0.3, 0.2, 0.0])
+    rows = 4000
+    logits = probs.log().expand(rows, -1)
+    gens = [torch.Generator().manual_seed(row_seed(0, i, 0)) for i in range(rows)]
+    tok = sample_tokens(logits, gens, SamplingParams(temperature=1.0))
+    freq = torch.bincount(tok, minlength=4).float() / rows
+    assert torch.allclose(freq, probs, atol=0.03), freq
+    assert freq[3] == 0
+
+
+# ---------------------------------------------------------------- the sampler
+
+
+def test_empty_and_bad_inputs(sampler, tmp_path):
+    assert sampler.sample(PREFIX, [], SamplingParams()) == []
+    with pytest.raises(InputError, match="prompt 1 is empty and so is the prefix"):
+        sampler.sample("", ["Q: 1?\nA:", ""], SamplingParams())
+    with pytest.raises(InputError, match="max_position_embeddings"):
+        sampler.sample(PREFIX, ["Q:"], SamplingParams(max_new_tokens=5000))
+    with pytest.raises(InputError, match="no config.json"):
+        TransformersSampler(tmp_path)
+    with pytest.raises(InputError, match="dtype='fp8'"):
+        resolve_dtype("fp8", "cpu")
+    assert resolve_dtype("auto", "cpu") in (torch.float32, torch.bfloat16)
+
+
+@pytest.mark.parametrize("prefix", [PREFIX, ""])
+def test_greedy_matches_generate(sampler, ref_model, prefix):
+    """Prompts of different lengths, batch_size 3 < 5 prompts: exercises refill + cache merging."""
+    prompts = PROMPTS if prefix else [p for p in PROMPTS if p]
+    params = SamplingParams(max_new_tokens=12, stop=())
+    out = sampler.sample(prefix, prompts, params)
+    assert [len(o) for o in out] == [1] * len(prompts)
+    tok = sampler.tokenizer
+    for prompt, (c,) in zip(prompts, out, strict=True):
+        ref = _greedy_ref(ref_model, sampler.input_ids(prefix, prompt), 12)
+        assert c.n_tokens == len(ref)
+        if ref[-1] in sampler.eos_ids:
+            assert c.finish_reason == "eos"
+            assert c.text == tok.decode(ref[:-1], skip_special_tokens=True)
+        else:
+            assert c.finish_reason == "length"
+            assert c.text == tok.decode(ref, skip_special_tokens=True)
+
+
+def test_input_ids_are_prefix_then_prompt(sampler):
+    tok = sampler.tokenizer
+    ids = sampler.input_ids(PREFIX, PROMPTS[1])
+    assert ids == tok(PREFIX, add_special_tokens=False).input_ids + tok(PROMPTS[1]).input_ids
+
+
+def test_stop_string_cuts_output(sampler, ref_model):
+    tok = sampler.tokenizer
+    prompt = PROMPTS[0]
+    ref = _greedy_ref(ref_model, sampler.input_ids(PREFIX, prompt), 30)
+    full = tok.decode(ref, skip_special_tokens=True)
+    stop = full[8:10]  # a stop string from the middle of the greedy continuation
+    cut = full.find(stop)
+    k = next(j for j in range(1, len(ref) + 1) if stop in tok.decode(ref[:j]))
+    (c,), (c2,) = sampler.sample(PREFIX, [prompt, prompt], SamplingParams(stop=(stop, "zzzz")))
+    assert c == c2
+    assert c.finish_reason == "stop"
+    assert c.text == full[:cut]
+    assert stop not in c.text
+    assert c.n_tokens == k
+
+
+def test_eos_finishes_row(model_dir, ref_model):
+    s = TransformersSampler(model_dir, dtype="float32", batch_size=8, device="cpu")
+    ref = _greedy_ref(ref_model, s.input_ids(PREFIX, PROMPTS[1]), 10)
+    eos_tok = ref[3]
+    first = ref.index(eos_tok)
+    s.eos_ids = {eos_tok}
+    ((c,),) = s.sample(PREFIX, [PROMPTS[1]], SamplingParams(max_new_tokens=10, stop=()))
+    assert c.finish_reason == "eos"
+    assert c.n_tokens == first + 1
+    assert c.text == s.tokenizer.decode(ref[:first], skip_special_tokens=True)
+
+
+def test_sampling_reproducible_n_and_limits(sampler, model_dir):
+    params = SamplingParams(n=4, temperature=1.0, max_new_tokens=9, stop=("e",), seed=3)
+    a = sampler.sample(PREFIX, PROMPTS, params)
+    assert [len(o) for o in a] == [4] * len(PROMPTS)
+    assert a == sampler.sample(PREFIX, PROMPTS, params)
+    for cs in a:
+        for c in cs:
+            assert 1 <= c.n_tokens <= 9
+            assert "e" not in c.text
+            assert c.finish_reason in ("stop", "eos", "length")
+            if c.finish_reason == "length":
+                assert c.n_tokens == 9
+    reasons = {c.finish_reason for cs in a for c in cs}
+    assert {"stop", "length"} <= reasons
+    texts = {c.text for cs in a for c in cs}
+    assert len(texts) > len(PROMPTS)  # samples differ from each other
+    # another seed gives other samples
+    other = sampler.sample(PREFIX, PROMPTS, SamplingParams(**{**params.__dict__, "seed": 4}))
+    assert other != a
+    # per-row random streams: same result whatever the batching (n split over batches of 2,
+    # or everything in one batch of 64)
+    for bs in (2, 64):
+        s = TransformersSampler(model_dir, dtype="float32", batch_size=bs, device="cpu")
+        assert s.sample(PREFIX, PROMPTS, params) == a
+
+
+def test_top_k_one_equals_greedy(sampler):
+    greedy = sampler.sample(PREFIX, PROMPTS[:2], SamplingParams(max_new_tokens=8))
+    topk1 = sampler.sample(
+        PREFIX, PROMPTS[:2], SamplingParams(n=2, temperature=0.9, top_k=1, max_new_tokens=8)
+    )
+    for g, t in zip(greedy, topk1, strict=True):
+        assert t == [g[0], g[0]]

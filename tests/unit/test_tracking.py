@@ -1,0 +1,349 @@
+from __future__ import annotations
+
+import json
+import math
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from selfimprove.io import InputError, file_sha256
+from selfimprove.tracking import (
+    DIGEST_CHARS,
+    DatasetSpec,
+    TrackingConfig,
+    check_tracking,
+    file_digest,
+    flatten,
+    git_info,
+    log_round,
+    tracking_uri,
+)
+
+PIPE = "unit-pipe"
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory):
+    """One sqlite database for the whole module; each test sets the env var to it."""
+    return tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+
+
+@pytest.fixture
+def uri(db, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    return f"sqlite:///{db}"
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("round")
+    train = d / "train.jsonl"
+    train.write_text('{"question": "1+1?", "rationale": "1+1=2. The answer is 2."}\n')
+    evalp = d / "eval_predictions.jsonl"
+    evalp.write_text('{"question": "2+2?", "pred": "4", "correct": true}\n')
+    adapter = d / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"r": 8}')
+    (adapter / "adapter_model.safetensors").write_bytes(b"\0" * 16)
+    merged = d / "merged"
+    (merged / "sub").mkdir(parents=True)
+    (merged / "config.json").write_text("{}")
+    (merged / "sub" / "w.bin").write_bytes(b"\1" * 8)
+    (merged / "half.tmp").write_text("partial")
+    metrics = d / "metrics.json"
+    metrics.write_text(json.dumps({"accuracy": 0.5}))
+    return {
+        "dir": d,
+        "train": train,
+        "eval": evalp,
+        "adapter": adapter,
+        "merged": merged,
+        "metrics": metrics,
+    }
+
+
+def _client(uri):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def _log(cfg, files, round_name, index, **kw):
+    args = dict(
+        round_name=round_name,
+        round_index=index,
+        params={"sample": {"n": 4, "temperature": 0.7}, "lora": {"targets": ["q", "v"]}},
+        metrics={"accuracy": 0.25 + 0.25 * index, "bad": math.nan, "note": "x"},
+        datasets=[
+            DatasetSpec(files["train"], "train", "training"),
+            DatasetSpec(files["eval"], "gsm8k-test", "evaluation"),
+        ],
+        artifacts=[files["metrics"], files["adapter"]],
+        model_dir=files["merged"],
+        adapter_dir=files["adapter"],
+        base_model_ref="tiny-llama@abc",
+        tags={"git.commit": "deadbeef", "method": "lmsi"},
+        tables={"predictions": [{"question": "2+2?", "pred": "4", "paths": ["a", "b"]}]},
+    )
+    args.update(kw)
+    return log_round(cfg, **args)
+
+
+def _artifact_paths(client, run_id, path=None) -> set[str]:
+    out = set()
+    for a in client.list_artifacts(run_id, path):
+        if a.is_dir:
+            out |= _artifact_paths(client, run_id, a.path)
+        else:
+            out.add(a.path)
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_rounds(db, files):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    try:
+        cfg = TrackingConfig(pipeline=PIPE)
+        r0 = _log(cfg, files, "r0", 0, adapter_dir=None)
+        r1 = _log(cfg, files, "r1", 1)
+    finally:
+        mp.undo()
+    return r0, r1
+
+
+def test_parent_and_children(uri, two_rounds):
+    r0, r1 = two_rounds
+    client = _client(uri)
+    exp = client.get_experiment_by_name("selfimprove")
+    parents = client.search_runs(
+        [exp.experiment_id],
+        f"tags.`selfimprove.pipeline` = '{PIPE}' and tags.`selfimprove.role` = 'parent'",
+    )
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.info.run_name == PIPE and parent.info.status == "FINISHED"
+    for rid, name, idx in ((r0, "r0", 0), (r1, "r1", 1)):
+        run = client.get_run(rid)
+        assert run.info.status == "FINISHED"
+        assert run.info.run_name == f"{PIPE}/{name}"
+        t = run.data.tags
+        assert t["mlflow.parentRunId"] == parent.info.run_id
+        assert t["selfimprove.round"] == name and t["selfimprove.round_index"] == str(idx)
+        assert t["git.commit"] == "deadbeef" and t["method"] == "lmsi"
+        assert t["selfimprove.skipped_metrics"] == "2"
+        assert t["selfimprove.base_model"] == "tiny-llama@abc"
+        assert run.data.params["sample.temperature"] == "0.7"
+        assert run.data.params["lora.targets"] == '["q", "v"]'
+        assert run.data.metrics == {"accuracy": 0.25 + 0.25 * idx}
+        hist = client.get_metric_history(rid, "accuracy")
+        assert [m.step for m in hist] == [idx]
+    hist = client.get_metric_history(parent.info.run_id, "accuracy")
+    assert sorted((m.step, m.value) for m in hist) == [(0, 0.25), (1, 0.5)]
+    assert "bad" not in client.get_run(parent.info.run_id).data.metrics
+
+
+def test_dataset_inputs(uri, two_rounds, files):
+    run = _client(uri).get_run(two_rounds[1])
+    inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+    assert set(inputs) == {"train", "gsm8k-test"}
+    train = inputs["train"]
+    assert train.dataset.digest == file_sha256(files["train"])[:DIGEST_CHARS]
+    assert json.loads(train.dataset.source)["uri"] == str(files["train"])
+    assert train.dataset.source_type == "local"
+    ctx = {t.key: t.value for t in train.tags}["mlflow.data.context"]
+    assert ctx == "training"
+    ctx = {t.key: t.value for t in inputs["gsm8k-test"].tags}["mlflow.data.context"]
+    assert ctx == "evaluation"
+
+
+def test_artifacts(uri, db, two_rounds):
+    client = _client(uri)
+    r0, r1 = two_rounds
+    # the database is not in the cwd: artifacts live next to it
+    assert client.get_run(r1).info.artifact_uri.startswith((db.parent / "mlruns").as_uri())
+    paths = _artifact_paths(client, r1)
+    assert {
+        "datasets/training/train.jsonl",
+        "datasets/evaluation/eval_predictions.jsonl",
+        "artifacts/metrics.json",
+        "artifacts/adapter/adapter_config.json",
+        "model/adapter/adapter_config.json",
+        "model/adapter/adapter_model.safetensors",
+        "tables/predictions.json",
+    } <= paths
+    assert not any(p.startswith("model/merged") for p in paths)
+    table = json.loads(Path(client.download_artifacts(r1, "tables/predictions.json")).read_text())
+    assert table["columns"] == ["question", "pred", "paths"]
+    assert table["data"] == [["2+2?", "4", '["a", "b"]']]
+    # r0 had no adapter: nothing under model/
+    assert not any(p.startswith("model/") for p in _artifact_paths(client, r0))
+
+
+def test_merged_model_skips_tmp(uri, files):
+    cfg = TrackingConfig(pipeline="merged-pipe", log_model="merged")
+    rid = _log(cfg, files, "r1", 1, datasets=[], artifacts=[], tables=None)
+    paths = _artifact_paths(_client(uri), rid)
+    assert paths == {"model/merged/config.json", "model/merged/sub/w.bin"}
+
+
+def test_rerun_marks_old_superseded(uri, files):
+    cfg = TrackingConfig(pipeline="rerun-pipe", log_model="none")
+    kw = dict(datasets=[], artifacts=[], tables=None)
+    first = _log(cfg, files, "r1", 1, **kw)
+    other = _log(cfg, files, "r2", 2, **kw)
+    second = _log(cfg, files, "r1", 1, **kw)
+    client = _client(uri)
+    assert first != second
+    assert client.get_run(first).data.tags["selfimprove.superseded"] == "true"
+    assert client.get_run(second).data.tags["selfimprove.superseded"] == "false"
+    assert client.get_run(other).data.tags["selfimprove.superseded"] == "false"
+    assert _artifact_paths(client, second) == set()  # log_model=none
+
+
+def test_failure_marks_run_failed(uri, files, monkeypatch):
+    import selfimprove.tracking as tr
+
+    def boom(*a, **k):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(tr, "_table_frame", boom)
+    cfg = TrackingConfig(pipeline="fail-pipe", log_model="none")
+    with pytest.raises(RuntimeError, match="boom"):
+        _log(cfg, files, "r0", 0, datasets=[], artifacts=[])
+    client = _client(uri)
+    exp = client.get_experiment_by_name("selfimprove")
+    runs = client.search_runs(
+        [exp.experiment_id],
+        "tags.`selfimprove.pipeline` = 'fail-pipe' and tags.`selfimprove.role` = 'round'",
+    )
+    assert [r.info.status for r in runs] == ["FAILED"]
+
+
+def test_missing_inputs_raise_before_any_run(uri, files):
+    cfg = TrackingConfig(pipeline="missing-pipe")
+    missing = files["dir"] / "nope.jsonl"
+    with pytest.raises(InputError, match="nope.jsonl"):
+        _log(cfg, files, "r0", 0, datasets=[DatasetSpec(missing, "x", "training")])
+    with pytest.raises(InputError, match="round_name"):
+        _log(cfg, files, "r'0", 0)
+    client = _client(uri)
+    exp = client.get_experiment_by_name("selfimprove")
+    assert not client.search_runs(
+        [exp.experiment_id], "tags.`selfimprove.pipeline` = 'missing-pipe'"
+    )
+
+
+def test_disabled_logs_nothing(tmp_path, monkeypatch, files):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/off/m.db")
+    assert _log(TrackingConfig(enabled=False), files, "r0", 0) == ""
+    check_tracking(TrackingConfig(enabled=False))
+    assert not (tmp_path / "off").exists()
+
+
+def test_config_validation():
+    with pytest.raises(ValidationError):
+        TrackingConfig(unknown=1)
+    with pytest.raises(ValidationError):
+        TrackingConfig(log_model="full")
+    with pytest.raises(ValidationError):
+        TrackingConfig(pipeline="it's")
+    assert TrackingConfig.model_fields["pipeline"].description
+
+
+def test_flatten():
+    flat = flatten({"a": {"b": 1, "c": {"d": True}}, "e": [1, 2], "f": "x" * 7000})
+    assert flat["a.b"] == "1" and flat["a.c.d"] == "True" and flat["e"] == "[1, 2]"
+    assert len(flat["f"]) == 6000 and flat["f"].endswith("...")
+
+
+def test_tracking_uri_default(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking_uri() == "sqlite:///mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://localhost:5000")
+    assert tracking_uri() == "http://localhost:5000"
+
+
+def test_check_tracking_sqlite_creates_parent(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/a/b/mlflow.db")
+    check_tracking(TrackingConfig())
+    assert (tmp_path / "a" / "b").is_dir()
+
+
+def test_check_tracking_file_store_refused(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", str(tmp_path / "mlruns"))
+    with pytest.raises(InputError, match="sqlite"):
+        check_tracking(TrackingConfig())
+
+
+def test_check_tracking_unreachable_http_fast(monkeypatch):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    t0 = time.monotonic()
+    with pytest.raises(InputError) as e:
+        check_tracking(TrackingConfig())
+    assert time.monotonic() - t0 < 3
+    assert uri in str(e.value) and "MLFLOW_TRACKING_URI" in str(e.value)
+
+
+def test_check_tracking_http_answering(monkeypatch):
+    import http.server
+    import threading
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(200 if self.path == "/health" else 404)
+            self.end_headers()
+            self.wfile.write(b"OK")
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.HTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{srv.server_port}/")
+        check_tracking(TrackingConfig())
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_file_digest_and_git_info(tmp_path):
+    f = tmp_path / "x.jsonl"
+    f.write_text("{}\n")
+    assert file_digest(f) == file_sha256(f)[:DIGEST_CHARS]
+    d = tmp_path / "m"
+    d.mkdir()
+    (d / "w.bin").write_bytes(b"1")
+    before = file_digest(d)
+    (d / "x.tmp").write_text("ignored")
+    assert file_digest(d) == before
+    (d / "w.bin").write_bytes(b"2")
+    assert file_digest(d) != before
+    with pytest.raises(InputError):
+        file_digest(tmp_path / "missing")
+
+    assert git_info(tmp_path) == {}
+    try:
+        subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+        for args in (
+            ["add", "x.jsonl"],
+            ["-c", "user.email=a@b", "-c", "user.name=a", "commit", "-qm", "init"],
+        ):
+            subprocess.run(["git", "-C", str(tmp_path), *args], check=True)
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("git not usable here")
+    info = git_info(tmp_path)
+    assert len(info["commit"]) == 40 and info["dirty"] == "false"
+    f.write_text("changed\n")
+    assert git_info(tmp_path)["dirty"] == "true"
