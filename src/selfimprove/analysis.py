@@ -12,7 +12,7 @@ def majority_precision(rationales: list[dict], labels: dict[str, str]) -> dict:
     ...         {"id": "b", "majority": "7", "selected": True},
     ...         {"id": "c", "majority": "1", "selected": False}]
     >>> majority_precision(rats, {"a": "#### 4", "b": "#### 8", "c": "#### 1"})
-    {'majority_accuracy': 0.6666666666666667, 'selected_precision': 0.5, 'n_labeled': 3}
+    {'majority_accuracy': 0.6666666666666666, 'selected_precision': 0.5, 'n_labeled': 3}
     """
     scored = [(r, labels[r["id"]]) for r in rationales if r["id"] in labels]
     right = [answers_match(r["majority"], gold_answer(g)) for r, g in scored]

@@ -94,9 +94,10 @@ class FinetuneConfig(BaseModel):
         description="transformers LR scheduler name: linear, cosine, constant, "
         "constant_with_warmup, ...",
     )
-    dtype: Literal["float32", "bfloat16"] = Field(
-        "float32",
-        description="Compute dtype of the weights while training. lora: the frozen base weights "
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto",
+        description="Compute dtype of the weights while training (auto: bfloat16 on a GPU or a CPU "
+        "with native bf16, else float32). lora: the frozen base weights "
         "are loaded in this dtype, the adapters stay float32; full: bfloat16 autocast over "
         "float32 master weights. The saved model is always float32.",
     )
@@ -329,7 +330,14 @@ def finetune(
         return info
 
     use_cpu = not torch.cuda.is_available()
-    bf16 = cfg.dtype == "bfloat16"
+    if cfg.dtype == "auto":
+        from selfimprove.sampler import resolve_dtype
+
+        bf16 = (
+            resolve_dtype("auto", "cuda" if torch.cuda.is_available() else "cpu") == torch.bfloat16
+        )
+    else:
+        bf16 = cfg.dtype == "bfloat16"
     if cfg.method == "lora":
         model = _load_model(model_dir, torch.bfloat16 if bf16 else torch.float32)
         model = _wrap_lora(model, cfg.lora)

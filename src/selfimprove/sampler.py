@@ -396,7 +396,7 @@ class TransformersSampler:
         if not prompts:
             return []
         import torch
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
 
         if not isinstance(params, SamplingParams):
             raise InputError(f"params must be a SamplingParams, got {type(params).__name__}")
@@ -490,9 +490,9 @@ class TransformersSampler:
                 if tok in self.eos_ids:  # the text before it was checked for stops already
                     text = self.tokenizer.decode(gen[:-1], skip_special_tokens=True)
                     done = Completion(text, len(gen), "eos")
-                else:
+                elif params.stop or len(gen) >= params.max_new_tokens:
                     text = self.tokenizer.decode(gen, skip_special_tokens=True)
-                    cut = find_stop(text, params.stop) if params.stop else None
+                    cut = find_stop(text, params.stop)
                     if cut is not None:
                         done = Completion(text[:cut], len(gen), "stop")
                     elif len(gen) >= params.max_new_tokens:
@@ -526,7 +526,7 @@ class TransformersSampler:
             valid = torch.cat([valid, valid.new_ones(len(keep), 1)], dim=1)
             mask = valid.view(len(keep), 1, 1, -1)
             logits = self._forward(x, pos.unsqueeze(1), mask, cache, prefix_kv)
-            pos = pos + 0
+            pos = pos + 1
         return results
 
 
