@@ -1,153 +1,462 @@
-"""Benchmark TransformersSampler against a naive generate(num_return_sequences=m) per question.
+"""Benchmark: our TransformersSampler vs a naive generate() loop vs llama.cpp; prints one JSON.
 
-Prints one JSON object. Example (CPU, SmolLM2-135M):
+Same model, same 8-shot chain-of-thought prompt (``prompts.build_prompt(q, "fewshot_cot", 8)``),
+same questions, ``m`` samples per question, the same token budget and temperature, in one run:
 
-    python benchmarks/sampler.py --model /tmp/smollm2-base --prompts 16 --naive-prompts 4
+* **ours**: ``TransformersSampler.sample`` (shared-prefix KV computed once, each question
+  prefilled once for its m rows, continuous batching, per-row stop strings); the time split
+  (prefix prefill / suffix prefill / decode / rest) comes from ``sampler.last_stats``.
+* **naive**: ``model.generate(num_return_sequences=m, stop_strings=...)`` per question (sdpa
+  attention), on the first ``--naive-n`` questions; its time per question is extrapolated to
+  all questions (the JSON says so).
+* **answers**: on the naive questions, the answer distribution of both (no-answer rate,
+  accuracy, majority answer) - the same in kind, not sample for sample (different RNGs).
+* **greedy check**: greedy (temperature 0) outputs of ours vs ``generate(do_sample=False)`` on
+  ``--greedy-n`` questions, in ``--greedy-dtype`` (float32 by default: identical text expected,
+  barring a near-tie flip from the different summation order).
+* **llama.cpp**: if ``llama_cpp`` (llama-cpp-python) imports, the same prompts through the
+  GGUF file the base model was converted from (extracted from the cached wheel, or ``--gguf``),
+  ``m`` completions per question, one at a time (its prompt cache reuses the shared prefix).
 
-"Useful" tokens are the tokens up to and including the first stop string (what LMSI keeps);
-the naive baseline generates past the stop until EOS or ``max_new_tokens``. The naive run can be
-limited to the first ``--naive-prompts`` questions to save time; its per-question wall time is
-then extrapolated to all prompts (``naive_wall_s_extrapolated``).
+"Useful" tokens are what LMSI keeps: generated tokens up to and including the first stop string
+(or EOS, or the budget). Tokens/s are useful tokens per wall second of sampling (model loading
+excluded). Progress bars go to stderr; stdout holds only the JSON object.
+
+Full run (2-core CPU, roughly 5-10 min; the naive loop is most of it):
+
+    OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 python benchmarks/sampler.py --model data/models/base \\
+        --n 32 --naive-n 4 > benchmarks/sampler-result.json
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
+import platform
+import sys
+import tempfile
 import time
+from pathlib import Path
 
-PREFIX = (
-    "Q: There are 15 trees in the grove. Grove workers will plant trees in the grove today. "
-    "After they are done, there will be 21 trees. How many trees did the grove workers plant "
-    "today?\nA: There are 15 trees originally. Then there were 21 trees after some more were "
-    "planted. So there must have been 21 - 15 = 6. The answer is 6.\n\n"
-    "Q: If there are 3 cars in the parking lot and 2 more cars arrive, how many cars are in the "
-    "parking lot?\nA: There are originally 3 cars. 2 more cars arrive. 3 + 2 = 5. The answer is "
-    "5.\n\n"
-    "Q: Leah had 32 chocolates and her sister had 42. If they ate 35, how many pieces do they "
-    "have left in total?\nA: Originally, Leah had 32 chocolates. Her sister had 42. So in total "
-    "they had 32 + 42 = 74. After eating 35, they had 74 - 35 = 39. The answer is 39.\n\n"
-    "Q: Jason had 20 lollipops. He gave Denny some lollipops. Now Jason has 12 lollipops. How "
-    "many lollipops did Jason give to Denny?\nA: Jason started with 20 lollipops. Then he had 12 "
-    "after giving some to Denny. So he gave Denny 20 - 12 = 8. The answer is 8.\n\n"
-)
 
-QUESTIONS = [
-    "Tom has 7 apples. He buys 5 more and eats 3. How many apples does he have now?",
-    "A baker makes 24 muffins and sells 17. How many muffins are left?",
-    "Sara reads 12 pages a day. How many pages does she read in 6 days?",
-    "A box holds 8 pencils. How many pencils are in 9 boxes?",
-    "Mike had 50 dollars. He spent 18 dollars on a book and 7 dollars on lunch. "
-    "How much money does he have left?",
-    "There are 4 rows of chairs with 11 chairs in each row. How many chairs are there?",
-    "A farmer has 36 eggs and puts them into cartons of 6. How many cartons does he fill?",
-    "Anna is 9 years old. Her brother is 4 years older. How old will her brother be in 3 years?",
-    "A train travels 60 miles per hour for 3 hours. How far does it travel?",
-    "Lisa had 45 stickers. She gave 12 to her friend and got 9 from her mom. "
-    "How many stickers does she have?",
-    "A class has 28 students. Half of them are girls. How many boys are in the class?",
-    "John buys 3 shirts for 15 dollars each. How much does he pay?",
-    "A garden has 5 rows of 7 tulips and 3 rows of 4 roses. How many flowers are there?",
-    "Ben runs 2 miles every morning and 3 miles every evening. How many miles does he run "
-    "in a week?",
-    "A pizza is cut into 8 slices. If 3 friends each eat 2 slices, how many slices are left?",
-    "Emma saves 5 dollars every week. How many weeks does she need to save 65 dollars?",
-]
+def load_questions(args) -> tuple[list[dict], str]:
+    """``[{id, question, gold}]`` and a description of where they came from."""
+    from selfimprove.answers import gold_answer
+
+    if args.gsm8k:
+        from selfimprove.io import iter_jsonl
+
+        rows = list(itertools.islice(iter_jsonl(args.gsm8k, ["question", "answer"]), args.n))
+        src = f"gsm8k file {args.gsm8k} (first {len(rows)})"
+    elif args.source == "arith":
+        from selfimprove.data import generate_arith
+
+        rows = generate_arith(args.n, steps=[2, 3], seed=args.seed)
+        src = f"selfimprove.data.generate_arith(n={args.n}, steps=[2, 3], seed={args.seed})"
+    else:
+        from selfimprove.data import _gsm_symbolic_stream
+
+        rows = list(itertools.islice(_gsm_symbolic_stream(args.seed, 4 * args.n + 16), args.n))
+        src = f"reasoning_gym gsm_symbolic (seed {args.seed}, first {len(rows)})"
+    if len(rows) < args.n:
+        sys.exit(f"error: only {len(rows)} questions available, --n {args.n} asked")
+    qs = [
+        {"id": r.get("id", f"q{i}"), "question": r["question"], "gold": gold_answer(r["answer"])}
+        for i, r in enumerate(rows)
+    ]
+    return qs, src
+
+
+def cut_row(tok, row: list[int], eos_ids: set[int], stops) -> tuple[str, int, str]:
+    """(text, useful tokens, finish) of one generated row, with the sampler's conventions."""
+    from selfimprove.sampler import find_stop
+
+    end = next((i for i, t in enumerate(row) if t in eos_ids), None)
+    body = row if end is None else row[:end]
+    text = tok.decode(body, skip_special_tokens=True)
+    cut = find_stop(text, stops)
+    if cut is not None:  # smallest prefix whose text holds a stop string
+        lo, hi = 1, len(body)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if find_stop(tok.decode(body[:mid], skip_special_tokens=True), stops) is None:
+                lo = mid + 1
+            else:
+                hi = mid
+        return text[:cut], lo, "stop"
+    if end is not None:
+        return text, end + 1, "eos"
+    return text, len(row), "length"
+
+
+def answer_summary(texts_per_q: list[list[str]], golds: list[str]) -> dict:
+    """No-answer rate, per-path accuracy and majority-vote accuracy of sampled paths."""
+    from selfimprove.answers import answers_match, extract_answer
+    from selfimprove.voting import majority_vote
+
+    answers = [[extract_answer(t) for t in texts] for texts in texts_per_q]
+    paths = [a for ans in answers for a in ans]
+    majority = [majority_vote(a)[0] for a in answers]
+    return {
+        "paths": len(paths),
+        "no_answer_rate": round(sum(a is None for a in paths) / max(len(paths), 1), 3),
+        "path_accuracy": round(
+            sum(answers_match(a, g) for ans, g in zip(answers, golds, strict=True) for a in ans)
+            / max(len(paths), 1),
+            3,
+        ),
+        "majority_accuracy": round(
+            sum(answers_match(m, g) for m, g in zip(majority, golds, strict=True))
+            / max(len(golds), 1),
+            3,
+        ),
+        "distinct_answers_per_question": round(
+            sum(len({a for a in ans if a is not None}) for ans in answers) / max(len(answers), 1),
+            2,
+        ),
+        "majority": majority,
+    }
+
+
+def run_naive(sampler, prefix, questions, args, params) -> dict:
+    """``generate(num_return_sequences=m)`` per question; returns times, tokens and texts."""
+    import torch
+
+    model, tok = sampler.model, sampler.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    texts, useful, computed, reasons = [], 0, 0, {}
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for i, q in enumerate(questions):
+            ids = torch.tensor([sampler.input_ids(prefix, q["suffix"])], device=sampler.device)
+            torch.manual_seed(args.seed + i)
+            out = model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=True,
+                temperature=args.temperature,
+                top_p=1.0,
+                top_k=0,
+                num_return_sequences=args.m,
+                max_new_tokens=args.max_new_tokens,
+                stop_strings=list(params.stop),
+                tokenizer=tok,
+                pad_token_id=pad,
+            )
+            rows = out[:, ids.shape[1] :].tolist()
+            computed += sum(len(r) for r in rows)
+            q_texts = []
+            for row in rows:
+                text, n, why = cut_row(tok, row, sampler.eos_ids, params.stop)
+                q_texts.append(text)
+                useful += n
+                reasons[why] = reasons.get(why, 0) + 1
+            texts.append(q_texts)
+    wall = time.perf_counter() - t0
+    # prefill cost of one question (prompt forward only), measured apart from the loop
+    with torch.inference_mode():
+        ids = torch.tensor([sampler.input_ids(prefix, questions[0]["suffix"])])
+        t = time.perf_counter()
+        model(ids.to(sampler.device), logits_to_keep=1)
+        prefill_one = time.perf_counter() - t
+    return {
+        "wall_s": wall,
+        "useful_tokens": useful,
+        "computed_tokens": computed,
+        "finish_reasons": reasons,
+        "texts": texts,
+        "prefill_s_per_question": prefill_one,
+    }
+
+
+def greedy_check(main_sampler, prefix, questions, args) -> dict:
+    """Greedy outputs of ours vs plain ``generate(do_sample=False)``, token for token."""
+    import torch
+
+    from selfimprove.sampler import SamplingParams, TransformersSampler
+
+    if not questions:
+        return {"skipped": "--greedy-n 0"}
+    same = str(main_sampler.dtype).removeprefix("torch.") == args.greedy_dtype
+    s = (
+        main_sampler
+        if same
+        else TransformersSampler(
+            args.model,
+            dtype=args.greedy_dtype,
+            batch_size=args.batch_size,
+            device=main_sampler.device,
+        )
+    )
+    params = SamplingParams(max_new_tokens=args.max_new_tokens)
+    ours = s.sample(prefix, [q["suffix"] for q in questions], params, desc="greedy (ours)")
+    s.model.set_attn_implementation("sdpa")
+    mismatches = []
+    try:
+        with torch.inference_mode():
+            for q, (c,) in zip(questions, ours, strict=True):
+                ids = torch.tensor([s.input_ids(prefix, q["suffix"])], device=s.device)
+                out = s.model.generate(
+                    ids,
+                    attention_mask=torch.ones_like(ids),
+                    do_sample=False,
+                    max_new_tokens=args.max_new_tokens,
+                    pad_token_id=s.tokenizer.pad_token_id or s.tokenizer.eos_token_id,
+                )
+                text, n, why = cut_row(
+                    s.tokenizer, out[0, ids.shape[1] :].tolist(), s.eos_ids, params.stop
+                )
+                if (text, n, why) != (c.text, c.n_tokens, c.finish_reason):
+                    k = next(
+                        (i for i, (a, b) in enumerate(zip(text, c.text, strict=False)) if a != b),
+                        min(len(text), len(c.text)),
+                    )
+                    mismatches.append(
+                        {"id": q["id"], "first_diff_char": k, "ours": c.text, "generate": text}
+                    )
+    finally:
+        from selfimprove.sampler import _ATTN_NAME
+
+        s.model.set_attn_implementation(_ATTN_NAME)
+    return {
+        "dtype": args.greedy_dtype,
+        "questions": len(questions),
+        "identical": len(questions) - len(mismatches),
+        "mismatches": mismatches,
+    }
+
+
+def find_gguf(args, model_dir: Path, tmp: Path) -> Path:
+    """The GGUF file the base model was made from: --gguf, or extracted from the cached wheel."""
+    from selfimprove.base_model import DEFAULT_PYPI_SHA256, cache_dir, extract_gguf
+
+    if args.gguf:
+        return Path(args.gguf)
+    sha, pattern = DEFAULT_PYPI_SHA256, "*.gguf"
+    src = model_dir / "selfimprove_source.json"
+    if src.exists():
+        info = json.loads(src.read_text())
+        sha = info.get("wheel_sha256") or sha
+        pattern = info.get("gguf_member") or pattern
+    wheels = sorted((cache_dir() / "wheels" / sha).glob("*.whl"))
+    if not wheels:
+        raise FileNotFoundError(
+            f"no cached wheel under {cache_dir() / 'wheels' / sha}; run the base_model stage "
+            "or pass --gguf"
+        )
+    member = extract_gguf(wheels[0], pattern, tmp)
+    return tmp / Path(member).name
+
+
+def run_llama_cpp(args, prefix, questions, params) -> dict:
+    try:
+        import llama_cpp
+    except ImportError:
+        return {"skipped": "llama-cpp-python not installed"}
+    with tempfile.TemporaryDirectory() as tmp:
+        gguf = find_gguf(args, Path(args.model), Path(tmp))
+        threads = args.threads or os.cpu_count() or 1
+        t = time.perf_counter()
+        llm = llama_cpp.Llama(
+            model_path=str(gguf),
+            n_ctx=4096,
+            n_batch=512,
+            n_threads=threads,
+            n_threads_batch=threads,
+            seed=args.seed,
+            verbose=False,
+        )
+        load = time.perf_counter() - t
+        texts, tokens, reasons = [], 0, {}
+        t0 = time.perf_counter()
+        for i, q in enumerate(questions):
+            q_texts = []
+            for j in range(args.m):
+                r = llm.create_completion(
+                    prefix + q["suffix"],
+                    max_tokens=args.max_new_tokens,
+                    temperature=args.temperature,
+                    top_p=1.0,
+                    top_k=0,
+                    min_p=0.0,
+                    repeat_penalty=1.0,
+                    stop=list(params.stop),
+                    seed=args.seed * 1000003 + i * args.m + j,
+                )
+                q_texts.append(r["choices"][0]["text"])
+                tokens += r["usage"]["completion_tokens"]
+                why = r["choices"][0]["finish_reason"]
+                reasons[why] = reasons.get(why, 0) + 1
+            texts.append(q_texts)
+        wall = time.perf_counter() - t0
+    return {
+        "version": getattr(llama_cpp, "__version__", None),
+        "gguf": gguf.name,
+        "note": "weights are the GGUF's own quantization (the transformers model is its "
+        "de-quantized float copy); one completion at a time, prompt cache reuses the prefix",
+        "threads": threads,
+        "questions": len(questions),
+        "load_s": round(load, 2),
+        "wall_s": round(wall, 2),
+        "completion_tokens": tokens,
+        "tok_s": round(tokens / wall, 1) if wall > 0 else None,
+        "finish_reasons": reasons,
+        "answers": answer_summary(texts, [q["gold"] for q in questions]),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="/tmp/smollm2-base")
-    ap.add_argument("--prompts", type=int, default=16)
-    ap.add_argument("--naive-prompts", type=int, default=4, help="0 = skip the naive baseline")
-    ap.add_argument("--m", type=int, default=8)
+    ap.add_argument("--model", default="data/models/base", help="model folder")
+    ap.add_argument("--n", type=int, default=32, help="questions")
+    ap.add_argument("--source", choices=["gsm_symbolic", "arith"], default="gsm_symbolic")
+    ap.add_argument("--gsm8k", help="a GSM8K-format jsonl (question, answer) read in place")
+    ap.add_argument("--shots", type=int, default=8)
+    ap.add_argument("--m", type=int, default=8, help="samples per question")
     ap.add_argument("--temperature", type=float, default=0.7)
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--naive-n", type=int, default=4, help="questions for the naive loop (0=skip)")
+    ap.add_argument("--greedy-n", type=int, default=4, help="questions for the greedy check")
+    ap.add_argument("--greedy-dtype", default="float32")
+    ap.add_argument("--llama-n", type=int, default=4, help="questions for llama.cpp (0=skip)")
+    ap.add_argument("--gguf", help="GGUF file for llama.cpp (default: from the cached wheel)")
+    ap.add_argument("--threads", type=int, default=0, help="torch/llama.cpp threads (0=default)")
+    ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
     import torch
+    import transformers
 
-    from selfimprove.sampler import SamplingParams, TransformersSampler, find_stop
+    from selfimprove.prompts import build_prompt
+    from selfimprove.sampler import SamplingParams, TransformersSampler
 
-    prompts = [f"Q: {q}\nA:" for q in (QUESTIONS * 8)[: args.prompts]]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    questions, source = load_questions(args)
+    prefix = build_prompt("", "fewshot_cot", args.shots)[0]
+    for q in questions:
+        q["suffix"] = build_prompt(q["question"], "fewshot_cot", args.shots)[1]
+    golds = [q["gold"] for q in questions]
+
     t = time.perf_counter()
     sampler = TransformersSampler(args.model, dtype=args.dtype, batch_size=args.batch_size)
     load_s = time.perf_counter() - t
     params = SamplingParams(
-        n=args.m, temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=0
+        n=args.m,
+        temperature=args.temperature,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
     )
-    t = time.perf_counter()
-    out = sampler.sample(PREFIX, prompts, params)
-    wall = time.perf_counter() - t
+
+    # ---- ours
+    out = sampler.sample(prefix, [q["suffix"] for q in questions], params, desc="ours")
+    split = dict(sampler.last_stats)
+    wall = split["wall_s"]
     useful = sum(c.n_tokens for cs in out for c in cs)
     reasons: dict[str, int] = {}
     for cs in out:
         for c in cs:
             reasons[c.finish_reason] = reasons.get(c.finish_reason, 0) + 1
-    result = {
-        "model": str(args.model),
-        "dtype": str(sampler.dtype).removeprefix("torch."),
-        "device": sampler.device,
-        "threads": torch.get_num_threads(),
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "prefix_tokens": len(sampler.input_ids(PREFIX, "")),
-        "prompts": len(prompts),
-        "m": args.m,
-        "temperature": args.temperature,
-        "max_new_tokens": args.max_new_tokens,
-        "batch_size": args.batch_size,
+    ours = {
         "load_s": round(load_s, 2),
-        "sampler_wall_s": round(wall, 2),
-        "sampler_useful_tokens": useful,
-        "sampler_useful_tok_s": round(useful / wall, 1),
-        "sampler_finish_reasons": reasons,
+        "wall_s": round(wall, 2),
+        "wall_s_per_question": round(wall / len(questions), 3),
+        "useful_tokens": useful,
+        "useful_tok_s": round(useful / wall, 1),
+        "finish_reasons": reasons,
+        "time_split": split,
+        "answers": answer_summary([[c.text for c in cs] for cs in out], golds),
         "example": out[0][0].text,
     }
+    result: dict = {
+        "machine": {
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "device": sampler.device,
+            "dtype": str(sampler.dtype).removeprefix("torch."),
+        },
+        "setup": {
+            "model": str(args.model),
+            "questions": len(questions),
+            "source": source,
+            "prompt": f"fewshot_cot, {args.shots} shots",
+            "prefix_tokens": len(sampler.input_ids(prefix, "")),
+            "m": args.m,
+            "temperature": args.temperature,
+            "max_new_tokens": args.max_new_tokens,
+            "batch_size": args.batch_size,
+            "stop": list(params.stop),
+        },
+        "ours": ours,
+    }
 
-    if args.naive_prompts > 0:
-        model, tok = sampler.model, sampler.tokenizer
-        model.set_attn_implementation("sdpa")
-        k = min(args.naive_prompts, len(prompts))
-        naive_useful = naive_total = 0
-        t = time.perf_counter()
-        with torch.inference_mode():
-            for i, p in enumerate(prompts[:k]):
-                ids = torch.tensor([sampler.input_ids(PREFIX, p)], device=sampler.device)
-                torch.manual_seed(i)
-                g = model.generate(
-                    ids,
-                    attention_mask=torch.ones_like(ids),
-                    do_sample=True,
-                    temperature=args.temperature,
-                    top_p=1.0,
-                    top_k=0,
-                    num_return_sequences=args.m,
-                    max_new_tokens=args.max_new_tokens,
-                    pad_token_id=tok.pad_token_id or tok.eos_token_id,
-                )
-                for row in g[:, ids.shape[1] :].tolist():
-                    gen = [x for x in row if x != (tok.pad_token_id or tok.eos_token_id)]
-                    naive_total += len(row)
-                    # useful = tokens until the stop string first appears
-                    for j in range(1, len(gen) + 1):
-                        if find_stop(tok.decode(gen[:j]), params.stop) is not None:
-                            break
-                    naive_useful += j if gen else 0
-        naive_wall = time.perf_counter() - t
-        result.update(
-            {
-                "naive_prompts": k,
-                "naive_wall_s": round(naive_wall, 2),
-                "naive_wall_s_extrapolated": round(naive_wall / k * len(prompts), 2),
-                "naive_generated_tokens": naive_total,
-                "naive_useful_tokens": naive_useful,
-                "naive_useful_tok_s": round(naive_useful / naive_wall, 1),
-                "speedup_wall_per_question": round(naive_wall / k / (wall / len(prompts)), 2),
-            }
-        )
+    # ---- greedy identity (before the naive loop switches attention)
+    result["greedy_check"] = greedy_check(
+        sampler, prefix, questions[: min(args.greedy_n, len(questions))], args
+    )
+
+    # ---- naive loop
+    k = min(args.naive_n, len(questions))
+    if k > 0:
+        sampler.model.set_attn_implementation("sdpa")
+        nv = run_naive(sampler, prefix, questions[:k], args, params)
+        per_q = nv["wall_s"] / k
+        naive_tok_s = nv["useful_tokens"] / nv["wall_s"]
+        result["naive"] = {
+            "questions": k,
+            "note": f"measured on the first {k} questions; wall extrapolated to "
+            f"{len(questions)} by time per question",
+            "wall_s": round(nv["wall_s"], 2),
+            "wall_s_per_question": round(per_q, 3),
+            "wall_s_extrapolated": round(per_q * len(questions), 2),
+            "useful_tokens": nv["useful_tokens"],
+            "computed_tokens": nv["computed_tokens"],
+            "useful_tok_s": round(naive_tok_s, 1),
+            "finish_reasons": nv["finish_reasons"],
+            "prefill_s_per_question": round(nv["prefill_s_per_question"], 3),
+        }
+        ours_sub = [[c.text for c in cs] for cs in out[:k]]
+        a_ours = answer_summary(ours_sub, golds[:k])
+        a_naive = answer_summary(nv["texts"], golds[:k])
+        result["answers_same_questions"] = {
+            "questions": k,
+            "ours": a_ours,
+            "naive": a_naive,
+            "majority_agreement": round(
+                sum(a == b for a, b in zip(a_ours["majority"], a_naive["majority"], strict=True))
+                / k,
+                3,
+            ),
+        }
+        result["ratio"] = {
+            "useful_tok_s": round(ours["useful_tok_s"] / naive_tok_s, 2),
+            "wall_per_question": round(per_q / (wall / len(questions)), 2),
+        }
+    else:
+        result["naive"] = {"skipped": "--naive-n 0"}
+
+    # ---- llama.cpp
+    kl = min(args.llama_n, len(questions))
+    result["llama_cpp"] = (
+        run_llama_cpp(args, prefix, questions[:kl], params)
+        if kl > 0
+        else {"skipped": "--llama-n 0"}
+    )
+
+    lc = result["llama_cpp"].get("tok_s")
+    result["targets"] = {
+        "ratio_vs_naive_>=10": result.get("ratio", {}).get("useful_tok_s", 0) >= 10 if k else None,
+        "useful_tok_s_>=150": ours["useful_tok_s"] >= 150,
+        "at_least_llama_cpp": ours["useful_tok_s"] >= lc if lc else None,
+    }
     print(json.dumps(result))
 
 

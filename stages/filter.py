@@ -1,16 +1,24 @@
-"""filter stage: self-consistency vote; keep agreeing paths; write rationales and the training set."""
+"""filter stage: select the round's training paths by method (lmsi: self-consistency vote; self:
+the model's own verdict; lmsi_self: both; star/rest_em: the gold) from refined.jsonl; write
+rationales and the training set."""
 
 from selfimprove.pipeline import add_round_arg, round_dir, stage_main
 
 
 @stage_main(__doc__, add_round_arg)
 def main(args, params):
-    from selfimprove.filter import filter_samples
+    from selfimprove.filter import filter_refined
     from selfimprove.io import read_jsonl, write_json, write_jsonl
 
     out = round_dir(args.round)
-    samples = read_jsonl(out / "samples.jsonl", required=["id", "question", "paths", "answers"])
-    rationales, train, stats = filter_samples(samples, params.filter)
+    records = read_jsonl(out / "refined.jsonl", required=["id", "question", "paths", "answers"])
+    rationales, train, stats = filter_refined(
+        records,
+        params.filter,
+        params.method,
+        require_consistency=params.refine.require_consistency,
+        rest_em_max_per_question=params.refine.rest_em_max_per_question,
+    )
     write_jsonl(out / "rationales.jsonl", rationales)
     write_jsonl(out / "train.jsonl", train)
     write_json(out / "filter.json", stats)

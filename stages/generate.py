@@ -1,5 +1,7 @@
 """generate stage: m chain-of-thought paths per unlabeled question from the previous round's model."""
 
+import shutil
+
 from selfimprove.pipeline import PREPARED, add_round_arg, round_dir, round_seed, stage_main
 
 
@@ -15,11 +17,13 @@ def main(args, params):
 
     questions = read_jsonl(PREPARED / "train.jsonl", required=["id", "question"])
     out = round_dir(args.round)
+    shards = out / "samples.shards"  # resume state of a killed run; not a DVC output
     records, stats = generate(
-        args.model, questions, params.generate, round_seed(params.seed, args.round)
+        args.model, questions, params.generate, round_seed(params.seed, args.round), shard_dir=shards
     )
     write_jsonl(out / "samples.jsonl", records)
     write_json(out / "generate.json", stats)
+    shutil.rmtree(shards, ignore_errors=True)
     print(f"{args.round}: {stats}")
 
 

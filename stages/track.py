@@ -14,14 +14,17 @@ def _read_json(path: Path) -> dict:
 def _provenance_tags(git: dict, lock_digest: str, method: str) -> dict[str, str]:
     tags = {"dvc_lock": lock_digest, "method": method}
     if git.get("commit"):
-        tags |= {"git_commit": git["commit"], "git_dirty": git.get("dirty", ""),
-                 "mlflow.source.git.commit": git["commit"]}
+        tags |= {
+            "git_commit": git["commit"],
+            "git_dirty": git.get("dirty", ""),
+            "mlflow.source.git.commit": git["commit"],
+        }
     return tags
 
 
 @stage_main(__doc__, add_round_arg)
 def main(args, params):
-    from selfimprove.analysis import flatten_metrics, majority_precision
+    from selfimprove.analysis import flatten_metrics, majority_precision, verdict_precision
     from selfimprove.io import read_jsonl, write_json
     from selfimprove.provenance import dvc_lock_digest
     from selfimprove.tracking import DatasetSpec, check_tracking, git_info, log_round
@@ -33,7 +36,7 @@ def main(args, params):
         return
     check_tracking(cfg)
     metrics = flatten_metrics(_read_json(out / "metrics.json"))
-    for step in ("generate", "filter", "finetune", "warmstart"):
+    for step in ("generate", "refine", "filter", "finetune", "warmstart", "meta_skill"):
         metrics |= flatten_metrics(_read_json(out / f"{step}.json"), f"{step}.")
     datasets, tables = [], {}
     if (out / "rationales.jsonl").exists():
@@ -44,6 +47,17 @@ def main(args, params):
             DatasetSpec(out / "rationales.jsonl", f"{args.round}-rationales", "rationales"),
             DatasetSpec(out / "train.jsonl", f"{args.round}-train", "training"),
         ]
+        refined = out / "refined.jsonl"
+        if params.method != "lmsi" and refined.exists():  # lmsi: refined.jsonl = samples.jsonl
+            # per path: the model's feedback, verdicts and refined answers (or gold marks)
+            datasets.append(DatasetSpec(refined, f"{args.round}-refined", "refinement"))
+            refined_records = read_jsonl(refined)
+            metrics |= flatten_metrics(
+                verdict_precision(refined_records, labels), "analysis.verdict."
+            )
+    corpus = out / "meta_skill.jsonl"
+    if corpus.exists() and corpus.stat().st_size > 0:  # r0 of self/lmsi_self
+        datasets.append(DatasetSpec(corpus, f"{args.round}-meta_skill", "meta_skill"))
     for pred_file in sorted((out / "eval").glob("*.jsonl")):
         tables[f"predictions/{pred_file.stem}.json"] = read_jsonl(pred_file)
     model_dir = out / "model"

@@ -1,9 +1,9 @@
 """params.yaml, validated: one pydantic model per section, every problem reported at once.
 
-Each step module owns its section's model (``generate.GenerateConfig``, ``filter.FilterConfig``, …);
-:class:`Params` assembles them. :func:`load_params` reads ``params.yaml`` and raises
-:class:`ConfigError` listing *every* unknown key, wrong type or inconsistency with the key, the value
-and how to fix it — before any heavy work starts.
+Each step module owns its section's model (``generate.GenerateConfig``,
+``filter.FilterConfig``, …); :class:`Params` assembles them. :func:`load_params` reads
+``params.yaml`` and raises :class:`ConfigError` listing *every* unknown key, wrong type or
+inconsistency with the key, the value and how to fix it — before any heavy work starts.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -22,6 +22,9 @@ from selfimprove.filter import FilterConfig
 from selfimprove.finetune import FinetuneConfig
 from selfimprove.generate import GenerateConfig
 from selfimprove.io import InputError
+from selfimprove.meta_skill import MetaSkillConfig
+from selfimprove.report import ReportConfig
+from selfimprove.self_refine import RefineConfig
 from selfimprove.tracking import TrackingConfig
 from selfimprove.warmstart import WarmstartConfig
 
@@ -43,15 +46,23 @@ class Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     seed: int = Field(0, description="Global seed: data, sampling, training (round k adds k).")
-    method: str = Field("lmsi", description="Self-improvement method: lmsi.")
+    method: Literal["lmsi", "self", "lmsi_self", "star", "rest_em"] = Field(
+        "lmsi",
+        description="Self-improvement method: lmsi (majority vote, Huang et al. 2022), self "
+        "(meta-skills + self-feedback/refinement, Lu et al. 2023), lmsi_self (both), star / "
+        "rest_em (label-using baselines: they read the training labels).",
+    )
     base_model: BaseModelConfig = Field(default_factory=BaseModelConfig)
     data: DataConfig
     warmstart: WarmstartConfig = Field(default_factory=WarmstartConfig)
+    meta_skill: MetaSkillConfig = Field(default_factory=MetaSkillConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    refine: RefineConfig = Field(default_factory=RefineConfig)
     filter: FilterConfig = Field(default_factory=FilterConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
     rounds: dict[str, RoundConfig] = Field(
         default_factory=dict, description="Rounds r1..rN, each naming its predecessor."
     )
@@ -59,8 +70,6 @@ class Params(BaseModel):
     @model_validator(mode="after")
     def _check_cross_section(self) -> Params:
         problems = []
-        if self.method != "lmsi":
-            problems.append(f"method: {self.method!r} is not supported; use 'lmsi'")
         for name, rnd in self.rounds.items():
             if not _ROUND_RE.match(name):
                 problems.append(f"rounds.{name}: round names are r1, r2, …")
@@ -71,6 +80,12 @@ class Params(BaseModel):
                 )
             elif rnd.prev != "r0" and int(rnd.prev[1:]) >= int(name[1:]):
                 problems.append(f"rounds.{name}.prev: {rnd.prev!r} must be an earlier round")
+        if self.method in ("self", "lmsi_self") and self.data.seed_set is None:
+            problems.append(
+                f"method: {self.method} learns its feedback/refinement meta-skills from labeled "
+                "seed questions; set data.seed_set (e.g. {source: arith, n: 64}) or use "
+                "method: lmsi"
+            )
         if self.warmstart.enabled and self.data.seed_set is None:
             problems.append(
                 "warmstart.enabled: true needs labeled seed examples; set data.seed_set "
@@ -78,9 +93,8 @@ class Params(BaseModel):
             )
         unknown = [s for s in self.evaluate.sets or [] if s not in self.data.eval]
         if unknown:
-            problems.append(
-                f"evaluate.sets: {unknown} not defined in data.eval (have: {', '.join(self.data.eval)})"
-            )
+            have = ", ".join(self.data.eval)
+            problems.append(f"evaluate.sets: {unknown} not defined in data.eval (have: {have})")
         if problems:
             raise ValueError("; ".join(problems))
         return self

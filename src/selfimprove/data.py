@@ -1,7 +1,11 @@
 """Data step: the unlabeled training pool, a small labeled seed set and held-out eval sets.
 
-Every record is ``{"id", "question", "answer"}`` where ``answer`` is a GSM8K-style worked
-solution whose last line is ``#### N`` (N an integer or decimal, no commas).
+Two record formats:
+
+* GSM8K format (every set but DROP ones): ``{"id", "question", "answer"}`` where ``answer`` is a
+  GSM8K-style worked solution whose last line is ``#### N`` (N an integer or decimal, no commas).
+* DROP format (eval sets only): ``{"id", "passage", "question", "answers"}`` with ``answers`` a
+  list of gold alternatives, each a list of spans (see :mod:`selfimprove.drop_data`).
 
 Sources (:class:`SourceConfig.source`):
 
@@ -12,13 +16,20 @@ Sources (:class:`SourceConfig.source`):
   GSM8K test set.
 * ``jsonl`` -- a local file in the official GSM8K format (``{"question", "answer"}`` per line).
 * ``gsm8k_hub`` -- ``datasets.load_dataset(hub_id, hub_config, split=split)`` (needs the hub).
+* ``drop_gen`` -- procedural DROP-style football passages with computed golds
+  (:func:`selfimprove.drop_data.generate_drop`), offline. Eval only, like the two below.
+* ``drop_jsonl`` -- the simple-evals DROP file ``drop_v0_dev.jsonl(.gz)``
+  (:func:`selfimprove.drop_data.load_drop_jsonl`).
+* ``drop_hub`` -- ``ucinlp/drop`` through ``datasets`` (needs the hub or its cache).
 
 Disjointness: no two sets share a question (normalized text), and a generated question never
 shares its tuple of numbers with any question of another set (or of its own set): the same
 template with the same numbers and other names is the same problem.  Real (jsonl/hub) sets are
 filled first, then the generated ones, each source from one seeded stream; within a kind the
 eval sets (by name) come first, then the seed set, then train, so changing the size of the
-training pool never changes the eval sets.
+training pool never changes the eval sets. DROP sets only share the duplicate check among
+themselves (normalized passage + question): each is deduplicated and no two DROP sets share a
+question; a real DROP set is a seeded subset of n (file order kept) and keeps the source's ids.
 """
 
 from __future__ import annotations
@@ -36,6 +47,9 @@ from selfimprove.io import InputError, atomic_path, file_sha256, read_jsonl, wri
 
 GENERATED = ("arith", "gsm_symbolic")
 REAL = ("jsonl", "gsm8k_hub")
+DROP_SOURCES = ("drop_gen", "drop_jsonl", "drop_hub")
+# (hub_id, split) used when they are null
+_HUB_DEFAULTS = {"gsm8k_hub": ("openai/gsm8k", "test"), "drop_hub": ("ucinlp/drop", "validation")}
 RESERVED_NAMES = ("train", "seed")
 _NAME_RE = re.compile(r"[a-z0-9_]+")
 _NUM_RE = re.compile(r"\d[\d,]*(?:\.\d+)?")
@@ -52,24 +66,40 @@ class SourceConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    source: Literal["arith", "gsm_symbolic", "gsm8k_hub", "jsonl"] = Field(
+    source: Literal[
+        "arith", "gsm_symbolic", "gsm8k_hub", "jsonl", "drop_gen", "drop_jsonl", "drop_hub"
+    ] = Field(
         description="arith: our offline generator of easy word problems; gsm_symbolic: "
         "GSM-Symbolic templates via reasoning_gym (offline); jsonl: a local file in the GSM8K "
-        "format ({question, answer} per line); gsm8k_hub: datasets.load_dataset (needs the hub)."
+        "format ({question, answer} per line); gsm8k_hub: datasets.load_dataset (needs the hub). "
+        "DROP reading comprehension (eval sets only): drop_gen: offline generated football "
+        "passages; drop_jsonl: the simple-evals drop_v0_dev.jsonl(.gz) file; drop_hub: "
+        "ucinlp/drop (needs the hub)."
     )
     n: int | None = Field(
         None,
-        description="How many records to take (a seeded subset for jsonl/hub); null = all "
-        "(jsonl/hub only; required for the generators arith and gsm_symbolic).",
+        description="How many records to take (a seeded subset for jsonl/hub sources); null = "
+        "all (jsonl/hub only; required for the generators arith, gsm_symbolic and drop_gen).",
     )
     path: str | None = Field(
         None,
-        description="source jsonl: path of the local GSM8K-format file, relative to the "
-        "working directory (e.g. ../shared/data/gsm8k/test.jsonl).",
+        description="source jsonl / drop_jsonl: path of the local file, relative to the "
+        "working directory (e.g. ../shared/data/gsm8k/test.jsonl or "
+        "../shared/data/drop/drop_v0_dev.jsonl.gz).",
     )
-    hub_id: str = Field("openai/gsm8k", description="source gsm8k_hub: the dataset id on the hub.")
-    hub_config: str = Field("main", description="source gsm8k_hub: the dataset config name.")
-    split: str = Field("test", description="source gsm8k_hub: the split to load.")
+    hub_id: str | None = Field(
+        None,
+        description="source gsm8k_hub / drop_hub: the dataset id on the hub; null = "
+        "openai/gsm8k (gsm8k_hub) or ucinlp/drop (drop_hub).",
+    )
+    hub_config: str = Field(
+        "main", description="source gsm8k_hub: the dataset config name (drop_hub has none)."
+    )
+    split: str | None = Field(
+        None,
+        description="source gsm8k_hub / drop_hub: the split to load; null = test (gsm8k_hub) "
+        "or validation (drop_hub).",
+    )
     steps: list[int] = Field(
         [1, 2],
         description="source arith: the numbers of arithmetic operations per problem to draw "
@@ -95,9 +125,23 @@ class SourceConfig(BaseModel):
     def _source_needs(self) -> SourceConfig:
         if self.source == "jsonl" and not self.path:
             raise ValueError("source jsonl needs path: the local GSM8K-format .jsonl file")
-        if self.source in GENERATED and self.n is None:
+        if self.source == "drop_jsonl" and not self.path:
+            raise ValueError(
+                "source drop_jsonl needs path: the local simple-evals DROP file "
+                "(drop_v0_dev.jsonl or drop_v0_dev.jsonl.gz)"
+            )
+        if self.source in (*GENERATED, "drop_gen") and self.n is None:
             raise ValueError(f"source {self.source} needs n (how many problems to generate)")
+        if self.source in _HUB_DEFAULTS:
+            hub_id, split = _HUB_DEFAULTS[self.source]
+            self.hub_id = self.hub_id or hub_id
+            self.split = self.split or split
         return self
+
+    @property
+    def is_drop(self) -> bool:
+        """True for the DROP (reading comprehension, eval-only) sources."""
+        return self.source in DROP_SOURCES
 
 
 def _default_train() -> SourceConfig:
@@ -127,6 +171,17 @@ class DataConfig(BaseModel):
         description="A small labeled warm-start set (e.g. few-shot exemplars or an SFT warm "
         "start); null = no warm start.",
     )
+
+    @field_validator("train", "seed_set")
+    @classmethod
+    def _not_drop(cls, v: SourceConfig | None) -> SourceConfig | None:
+        if v is not None and v.is_drop:
+            raise ValueError(
+                f"source {v.source} is a DROP reading-comprehension set, which is eval-only: "
+                "put it under data.eval; train and seed_set take a GSM8K-format source "
+                "(arith, gsm_symbolic, jsonl, gsm8k_hub)"
+            )
+        return v
 
     @field_validator("eval")
     @classmethod
@@ -673,6 +728,19 @@ def _hub_offline() -> bool:
     return False
 
 
+def _hub_error(where: str, e: Exception, local: str, check: str) -> InputError:
+    """One clear message for any failure to load a hub dataset (offline or not)."""
+    if _hub_offline() or "offline" in str(e).lower():
+        return InputError(
+            f"{where}: the Hugging Face hub is offline (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE "
+            f"is set or there is no network) and the dataset is not cached; use {local} instead"
+        )
+    return InputError(
+        f"{where}: could not load the dataset ({type(e).__name__}: {e}); check {check}, "
+        f"or use {local}"
+    )
+
+
 def _load_hub(cfg: SourceConfig, key: str) -> list[dict]:
     where = f"{key} ({cfg.hub_id!r}, config {cfg.hub_config!r}, split {cfg.split!r})"
     try:
@@ -680,15 +748,11 @@ def _load_hub(cfg: SourceConfig, key: str) -> list[dict]:
 
         ds = datasets.load_dataset(cfg.hub_id, cfg.hub_config, split=cfg.split)
     except Exception as e:  # every failure becomes one clear message
-        if _hub_offline() or "offline" in str(e).lower():
-            raise InputError(
-                f"{where}: the Hugging Face hub is offline (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE "
-                "is set or there is no network) and the dataset is not cached; use "
-                "`source: jsonl` with `path:` a local file in the GSM8K format instead"
-            ) from None
-        raise InputError(
-            f"{where}: could not load the dataset ({type(e).__name__}: {e}); check hub_id, "
-            "hub_config and split, or use `source: jsonl` with a local file"
+        raise _hub_error(
+            where,
+            e,
+            "`source: jsonl` with `path:` a local file in the GSM8K format",
+            "hub_id, hub_config and split",
         ) from None
     missing = [c for c in ("question", "answer") if c not in (ds.column_names or [])]
     if missing:
@@ -700,6 +764,37 @@ def _load_hub(cfg: SourceConfig, key: str) -> list[dict]:
     return _clean_real(rows, lambda i: f"{where} row {i}")
 
 
+def _load_drop_hub(cfg: SourceConfig, key: str) -> list[dict]:
+    from selfimprove.drop_data import records_from_hub_rows
+
+    where = f"{key} ({cfg.hub_id!r}, split {cfg.split!r})"
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(cfg.hub_id, split=cfg.split)
+    except Exception as e:  # every failure becomes one clear message
+        raise _hub_error(
+            where,
+            e,
+            "`source: drop_jsonl` with `path:` a local simple-evals DROP file "
+            "(drop_v0_dev.jsonl.gz)",
+            "hub_id and split",
+        ) from None
+    need = ("passage", "question", "answers_spans")
+    missing = [c for c in need if c not in (ds.column_names or [])]
+    if missing:
+        raise InputError(
+            f"{where}: the dataset has no column(s) {missing} (has {ds.column_names}); "
+            "use a DROP-format dataset such as ucinlp/drop"
+        )
+    return records_from_hub_rows(ds)
+
+
+def _drop_text(record: dict) -> str:
+    """Duplicate key of a DROP record: normalized passage and question."""
+    return normalize_question(record["passage"]) + "\n" + normalize_question(record["question"])
+
+
 def _take_real(
     rows: list[dict],
     n: int | None,
@@ -707,13 +802,14 @@ def _take_real(
     seen_text: set,
     key: str,
     origin: str,
+    text: Callable[[dict], str] = lambda r: normalize_question(r["question"]),
 ) -> tuple[list[dict], dict]:
     """A seeded subset (file order kept) of rows whose text no earlier set has claimed."""
     dropped = {"duplicate_in_source": 0, "in_other_set": 0}
     usable: list[tuple[int, dict, str]] = []
     local: set[str] = set()
     for i, r in enumerate(rows):
-        t = normalize_question(r["question"])
+        t = text(r)
         if t in local:
             dropped["duplicate_in_source"] += 1
             continue
@@ -749,12 +845,17 @@ def _sets(cfg: DataConfig) -> list[tuple[str, str, SourceConfig]]:
 
 def _check_paths(sets: list[tuple[str, str, SourceConfig]]) -> None:
     for _, key, sc in sets:
-        if sc.source == "jsonl":
+        if sc.source in ("jsonl", "drop_jsonl"):
             p = Path(sc.path or "")
             if not p.is_file():
+                what = (
+                    "a GSM8K-format .jsonl file"
+                    if sc.source == "jsonl"
+                    else "the simple-evals DROP file (drop_v0_dev.jsonl.gz)"
+                )
                 raise InputError(
                     f"{key}.path: file {str(p)!r} not found (relative to {Path.cwd()}); "
-                    "point it at a GSM8K-format .jsonl file"
+                    f"point it at {what}"
                 )
 
 
@@ -775,17 +876,53 @@ def _overlaps(out: dict[str, list[dict]], generated: set[str]) -> dict:
     return stats
 
 
-def prepare(cfg: DataConfig, out_dir: Path, seed: int) -> dict:
-    """Make the sets of ``cfg`` and write them under ``out_dir``; return statistics.
+def _drop_sets(
+    sets: list[tuple[str, str, SourceConfig]], seed: int
+) -> tuple[dict[str, list[dict]], dict[str, dict]]:
+    """The DROP-format sets (deduplicated, no question in two of them) and their statistics."""
+    from selfimprove.drop_data import generate_drop, load_drop_jsonl
 
-    Writes (each atomically) ``train.jsonl`` (``{"id", "question"}`` only: labels never reach
-    the self-improvement rounds), ``train_labels.jsonl`` (``{"id", "answer"}``, for analysis),
-    ``seed.jsonl`` (labeled; empty when ``cfg.seed_set`` is None) and ``eval/<name>.jsonl``
-    (labeled). Ids are ``<set>-<index>`` (``train-0``, ``seed-0``, ``<name>-0``).
-    """
-    out_dir = Path(out_dir)
+    seen: set[str] = set()
+    made: dict[str, list[dict]] = {}
+    info: dict[str, dict] = {}
+    drop = [s for s in sets if s[2].is_drop]
+    for name, key, sc in drop:  # real sets first, as for GSM8K
+        if sc.source == "drop_gen":
+            continue
+        if sc.source == "drop_jsonl":
+            rows, origin = load_drop_jsonl(sc.path or ""), Path(sc.path or "").name
+            info[name] = {"source": sc.source, "path": sc.path, "sha256": file_sha256(sc.path)}
+        else:
+            rows, origin = _load_drop_hub(sc, key), f"{sc.hub_id} ({sc.split})"
+            info[name] = {"source": sc.source, "hub": [sc.hub_id, sc.split]}
+        rng = random.Random(f"{sc.source}:{origin}:{name}:{seed}")
+        made[name], dropped = _take_real(rows, sc.n, rng, seen, key, origin, text=_drop_text)
+        info[name].update(format="drop", available=len(rows), dropped=dropped)
+    gen = [(name, key, sc) for name, key, sc in drop if sc.source == "drop_gen"]
+    if gen:
+        pool = iter(generate_drop(2 * sum(sc.n or 0 for _, _, sc in gen) + 50, seed=seed))
+        for name, key, sc in gen:
+            made[name] = []
+            while len(made[name]) < (sc.n or 0):
+                rec = next(pool, None)
+                if rec is None:
+                    break
+                t = _drop_text(rec)
+                if t not in seen:
+                    seen.add(t)
+                    made[name].append(rec)
+            if len(made[name]) < (sc.n or 0):
+                raise _too_few(key, len(made[name]), sc.n or 0, "")
+            info[name] = {"source": "drop_gen", "format": "drop"}
+    return made, info
+
+
+def _build(cfg: DataConfig, seed: int) -> tuple[dict[str, list[dict]], dict]:
+    """Every set of ``cfg`` by name (``train``, ``seed``, eval names) and the statistics."""
     sets = _sets(cfg)
     _check_paths(sets)
+    drop_made, drop_info = _drop_sets(sets, seed)
+    sets_gsm = [s for s in sets if not s[2].is_drop]
 
     seen_text: set[str] = set()
     seen_numbers: set[tuple[str, ...]] = set()
@@ -794,8 +931,8 @@ def prepare(cfg: DataConfig, out_dir: Path, seed: int) -> dict:
 
     # Real sets first (they only claim text and numbers), then the generated ones, which must
     # also avoid every number tuple already claimed.
-    hub_cache: dict[tuple[str, str, str], list[dict]] = {}
-    for name, key, sc in sets:
+    hub_cache: dict[tuple, list[dict]] = {}
+    for name, key, sc in sets_gsm:
         if sc.source not in REAL:
             continue
         if sc.source == "jsonl":
@@ -815,7 +952,7 @@ def prepare(cfg: DataConfig, out_dir: Path, seed: int) -> dict:
         seen_numbers.update(question_numbers(r["question"]) for r in recs)
     seen_numbers.discard(())
 
-    gen = [s for s in sets if s[2].source in GENERATED]
+    gen = [s for s in sets_gsm if s[2].source in GENERATED]
     if any(sc.source == "arith" for _, _, sc in gen):
         arith = _ArithStream(random.Random(f"arith:{seed}"))
         for name, key, sc in gen:
@@ -832,13 +969,47 @@ def prepare(cfg: DataConfig, out_dir: Path, seed: int) -> dict:
 
     label = {name: ("eval/" + name if name in cfg.eval else name) for name, _, _ in sets}
     labeled = {
-        name: [{"id": f"{name}-{i}", **r} for i, r in enumerate(made[name])] for name, _, _ in sets
+        name: [{"id": f"{name}-{i}", **r} for i, r in enumerate(made[name])]
+        for name, _, _ in sets_gsm
     }
     overlap = _overlaps(
         {label[name]: recs for name, recs in labeled.items()},
         {label[name] for name, _, _ in gen},
     )
+    labeled |= drop_made  # DROP records keep their source ids
+    info |= drop_info
 
+    warnings = []
+    if cfg.train.source == "gsm_symbolic" and any(sc.source in REAL for sc in cfg.eval.values()):
+        warnings.append(
+            "train is gsm_symbolic, whose templates are GSM8K test questions (other numbers): "
+            "a GSM8K test eval set is then not fully held out"
+        )
+    for name, _, sc in sets:
+        info[name]["n"] = sc.n
+    stats = {
+        "seed": seed,
+        "counts": {"seed": 0, **{label[name]: len(labeled[name]) for name, _, _ in sets}},
+        "sets": {label[name]: info[name] for name, _, _ in sets},
+        "overlap": overlap,
+        "warnings": warnings,
+    }
+    return labeled, stats
+
+
+def prepare(cfg: DataConfig, out_dir: Path, seed: int) -> dict:
+    """Make the sets of ``cfg`` and write them under ``out_dir``; return statistics.
+
+    Writes (each atomically) ``train.jsonl`` (``{"id", "question"}`` only: labels never reach
+    the self-improvement rounds), ``train_labels.jsonl`` (``{"id", "answer"}``, for analysis),
+    ``seed.jsonl`` (labeled; empty when ``cfg.seed_set`` is None) and ``eval/<name>.jsonl``
+    (labeled). Ids are ``<set>-<index>`` (``train-0``, ``seed-0``, ``<name>-0``), except in
+    DROP-format eval sets (``{"id", "passage", "question", "answers"}``), which keep the ids of
+    their source (``drop_v0_dev-<row>``, the hub's query id, ``gen-<seed>-<i>``). The
+    ``overlap`` statistics cover the GSM8K-format sets.
+    """
+    out_dir = Path(out_dir)
+    labeled, stats = _build(cfg, seed)
     write_jsonl(
         out_dir / "train.jsonl",
         ({"id": r["id"], "question": r["question"]} for r in labeled["train"]),
@@ -851,19 +1022,22 @@ def prepare(cfg: DataConfig, out_dir: Path, seed: int) -> dict:
     with atomic_path(out_dir / "eval", is_dir=True) as tmp:
         for name in sorted(cfg.eval):
             write_jsonl(tmp / f"{name}.jsonl", labeled[name])
+    return stats
 
-    warnings = []
-    if cfg.train.source == "gsm_symbolic" and any(sc.source in REAL for sc in cfg.eval.values()):
-        warnings.append(
-            "train is gsm_symbolic, whose templates are GSM8K test questions (other numbers): "
-            "a GSM8K test eval set is then not fully held out"
-        )
-    for name, _, sc in sets:
-        info[name]["n"] = sc.n
-    return {
-        "seed": seed,
-        "counts": {"seed": 0, **{label[name]: len(recs) for name, recs in labeled.items()}},
-        "sets": {label[name]: info[name] for name, _, _ in sets},
-        "overlap": overlap,
-        "warnings": warnings,
-    }
+
+def make_set(name: str, source: SourceConfig, seed: int) -> tuple[list[dict], dict]:
+    """One eval set on its own, in memory: ``(records, statistics)``.
+
+    The records are those :func:`prepare` writes to ``eval/<name>.jsonl`` for the same name,
+    source and seed when no other set claims any of its questions (e.g. the benchmarks use it
+    to score the real GSM8K / DROP files in place).
+
+    >>> recs, info = make_set("easy", SourceConfig(source="arith", n=2, steps=[1]), seed=0)
+    >>> [r["id"] for r in recs], info["source"]
+    (['easy-0', 'easy-1'], 'arith')
+    """
+    if not _NAME_RE.fullmatch(name) or name in RESERVED_NAMES:
+        raise InputError(f"set name {name!r}: use only a-z, 0-9 and _ (not train or seed)")
+    cfg = DataConfig(train=SourceConfig(source="arith", n=0, steps=[1]), eval={name: source})
+    labeled, stats = _build(cfg, seed)
+    return labeled[name], stats["sets"][f"eval/{name}"]

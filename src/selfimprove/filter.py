@@ -15,7 +15,7 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from selfimprove.answers import cut_at_stop, strict_answer_span
+from selfimprove.answers import cut_at_stop, extract_answer, strict_answer_span
 from selfimprove.io import InputError
 from selfimprove.prompts import STYLES, build_prompt, direct_completion, is_cot
 from selfimprove.voting import agreement_histogram, majority_vote
@@ -272,4 +272,199 @@ def filter_samples(samples: list[dict], cfg: FilterConfig) -> tuple[list[dict], 
         "no_answer_rate": round(n_no_answer / n_paths, 4) if n_paths else 0.0,
         "agreement_histogram": agreement_histogram(agreements),
     }
+    return rationales, train, stats
+
+
+# ---------------------------------------------------------------------------- other methods
+
+#: every self-improvement method; lmsi is the default (a majority vote, no labels)
+METHODS: tuple[str, ...] = ("lmsi", "self", "lmsi_self", "star", "rest_em")
+#: methods whose rounds use the model's own feedback (need the meta-skill stage)
+SELF_METHODS: tuple[str, ...] = ("self", "lmsi_self")
+#: methods that read the training questions' gold answers (baselines, not label-free)
+LABEL_METHODS: tuple[str, ...] = ("star", "rest_em")
+
+_NEEDS = {
+    "self": ("refined_paths", "refined_answers", "final_verdicts"),
+    "lmsi_self": ("refined_paths", "refined_answers", "final_verdicts"),
+    "star": ("gold", "correct"),
+    "rest_em": ("gold", "correct"),
+}
+
+
+def _check_method_keys(i: int, rec: dict, method: str, n_paths: int) -> None:
+    for key in _NEEDS[method]:
+        if key not in rec:
+            raise InputError(
+                f"record {i + 1} (id={rec.get('id')!r}): missing key {key!r} needed by method "
+                f"{method!r}; refined.jsonl was written for another method, rerun the refine "
+                "stage (dvc repro)"
+            )
+        value = rec[key]
+        if key != "gold" and (not isinstance(value, list) or len(value) != n_paths):
+            raise InputError(
+                f"record {i + 1} (id={rec.get('id')!r}): {key!r} must be a list with one entry "
+                f"per path ({n_paths}); rerun the refine stage"
+            )
+
+
+def filter_refined(
+    records: list[dict],
+    cfg: FilterConfig,
+    method: str = "lmsi",
+    require_consistency: bool = True,
+    rest_em_max_per_question: int = 4,
+) -> tuple[list[dict], list[dict], dict]:
+    """Select training paths by ``method`` from refine-stage records; like
+    :func:`filter_samples`, returns ``(rationales, train_examples, stats)``.
+
+    * ``lmsi``: exactly :func:`filter_samples` (majority vote over the sampled answers).
+    * ``self``: refined paths whose final self-verdict is "correct"; direct formats answer with
+      the most common kept answer.
+    * ``lmsi_self``: the majority vote over the *refined* answers (``min_agreement``) and, with
+      ``require_consistency``, only verdict-correct paths that agree with it.
+    * ``star``: paths whose answer matches the gold, plus the rationalization of an unsolved
+      question when it reached the gold; direct formats answer with the gold.
+    * ``rest_em``: paths whose answer matches the gold, at most ``rest_em_max_per_question``
+      (0 = all) per question (instead of ``max_paths_per_question``).
+
+    Kept paths are cleaned by :func:`finalize_path`, deduplicated and capped as in LMSI.
+
+    >>> recs = [{"id": "q1", "question": "Tom has 3 apples and buys 2. How many?",
+    ...          "paths": ["3 + 2 = 6.", "3 + 2 = 5."], "answers": ["6", "5"],
+    ...          "refined_paths": ["3 + 2 = 5.", "3 + 2 = 5."], "refined_answers": ["5", "5"],
+    ...          "final_verdicts": [True, None]}]
+    >>> cfg = FilterConfig(formats={"fewshot_cot": False, "fewshot_direct": False,
+    ...                             "zeroshot_cot": True, "zeroshot_direct": True})
+    >>> rats, train, stats = filter_refined(recs, cfg, "self")
+    >>> [(t["format"], t["completion"]) for t in train]
+    [('zeroshot_cot', ' 3 + 2 = 5. The answer is 5.'), ('zeroshot_direct', ' The answer is 5.')]
+    >>> rats[0]["kept"], stats["n_verdict_correct"], stats["n_verdict_none"]
+    ([True, False], 1, 1)
+    """
+    if method == "lmsi":
+        return filter_samples(records, cfg)
+    if method not in _NEEDS:
+        raise InputError(f"method {method!r} is not one of {', '.join(METHODS)}")
+    formats = cfg.formats.enabled()
+    cap = rest_em_max_per_question if method == "rest_em" else cfg.max_paths_per_question
+    rationales: list[dict] = []
+    train: list[dict] = []
+    per_format = dict.fromkeys(STYLES, 0)
+    seen_ids: set[str | int] = set()
+    agreements: list[float] = []
+    n_paths = n_no_answer = n_candidates = n_kept = n_duplicates = n_unusable = 0
+    n_verdict_correct = n_verdict_none = n_rationalized = 0
+
+    for i, rec in enumerate(records):
+        qid, question, paths, answers = _check_sample(i, rec)
+        if qid in seen_ids:
+            raise InputError(
+                f"record {i + 1}: id {qid!r} appears twice; each question needs a unique id"
+            )
+        seen_ids.add(qid)
+        _check_method_keys(i, rec, method, len(paths))
+        n_paths += len(paths)
+        if method in SELF_METHODS:
+            final_paths, final_answers = rec["refined_paths"], rec["refined_answers"]
+            verdicts = rec["final_verdicts"]
+            n_verdict_correct += sum(v is True for v in verdicts)
+            n_verdict_none += sum(v is None for v in verdicts)
+            ok = [v is True for v in verdicts]
+            majority, agreement = majority_vote(final_answers)
+            if method == "lmsi_self" and require_consistency:
+                agree = majority is not None and agreement >= cfg.min_agreement
+                ok = [o and agree and a == majority for o, a in zip(ok, final_answers, strict=True)]
+            direct = majority if method == "lmsi_self" else None
+        else:
+            final_paths, final_answers = list(paths), list(answers)
+            ok = [bool(c) for c in rec["correct"]]
+            majority, agreement = majority_vote(answers)
+            direct = rec["gold"]
+            if method == "star" and rec.get("rationalization_correct"):
+                final_paths.append(rec["rationalization"])
+                final_answers.append(extract_answer(rec["rationalization"]))
+                ok.append(True)
+                n_rationalized += 1
+        n_no_answer += sum(a is None for a in final_answers[: len(paths)])
+        agreements.append(agreement)
+
+        kept = [False] * len(final_paths)
+        texts: list[str] = []
+        kept_answers: list[str] = []
+        seen_paths: set[str] = set()
+        for j, (path, answer) in enumerate(zip(final_paths, final_answers, strict=True)):
+            if not ok[j] or answer is None:
+                continue
+            n_candidates += 1
+            if cap and len(texts) >= cap:
+                continue
+            text = finalize_path(path, answer)
+            if text is None:
+                n_unusable += 1
+                continue
+            if cfg.dedupe and text in seen_paths:
+                n_duplicates += 1
+                continue
+            seen_paths.add(text)
+            kept[j] = True
+            texts.append(text)
+            kept_answers.append(answer)
+        n_kept += len(texts)
+        selected = bool(texts)
+        if selected:
+            if direct is None:
+                direct = majority_vote(kept_answers)[0]
+            for fmt in formats:
+                prefix, suffix = build_prompt(question, fmt, cfg.n_shots)
+                completions = (
+                    [" " + t for t in texts] if is_cot(fmt) else [direct_completion(direct)]
+                )
+                for completion in completions:
+                    train.append(
+                        {
+                            "id": qid,
+                            "format": fmt,
+                            "prompt": prefix + suffix,
+                            "completion": completion,
+                        }
+                    )
+                per_format[fmt] += len(completions)
+        rationales.append(
+            {
+                "id": qid,
+                "question": question,
+                "paths": paths,
+                "answers": answers,
+                "final_answers": final_answers,
+                "majority": majority,
+                "agreement": agreement,
+                "kept": kept,
+                "kept_texts": texts,
+                "selected": selected,
+                "method": method,
+            }
+        )
+
+    n_questions = len(rationales)
+    n_selected = sum(r["selected"] for r in rationales)
+    stats = {
+        "n_questions": n_questions,
+        "n_selected": n_selected,
+        "selected_fraction": round(n_selected / n_questions, 4) if n_questions else 0.0,
+        "n_paths": n_paths,
+        "n_candidate_paths": n_candidates,
+        "n_kept_paths": n_kept,
+        "n_duplicate_paths": n_duplicates,
+        "n_unusable_paths": n_unusable,
+        "n_train_examples": len(train),
+        **{f"n_train_{fmt}": n for fmt, n in per_format.items()},
+        "mean_agreement": round(sum(agreements) / n_questions, 4) if n_questions else 0.0,
+        "no_answer_rate": round(n_no_answer / n_paths, 4) if n_paths else 0.0,
+        "agreement_histogram": agreement_histogram(agreements),
+    }
+    if method in SELF_METHODS:
+        stats |= {"n_verdict_correct": n_verdict_correct, "n_verdict_none": n_verdict_none}
+    if method == "star":
+        stats["n_rationalized"] = n_rationalized
     return rationales, train, stats

@@ -1,11 +1,21 @@
 """The generate step: m chain-of-thought paths per unlabeled question, with their answers.
 
 One prompt code (``prompts.build_prompt``) and one sampler serve generation and evaluation. A
-visible ``if`` picks the backend; the transformers backend is the offline default.
+visible ``if`` picks the backend; the transformers backend is the offline default, vLLM the
+optional GPU one.
+
+Resumable: the questions are sampled in shards of ``shard_size``. With a ``shard_dir``, every
+finished shard is written at once (``shard-00000.jsonl`` + a ``shard-00000.json`` manifest); a
+rerun reads back the shards whose manifest matches the current settings and samples only the
+rest. A shard's samples depend only on its questions and their global indices (the seeds), so a
+resumed run ends with the same records as an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import time
 from pathlib import Path
 from typing import Literal
@@ -13,6 +23,12 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from selfimprove.answers import extract_answer
+from selfimprove.io import InputError
+
+log = logging.getLogger(__name__)
+
+MANIFEST_VERSION = 1
+_TIMING_KEYS = ("prefix_prefill_s", "suffix_prefill_s", "decode_s", "other_s")
 
 
 class GenerateConfig(BaseModel):
@@ -20,8 +36,10 @@ class GenerateConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    backend: Literal["transformers"] = Field(
-        "transformers", description="Sampling backend (transformers: CPU/GPU, offline)."
+    backend: Literal["transformers", "vllm"] = Field(
+        "transformers",
+        description="Sampling backend: transformers (CPU/GPU, offline) or vllm (CUDA GPU only; "
+        "pip install 'selfimprove[vllm]').",
     )
     num_paths: int = Field(8, ge=1, description="m: paths sampled per question (paper: 32).")
     temperature: float = Field(0.7, gt=0, description="Sampling temperature (paper: 0.7).")
@@ -32,31 +50,61 @@ class GenerateConfig(BaseModel):
         "fewshot_cot", description="Prompt used for sampling (few-shot CoT as in the paper)."
     )
     n_shots: int = Field(4, ge=0, le=8, description="Few-shot exemplars in the prompt (max 8).")
-    batch_size: int = Field(32, ge=1, description="Sequences decoded together.")
+    batch_size: int = Field(
+        32,
+        ge=1,
+        description="Sequences decoded together (transformers backend; vLLM schedules its own).",
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="Compute dtype (auto: bf16 where the hardware is fast at it, else fp32)."
+        "auto",
+        description="Compute dtype (auto: bf16 where the hardware is fast at it, else fp32).",
     )
     limit: int | None = Field(
         None, ge=1, description="Use only the first N training questions (quick runs); null = all."
     )
+    shard_size: int = Field(
+        32,
+        ge=1,
+        description="Questions per shard; each finished shard is saved, so a killed run resumes "
+        "after the last finished shard (smaller = less work lost, slightly emptier batches).",
+    )
 
 
-def make_sampler(model_dir: str | Path, backend: str, dtype: str, batch_size: int):
-    """The sampler for ``backend`` (an ``if``, not a registry)."""
+def make_sampler(
+    model_dir: str | Path,
+    backend: str,
+    dtype: str,
+    batch_size: int,
+    lora_path: str | Path | None = None,
+):
+    """The sampler for ``backend`` (an ``if``, not a registry).
+
+    ``lora_path`` (vllm only) applies a LoRA adapter on top of ``model_dir``; the transformers
+    backend samples from merged round models.
+    """
     if backend == "transformers":
         from selfimprove.sampler import TransformersSampler
 
+        if lora_path is not None:
+            raise InputError(
+                f"lora_path={str(lora_path)!r}: the transformers backend samples from a merged "
+                "model folder; give that folder as the model, or use backend: vllm"
+            )
         return TransformersSampler(model_dir, dtype=dtype, batch_size=batch_size)
-    raise ValueError(f"unknown backend {backend!r}; use 'transformers'")
+    if backend == "vllm":
+        from selfimprove.vllm_backend import VLLMSampler
+
+        return VLLMSampler(model_dir, dtype=dtype, lora_path=lora_path)
+    raise InputError(f"unknown backend {backend!r}; use 'transformers' or 'vllm'")
 
 
 def paths_to_record(qid: str, question: str, completions: list) -> dict:
     """One samples.jsonl record from a question's completions.
 
     >>> from types import SimpleNamespace as C
-    >>> r = paths_to_record("q1", "1+1?", [C(text=" 1+1=2. The answer is 2.", n_tokens=9,
-    ...                                       finish_reason="stop"),
-    ...                                     C(text=" I am not sure", n_tokens=4, finish_reason="eos")])
+    >>> good = C(text=" 1+1=2. The answer is 2.", n_tokens=9, finish_reason="stop")
+    >>> bad = C(text=" I am not sure", n_tokens=4, finish_reason="eos")
+    >>> r = paths_to_record("q1", "1+1?", [good, bad])
     >>> r["answers"], r["finish"]
     (['2', None], ['stop', 'eos'])
     """
@@ -71,10 +119,168 @@ def paths_to_record(qid: str, question: str, completions: list) -> dict:
     }
 
 
+# ---------------------------------------------------------------------------- resume
+
+
+def _sha256_text(parts: list[str]) -> str:
+    """sha256 of strings, each length-prefixed (so ["ab", "c"] != ["a", "bc"]).
+
+    >>> _sha256_text(["ab", "c"]) != _sha256_text(["a", "bc"])
+    True
+    """
+    h = hashlib.sha256()
+    for p in parts:
+        b = p.encode()
+        h.update(len(b).to_bytes(8, "little") + b)
+    return h.hexdigest()
+
+
+def model_fingerprint(model_dir: str | Path) -> str:
+    """A cheap fingerprint of a model folder: sha256 of every file's path, size and mtime.
+
+    Cheap enough for any model size (no weight hashing); a re-checkout that touches the files
+    changes it, which only costs a recomputation, never a stale reuse.
+
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (d / "config.json").write_text("{}")
+    >>> a = model_fingerprint(d)
+    >>> a == model_fingerprint(d)
+    True
+    >>> _ = (d / "model.safetensors").write_text("w")
+    >>> a == model_fingerprint(d)
+    False
+    """
+    root = Path(model_dir)
+    if not root.is_dir():
+        raise InputError(f"{root}: model folder not found; check the path")
+    rows = []
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            st = p.stat()
+            rows.append(f"{p.relative_to(root).as_posix()}\t{st.st_size}\t{st.st_mtime_ns}")
+    return _sha256_text([str(root.resolve()), *rows])
+
+
+def run_settings(model_dir: str | Path, cfg: GenerateConfig, seed: int, prefix: str) -> dict:
+    """Everything besides the questions that decides a shard's samples (stored in manifests).
+
+    ``limit`` is left out on purpose: a bigger limit keeps the earlier shards valid.
+    """
+    import importlib.metadata as md
+
+    from selfimprove import answers, sampler
+
+    code = [Path(__file__), Path(sampler.__file__), Path(answers.__file__)]
+    libs = ["torch", "transformers"] + (["vllm"] if cfg.backend == "vllm" else [])
+    versions = {}
+    for lib in libs:
+        try:
+            versions[lib] = md.version(lib)
+        except md.PackageNotFoundError:
+            versions[lib] = None
+    return {
+        "manifest_version": MANIFEST_VERSION,
+        "model": model_fingerprint(model_dir),
+        "seed": seed,
+        "prefix_sha256": _sha256_text([prefix]),
+        "code_sha256": _sha256_text([p.read_text(encoding="utf-8") for p in code]),
+        "versions": versions,
+        **cfg.model_dump(exclude={"limit"}),
+    }
+
+
+def shard_paths(shard_dir: Path, k: int) -> tuple[Path, Path]:
+    """(records, manifest) paths of shard ``k``.
+
+    >>> [p.name for p in shard_paths(Path("s"), 3)]
+    ['shard-00003.jsonl', 'shard-00003.json']
+    """
+    stem = f"shard-{k:05d}"
+    return shard_dir / f"{stem}.jsonl", shard_dir / f"{stem}.json"
+
+
+def _shard_index(path: Path) -> int | None:
+    """``3`` for ``shard-00003.jsonl`` / ``.json``, None for other names.
+
+    >>> _shard_index(Path("shard-00003.json")), _shard_index(Path("notes.txt"))
+    (3, None)
+    """
+    stem = path.name.split(".", 1)[0]
+    if not stem.startswith("shard-") or not stem[6:].isdigit():
+        return None
+    return int(stem[6:])
+
+
+def _discard(paths: tuple[Path, Path]) -> None:
+    for p in paths:
+        p.unlink(missing_ok=True)
+
+
+def load_shard(shard_dir: Path, k: int, expected: dict) -> list[dict] | None:
+    """Shard ``k``'s records if its manifest equals ``expected`` (else discard it, None)."""
+    from selfimprove.io import file_sha256, read_jsonl
+
+    rec_path, man_path = shard_paths(shard_dir, k)
+    if not man_path.exists():
+        if rec_path.exists():
+            log.warning("%s: no manifest (killed while writing?); sampling it again", rec_path)
+            _discard((rec_path, man_path))
+        return None
+    try:
+        manifest = json.loads(man_path.read_text(encoding="utf-8"))
+        found = {key: manifest.get(key) for key in expected}
+    except (OSError, ValueError, AttributeError):
+        found = None
+    if found is None:
+        reason = "unreadable manifest"
+    elif found != expected:
+        differ = [key for key in expected if found[key] != expected[key]]
+        if "settings" in differ and isinstance(found["settings"], dict):
+            sub = [
+                key
+                for key in expected["settings"]
+                if found["settings"].get(key) != expected["settings"][key]
+            ]
+            differ[differ.index("settings")] = f"settings ({', '.join(sub)})"
+        reason = "differs in " + ", ".join(differ)
+    elif not rec_path.exists() or file_sha256(rec_path) != manifest.get("records_sha256"):
+        reason = "records file missing or changed since it was written"
+    else:
+        return read_jsonl(rec_path)
+    log.warning("%s: discarded (%s); sampling it again", man_path, reason)
+    _discard((rec_path, man_path))
+    return None
+
+
+def _clean_shard_dir(shard_dir: Path, n_shards: int) -> None:
+    """Remove temporaries of killed writes and shards beyond the current question list."""
+    for p in shard_dir.iterdir():
+        k = _shard_index(p)
+        if p.name.startswith(".shard-") and p.name.endswith(".tmp") and p.is_file():
+            p.unlink(missing_ok=True)
+        elif k is not None and k >= n_shards and p.is_file():
+            log.info("%s: beyond the %d shards of this run; removed", p, n_shards)
+            p.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------- the step
+
+
 def generate(
-    model_dir: str | Path, questions: list[dict], cfg: GenerateConfig, seed: int
+    model_dir: str | Path,
+    questions: list[dict],
+    cfg: GenerateConfig,
+    seed: int,
+    shard_dir: str | Path | None = None,
 ) -> tuple[list[dict], dict]:
-    """Sample ``cfg.num_paths`` paths per question; return (records, stats)."""
+    """Sample ``cfg.num_paths`` paths per question; return (records, stats).
+
+    Questions are sampled in shards of ``cfg.shard_size``; question ``i`` (after ``limit``)
+    always uses the seeds of index ``i``. With ``shard_dir``, finished shards are saved there
+    and reused by a rerun with the same settings (see the module docstring).
+    """
+    from selfimprove.io import file_sha256, write_json, write_jsonl
     from selfimprove.prompts import build_prompt
     from selfimprove.sampler import SamplingParams
 
@@ -82,7 +288,6 @@ def generate(
         questions = questions[: cfg.limit]
     prefix = build_prompt("", cfg.style, cfg.n_shots)[0]
     suffixes = [build_prompt(q["question"], cfg.style, cfg.n_shots)[1] for q in questions]
-    sampler = make_sampler(model_dir, cfg.backend, cfg.dtype, cfg.batch_size)
     params = SamplingParams(
         n=cfg.num_paths,
         temperature=cfg.temperature,
@@ -91,13 +296,68 @@ def generate(
         max_new_tokens=cfg.max_new_tokens,
         seed=seed,
     )
-    t0 = time.perf_counter()
-    outputs = sampler.sample(prefix, suffixes, params, desc="generate")
-    wall = time.perf_counter() - t0
-    records = [
-        paths_to_record(q["id"], q["question"], outs)
-        for q, outs in zip(questions, outputs, strict=True)
-    ]
+    size = cfg.shard_size
+    starts = list(range(0, len(questions), size))
+    settings = None
+    if shard_dir is not None:
+        shard_dir = Path(shard_dir)
+        shard_dir.mkdir(parents=True, exist_ok=True)
+        _clean_shard_dir(shard_dir, len(starts))
+        settings = run_settings(model_dir, cfg, seed, prefix)
+
+    sampler = None
+    records: list[dict] = []
+    reused = 0
+    wall = 0.0
+    new_tokens = 0
+    timing = dict.fromkeys(_TIMING_KEYS, 0.0)
+    for k, start in enumerate(starts):
+        shard_q = questions[start : start + size]
+        shard_s = suffixes[start : start + size]
+        expected = None
+        if shard_dir is not None:
+            expected = {
+                "settings": settings,
+                "start": start,
+                "ids": [q["id"] for q in shard_q],
+                "prompts_sha256": _sha256_text(shard_s),
+            }
+            done = load_shard(shard_dir, k, expected)
+            if done is not None:
+                records.extend(done)
+                reused += 1
+                continue
+        if sampler is None:
+            sampler = make_sampler(model_dir, cfg.backend, cfg.dtype, cfg.batch_size)
+        t0 = time.perf_counter()
+        outputs = sampler.sample(
+            prefix, shard_s, params, desc=f"generate {k + 1}/{len(starts)}", index_offset=start
+        )
+        shard_wall = time.perf_counter() - t0
+        wall += shard_wall
+        for key in _TIMING_KEYS:
+            timing[key] += getattr(sampler, "last_stats", {}).get(key, 0.0)
+        shard_records = [
+            paths_to_record(q["id"], q["question"], outs)
+            for q, outs in zip(shard_q, outputs, strict=True)
+        ]
+        new_tokens += sum(sum(r["n_tokens"]) for r in shard_records)
+        records.extend(shard_records)
+        if shard_dir is not None:
+            rec_path, man_path = shard_paths(shard_dir, k)
+            write_jsonl(rec_path, shard_records)
+            write_json(
+                man_path,
+                {
+                    **expected,
+                    "records_sha256": file_sha256(rec_path),
+                    "n_records": len(shard_records),
+                    "wall_s": round(shard_wall, 2),
+                },
+            )
+    if reused:
+        log.info("reused %d of %d shards from %s", reused, len(starts), shard_dir)
+
     n_paths = sum(len(r["paths"]) for r in records)
     n_tokens = sum(sum(r["n_tokens"]) for r in records)
     no_answer = sum(a is None for r in records for a in r["answers"])
@@ -109,7 +369,10 @@ def generate(
             sum(f == "stop" for r in records for f in r["finish"]) / n_paths if n_paths else 0.0
         ),
         "tokens": n_tokens,
+        "shards": len(starts),
+        "shards_reused": reused,
         "wall_s": round(wall, 2),
-        "tokens_per_s": round(n_tokens / wall, 1) if wall > 0 else 0.0,
+        "tokens_per_s": round(new_tokens / wall, 1) if wall > 0 else 0.0,
+        **{key: round(v, 2) for key, v in timing.items()},
     }
     return records, stats

@@ -59,7 +59,7 @@ def load_eval_sets(names: list[str] | None) -> dict[str, list[dict]]:
         raise InputError(
             f"{folder}: no eval set(s) {missing} (have: {available}); rerun `dvc repro data`"
         )
-    return {n: read_jsonl(folder / f"{n}.jsonl", required=["id", "question", "answer"]) for n in wanted}
+    return {n: read_jsonl(folder / f"{n}.jsonl", required=["id", "question"]) for n in wanted}
 
 
 def stage_main(

@@ -19,9 +19,15 @@ The cache of the active rows holds only their tails (suffix + generated tokens),
 position ids, so rows of different questions and ages share one batch.
 
 Reproducibility: every row (prompt ``i``, sample ``j``) draws its random numbers from its own
-``torch.Generator`` seeded from ``(params.seed, i, j)``. The same seed, inputs, model, dtype and
-machine give identical outputs; changing ``batch_size`` (or the other prompts in the call) changes
-only the floating-point rounding of the logits, so outputs are the same up to rare near-tie flips.
+``torch.Generator`` seeded from ``(params.seed, index_offset + i, j)``. The same seed, inputs,
+model, dtype and machine give identical outputs; changing ``batch_size`` (or the other prompts in
+the call) changes only the floating-point rounding of the logits, so outputs are the same up to
+rare near-tie flips. ``index_offset`` lets a caller that splits its prompts into shards keep the
+global index of each prompt in its seed (shard size or a resume then does not move the seeds).
+
+After each :meth:`TransformersSampler.sample` call, ``sampler.last_stats`` says where the time
+went: prefix prefill (once), suffix prefill (once per question), decode forward passes, and the
+rest (sampling, stop checks, cache bookkeeping).
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ from typing import Any
 from selfimprove.io import InputError
 
 _ATTN_NAME = "selfimprove_prefix"
+# where TransformersSampler.sample spends its time (see ``last_stats``)
+_TIMERS = ("prefix_prefill_s", "suffix_prefill_s", "decode_s")
 # Per-layer (keys, values) of the shared prefix, each [kv_heads, prefix_len, head_dim], or None.
 _ACTIVE_PREFIX: contextvars.ContextVar[list | None] = contextvars.ContextVar(
     "selfimprove_active_prefix", default=None
@@ -231,6 +239,26 @@ def _register_attention() -> None:
     AttentionInterface.register(_ATTN_NAME, _prefix_attention)
 
 
+def bos_ids(tokenizer) -> list[int]:
+    """``[bos]`` if the tokenizer puts a BOS token in front by default (e.g. Llama-2), else [].
+
+    >>> from types import SimpleNamespace as NS
+    >>> class Tok:
+    ...     bos_token_id = 1
+    ...     def __call__(self, text, add_special_tokens):
+    ...         return NS(input_ids=[1, 9] if add_special_tokens else [9])
+    >>> bos_ids(Tok())
+    [1]
+    >>> Tok.bos_token_id = None
+    >>> bos_ids(Tok())
+    []
+    """
+    bos = tokenizer.bos_token_id
+    with_special = tokenizer("1", add_special_tokens=True).input_ids
+    without = tokenizer("1", add_special_tokens=False).input_ids
+    return [bos] if bos is not None and with_special[:1] == [bos] and without[:1] != [bos] else []
+
+
 def resolve_dtype(dtype: str, device: str):
     """Map "auto"/"float32"/"bfloat16"/"float16" to a torch dtype for ``device``.
 
@@ -302,12 +330,8 @@ class TransformersSampler:
                 eos.update(int(x) for x in source)
         self.eos_ids = eos
         tok = self.tokenizer
-        bos = tok.bos_token_id
-        with_special = tok("1", add_special_tokens=True).input_ids
-        without = tok("1", add_special_tokens=False).input_ids
-        self._bos = (
-            [bos] if bos is not None and with_special[:1] == [bos] and without[:1] != [bos] else []
-        )
+        self._bos = bos_ids(tok)
+        self.last_stats: dict = {}
         self._pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
         self.max_positions = getattr(self.model.config, "max_position_embeddings", None)
 
@@ -391,8 +415,15 @@ class TransformersSampler:
         prompts: list[str],
         params: SamplingParams,
         desc: str = "sampling",
+        index_offset: int = 0,
     ) -> list[list[Completion]]:
-        """For each prompt, ``params.n`` completions of ``prefix + prompt`` (in prompt order)."""
+        """For each prompt, ``params.n`` completions of ``prefix + prompt`` (in prompt order).
+
+        Prompt ``i`` samples with the seeds of global index ``index_offset + i``: sampling
+        prompts ``[k:]`` with ``index_offset=k`` gives the completions of sampling all prompts
+        (up to rounding flips from the different batch mix), so callers can work in shards.
+        """
+        self.last_stats = {}
         if not prompts:
             return []
         import torch
@@ -400,6 +431,10 @@ class TransformersSampler:
 
         if not isinstance(params, SamplingParams):
             raise InputError(f"params must be a SamplingParams, got {type(params).__name__}")
+        if index_offset < 0:
+            raise InputError(f"index_offset={index_offset} must be >= 0")
+        t_start = time.perf_counter()
+        timers = dict.fromkeys(_TIMERS, 0.0)
         with torch.inference_mode():
             prefix_ids = self._bos + self._encode(prefix)
             # keep the last prefix token out of the shared cache: every suffix then has >= 1
@@ -421,18 +456,42 @@ class TransformersSampler:
                     f"model's max_position_embeddings={self.max_positions}; shorten the few-shot "
                     "prefix or lower max_new_tokens"
                 )
+            t = time.perf_counter()
             prefix_kv = self._prefix_kv(shared)
+            self._sync()
+            timers["prefix_prefill_s"] = time.perf_counter() - t
             bar = tqdm(total=len(prompts), desc=desc, unit="q", file=sys.stderr, mininterval=1.0)
             try:
-                results = self._run(suffixes, len(shared), prefix_kv, params, bar)
+                results, counts = self._run(
+                    suffixes, len(shared), prefix_kv, params, bar, index_offset, timers
+                )
             finally:
                 bar.close()
+        wall = time.perf_counter() - t_start
+        timers["other_s"] = max(0.0, wall - sum(timers.values()))
+        self.last_stats = {
+            "prompts": len(prompts),
+            "rows": len(prompts) * params.n,
+            "prefix_tokens": len(shared),
+            "suffix_tokens": sum(len(s) for s in suffixes),
+            **counts,
+            **{k: round(v, 4) for k, v in timers.items()},
+            "wall_s": round(wall, 4),
+        }
         return results
 
-    def _run(self, suffixes, start, prefix_kv, params: SamplingParams, bar):
+    def _sync(self) -> None:
+        """Wait for queued GPU work, so the timers measure it (a no-op on CPU)."""
+        if self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.synchronize()
+
+    def _run(self, suffixes, start, prefix_kv, params: SamplingParams, bar, offset, timers):
         import torch
 
         n, bs = params.n, self.batch_size
+        decode_steps = decode_rows = prefills = 0
         # work units: (prompt index, sample indices); a prompt is split only if n > batch_size
         order = sorted(range(len(suffixes)), key=lambda i: (len(suffixes[i]), i))
         units = [(qi, list(range(j, min(j + bs, n)))) for qi in order for j in range(0, n, bs)]
@@ -456,6 +515,8 @@ class TransformersSampler:
             while units and len(rows_q) + sum(len(u[1]) for u in admit) + len(units[-1][1]) <= bs:
                 admit.append(units.pop())
             if admit:
+                t = time.perf_counter()
+                prefills += 1
                 qs = sorted({u[0] for u in admit})
                 where = {q: i for i, q in enumerate(qs)}
                 c_new, v_new, p_new, l_new = self._prefill(
@@ -470,7 +531,7 @@ class TransformersSampler:
                         rows_q.append(q)
                         rows_s.append(s)
                         rows_gen.append([])
-                        g = torch.Generator().manual_seed(row_seed(params.seed, q, s))
+                        g = torch.Generator().manual_seed(row_seed(params.seed, offset + q, s))
                         rows_rng.append(g)
                 if cache is None:
                     cache, valid, pos, logits = c_new, v_new, p_new, l_new
@@ -478,6 +539,8 @@ class TransformersSampler:
                     cache, valid = _merge(cache, valid, c_new, v_new)
                     pos = torch.cat([pos, p_new])
                     logits = torch.cat([logits, l_new])
+                self._sync()
+                timers["suffix_prefill_s"] += time.perf_counter() - t
 
             # 2. sample one token per active row
             tokens = sample_tokens(logits, rows_rng, params).tolist()
@@ -525,9 +588,20 @@ class TransformersSampler:
             x = torch.tensor(tokens, device=self.device).unsqueeze(1)
             valid = torch.cat([valid, valid.new_ones(len(keep), 1)], dim=1)
             mask = valid.view(len(keep), 1, 1, -1)
+            t = time.perf_counter()
             logits = self._forward(x, pos.unsqueeze(1), mask, cache, prefix_kv)
+            self._sync()
+            timers["decode_s"] += time.perf_counter() - t
+            decode_steps += 1
+            decode_rows += len(keep)
             pos = pos + 1
-        return results
+        counts = {
+            "generated_tokens": generated,
+            "suffix_prefill_calls": prefills,
+            "decode_steps": decode_steps,
+            "mean_decode_batch": round(decode_rows / decode_steps, 2) if decode_steps else 0.0,
+        }
+        return results, counts
 
 
 def _merge(cache_a, valid_a, cache_b, valid_b):

@@ -11,12 +11,24 @@ the experiment (``TrackingConfig.experiment``):
   inputs (digest = the file's sha256), artifacts, tables and model files. Rerunning a round makes a
   new run; older runs of the same pipeline and round are tagged ``selfimprove.superseded=true``.
 
+Model registry: unless ``registered_model`` is null, every round's model is also logged as an
+MLflow model and registered under one name (default ``selfimprove-<pipeline>``) with the tag
+``round=<r>``; the alias ``best`` points at the round whose ``best_metric`` is highest. With
+``log_model: merged`` the model is an ``mlflow.transformers`` model of the merged folder
+(self-contained). With ``log_model: adapter`` it is a small pyfunc model (code in
+:data:`ADAPTER_MODEL_CODE`): the LoRA adapter plus a reference to the model it was trained on,
+namely the registered version of the previous round when there is one (loaded recursively),
+else a local folder (checked against its digest) or the hub id. Either loads offline with
+``mlflow.pyfunc.load_model("models:/<name>@best")``.
+
 The tracking URI is ``MLFLOW_TRACKING_URI`` or ``sqlite:///mlflow.db`` (relative to the working
 directory); an ``http(s)://`` server works unchanged. MLflow is imported lazily.
 """
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import hashlib
 import json
 import logging
@@ -25,6 +37,7 @@ import os
 import posixpath
 import re
 import subprocess
+import tempfile
 import time
 import warnings
 from collections.abc import Mapping
@@ -33,7 +46,7 @@ from numbers import Real
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from selfimprove.io import InputError, file_sha256
 
@@ -60,7 +73,10 @@ TAG_BASE_MODEL = "selfimprove.base_model"
 TAG_MODEL_DIR = "selfimprove.model_dir"
 TAG_SKIPPED_METRICS = "selfimprove.skipped_metrics"
 TAG_LAST_ROUND = "selfimprove.last_round"
+TAG_MODEL_DIGEST = "selfimprove.model_digest"
 PARENT_TAG = "mlflow.parentRunId"
+BEST_ALIAS = "best"
+MODEL_ARTIFACT = "model"
 
 _FORBIDDEN_NAME_CHARS = "'\"`\\"
 
@@ -84,6 +100,18 @@ class TrackingConfig(BaseModel):
         description="Model files to log per round: 'adapter' = the LoRA adapter folder plus a "
         "base-model reference tag, 'merged' = the merged weights folder, 'none' = nothing.",
     )
+    registered_model: str | None = Field(
+        "selfimprove-{pipeline}",
+        description="MLflow registered model that every round's logged model becomes a version "
+        "of (tag round=<r>); '{pipeline}' is replaced by the pipeline name; null = don't "
+        "register (and log_model's files are plain artifacts only).",
+    )
+    best_metric: str = Field(
+        "arith_1step.fewshot_cot.strict",
+        description="Flattened metrics key (as in `dvc metrics show`, e.g. "
+        "<eval set>.<style>.strict) whose highest value gets the registered model's alias "
+        "'best' (ties: the earlier round).",
+    )
 
     @field_validator("experiment", "pipeline")
     @classmethod
@@ -93,6 +121,40 @@ class TrackingConfig(BaseModel):
         if any(c in v for c in _FORBIDDEN_NAME_CHARS):
             raise ValueError(f"{v!r} must not contain quotes, backticks or backslashes")
         return v
+
+    @field_validator("registered_model")
+    @classmethod
+    def _model_name(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not v.strip():
+            raise ValueError("must not be empty; use null to disable registration")
+        bad = [c for c in "/:" + _FORBIDDEN_NAME_CHARS if c in v.replace("{pipeline}", "")]
+        if bad:
+            raise ValueError(f"{v!r} must not contain {''.join(bad)!r} (MLflow model names)")
+        return v
+
+    @model_validator(mode="after")
+    def _resolved_model_name(self) -> TrackingConfig:
+        name = self.registered_model_name()
+        if name is not None and any(c in name for c in "/:"):
+            raise ValueError(
+                f"registered_model: {name!r} (with pipeline {self.pipeline!r}) must not contain "
+                "'/' or ':'; rename the pipeline or set registered_model explicitly"
+            )
+        return self
+
+    def registered_model_name(self) -> str | None:
+        """The registered model's name with ``{pipeline}`` filled in (None: registry off).
+
+        >>> TrackingConfig(pipeline="exp1").registered_model_name()
+        'selfimprove-exp1'
+        >>> TrackingConfig(registered_model=None).registered_model_name() is None
+        True
+        """
+        if self.registered_model is None:
+            return None
+        return self.registered_model.replace("{pipeline}", self.pipeline)
 
 
 @dataclass
@@ -183,6 +245,44 @@ def _numeric_metrics(metrics: Mapping, prefix: str = "") -> tuple[dict[str, floa
 
 def _skip_tmp(rel: Path) -> bool:
     return any(part.endswith(".tmp") for part in rel.parts)
+
+
+def pick_best(candidates: list[dict]) -> dict | None:
+    """The candidate with the highest ``value``; ties go to the lower ``round_index``, then to
+    the newer ``version``. None when there are none.
+
+    >>> pick_best([{"version": 1, "round_index": 0, "value": 0.3},
+    ...            {"version": 2, "round_index": 1, "value": 0.5},
+    ...            {"version": 3, "round_index": 2, "value": 0.5}])["version"]
+    2
+    >>> pick_best([]) is None
+    True
+    """
+    if not candidates:
+        return None
+    return max(candidates, key=lambda c: (c["value"], -c["round_index"], int(c["version"])))
+
+
+def pip_requirement(name: str, version: str) -> str:
+    """A pinned pip requirement, without a local version label (``+cpu``) pip can't resolve.
+
+    >>> pip_requirement("torch", "2.13.0+cpu"), pip_requirement("peft", "0.21.0")
+    ('torch==2.13.0', 'peft==0.21.0')
+    """
+    return f"{name}=={version.split('+', 1)[0]}"
+
+
+def _pip_requirements(names: list[str]) -> list[str]:
+    """Pinned requirements of the installed packages (MLflow can't infer them offline)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = []
+    for name in names:
+        try:
+            out.append(pip_requirement(name, version(name)))
+        except PackageNotFoundError:
+            out.append(name)
+    return out
 
 
 def file_digest(path: str | os.PathLike, length: int = DIGEST_CHARS) -> str:
@@ -465,6 +565,318 @@ def _log_dir_files(client, run_id: str, src: Path, artifact_path: str) -> int:
     return n
 
 
+# --------------------------------------------------------------------------- model registry
+
+#: The pyfunc model logged for ``log_model: adapter`` (MLflow "models from code": this text is
+#: written to a file and stored with the model, so loading needs no selfimprove install).
+ADAPTER_MODEL_CODE = '''"""selfimprove round model for MLflow: a LoRA adapter on its start model.
+
+model_config: base_model_uri (a registered model version, loaded recursively) or base_path (a
+local model folder, checked against base_digest) or base_hub_id; max_new_tokens. The adapter
+(if any) is the artifact "adapter". predict(prompts) returns greedy continuations; the loaded
+transformers model and tokenizer are ``unwrap_python_model().model`` / ``.tokenizer``.
+"""
+
+import hashlib
+from pathlib import Path
+
+import mlflow
+from mlflow.models import set_model
+from mlflow.pyfunc import PythonModel
+
+
+def folder_digest(path, length=36):
+    root = Path(path)
+    h = hashlib.sha256()
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = f.relative_to(root)
+        if any(part.endswith(".tmp") for part in rel.parts):
+            continue
+        fh = hashlib.sha256()
+        with open(f, "rb") as fd:
+            while block := fd.read(1 << 20):
+                fh.update(block)
+        h.update(f"{rel.as_posix()}\\0{fh.hexdigest()}\\n".encode())
+    return h.hexdigest()[:length]
+
+
+def resolve_base(cfg):
+    path, digest, hub_id = cfg.get("base_path"), cfg.get("base_digest"), cfg.get("base_hub_id")
+    if path and Path(path).is_dir():
+        if digest and folder_digest(path) != digest:
+            raise RuntimeError(
+                f"base model folder {path} changed since this model was logged (digest "
+                f"{digest}); restore it (e.g. `dvc checkout`) or log the round with "
+                "tracking.log_model: merged"
+            )
+        return path
+    if hub_id:
+        return hub_id
+    raise RuntimeError(f"base model folder {path} not found and no hub id recorded")
+
+
+class SelfImproveModel(PythonModel):
+    def load_context(self, context):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        cfg = dict(context.model_config or {})
+        if cfg.get("base_model_uri"):
+            inner = mlflow.pyfunc.load_model(cfg["base_model_uri"]).unwrap_python_model()
+            model, tokenizer = inner.model, inner.tokenizer
+        else:
+            src = resolve_base(cfg)
+            tokenizer = AutoTokenizer.from_pretrained(src)
+            model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+        adapter = (context.artifacts or {}).get("adapter")
+        if adapter:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+        model.eval()
+        self.model, self.tokenizer = model, tokenizer
+        self.max_new_tokens = int(cfg.get("max_new_tokens", 64))
+
+    def predict(self, context, model_input: list[str], params=None) -> list[str]:
+        import torch
+
+        tok = self.tokenizer
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        out = []
+        for prompt in model_input:
+            enc = tok(prompt, return_tensors="pt")
+            with torch.no_grad():
+                ids = self.model.generate(
+                    **enc, max_new_tokens=self.max_new_tokens, do_sample=False, pad_token_id=pad
+                )
+            out.append(tok.decode(ids[0, enc["input_ids"].shape[1] :], skip_special_tokens=True))
+        return out
+
+
+set_model(SelfImproveModel())
+'''
+
+ADAPTER_REQUIREMENTS = ["mlflow", "torch", "transformers", "peft", "safetensors"]
+MERGED_REQUIREMENTS = ["mlflow", "torch", "transformers", "accelerate", "safetensors"]
+
+
+@contextlib.contextmanager
+def _fluent_run(run_id: str):
+    """Make ``run_id`` the active run of MLflow's fluent API at :func:`tracking_uri`."""
+    import mlflow
+    from mlflow.tracking._tracking_service import utils
+
+    # mlflow.set_tracking_uri also sets (or, given None, unsets) $MLFLOW_TRACKING_URI: restore both
+    old_uri, old_env = getattr(utils, "_tracking_uri", None), os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(tracking_uri())
+    try:
+        with mlflow.start_run(run_id=run_id):
+            yield
+    finally:
+        mlflow.set_tracking_uri(old_uri)
+        if old_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = old_env
+
+
+def _load_components(model_dir: Path) -> dict:
+    """The merged folder as in-memory components for ``mlflow.transformers.log_model``.
+
+    (MLflow 3.x's local-checkpoint path breaks on transformers 5's lazy pipeline registry.)
+    The absolute path keeps MLflow from taking the folder name for a hub id (model card lookup).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = str(model_dir.resolve())
+    return {
+        "model": AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32),
+        "tokenizer": AutoTokenizer.from_pretrained(path),
+    }
+
+
+def _adapter_base(adapter_dir: Path | None, model_dir: Path | None) -> Path | None:
+    """The folder the adapter was trained on (adapter_config.json), or the model folder itself."""
+    if adapter_dir is None:
+        return model_dir
+    conf = adapter_dir / "adapter_config.json"
+    try:
+        base = json.loads(conf.read_text()).get("base_model_name_or_path")
+    except (OSError, ValueError):
+        return None
+    return Path(base) if base and Path(base).is_dir() else None
+
+
+def _registered_version_with_digest(client, name: str, digest: str, exclude_run: str):
+    """A current (non-superseded, finished) version of ``name`` whose model has ``digest``."""
+    found = None
+    for mv in _model_versions(client, name):
+        if mv.tags.get(TAG_MODEL_DIGEST) != digest or not mv.run_id or mv.run_id == exclude_run:
+            continue
+        run = _get_run(client, mv.run_id)
+        if run is None or run.info.status != "FINISHED":
+            continue
+        if run.data.tags.get(TAG_SUPERSEDED) == "true":
+            continue
+        if found is None or int(mv.version) > int(found.version):
+            found = mv
+    return found
+
+
+def _model_versions(client, name: str) -> list:
+    out, token = [], None
+    while True:
+        page = client.search_model_versions(f"name = '{name}'", page_token=token)
+        out.extend(page)
+        token = page.token
+        if not token:
+            return out
+
+
+def _get_run(client, run_id: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(run_id)
+    except MlflowException:
+        return None
+
+
+def _log_registered_model(
+    client,
+    cfg: TrackingConfig,
+    *,
+    run_id: str,
+    round_name: str,
+    round_index: int,
+    model_dir: Path | None,
+    adapter_dir: Path | None,
+    base_model_ref: str | None,
+) -> str | None:
+    """Log the round's model as an MLflow model and register it; return the version (or None)."""
+    name = cfg.registered_model_name()
+    if name is None or cfg.log_model == "none":
+        return None
+    if cfg.log_model == "merged" and model_dir is None:
+        return None
+    if cfg.log_model == "adapter" and adapter_dir is None and model_dir is None:
+        return None
+    import mlflow
+
+    model_digest = file_digest(model_dir) if model_dir is not None else None
+    with _fluent_run(run_id), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if cfg.log_model == "merged":
+            info = mlflow.transformers.log_model(
+                _load_components(model_dir),
+                name=MODEL_ARTIFACT,
+                task="text-generation",
+                model_config={"max_new_tokens": 64, "do_sample": False},  # greedy predict()
+                pip_requirements=_pip_requirements(MERGED_REQUIREMENTS),
+                step=int(round_index),
+            )
+        else:
+            model_config: dict = {"base_hub_id": base_model_ref or "", "max_new_tokens": 64}
+            base = _adapter_base(adapter_dir, model_dir)
+            base_version = None
+            if base is not None:
+                base_digest = model_digest if base == model_dir else file_digest(base)
+                if adapter_dir is not None:  # trained on an earlier round's registered model?
+                    base_version = _registered_version_with_digest(
+                        client, name, base_digest, exclude_run=run_id
+                    )
+            if base_version is not None:
+                model_config["base_model_uri"] = f"models:/{name}/{base_version.version}"
+            elif base is not None:
+                model_config["base_path"] = str(base.resolve())
+                model_config["base_digest"] = base_digest
+            with tempfile.TemporaryDirectory() as tmp:
+                code = Path(tmp) / "selfimprove_model.py"
+                code.write_text(ADAPTER_MODEL_CODE)
+                info = mlflow.pyfunc.log_model(
+                    name=MODEL_ARTIFACT,
+                    python_model=str(code),
+                    artifacts={"adapter": str(adapter_dir)} if adapter_dir is not None else None,
+                    model_config=model_config,
+                    pip_requirements=_pip_requirements(ADAPTER_REQUIREMENTS),
+                    step=int(round_index),
+                )
+        tags = {
+            "round": round_name,
+            TAG_PIPELINE: cfg.pipeline,
+            TAG_ROUND_INDEX: str(round_index),
+            "log_model": cfg.log_model,
+        }
+        if model_digest:
+            tags[TAG_MODEL_DIGEST] = model_digest
+        mv = mlflow.register_model(info.model_uri, name, tags=tags)
+    log.info("round %s: registered %s version %s", round_name, name, mv.version)
+    return str(mv.version)
+
+
+def update_best_alias(client, cfg: TrackingConfig) -> str | None:
+    """Point the alias ``best`` at the current version with the highest ``cfg.best_metric``.
+
+    Versions whose round run is superseded (or not finished) are skipped and tagged
+    ``selfimprove.superseded=true``. Returns the best version, or None (with a warning) when no
+    current version's run has the metric.
+    """
+    name = cfg.registered_model_name()
+    if name is None:
+        return None
+    key = _clean_key(cfg.best_metric)
+    candidates, seen = [], set()
+    for mv in _model_versions(client, name):
+        run = _get_run(client, mv.run_id) if mv.run_id else None
+        if run is None:
+            continue
+        if run.data.tags.get(TAG_SUPERSEDED) == "true" or run.info.status != "FINISHED":
+            if mv.tags.get(TAG_SUPERSEDED) != "true":
+                client.set_model_version_tag(name, mv.version, TAG_SUPERSEDED, "true")
+            continue
+        seen.update(run.data.metrics)
+        if key in run.data.metrics:
+            index = int(run.data.tags.get(TAG_ROUND_INDEX, mv.tags.get(TAG_ROUND_INDEX, "0")))
+            candidates.append(
+                {
+                    "version": mv.version,
+                    "round_index": index,
+                    "round": mv.tags.get("round", run.data.tags.get(TAG_ROUND, "")),
+                    "value": run.data.metrics[key],
+                }
+            )
+    best = pick_best(candidates)
+    if best is None:
+        close = difflib.get_close_matches(key, sorted(seen), n=3, cutoff=0.5)
+        log.warning(
+            "tracking.best_metric=%r: no registered round of %s has this metric%s; alias %r "
+            "not moved",
+            cfg.best_metric,
+            name,
+            f" (did you mean {', '.join(close)}?)" if close else "",
+            BEST_ALIAS,
+        )
+        return None
+    client.set_registered_model_alias(name, BEST_ALIAS, best["version"])
+    for tag, value in (
+        ("best_metric", key),
+        ("best_round", best["round"]),
+        ("best_value", str(best["value"])),
+    ):
+        client.set_registered_model_tag(name, tag, value)
+    log.info(
+        "alias %s@%s -> version %s (%s, %s = %s)",
+        name,
+        BEST_ALIAS,
+        best["version"],
+        best["round"],
+        key,
+        best["value"],
+    )
+    return str(best["version"])
+
+
 def log_round(
     cfg: TrackingConfig,
     *,
@@ -489,6 +901,10 @@ def log_round(
     with ``log_table`` as ``tables/<name>.json``. On success older runs of the same pipeline and
     round are tagged ``selfimprove.superseded=true``; on an exception the round run is marked
     FAILED and the exception re-raised.
+
+    Unless ``cfg.registered_model`` is None the model (see the module docstring) is logged as an
+    MLflow model, registered with the tag ``round=<round_name>``, and the alias ``best`` moved
+    to the current version with the highest ``cfg.best_metric`` (from ``metrics``).
     """
     if not cfg.enabled:
         return ""
@@ -526,6 +942,7 @@ def log_round(
     if skipped:
         log.warning("round %s: skipped %d non-finite or non-numeric metrics", round_name, skipped)
 
+    registered = cfg.registered_model_name()
     run = client.create_run(experiment_id, run_name=f"{cfg.pipeline}/{round_name}", tags=run_tags)
     run_id = run.info.run_id
     try:
@@ -555,8 +972,21 @@ def log_round(
 
         if cfg.log_model == "adapter" and adapter_dir is not None:
             _log_dir_files(client, run_id, adapter_dir, "model/adapter")
-        elif cfg.log_model == "merged" and model_dir is not None:
+        elif cfg.log_model == "merged" and model_dir is not None and registered is None:
+            # with the registry on, the weights go into the MLflow model instead (not twice)
             _log_dir_files(client, run_id, model_dir, "model/merged")
+        version = _log_registered_model(
+            client,
+            cfg,
+            run_id=run_id,
+            round_name=round_name,
+            round_index=round_index,
+            model_dir=model_dir,
+            adapter_dir=adapter_dir,
+            base_model_ref=base_model_ref,
+        )
+        if version is not None:
+            client.set_tag(run_id, "selfimprove.registered_model", f"{registered}/{version}")
     except BaseException as e:
         status = "FAILED" if isinstance(e, Exception) else "KILLED"
         try:
@@ -576,7 +1006,61 @@ def log_round(
             client.set_tag(r.info.run_id, TAG_SUPERSEDED, "true")
     client.set_tag(parent_id, TAG_LAST_ROUND, round_name)
     client.set_terminated(parent_id, "FINISHED")
+    if registered is not None:
+        update_best_alias(client, cfg)
     log.info(
         "logged round %s as run %s (parent %s) to %s", round_name, run_id, parent_id, tracking_uri()
     )
     return run_id
+
+
+# --------------------------------------------------------------------------- reading back
+
+
+def log_report(cfg: TrackingConfig, files: list[Path], artifact_path: str = "report") -> str:
+    """Log report files (plots, tables) to the pipeline's parent run under ``artifact_path``.
+
+    Returns the parent run id, or "" when tracking is disabled. Files missing raise
+    :class:`InputError` before anything is logged.
+    """
+    if not cfg.enabled:
+        return ""
+    files = [Path(f) for f in files]
+    for f in files:
+        if not f.is_file():
+            raise InputError(f"report file {f}: not found; rerun the report stage")
+    check_tracking(cfg)
+    client = _client()
+    parent_id = _parent_run_id(client, _experiment_id(client, cfg), cfg)
+    for f in files:
+        client.log_artifact(parent_id, str(f), artifact_path)
+    return parent_id
+
+
+def round_metrics(cfg: TrackingConfig) -> dict[str, dict[str, float]]:
+    """Metrics of each round of ``cfg.pipeline`` from MLflow: per round, the latest round run
+    not marked superseded. Raises :class:`InputError` if the experiment or pipeline is unknown."""
+    check_tracking(cfg)
+    client = _client()
+    exp = client.get_experiment_by_name(cfg.experiment)
+    if exp is None:
+        raise InputError(
+            f"MLflow experiment {cfg.experiment!r} not found in {tracking_uri()}; check "
+            "tracking.experiment or MLFLOW_TRACKING_URI"
+        )
+    runs = _search(client, exp.experiment_id, {TAG_PIPELINE: cfg.pipeline, TAG_ROLE: "round"})
+    latest: dict[str, object] = {}
+    for run in runs:  # oldest first
+        tags = run.data.tags
+        if tags.get(TAG_SUPERSEDED) == "true" or run.info.status != "FINISHED":
+            continue
+        latest[tags.get(TAG_ROUND, "")] = run
+    latest.pop("", None)
+    if not latest:
+        parents = _search(client, exp.experiment_id, {TAG_ROLE: "parent"})
+        known = sorted({p.data.tags.get(TAG_PIPELINE, "") for p in parents} - {""})
+        raise InputError(
+            f"pipeline {cfg.pipeline!r} has no finished round runs in experiment "
+            f"{cfg.experiment!r} ({tracking_uri()}); pipelines there: {', '.join(known) or 'none'}"
+        )
+    return {name: dict(run.data.metrics) for name, run in latest.items()}

@@ -12,6 +12,7 @@ from selfimprove.data import (
     SourceConfig,
     final_answer,
     generate_arith,
+    make_set,
     normalize_question,
     prepare,
     question_numbers,
@@ -395,3 +396,183 @@ def test_hub_rows_are_mapped(tmp_path, monkeypatch):
     assert calls == [("openai/gsm8k", "main", "test")]
     ev = read_jsonl(tmp_path / "out" / "eval" / "gsm8k.jsonl")
     assert len(ev) == 10 and stats["sets"]["eval/gsm8k"]["available"] == 30
+
+
+# ------------------------------------------------------------------------------ DROP sources
+
+REAL_DROP = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "drop"
+
+
+def _drop_row(passage: str, question: str, ref_text: str) -> dict:
+    return {
+        "context": f"Passage: {passage}\nQuestion: {question}\nAnswer:",
+        "completion": " " + ref_text.split("|")[0],
+        "ref_text": ref_text,
+    }
+
+
+def _drop_file(path: Path, n: int, dup_of: int | None = None) -> Path:
+    rows = [
+        _drop_row(f"Team {i} scored {i + 3} points.", "How many points?", str(i + 3))
+        for i in range(n)
+    ]
+    if dup_of is not None:  # same passage and question up to case/punctuation, other gold
+        r = rows[dup_of]
+        rows.append(dict(r, context=r["context"].replace("How many", "how many"), ref_text="0"))
+    return _write(path, rows)
+
+
+def test_drop_sources_config():
+    assert SourceConfig(source="drop_hub").hub_id == "ucinlp/drop"
+    assert SourceConfig(source="drop_hub").split == "validation"
+    assert SourceConfig(source="gsm8k_hub").hub_id == "openai/gsm8k"
+    assert SourceConfig(source="gsm8k_hub").split == "test"
+    assert SourceConfig(source="drop_hub", hub_id="me/drop", split="train").hub_id == "me/drop"
+    with pytest.raises(ValidationError, match="drop_jsonl needs path"):
+        SourceConfig(source="drop_jsonl")
+    with pytest.raises(ValidationError, match="drop_gen needs n"):
+        SourceConfig(source="drop_gen")
+    for key in ("train", "seed_set"):
+        with pytest.raises(ValidationError, match=rf"{key}\n.*drop_gen .* eval-only"):
+            DataConfig.model_validate({key: {"source": "drop_gen", "n": 5}})
+    DataConfig(eval={"d": SourceConfig(source="drop_gen", n=3)})
+
+
+def test_prepare_drop_gen_and_jsonl(tmp_path):
+    f = _drop_file(tmp_path / "mini_drop.jsonl", 30, dup_of=4)
+    cfg = DataConfig(
+        train=SourceConfig(source="arith", n=20, steps=[1]),
+        eval={
+            "arith": SourceConfig(source="arith", n=5, steps=[1]),
+            "gen_a": SourceConfig(source="drop_gen", n=7),
+            "gen_b": SourceConfig(source="drop_gen", n=5),
+            "real": SourceConfig(source="drop_jsonl", path=str(f), n=12),
+            "rest": SourceConfig(source="drop_jsonl", path=str(f)),
+        },
+    )
+    stats = prepare(cfg, tmp_path / "a", seed=0)
+    prepare(cfg, tmp_path / "b", seed=0)
+    assert _files(tmp_path / "a") == _files(tmp_path / "b")
+    prepare(cfg, tmp_path / "c", seed=1)
+    fc = _files(tmp_path / "c")
+    assert fc["eval/real.jsonl"] != _files(tmp_path / "a")["eval/real.jsonl"]
+    assert fc["eval/gen_a.jsonl"] != _files(tmp_path / "a")["eval/gen_a.jsonl"]
+    ev = {n: read_jsonl(tmp_path / "a" / "eval" / f"{n}.jsonl") for n in cfg.eval}
+    assert {n: len(v) for n, v in ev.items()} == {
+        "arith": 5,
+        "gen_a": 7,
+        "gen_b": 5,
+        "real": 12,
+        "rest": 18,  # 30 questions, 12 taken by "real", the duplicate dropped
+    }
+    for name in ("gen_a", "gen_b", "real", "rest"):
+        for r in ev[name]:
+            assert set(r) == {"id", "passage", "question", "answers"}
+            assert r["answers"] and all(isinstance(a, list) and a for a in r["answers"])
+    # source ids are kept; the real subset keeps file order; the duplicate (row 30) never wins
+    idx = [int(r["id"].split("-")[1]) for r in ev["real"] + ev["rest"]]
+    assert sorted(idx) == list(range(30)) and idx[:12] == sorted(idx[:12])
+    assert all(r["id"].startswith("gen-0-") for r in ev["gen_a"] + ev["gen_b"])
+    keys = [(r["passage"], r["question"]) for n in ("gen_a", "gen_b") for r in ev[n]]
+    assert len(set(keys)) == 12  # no question in two DROP sets
+    info = stats["sets"]["eval/rest"]
+    assert info["format"] == "drop" and info["available"] == 31
+    assert info["dropped"] == {"duplicate_in_source": 1, "in_other_set": 12}
+    assert stats["counts"]["eval/gen_a"] == 7 and stats["sets"]["eval/real"]["sha256"]
+    assert all("gen_" not in pair and "real" not in pair for pair in stats["overlap"]["text"])
+    # GSM-format sets are unchanged by adding DROP sets
+    plain = DataConfig(train=cfg.train, eval={"arith": cfg.eval["arith"]})
+    prepare(plain, tmp_path / "plain", seed=0)
+    fp, fa = _files(tmp_path / "plain"), _files(tmp_path / "a")
+    assert all(fp[k] == fa[k] for k in fp)
+
+
+def test_prepare_drop_errors(tmp_path):
+    f = _drop_file(tmp_path / "mini.jsonl", 5)
+    cfg = DataConfig(eval={"d": SourceConfig(source="drop_jsonl", path=str(f), n=6)})
+    with pytest.raises(InputError, match=r"data\.eval\.d\.n=6 but mini\.jsonl has only 5 usable"):
+        prepare(cfg, tmp_path / "out", seed=0)
+    missing = DataConfig(eval={"d": SourceConfig(source="drop_jsonl", path="no/drop.jsonl.gz")})
+    with pytest.raises(InputError, match=r"data\.eval\.d\.path: file .* not found.*simple-evals"):
+        prepare(missing, tmp_path / "out", seed=0)
+    _write(f, [{"context": "no passage here", "ref_text": "1"}])
+    with pytest.raises(InputError, match=r"mini\.jsonl line 1: .*Passage"):
+        prepare(
+            DataConfig(eval={"d": SourceConfig(source="drop_jsonl", path=str(f))}),
+            tmp_path / "o",
+            0,
+        )
+    assert not (tmp_path / "out").exists() and not (tmp_path / "o").exists()
+
+
+def test_drop_hub_offline_error_and_rows(tmp_path, monkeypatch):
+    import datasets
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'ucinlp/drop' on the Hub (OfflineModeIsEnabled)")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    cfg = DataConfig(eval={"drop": SourceConfig(source="drop_hub", n=2)})
+    with pytest.raises(
+        InputError,
+        match=r"data\.eval\.drop \('ucinlp/drop', split 'validation'\): .*offline.*"
+        r"source: drop_jsonl",
+    ):
+        prepare(cfg, tmp_path / "out", seed=0)
+    assert not (tmp_path / "out").exists()
+
+    class FakeDataset(list):
+        column_names = ["query_id", "passage", "question", "answers_spans"]
+
+    calls = []
+
+    def fake(hub_id, split):
+        calls.append((hub_id, split))
+        return FakeDataset(
+            {
+                "query_id": f"q{i}",
+                "passage": f"P{i} with {i} goals.",
+                "question": "How many goals?",
+                "answers_spans": {"spans": [str(i)], "types": ["number"]},
+            }
+            for i in range(10)
+        )
+
+    monkeypatch.setattr(datasets, "load_dataset", fake)
+    stats = prepare(cfg, tmp_path / "out", seed=0)
+    ev = read_jsonl(tmp_path / "out" / "eval" / "drop.jsonl")
+    assert calls == [("ucinlp/drop", "validation")]
+    assert len(ev) == 2 and all(r["id"].startswith("q") for r in ev)
+    assert ev[0]["answers"] == [[ev[0]["id"][1:]]] and stats["sets"]["eval/drop"]["available"] == 10
+
+
+def test_make_set_matches_prepare(tmp_path):
+    f = _drop_file(tmp_path / "mini.jsonl", 20)
+    for sc in (
+        SourceConfig(source="drop_jsonl", path=str(f), n=6),
+        SourceConfig(source="drop_gen", n=4),
+        SourceConfig(source="jsonl", path=str(_write(tmp_path / "g.jsonl", _gsm_rows(20))), n=5),
+        SourceConfig(source="arith", n=5, steps=[2]),
+    ):
+        recs, info = make_set("ev", sc, seed=3)
+        prepare(
+            DataConfig(train=SourceConfig(source="arith", n=0), eval={"ev": sc}), tmp_path / "o", 3
+        )
+        assert recs == read_jsonl(tmp_path / "o" / "eval" / "ev.jsonl") and len(recs) == sc.n
+        assert info["source"] == sc.source
+    with pytest.raises(InputError, match="set name 'train'"):
+        make_set("train", SourceConfig(source="drop_gen", n=1), seed=0)
+
+
+@pytest.mark.skipif(not (REAL_DROP / "drop_v0_dev.jsonl.gz").exists(), reason="no DROP copy")
+def test_real_drop_file(tmp_path):
+    path = str(REAL_DROP / "drop_v0_dev.jsonl.gz")
+    recs, info = make_set("drop", SourceConfig(source="drop_jsonl", path=path, n=200), seed=0)
+    assert len(recs) == 200 and info["available"] == 9536
+    assert info["dropped"]["duplicate_in_source"] > 800  # 9,536 rows, ~8,660 distinct questions
+    assert info["sha256"].startswith("7a58d355")
+    assert len({(r["passage"], r["question"]) for r in recs}) == 200
+    idx = [int(r["id"].rsplit("-", 1)[1]) for r in recs]
+    assert idx == sorted(idx)
+    assert make_set("drop", SourceConfig(source="drop_jsonl", path=path, n=200), seed=0)[0] == recs

@@ -234,3 +234,114 @@ def test_top_k_one_equals_greedy(sampler):
     )
     for g, t in zip(greedy, topk1, strict=True):
         assert t == [g[0], g[0]]
+
+
+def test_index_offset_keeps_global_seeds(sampler):
+    params = SamplingParams(n=3, temperature=1.0, max_new_tokens=7, stop=(), seed=9)
+    full = sampler.sample(PREFIX, PROMPTS, params)
+    tail = sampler.sample(PREFIX, PROMPTS[2:], params, index_offset=2)
+    assert tail == full[2:]
+    # without the offset, the same prompts get other seeds
+    assert sampler.sample(PREFIX, PROMPTS[2:], params) != full[2:]
+    with pytest.raises(InputError, match="index_offset=-1"):
+        sampler.sample(PREFIX, PROMPTS, params, index_offset=-1)
+
+
+def test_last_stats_split_the_time(sampler):
+    params = SamplingParams(n=2, temperature=1.0, max_new_tokens=6, stop=())
+    out = sampler.sample(PREFIX, PROMPTS, params)
+    st = sampler.last_stats
+    assert st["prompts"] == len(PROMPTS) and st["rows"] == 2 * len(PROMPTS)
+    assert st["generated_tokens"] == sum(c.n_tokens for cs in out for c in cs)
+    assert st["prefix_tokens"] == len(sampler.input_ids(PREFIX, "")) - 1  # last one is carried
+    assert st["decode_steps"] >= 5 and 1 <= st["mean_decode_batch"] <= sampler.batch_size
+    assert st["suffix_prefill_calls"] >= 4  # 10 rows through batches of 3
+    parts = ("prefix_prefill_s", "suffix_prefill_s", "decode_s", "other_s")
+    assert all(st[k] >= 0 for k in parts) and st["decode_s"] > 0 and st["prefix_prefill_s"] > 0
+    assert sum(st[k] for k in parts) == pytest.approx(st["wall_s"], abs=2e-3)
+    sampler.sample(PREFIX, [], params)
+    assert sampler.last_stats == {}
+
+
+def _ref_probs(ref_model, ids, temperature, top_k=0, top_p=1.0):
+    """Next-token probabilities of the plain model, filtered by transformers' own warpers."""
+    from transformers.generation.logits_process import (
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    with torch.no_grad():
+        logits = ref_model(torch.tensor([ids])).logits[:, -1, :]
+    logits = TemperatureLogitsWarper(temperature)(None, logits)
+    if top_k:
+        logits = TopKLogitsWarper(top_k)(None, logits)
+    if top_p < 1:
+        logits = TopPLogitsWarper(top_p)(None, logits)
+    return logits.softmax(-1)[0]
+
+
+@pytest.mark.parametrize(("temperature", "top_k", "top_p"), [(0.8, 6, 1.0), (1.0, 0, 0.6)])
+def test_first_token_follows_the_reference_distribution(
+    model_dir, ref_model, temperature, top_k, top_p
+):
+    """The prefix-cache path samples from the same next-token distribution as the plain model."""
+    s = TransformersSampler(model_dir, dtype="float32", batch_size=500, device="cpu")
+    prompt = PROMPTS[0]
+    n = 3000
+    params = SamplingParams(
+        n=n, temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=1, stop=(), seed=1
+    )
+    (outs,) = s.sample(PREFIX, [prompt], params)
+    probs = _ref_probs(ref_model, s.input_ids(PREFIX, prompt), temperature, top_k, top_p)
+    tok = s.tokenizer
+    want: dict[str, float] = {}
+    for t in probs.nonzero().flatten().tolist():
+        text = "" if t in s.eos_ids else tok.decode([t], skip_special_tokens=True)
+        want[text] = want.get(text, 0.0) + float(probs[t])
+    got: dict[str, float] = {}
+    for c in outs:
+        got[c.text] = got.get(c.text, 0.0) + 1 / n
+    assert set(got) <= set(want)  # never a token outside top-k / top-p
+    assert len(want) >= 2  # a real distribution, not a single token
+    for text, p in want.items():
+        assert abs(got.get(text, 0.0) - p) < 0.035, (text, p, got.get(text))
+
+
+def test_two_token_samples_match_generate_distribution(model_dir, ref_model):
+    """Joint law of 2-token continuations: ours vs model.generate(do_sample=True), same prompt."""
+    s = TransformersSampler(model_dir, dtype="float32", batch_size=512, device="cpu")
+    prompt = PROMPTS[1]
+    n = 3000
+    params = SamplingParams(n=n, temperature=0.9, top_k=3, max_new_tokens=2, stop=(), seed=2)
+    (outs,) = s.sample(PREFIX, [prompt], params)
+    ids = torch.tensor([s.input_ids(PREFIX, prompt)])
+    torch.manual_seed(0)
+    with torch.no_grad():
+        ref = ref_model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=True,
+            temperature=0.9,
+            top_k=3,
+            top_p=1.0,
+            num_return_sequences=n,
+            max_new_tokens=2,
+            pad_token_id=1,
+        )[:, ids.shape[1] :].tolist()
+    tok = s.tokenizer
+
+    def text(row):
+        row = row[: next((i for i, t in enumerate(row) if t in s.eos_ids), len(row))]
+        return tok.decode(row, skip_special_tokens=True)
+
+    ours: dict[str, int] = {}
+    theirs: dict[str, int] = {}
+    for c in outs:
+        ours[c.text] = ours.get(c.text, 0) + 1
+    for row in ref:
+        t = text(row)
+        theirs[t] = theirs.get(t, 0) + 1
+    assert len(theirs) >= 3
+    for key in set(ours) | set(theirs):
+        assert abs(ours.get(key, 0) - theirs.get(key, 0)) / n < 0.045, (key, ours, theirs)

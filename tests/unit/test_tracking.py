@@ -186,7 +186,8 @@ def test_artifacts(uri, db, two_rounds):
 
 
 def test_merged_model_skips_tmp(uri, files):
-    cfg = TrackingConfig(pipeline="merged-pipe", log_model="merged")
+    # registry off: the merged folder is logged as plain files (with it on: as an MLflow model)
+    cfg = TrackingConfig(pipeline="merged-pipe", log_model="merged", registered_model=None)
     rid = _log(cfg, files, "r1", 1, datasets=[], artifacts=[], tables=None)
     paths = _artifact_paths(_client(uri), rid)
     assert paths == {"model/merged/config.json", "model/merged/sub/w.bin"}
@@ -347,3 +348,190 @@ def test_file_digest_and_git_info(tmp_path):
     assert len(info["commit"]) == 40 and info["dirty"] == "false"
     f.write_text("changed\n")
     assert git_info(tmp_path)["dirty"] == "true"
+
+
+# --------------------------------------------------------------------------- model registry
+
+
+def _lora_round(prev: Path, out: Path, seed: int) -> Path:
+    """A round folder as finetune writes it: merged weights + adapter/ trained on ``prev``."""
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    base = AutoModelForCausalLM.from_pretrained(prev, dtype=torch.float32)
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(base, lora).save_pretrained(out / "adapter")  # random, non-zero update
+    base = AutoModelForCausalLM.from_pretrained(prev, dtype=torch.float32)
+    PeftModel.from_pretrained(base, out / "adapter").merge_and_unload().save_pretrained(out)
+    AutoTokenizer.from_pretrained(prev).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    from selfimprove.tiny import make_tiny_model
+
+    d = tmp_path_factory.mktemp("chain")
+    r0 = make_tiny_model(d / "r0")
+    r1 = _lora_round(r0, d / "r1", 1)
+    r2 = _lora_round(r1, d / "r2", 2)
+    return {"r0": r0, "r1": r1, "r2": r2}
+
+
+IDS = [[5, 6, 7, 8, 9, 10]]
+KEY = "arith_1step.fewshot_cot.strict"
+
+
+def _logits(model):
+    import torch
+
+    with torch.no_grad():
+        return model(torch.tensor(IDS)).logits
+
+
+def _source_logits(folder: Path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return _logits(AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32))
+
+
+def _log_model_round(cfg, chain, name, value, **kw):
+    folder = chain[name]
+    adapter = folder / "adapter"
+    return log_round(
+        cfg,
+        round_name=name,
+        round_index=int(name[1:]),
+        metrics={"arith_1step": {"fewshot_cot": {"strict": value}}, "other": 1.0},
+        model_dir=folder,
+        adapter_dir=adapter if adapter.is_dir() else None,
+        base_model_ref="tiny-base",
+        **kw,
+    )
+
+
+def _pyfunc_config(model_uri: str) -> dict:
+    import mlflow
+
+    return mlflow.models.get_model_info(model_uri).flavors["python_function"]["config"]
+
+
+def _versions(client, name):
+    return {mv.version: mv for mv in client.search_model_versions(f"name = '{name}'")}
+
+
+def test_registry_adapter_chain_and_best_alias(uri, chain):
+    import mlflow
+    import torch
+
+    cfg = TrackingConfig(pipeline="reg-adapter")
+    name = "selfimprove-reg-adapter"
+    runs = {
+        r: _log_model_round(cfg, chain, r, v) for r, v in (("r0", 0.2), ("r1", 0.5), ("r2", 0.4))
+    }
+    client = _client(uri)
+    versions = _versions(client, name)
+    assert sorted(mv.tags["round"] for mv in versions.values()) == ["r0", "r1", "r2"]
+    by_round = {mv.tags["round"]: mv for mv in versions.values()}
+    assert {r: by_round[r].run_id for r in runs} == runs
+    best = client.get_model_version_by_alias(name, "best")
+    assert best.tags["round"] == "r1"
+    assert client.get_registered_model(name).tags["best_round"] == "r1"
+    assert client.get_run(runs["r1"]).data.tags["selfimprove.registered_model"] == (
+        f"{name}/{best.version}"
+    )
+    # r1 was trained on r0's model: its MLflow model points at r0's version, not at a folder
+    conf = _pyfunc_config(f"models:/{name}/{best.version}")
+    assert conf["base_model_uri"] == f"models:/{name}/{by_round['r0'].version}"
+    assert "base_path" not in conf
+    r0_conf = _pyfunc_config(f"models:/{name}/{by_round['r0'].version}")
+    assert r0_conf["base_path"] == str(chain["r0"].resolve()) and r0_conf["base_digest"]
+
+    loaded = mlflow.pyfunc.load_model(f"models:/{name}@best")
+    inner = loaded.unwrap_python_model()
+    torch.testing.assert_close(_logits(inner.model), _source_logits(chain["r1"]), rtol=0, atol=1e-5)
+    # one greedy generation, same as the source folder's
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(chain["r1"])
+    src = AutoModelForCausalLM.from_pretrained(chain["r1"], dtype=torch.float32)
+    enc = tok("Q: 5 + 6 =", return_tensors="pt")
+    ids = src.generate(**enc, max_new_tokens=64, do_sample=False, pad_token_id=tok.pad_token_id)
+    expected = tok.decode(ids[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert loaded.predict(["Q: 5 + 6 ="]) == [expected]
+
+    # rerun r2 with a better score: alias moves, the old r2 version is superseded
+    new_r2 = _log_model_round(cfg, chain, "r2", 0.6)
+    versions = _versions(client, name)
+    best = client.get_model_version_by_alias(name, "best")
+    assert best.run_id == new_r2 and best.tags["round"] == "r2"
+    old_r2 = next(mv for mv in versions.values() if mv.run_id == runs["r2"])
+    assert old_r2.tags["selfimprove.superseded"] == "true"
+    # r2 -> r1 version -> r0 folder: two adapters applied in turn
+    inner = mlflow.pyfunc.load_model(f"models:/{name}@best").unwrap_python_model()
+    torch.testing.assert_close(_logits(inner.model), _source_logits(chain["r2"]), rtol=0, atol=1e-5)
+
+
+def test_registry_merged_roundtrip(uri, chain):
+    import mlflow
+    import torch
+
+    cfg = TrackingConfig(pipeline="reg-merged", log_model="merged")
+    name = "selfimprove-reg-merged"
+    _log_model_round(cfg, chain, "r0", 0.3)
+    r1 = _log_model_round(cfg, chain, "r1", 0.1)
+    client = _client(uri)
+    assert client.get_model_version_by_alias(name, "best").tags["round"] == "r0"
+    # weights are in the MLflow model, not duplicated as run artifacts
+    assert not any(p.startswith("model/") for p in _artifact_paths(client, r1))
+    comp = mlflow.transformers.load_model(f"models:/{name}@best", return_type="components")
+    torch.testing.assert_close(_logits(comp["model"]), _source_logits(chain["r0"]), rtol=0, atol=0)
+    comp = mlflow.transformers.load_model(f"models:/{name}/2", return_type="components")
+    torch.testing.assert_close(_logits(comp["model"]), _source_logits(chain["r1"]), rtol=0, atol=0)
+
+
+def test_registry_off_and_missing_metric(uri, chain, caplog):
+    from mlflow.exceptions import MlflowException
+
+    client = _client(uri)
+    run = _log_model_round(
+        TrackingConfig(pipeline="reg-off", registered_model=None), chain, "r0", 1
+    )
+    assert "selfimprove.registered_model" not in client.get_run(run).data.tags
+    with pytest.raises(MlflowException):
+        client.get_registered_model("selfimprove-reg-off")
+
+    cfg = TrackingConfig(pipeline="reg-nometric", best_metric="arith_1step.fewshot_cot.strikt")
+    with caplog.at_level("WARNING", logger="selfimprove.tracking"):
+        _log_model_round(cfg, chain, "r0", 0.5)
+    assert "did you mean arith_1step.fewshot_cot.strict" in caplog.text
+    with pytest.raises(MlflowException):
+        client.get_model_version_by_alias("selfimprove-reg-nometric", "best")
+
+
+def test_registry_changed_base_folder_fails_clearly(uri, chain, tmp_path):
+    import shutil
+
+    import mlflow
+
+    folder = shutil.copytree(chain["r0"], tmp_path / "r0")
+    cfg = TrackingConfig(pipeline="reg-changed")
+    log_round(cfg, round_name="r0", round_index=0, metrics={KEY: 0.1}, model_dir=folder)
+    (folder / "config.json").write_text((folder / "config.json").read_text() + " ")
+    with pytest.raises(Exception, match="changed since this model was logged"):
+        mlflow.pyfunc.load_model("models:/selfimprove-reg-changed@best")
+
+
+def test_registry_config_validation():
+    assert TrackingConfig(pipeline="p1").registered_model_name() == "selfimprove-p1"
+    assert TrackingConfig(registered_model="shared").registered_model_name() == "shared"
+    with pytest.raises(ValidationError, match="must not contain"):
+        TrackingConfig(registered_model="a/b")
+    with pytest.raises(ValidationError, match="rename the pipeline"):
+        TrackingConfig(pipeline="exp:1")
+    assert TrackingConfig(pipeline="exp:1", registered_model=None).registered_model_name() is None
+    with pytest.raises(ValidationError):
+        TrackingConfig(registered_model="")

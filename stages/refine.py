@@ -1,0 +1,52 @@
+"""refine stage: per method, what the round's filter selects from.
+
+lmsi: the samples unchanged. self / lmsi_self: the model's own feedback and refinement of every
+sampled path (no labels). star / rest_em: which paths match the gold (these baselines, and only
+they, read data/prepared/train_labels.jsonl); star also rationalizes unsolved questions."""
+
+from selfimprove.pipeline import PREPARED, add_round_arg, round_dir, round_seed, stage_main
+
+
+def _args(p):
+    add_round_arg(p)
+    p.add_argument("--model", required=True, help="the model that sampled the round's paths")
+
+
+@stage_main(__doc__, _args)
+def main(args, params):
+    from selfimprove.filter import LABEL_METHODS, SELF_METHODS
+    from selfimprove.io import read_jsonl, write_json, write_jsonl
+
+    out = round_dir(args.round)
+    samples = read_jsonl(out / "samples.jsonl", required=["id", "question", "paths", "answers"])
+    method, cfg, seed = params.method, params.refine, round_seed(params.seed, args.round)
+    gen = params.generate
+    stats: dict = {"method": method}
+    if method in SELF_METHODS:
+        from selfimprove.generate import make_sampler
+        from selfimprove.self_refine import refine_samples
+
+        sampler = make_sampler(args.model, "transformers", gen.dtype, gen.batch_size)
+        records, more = refine_samples(sampler, samples, cfg, seed)
+        stats |= more
+    elif method in LABEL_METHODS:
+        from selfimprove.self_refine import label_records, labels_by_id, star_rationalize
+
+        labels_path = PREPARED / "train_labels.jsonl"
+        golds = labels_by_id(read_jsonl(labels_path, required=["id", "answer"]), str(labels_path))
+        records, more = label_records(samples, golds)
+        stats |= more
+        if method == "star" and cfg.star_rationalization:
+            from selfimprove.generate import make_sampler
+
+            sampler = make_sampler(args.model, "transformers", gen.dtype, gen.batch_size)
+            stats |= star_rationalize(sampler, records, cfg, gen.n_shots, seed)
+    else:  # lmsi: nothing to add
+        records = samples
+    write_jsonl(out / "refined.jsonl", records)
+    write_json(out / "refine.json", stats)
+    print(f"{args.round}: {stats}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+from __future__ import annotations
+
+import importlib.util
+from types import SimpleNamespace as O
+
+import pytest
+
+from selfimprove.io import InputError
+from selfimprove.sampler import Completion, SamplingParams
+from selfimprove.vllm_backend import (
+    INSTALL_HINT,
+    VLLMSampler,
+    completions_from_vllm,
+    finish_reason,
+    vllm_sampling_params,
+)
+
+HAVE_VLLM = importlib.util.find_spec("vllm") is not None
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+def _out(index, text, token_ids, reason, stop_reason=None):
+    return O(
+        index=index,
+        text=text,
+        token_ids=token_ids,
+        finish_reason=reason,
+        stop_reason=stop_reason,
+        cumulative_logprob=None,
+        logprobs=None,
+    )
+
+
+def test_completions_from_vllm_maps_reasons_order_and_tokens():
+    requests = [
+        O(
+            request_id="0",
+            prompt_token_ids=[1, 2, 3],
+            outputs=[
+                _out(2, " 7 - 1 = 6.", (9, 9, 9, 9), "length"),
+                _out(0, " 5. The answer is 5.", [4, 5, 6, 7, 8], "stop", "\nQ:"),
+                _out(1, " I", [4, 2], "stop", None),  # EOS: stop_reason None
+            ],
+        ),
+        O(request_id="1", outputs=[_out(0, "", [2], "stop", None)]),
+        O(request_id="2", outputs=[_out(0, " x", [4, 9], "stop", 2)]),  # stop_token_ids hit
+    ]
+    got = completions_from_vllm(requests)
+    assert got == [
+        [
+            Completion(" 5. The answer is 5.", 5, "stop"),
+            Completion(" I", 2, "eos"),
+            Completion(" 7 - 1 = 6.", 4, "length"),
+        ],
+        [Completion("", 1, "eos")],
+        [Completion(" x", 2, "eos")],
+    ]
+    assert completions_from_vllm([]) == []
+
+
+def test_unexpected_finish_reason_is_an_error():
+    with pytest.raises(InputError, match="finish_reason='abort'"):
+        finish_reason(_out(0, "", [], "abort"))
+    with pytest.raises(InputError, match="finish_reason=None"):
+        completions_from_vllm([O(outputs=[_out(0, "x", [1], None)])])
+
+
+def test_sampling_params_mapping():
+    kw = vllm_sampling_params(
+        SamplingParams(n=8, temperature=0.7, top_p=0.9, top_k=40, max_new_tokens=64, stop="\nQ:"),
+        seed=123,
+    )
+    assert kw == {
+        "n": 8,
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "top_k": 40,
+        "max_tokens": 64,
+        "stop": ["\nQ:"],
+        "seed": 123,
+    }
+    greedy = vllm_sampling_params(SamplingParams(), seed=0)
+    assert greedy["temperature"] == 0 and greedy["n"] == 1 and greedy["top_k"] == -1
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    pytest.importorskip("torch")
+    from selfimprove.tiny import make_tiny_model
+
+    # hidden 256 / 4 heads: head_dim 64, which every vLLM attention backend supports
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model", hidden_size=256)
+
+
+def test_bad_paths_and_missing_vllm(tiny_dir, tmp_path):
+    with pytest.raises(InputError, match="no config.json"):
+        VLLMSampler(tmp_path)
+    with pytest.raises(InputError, match="no adapter_config.json"):
+        VLLMSampler(tiny_dir, lora_path=tmp_path)
+    if HAVE_VLLM:
+        pytest.skip("vllm is installed: the missing-vllm message cannot be checked")
+    from selfimprove.generate import make_sampler
+
+    with pytest.raises(InputError) as e:
+        make_sampler(tiny_dir, "vllm", "auto", 32)
+    assert str(e.value) == INSTALL_HINT
+    assert "pip install 'selfimprove[vllm]'" in INSTALL_HINT
+
+
+@pytest.mark.skipif(not (HAVE_VLLM and _cuda()), reason="needs vllm and a CUDA GPU")
+def test_real_vllm_backend(tiny_dir):
+    """Runs the real engine on the tiny model: shapes, stops, seeds, and greedy == ours (fp32)."""
+    from selfimprove.sampler import TransformersSampler
+
+    prefix = "Q: 1 + 1?\nA: 1 + 1 = 2. The answer is 2.\n\n"
+    prompts = ["Q: Jack has 5 stamps. He buys 1 more. How many?\nA:", "Q: 3 * 2?\nA:"]
+    s = VLLMSampler(tiny_dir, dtype="float32", gpu_memory_utilization=0.3, max_model_len=512)
+    params = SamplingParams(n=4, temperature=1.0, max_new_tokens=12, stop=(" ", "."), seed=3)
+    out = s.sample(prefix, prompts, params)
+    assert [len(o) for o in out] == [4, 4]
+    for cs in out:
+        for c in cs:
+            assert 1 <= c.n_tokens <= 12 and c.finish_reason in ("stop", "eos", "length")
+            assert " " not in c.text and "." not in c.text
+    assert s.sample(prefix, prompts, params) == out  # per-request seeds
+    assert s.sample(prefix, prompts[1:], params, index_offset=1) == out[1:]
+    assert s.last_stats["generated_tokens"] == sum(c.n_tokens for cs in out for c in cs)
+
+    greedy = SamplingParams(max_new_tokens=10, stop=())
+    ours = TransformersSampler(tiny_dir, dtype="float32", device="cuda")
+    assert s.input_ids(prefix, prompts[0]) == ours.input_ids(prefix, prompts[0])
+    assert s.sample(prefix, prompts, greedy) == ours.sample(prefix, prompts, greedy)
