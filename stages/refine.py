@@ -30,7 +30,17 @@ def main(args, params):
         records, more = refine_samples(sampler, samples, cfg, seed)
         stats |= more
     elif method in LABEL_METHODS:
+        import logging
+
         from selfimprove.self_refine import label_records, labels_by_id, star_rationalize
+
+        if params.finetune.init != "base":
+            logging.getLogger("stages.refine").warning(
+                "method %s: the paper fine-tunes the base model every round; set "
+                "finetune.init: base to match it (kept as configured: %s)",
+                method,
+                params.finetune.init,
+            )
 
         labels_path = PREPARED / "train_labels.jsonl"
         golds = labels_by_id(read_jsonl(labels_path, required=["id", "answer"]), str(labels_path))

@@ -16,7 +16,7 @@ def majority_precision(rationales: list[dict], labels: dict[str, str]) -> dict:
     """
     scored = [(r, labels[r["id"]]) for r in rationales if r["id"] in labels]
     right = [answers_match(r["majority"], gold_answer(g)) for r, g in scored]
-    sel = [ok for (r, _), ok in zip(scored, right) if r["selected"]]
+    sel = [ok for (r, _), ok in zip(scored, right, strict=True) if r["selected"]]
     return {
         "majority_accuracy": sum(right) / len(right) if right else 0.0,
         "selected_precision": sum(sel) / len(sel) if sel else 0.0,

@@ -23,6 +23,47 @@ def _tiny_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from selfimprove.report import DEFAULT_COLUMNS, compare_table, dvc_round_metrics, format_table
+
+    if args.mlflow:
+        from selfimprove.tracking import TrackingConfig, round_metrics
+
+        experiment, pipeline = args.experiment, args.pipeline
+        if (experiment is None or pipeline is None) and Path(args.params).exists():
+            from selfimprove.config import load_params
+
+            tracking = load_params(args.params).tracking
+            experiment = experiment or tracking.experiment
+            pipeline = pipeline or tracking.pipeline
+        cfg = TrackingConfig(
+            experiment=experiment or "selfimprove",
+            pipeline=pipeline or "default",
+            registered_model=None,  # reading only
+        )
+        metrics = round_metrics(cfg)
+        source = f"mlflow:{cfg.experiment}/{cfg.pipeline}"
+    else:
+        metrics = dvc_round_metrics(args.rounds_dir)
+        if not metrics:
+            from selfimprove.io import InputError
+
+            raise InputError(
+                f"{args.rounds_dir}: no round folders with metrics; run `dvc repro` first (or "
+                "use --mlflow to read the tracking server)"
+            )
+        source = f"dvc:{args.rounds_dir}"
+    table = compare_table(metrics, args.metrics or DEFAULT_COLUMNS)
+    if args.json:
+        print(json.dumps({"source": source, **table}, indent=2))
+    else:
+        print(format_table(table, digits=args.digits))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="selfimprove",
@@ -38,6 +79,33 @@ def build_parser() -> argparse.ArgumentParser:
     from selfimprove.score import add_score_parser
 
     add_score_parser(sub)
+
+    p = sub.add_parser(
+        "compare",
+        help="round-by-round table of metrics (DVC metrics files or MLflow)",
+        description="Print one row per round and one column per metric, from the DVC metrics "
+        "files under data/rounds (default) or from MLflow (--mlflow: the latest "
+        "non-superseded run of each round of the pipeline). Metric names are flattened keys "
+        "as in `dvc metrics show` (arith_1step.fewshot_cot.strict, arith_1step.sc.maj@8, "
+        "filter.selected_fraction, ...); glob patterns select several.",
+    )
+    p.add_argument(
+        "--metrics",
+        nargs="+",
+        metavar="KEY",
+        help="metric keys or glob patterns (default: '*.*.strict' filter.selected_fraction "
+        "filter.mean_agreement)",
+    )
+    p.add_argument("--mlflow", action="store_true", help="read MLflow instead of the DVC files")
+    p.add_argument(
+        "--pipeline", help="MLflow pipeline (parent run) name (default: tracking.pipeline)"
+    )
+    p.add_argument("--experiment", help="MLflow experiment (default: tracking.experiment)")
+    p.add_argument("--params", default="params.yaml", help="params file for the defaults")
+    p.add_argument("--rounds-dir", default="data/rounds", help="where the round folders are")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--digits", type=int, default=3, help="decimals in the text table")
+    p.set_defaults(func=_compare)
 
     p = sub.add_parser("tiny-model", help="write a tiny random model (for smoke tests)")
     p.add_argument("out", help="output folder")
@@ -59,4 +127,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

@@ -78,6 +78,13 @@ class EvaluateConfig(BaseModel):
         50, ge=1, description="Self-consistency on the first N questions of each set (cost)."
     )
     temperature: float = Field(0.7, gt=0, description="Sampling temperature for maj@k.")
+    refine_iterations: int = Field(
+        0,
+        ge=0,
+        description="Inference-time self-refinement: also score each CoT style after up to N "
+        "self-feedback/refine rewrites, as '<style>_refined' (0 = off). It can also hurt "
+        "(Huang et al. 2024): both are logged.",
+    )
     batch_size: int = Field(32, ge=1, description="Sequences decoded together.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Compute dtype (auto: bf16 where fast, else fp32)."
@@ -323,6 +330,22 @@ def _evaluate_gsm(
         ]
         predictions[f"{name}__{style}"] = preds
         metrics[style] = summarize(preds)
+        if cfg.refine_iterations and style.endswith("_cot"):
+            from selfimprove.self_refine import RefineConfig, refine_outputs
+
+            rcfg = RefineConfig(
+                max_iterations=cfg.refine_iterations, refine_max_new_tokens=cfg.max_new_tokens
+            )
+            refined, rstats = refine_outputs(
+                sampler, [r["question"] for r in records], [p["output"] for p in preds], rcfg, seed
+            )
+            rpreds = [
+                {"id": r["id"], "question": r["question"], "output": o}
+                | score_prediction(o, r["answer"])
+                for r, o in zip(records, refined, strict=True)
+            ]
+            predictions[f"{name}__{style}_refined"] = rpreds
+            metrics[f"{style}_refined"] = summarize(rpreds) | {"refine": rstats}
     if cfg.sc_paths:
         sc_records = records[: cfg.sc_limit] if cfg.sc_limit else records
         prefix = build_prompt("", cfg.sc_style, cfg.n_shots)[0]

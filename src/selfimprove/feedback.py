@@ -348,10 +348,13 @@ def check_solution(question: str, answer_text: str, gold: str) -> Feedback:
             {"kind": "no_answer"},
         )
     if not answers_match(final, gold_n):
+        lead = f"The answer {final}"
+        if checked:
+            lead = f"The calculations are right, but the answer {final}"
         return Feedback(
             False,
-            f"The calculations are right, but the answer {final} is wrong: the steps do not "
-            "solve the question. Work out again what the question asks.",
+            f"{lead} is wrong: the steps do not solve the question. Work out again what the "
+            "question asks.",
             {"kind": "answer", "answer": final, "gold": gold_n},
         )
     if checked:

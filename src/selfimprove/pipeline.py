@@ -5,12 +5,15 @@ Paths are relative to the project root (where ``dvc.yaml`` is) and mirror ``dvc.
 - ``data/models/base``                 base_model: the starting model, a safetensors folder
 - ``data/prepared/``                   data: train.jsonl (unlabeled), train_labels.jsonl (analysis
   only), seed.jsonl (labeled warm start), eval/<set>.jsonl
-- ``data/rounds/r0/model``             warmstart: round 0's model (base, or base + seed SFT)
+- ``data/models/warm``                 warmstart: base, or base + SFT on the labeled seed set
+- ``data/rounds/r0/model``             meta_skill: round 0's model (warm + SELF meta-skills, or a copy)
 - ``data/rounds/rK/samples.jsonl``     generate
+- ``data/rounds/rK/refined.jsonl``     refine (self-feedback/refinement; a passthrough for lmsi)
 - ``data/rounds/rK/{rationales,train}.jsonl``  filter
 - ``data/rounds/rK/model``             finetune (merged weights + adapter/)
 - ``data/rounds/rK/metrics.json``, ``eval/``  evaluate
 - ``data/rounds/rK/mlflow.json``       track: the MLflow run of the round
+- ``data/report/``                     report: tables and plots across rounds
 """
 
 from __future__ import annotations

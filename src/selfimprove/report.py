@@ -261,7 +261,8 @@ def accuracy_rows(metrics_by_round: Mapping[str, Mapping]) -> list[dict]:
 
 def plot_series(rows: Sequence[Mapping], metric: str = "strict") -> dict[str, dict[str, list]]:
     """Per set, per series: ``[(round_index, value), ...]``; a style's series uses ``metric``
-    (falling back to strict, then em); self-consistency contributes one series per ``maj@k``.
+    (falling back to strict, then em, named ``"<style> <fallback>"``); self-consistency
+    contributes one series per ``maj@k``.
 
     >>> rows = accuracy_rows({"r0": {"a": {"cot": {"strict": 0.1, "flexible": 0.2},
     ...                                    "sc": {"maj@1": 0.1, "pass@2": 0.4}}},
@@ -283,7 +284,7 @@ def plot_series(rows: Sequence[Mapping], metric: str = "strict") -> dict[str, di
             chosen = next((m for m in (metric, "strict", "em") if m in available[key]), None)
             if r["metric"] != chosen:
                 continue
-            series = r["style"]
+            series = r["style"] if chosen == metric else f"{r['style']} {chosen}"
         out.setdefault(r["set"], {}).setdefault(series, []).append((r["round_index"], r["value"]))
     return out
 
@@ -398,7 +399,7 @@ def plot_accuracy(series: Mapping[str, Mapping[str, list]], path: Path, metric: 
             indices += xs
         ax.set_title(set_name)
         ax.set_ylim(-0.02, 1.02)
-        ax.set_ylabel(f"accuracy ({metric})")
+        ax.set_ylabel(f"accuracy ({metric})" if set_name == sets[0] else "")
         ax.grid(alpha=0.3)
         _round_axis(ax, indices or [0])
         if indices:

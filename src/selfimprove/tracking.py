@@ -76,7 +76,6 @@ TAG_LAST_ROUND = "selfimprove.last_round"
 TAG_MODEL_DIGEST = "selfimprove.model_digest"
 PARENT_TAG = "mlflow.parentRunId"
 BEST_ALIAS = "best"
-MODEL_ARTIFACT = "model"
 
 _FORBIDDEN_NAME_CHARS = "'\"`\\"
 
@@ -571,18 +570,24 @@ def _log_dir_files(client, run_id: str, src: Path, artifact_path: str) -> int:
 #: written to a file and stored with the model, so loading needs no selfimprove install).
 ADAPTER_MODEL_CODE = '''"""selfimprove round model for MLflow: a LoRA adapter on its start model.
 
-model_config: base_model_uri (a registered model version, loaded recursively) or base_path (a
-local model folder, checked against base_digest) or base_hub_id; max_new_tokens. The adapter
-(if any) is the artifact "adapter". predict(prompts) returns greedy continuations; the loaded
-transformers model and tokenizer are ``unwrap_python_model().model`` / ``.tokenizer``.
+model_config: base_model_uri (a registered model version it was trained on, loaded
+recursively) or base_path (a local model folder, checked against base_digest); base_hub_id;
+max_new_tokens. Load-time overrides (mlflow.pyfunc.load_model(uri, model_config={...})), passed
+down the chain: base_override = a model folder used instead of the recorded base folder (no
+digest check); allow_hub_fallback = load base_hub_id when the base folder is missing. The
+adapter (if any) is the artifact "adapter". predict(prompts) returns greedy continuations;
+unwrap_python_model().model / .tokenizer are the transformers model and tokenizer.
 """
 
 import hashlib
+import warnings
 from pathlib import Path
 
 import mlflow
 from mlflow.models import set_model
 from mlflow.pyfunc import PythonModel
+
+PASS_DOWN = ("base_override", "allow_hub_fallback")
 
 
 def folder_digest(path, length=36):
@@ -602,17 +607,27 @@ def folder_digest(path, length=36):
 
 def resolve_base(cfg):
     path, digest, hub_id = cfg.get("base_path"), cfg.get("base_digest"), cfg.get("base_hub_id")
+    if cfg.get("base_override"):
+        return cfg["base_override"]
     if path and Path(path).is_dir():
         if digest and folder_digest(path) != digest:
             raise RuntimeError(
                 f"base model folder {path} changed since this model was logged (digest "
-                f"{digest}); restore it (e.g. `dvc checkout`) or log the round with "
-                "tracking.log_model: merged"
+                f"{digest}); restore it (`dvc checkout` / `dvc pull` in the project), or load "
+                "with model_config={'base_override': <folder>} to use another folder"
             )
         return path
-    if hub_id:
-        return hub_id
-    raise RuntimeError(f"base model folder {path} not found and no hub id recorded")
+    if path and not (cfg.get("allow_hub_fallback") and hub_id):
+        raise RuntimeError(
+            f"base model folder {path} not found; restore it (`dvc pull` in the project), or "
+            "load with model_config={'base_override': <folder>} or "
+            f"{{'allow_hub_fallback': True}} (hub id {hub_id!r})"
+        )
+    if not hub_id:
+        raise RuntimeError("no base model recorded; pass model_config={'base_override': <folder>}")
+    if path:
+        warnings.warn(f"base model folder {path} not found; loading {hub_id} from the hub")
+    return hub_id
 
 
 class SelfImproveModel(PythonModel):
@@ -622,7 +637,9 @@ class SelfImproveModel(PythonModel):
 
         cfg = dict(context.model_config or {})
         if cfg.get("base_model_uri"):
-            inner = mlflow.pyfunc.load_model(cfg["base_model_uri"]).unwrap_python_model()
+            down = {k: cfg[k] for k in PASS_DOWN if cfg.get(k)}
+            inner = mlflow.pyfunc.load_model(cfg["base_model_uri"], model_config=down or None)
+            inner = inner.unwrap_python_model()
             model, tokenizer = inner.model, inner.tokenizer
         else:
             src = resolve_base(cfg)
@@ -635,7 +652,7 @@ class SelfImproveModel(PythonModel):
             model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
         model.eval()
         self.model, self.tokenizer = model, tokenizer
-        self.max_new_tokens = int(cfg.get("max_new_tokens", 64))
+        self.max_new_tokens = int(cfg.get("max_new_tokens") or 64)
 
     def predict(self, context, model_input: list[str], params=None) -> list[str]:
         import torch
@@ -765,19 +782,30 @@ def _log_registered_model(
     import mlflow
 
     model_digest = file_digest(model_dir) if model_dir is not None else None
+    # the LoggedModel's name; not "model", which MLflow would confuse with the run's model/ folder
+    logged_name = re.sub(r"[^\w.\-]", "_", f"{cfg.pipeline}-{round_name}")
     with _fluent_run(run_id), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if cfg.log_model == "merged":
             info = mlflow.transformers.log_model(
                 _load_components(model_dir),
-                name=MODEL_ARTIFACT,
+                name=logged_name,
                 task="text-generation",
                 model_config={"max_new_tokens": 64, "do_sample": False},  # greedy predict()
                 pip_requirements=_pip_requirements(MERGED_REQUIREMENTS),
                 step=int(round_index),
             )
         else:
-            model_config: dict = {"base_hub_id": base_model_ref or "", "max_new_tokens": 64}
+            # every key present: MLflow only lets load-time model_config override existing keys
+            model_config: dict = {
+                "base_model_uri": "",
+                "base_path": "",
+                "base_digest": "",
+                "base_hub_id": base_model_ref or "",
+                "base_override": "",
+                "allow_hub_fallback": False,
+                "max_new_tokens": 64,
+            }
             base = _adapter_base(adapter_dir, model_dir)
             base_version = None
             if base is not None:
@@ -795,7 +823,7 @@ def _log_registered_model(
                 code = Path(tmp) / "selfimprove_model.py"
                 code.write_text(ADAPTER_MODEL_CODE)
                 info = mlflow.pyfunc.log_model(
-                    name=MODEL_ARTIFACT,
+                    name=logged_name,
                     python_model=str(code),
                     artifacts={"adapter": str(adapter_dir)} if adapter_dir is not None else None,
                     model_config=model_config,

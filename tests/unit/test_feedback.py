@@ -299,3 +299,8 @@ def test_teacher_prompt_has_reference_lines():
     assert prefix.count("Reference answer:") == 2
     assert "Reference answer: 7\n" in suffix
     assert "Reference answer" not in build_feedback_prompt("Q?", "A.", 2)[0]
+
+
+def test_wrong_answer_without_calculations_does_not_claim_they_are_right():
+    fb = check_solution("q", "I guess 12. The answer is 12.", "#### 8")
+    assert fb.text.startswith("The answer 12 is wrong") and "calculations" not in fb.text

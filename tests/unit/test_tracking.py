@@ -446,7 +446,7 @@ def test_registry_adapter_chain_and_best_alias(uri, chain):
     # r1 was trained on r0's model: its MLflow model points at r0's version, not at a folder
     conf = _pyfunc_config(f"models:/{name}/{best.version}")
     assert conf["base_model_uri"] == f"models:/{name}/{by_round['r0'].version}"
-    assert "base_path" not in conf
+    assert not conf["base_path"] and not conf["allow_hub_fallback"]
     r0_conf = _pyfunc_config(f"models:/{name}/{by_round['r0'].version}")
     assert r0_conf["base_path"] == str(chain["r0"].resolve()) and r0_conf["base_digest"]
 
@@ -512,17 +512,38 @@ def test_registry_off_and_missing_metric(uri, chain, caplog):
         client.get_model_version_by_alias("selfimprove-reg-nometric", "best")
 
 
-def test_registry_changed_base_folder_fails_clearly(uri, chain, tmp_path):
+def test_registry_base_folder_changed_or_missing(uri, chain, tmp_path):
     import shutil
 
     import mlflow
+    import torch
 
-    folder = shutil.copytree(chain["r0"], tmp_path / "r0")
+    # r1's adapter trained on a base folder that no registered version holds -> a folder ref
+    base = shutil.copytree(chain["r0"], tmp_path / "base")
+    r1 = shutil.copytree(chain["r1"], tmp_path / "r1")
+    conf_file = r1 / "adapter" / "adapter_config.json"
+    conf = json.loads(conf_file.read_text()) | {"base_model_name_or_path": str(base)}
+    conf_file.write_text(json.dumps(conf))
+    (base / "extra.txt").write_text("makes the digest differ from the chain's r0")
     cfg = TrackingConfig(pipeline="reg-changed")
-    log_round(cfg, round_name="r0", round_index=0, metrics={KEY: 0.1}, model_dir=folder)
-    (folder / "config.json").write_text((folder / "config.json").read_text() + " ")
+    log_round(
+        cfg, round_name="r1", round_index=1, metrics={KEY: 0.2}, model_dir=r1,
+        adapter_dir=r1 / "adapter",
+    )  # fmt: skip
+    best = "models:/selfimprove-reg-changed@best"
+    assert _pyfunc_config(best)["base_path"] == str(base.resolve())
+    assert not _pyfunc_config(best)["base_model_uri"]
+    (base / "config.json").write_text((base / "config.json").read_text() + " ")
     with pytest.raises(Exception, match="changed since this model was logged"):
-        mlflow.pyfunc.load_model("models:/selfimprove-reg-changed@best")
+        mlflow.pyfunc.load_model(best)
+    shutil.rmtree(base)
+    with pytest.raises(Exception, match="not found; restore it"):
+        mlflow.pyfunc.load_model(best)
+    # a load-time override points at another copy of the base
+    inner = mlflow.pyfunc.load_model(
+        best, model_config={"base_override": str(chain["r0"])}
+    ).unwrap_python_model()
+    torch.testing.assert_close(_logits(inner.model), _source_logits(chain["r1"]), rtol=0, atol=1e-5)
 
 
 def test_registry_config_validation():
