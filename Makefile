@@ -25,5 +25,5 @@ repro: setup
 test: setup
 	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 pytest
 
-lint: setup
+lint: setup  ## ruff, as CI runs it
 	ruff check src stages tests benchmarks

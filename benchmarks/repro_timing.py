@@ -36,8 +36,11 @@ def main(argv: list[str]) -> int:
     end = time.perf_counter()
     if current:
         stages[current] = round(end - last, 1)
-    print(json.dumps({"cmd": " ".join(cmd[1:]), "rc": rc, "total_s": round(end - t0, 1),
-                      "stages": stages}))
+    print(
+        json.dumps(
+            {"cmd": " ".join(cmd[1:]), "rc": rc, "total_s": round(end - t0, 1), "stages": stages}
+        )
+    )
     return rc
 
 

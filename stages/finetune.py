@@ -1,4 +1,4 @@
-"""finetune stage: LoRA (or full) fine-tuning on the round's training set; saves adapter + merged."""
+"""finetune stage: LoRA (or full) fine-tuning on the round's training set; adapter + merged."""
 
 from selfimprove.pipeline import add_round_arg, round_dir, round_seed, stage_main
 

@@ -1,4 +1,4 @@
-"""generate stage: m chain-of-thought paths per unlabeled question from the previous round's model."""
+"""generate stage: m chain-of-thought paths per unlabeled question from the previous model."""
 
 import shutil
 
@@ -19,7 +19,11 @@ def main(args, params):
     out = round_dir(args.round)
     shards = out / "samples.shards"  # resume state of a killed run; not a DVC output
     records, stats = generate(
-        args.model, questions, params.generate, round_seed(params.seed, args.round), shard_dir=shards
+        args.model,
+        questions,
+        params.generate,
+        round_seed(params.seed, args.round),
+        shard_dir=shards,
     )
     write_jsonl(out / "samples.jsonl", records)
     write_json(out / "generate.json", stats)

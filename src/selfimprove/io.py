@@ -62,7 +62,7 @@ def iter_jsonl(path: str | os.PathLike, required: Iterable[str] = ()) -> Iterato
     >>> list(iter_jsonl(p))
     Traceback (most recent call last):
     ...
-    selfimprove.io.InputError: ...x.jsonl line 2: not valid JSON (Expecting value); fix or regenerate the file
+    selfimprove.io.InputError: ...x.jsonl line 2: not valid JSON (Expecting value); fix or ...
     >>> _ = p.write_text('{"question": "1+1?"}\\n{"q": "oops"}\\n')
     >>> list(iter_jsonl(p, required=["question"]))
     Traceback (most recent call last):

@@ -25,7 +25,11 @@ def dvc_lock_digest(round_name: str, lock_path: str | Path = "dvc.lock") -> str:
     if not path.exists():
         return ""
     stages = (yaml.safe_load(path.read_text()) or {}).get("stages", {})
-    mine = {k: v for k, v in stages.items() if k.endswith(f"@{round_name}") or k.endswith(f"_{round_name}")}
+    mine = {
+        k: v
+        for k, v in stages.items()
+        if k.endswith(f"@{round_name}") or k.endswith(f"_{round_name}")
+    }
     if not mine:
         return ""
     return hashlib.sha256(json.dumps(mine, sort_keys=True).encode()).hexdigest()[:16]

@@ -12,7 +12,8 @@ from pathlib import Path
 
 _CORPUS = [
     "Q: There are 15 trees in the grove. Grove workers will plant trees in the grove today. "
-    "After they are done, there will be 21 trees. How many trees did the grove workers plant today?",
+    "After they are done, there will be 21 trees. "
+    "How many trees did the grove workers plant today?",
     "A: There are 15 trees originally. Then there were 21 trees after some more were planted. "
     "So there must have been 21 - 15 = 6. The answer is 6.",
     "Let's think step by step. The answer is 42. #### 42",

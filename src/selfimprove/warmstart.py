@@ -58,7 +58,12 @@ def seed_examples(records: list[dict], formats: list[str], n_shots: int) -> list
         for fmt in formats:
             prefix, suffix = build_prompt(rec["question"], fmt, n_shots)
             out.append(
-                {"id": rec["id"], "format": fmt, "prompt": prefix + suffix, "completion": completion}
+                {
+                    "id": rec["id"],
+                    "format": fmt,
+                    "prompt": prefix + suffix,
+                    "completion": completion,
+                }
             )
     return out
 

@@ -25,7 +25,10 @@ pytestmark = pytest.mark.e2e
 def _run(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({proc.returncode}):\n"
+            f"{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+        )
     return proc
 
 
@@ -41,7 +44,11 @@ def _tiny_params(model_dir: Path) -> dict:
     params["filter"] |= {"min_agreement": 0.0, "n_shots": 1}
     params["finetune"] |= {"epochs": 1, "batch_size": 4, "max_length": 256, "logging_steps": 1}
     params["evaluate"] |= {
-        "n_shots": 1, "max_new_tokens": 12, "sc_paths": 2, "sc_k": [1, 2], "sc_limit": 2,
+        "n_shots": 1,
+        "max_new_tokens": 12,
+        "sc_paths": 2,
+        "sc_k": [1, 2],
+        "sc_limit": 2,
     }
     params["tracking"]["pipeline"] = "e2e"
     return params
@@ -65,7 +72,22 @@ def project(tmp_path_factory):
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{proj / 'mlflow.db'}"
     env |= {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
     _run(["git", "init", "-q"], proj, env)
-    _run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-q", "--allow-empty", "-m", "init"], proj, env)
+    _run(
+        [
+            "git",
+            "-c",
+            "user.email=t@t",
+            "-c",
+            "user.name=t",
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-m",
+            "init",
+        ],
+        proj,
+        env,
+    )
     _run([sys.executable, "-m", "dvc", "init", "-q"], proj, env)
     _run([sys.executable, "-m", "dvc", "config", "core.analytics", "false"], proj, env)
     repro = _run([sys.executable, "-m", "dvc", "repro"], proj, env)
@@ -81,7 +103,9 @@ def test_outputs_of_every_round(project):
         rats = [json.loads(x) for x in (d / "rationales.jsonl").read_text().splitlines()]
         assert {"majority", "agreement", "kept", "selected"} <= set(rats[0])
         assert (d / "model" / "config.json").exists()
-        assert (d / "model" / "adapter").is_dir() or json.loads((d / "finetune.json").read_text())["n_examples"] == 0
+        assert (d / "model" / "adapter").is_dir() or json.loads((d / "finetune.json").read_text())[
+            "n_examples"
+        ] == 0
         metrics = json.loads((d / "metrics.json").read_text())
         assert 0.0 <= metrics["arith"]["fewshot_cot"]["strict"] <= 1.0
         assert "maj@2" in metrics["arith"]["sc"]
@@ -115,7 +139,9 @@ def test_mlflow_parent_and_round_runs(project):
     runs = client.search_runs([exp.experiment_id])
     parents = [r for r in runs if r.data.tags.get("selfimprove.role") == "parent"]
     assert len(parents) == 1
-    children = {r.data.tags["selfimprove.round"]: r for r in runs if "selfimprove.round" in r.data.tags}
+    children = {
+        r.data.tags["selfimprove.round"]: r for r in runs if "selfimprove.round" in r.data.tags
+    }
     assert set(children) == {"r0", "r1", "r2"}
     for r in children.values():
         assert r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
@@ -135,9 +161,20 @@ def test_bad_params_fail_fast_without_output(project, tmp_path):
     bad["finetune"]["epochs"] = "two"
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
     proc = _run(
-        [sys.executable, "-m", "stages.generate", "--params", str(tmp_path / "bad.yaml"),
-         "--round", "r9", "--model", "data/rounds/r0/model"],
-        proj, env, check=False,
+        [
+            sys.executable,
+            "-m",
+            "stages.generate",
+            "--params",
+            str(tmp_path / "bad.yaml"),
+            "--round",
+            "r9",
+            "--model",
+            "data/rounds/r0/model",
+        ],
+        proj,
+        env,
+        check=False,
     )
     assert proc.returncode == 2
     assert "generate.temprature: unknown key" in proc.stderr and "temperature" in proc.stderr
