@@ -23,7 +23,8 @@ repro: setup
 	dvc repro
 
 test: setup
-	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 pytest
+	ruff check src stages tests benchmarks
+	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 pytest  # exit 5 (no tests collected) fails too
 
-lint: setup  ## ruff, as CI runs it
+lint: setup
 	ruff check src stages tests benchmarks

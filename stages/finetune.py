@@ -1,4 +1,16 @@
-"""finetune stage: LoRA (or full) fine-tuning on the round's training set; adapter + merged."""
+"""finetune stage: LoRA (or full) fine-tuning on the round's training set; adapter + merged.
+
+Checkpoints go to data/rounds/<r>/model.ckpt/ (every $SELFIMPROVE_SAVE_STEPS optimizer steps,
+default 50; not a DVC output): a killed run resumes there on the next `dvc repro`.
+Several processes/GPUs: set SELFIMPROVE_LAUNCH, e.g. "accelerate launch --num_processes 8" or
+"accelerate launch --config_file configs/accelerate/fsdp.yaml"; the stage then reruns itself
+under that launcher (only rank 0 writes outputs).
+"""
+
+import os
+import shlex
+import subprocess
+import sys
 
 from selfimprove.pipeline import add_round_arg, round_dir, round_seed, stage_main
 
@@ -8,19 +20,42 @@ def _args(p):
     p.add_argument("--prev", required=True, help="previous round (its model is the default start)")
 
 
+def _relaunch() -> None:
+    """Rerun this stage under $SELFIMPROVE_LAUNCH (once: not inside a launched process)."""
+    launch = os.environ.get("SELFIMPROVE_LAUNCH", "").strip()
+    if not launch or "LOCAL_RANK" in os.environ:
+        return
+    cmd = [*shlex.split(launch), "-m", "stages.finetune", *sys.argv[1:]]
+    print(f"finetune: launching {shlex.join(cmd)}", file=sys.stderr, flush=True)
+    sys.exit(subprocess.call(cmd))
+
+
 @stage_main(__doc__, _args)
 def main(args, params):
-    from selfimprove.finetune import finetune
-    from selfimprove.io import read_jsonl, write_json
+    from selfimprove.finetune import finetune, is_main_process
+    from selfimprove.io import InputError, read_jsonl, write_json
 
     cfg = params.finetune
     start = round_dir("r0" if cfg.init == "base" else args.prev) / "model"
     out = round_dir(args.round)
     examples = read_jsonl(out / "train.jsonl", required=["prompt", "completion"])
-    info = finetune(start, examples, out / "model", cfg, round_seed(params.seed, args.round))
-    write_json(out / "finetune.json", info | {"start": start.as_posix()})
-    print(f"{args.round}: {info}")
+    save_steps = os.environ.get("SELFIMPROVE_SAVE_STEPS", "50")
+    if not save_steps.isdigit() or int(save_steps) < 1:
+        raise InputError(f"SELFIMPROVE_SAVE_STEPS={save_steps!r}: expected a positive integer")
+    info = finetune(
+        start,
+        examples,
+        out / "model",
+        cfg,
+        round_seed(params.seed, args.round),
+        ckpt_dir=out / "model.ckpt",  # resume state of a killed run; not a DVC output
+        save_steps=int(save_steps),
+    )
+    if is_main_process():
+        write_json(out / "finetune.json", info | {"start": start.as_posix()})
+        print(f"{args.round}: {info}")
 
 
 if __name__ == "__main__":
+    _relaunch()
     main()

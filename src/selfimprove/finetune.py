@@ -10,13 +10,27 @@ The output folder is a complete Hugging Face model folder (merged float32 weight
 tokenizer, generation config) plus ``adapter/`` (the peft adapter, LoRA only),
 ``train_log.jsonl`` (one record per logging step) and ``finetune_info.json``. It is written
 atomically, so a killed run leaves no half-written model behind.
+
+Resumable: with a ``ckpt_dir`` (the stage uses ``data/rounds/<r>/model.ckpt/``, not a DVC
+output) the Trainer checkpoints every ``save_steps`` optimizer steps; a rerun whose settings
+(config, seed, start model, tokenized examples, number of processes) match ``settings.json``
+there resumes from the last complete checkpoint, and the folder is removed after success.
+
+Multi-process: run under ``accelerate launch`` (DDP; FSDP/DeepSpeed through an accelerate
+config). Every process trains on its slice of each global batch; only the main process (rank 0)
+writes the model folder, the logs and removes the checkpoints.
 """
 
 from __future__ import annotations
 
+import errno
 import gc
+import hashlib
+import json
 import logging
 import math
+import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +43,12 @@ from selfimprove.io import InputError, atomic_path, write_json, write_jsonl
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
+CKPT_SETTINGS = "settings.json"
+CKPT_COMPLETE = "selfimprove_complete.json"
+
+
+class DiskFullError(InputError):
+    """The disk filled up while saving; nothing was replaced."""
 
 
 class LoraSection(BaseModel):
@@ -270,15 +290,133 @@ def _log_last_step_callback():
     return LogLastStep()
 
 
+def is_main_process() -> bool:
+    """True unless this is a non-zero rank of a distributed launch (``RANK`` set by it)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def world_size() -> int:
+    """Processes of the launch (``WORLD_SIZE``; 1 without a launcher)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _complete_marker_callback():
+    """A Trainer callback marking each checkpoint folder complete once it is fully saved."""
+    from transformers import TrainerCallback
+
+    class MarkComplete(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                if folder.is_dir():
+                    write_json(folder / CKPT_COMPLETE, {"step": state.global_step})
+            return control
+
+    return MarkComplete()
+
+
+def last_complete_checkpoint(ckpt_dir: Path) -> Path | None:
+    """The ``checkpoint-<step>`` folder with the highest step that was saved completely.
+
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> for step in (2, 4):
+    ...     (d / f"checkpoint-{step}").mkdir()
+    >>> _ = (d / "checkpoint-2" / CKPT_COMPLETE).write_text("{}")
+    >>> last_complete_checkpoint(d).name  # checkpoint-4 was being written when killed
+    'checkpoint-2'
+    """
+    found = []
+    for p in Path(ckpt_dir).glob("checkpoint-*"):
+        step = p.name.removeprefix("checkpoint-")
+        if step.isdigit() and (p / CKPT_COMPLETE).is_file():
+            found.append((int(step), p))
+    return max(found)[1] if found else None
+
+
+def _resume_settings(model_dir: Path, features: list, cfg: FinetuneConfig, seed: int) -> dict:
+    """What must match for a checkpoint to be resumed."""
+    from selfimprove.generate import model_fingerprint
+
+    digest = hashlib.sha256(json.dumps(features, separators=(",", ":")).encode()).hexdigest()
+    return {
+        "config": cfg.model_dump(mode="json"),
+        "seed": seed,
+        "model": model_fingerprint(model_dir),
+        "features_sha256": digest,
+        "world_size": world_size(),
+    }
+
+
+def _prepare_resume(ckpt_dir: Path, settings: dict) -> Path | None:
+    """The checkpoint to resume from (or None), after clearing stale state (main process)."""
+    path = ckpt_dir / CKPT_SETTINGS
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        found = None
+    if found == settings:
+        resume = last_complete_checkpoint(ckpt_dir)
+        if resume is not None:
+            log.info("finetune: resuming from %s", resume)
+            return resume
+    elif found is not None and is_main_process():
+        differ = (
+            [k for k in settings if found.get(k) != settings[k]] if isinstance(found, dict) else []
+        )
+        log.warning(
+            "finetune: %s is from other settings (%s); starting over",
+            ckpt_dir,
+            ", ".join(differ) or "unreadable",
+        )
+    if is_main_process():
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        write_json(path, settings)
+    return None
+
+
+def _step_weighted_mean(records: list[dict]) -> float:
+    """Mean loss per optimizer step from logging-window means (windows weighted by length).
+
+    >>> _step_weighted_mean([{"step": 2, "loss": 1.0}, {"step": 3, "loss": 4.0}])
+    2.0
+    """
+    total, prev = 0.0, 0
+    for r in records:
+        total += r["loss"] * (r["step"] - prev)
+        prev = r["step"]
+    return total / prev
+
+
+def _disk_full(e: OSError, out_dir: Path) -> DiskFullError:
+    return DiskFullError(
+        f"{out_dir}: disk full while saving the fine-tuned model ({e.strerror or e}); nothing was "
+        f"replaced: {out_dir} still holds its previous contents (if any) and the partial copy "
+        "was removed. Free disk space and rerun (training resumes from its last checkpoint)"
+    )
+
+
 def finetune(
-    model_dir: Path, examples: list[dict], out_dir: Path, cfg: FinetuneConfig, seed: int
+    model_dir: Path,
+    examples: list[dict],
+    out_dir: Path,
+    cfg: FinetuneConfig,
+    seed: int,
+    ckpt_dir: Path | None = None,
+    save_steps: int = 50,
+    callbacks: list | None = None,
 ) -> dict:
     """Fine-tune the model in ``model_dir`` on ``examples`` and write the result to ``out_dir``.
 
     ``examples`` are dicts with ``prompt`` and ``completion`` strings (other keys are ignored).
     Returns (and writes to ``out_dir/finetune_info.json``): n_examples, n_truncated, n_dropped,
     steps, train_loss (mean over all steps), final_loss (mean over the last logging window),
-    runtime_s (training only), trainable_params, method, skipped.
+    runtime_s (training only), trainable_params, method, skipped, resumed_from_step.
+
+    ``ckpt_dir``: checkpoint every ``save_steps`` optimizer steps there and resume from it (see
+    the module docstring); None = no checkpoints. ``callbacks``: extra Trainer callbacks.
+    Under a distributed launch only the main process writes ``out_dir``.
     """
     import torch
     from transformers import AutoTokenizer, Trainer, TrainingArguments, set_seed
@@ -302,6 +440,7 @@ def finetune(
         "runtime_s": 0.0,
         "trainable_params": 0,
         "skipped": False,
+        "resumed_from_step": None,
     }
     if n_truncated:
         log.info("finetune: %d example(s) truncated from the left of the prompt", n_truncated)
@@ -322,11 +461,17 @@ def finetune(
             out_dir,
         )
         info["skipped"] = True
-        model = _load_model(model_dir, torch.float32)
-        with atomic_path(out_dir, is_dir=True) as tmp:
-            _save_model_folder(model, tokenizer, tmp)
-            write_jsonl(tmp / "train_log.jsonl", [])
-            write_json(tmp / "finetune_info.json", info)
+        if is_main_process():
+            model = _load_model(model_dir, torch.float32)
+            try:
+                with atomic_path(out_dir, is_dir=True) as tmp:
+                    _save_model_folder(model, tokenizer, tmp)
+                    write_jsonl(tmp / "train_log.jsonl", [])
+                    write_json(tmp / "finetune_info.json", info)
+            except OSError as e:
+                if e.errno == errno.ENOSPC:
+                    raise _disk_full(e, out_dir) from e
+                raise
         return info
 
     use_cpu = not torch.cuda.is_available()
@@ -349,9 +494,14 @@ def finetune(
     pad_id = (
         tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     )
+    resume = None
+    if ckpt_dir is not None:
+        ckpt_dir = Path(ckpt_dir)
+        resume = _prepare_resume(ckpt_dir, _resume_settings(model_dir, features, cfg, seed))
+        info["resumed_from_step"] = int(resume.name.split("-")[1]) if resume else None
     with tempfile.TemporaryDirectory(prefix="selfimprove-trainer-") as scratch:
         args = TrainingArguments(
-            output_dir=scratch,
+            output_dir=str(ckpt_dir) if ckpt_dir is not None else scratch,
             per_device_train_batch_size=cfg.batch_size,
             gradient_accumulation_steps=cfg.grad_accum,
             num_train_epochs=cfg.epochs,
@@ -362,7 +512,9 @@ def finetune(
             # full fine-tuning: bf16 autocast over float32 weights; LoRA: the base is bf16 already
             bf16=bf16 and cfg.method == "full",
             logging_steps=cfg.logging_steps,
-            save_strategy="no",
+            save_strategy="steps" if ckpt_dir is not None else "no",
+            save_steps=save_steps,
+            save_total_limit=1,
             eval_strategy="no",
             report_to="none",
             use_cpu=use_cpu,
@@ -377,12 +529,26 @@ def finetune(
             args=args,
             train_dataset=features,
             data_collator=CompletionCollator(pad_id),
-            callbacks=[_log_last_step_callback()],
+            callbacks=[
+                _log_last_step_callback(),
+                _complete_marker_callback(),
+                *(callbacks or []),
+            ],
         )
         t0 = time.perf_counter()
-        result = trainer.train()
+        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         runtime = time.perf_counter() - t0
         history = list(trainer.state.log_history)
+        final = None
+        if world_size() > 1:
+            # A collective save: under FSDP / DeepSpeed ZeRO-3 the ranks gather the full
+            # weights for rank 0 (plain DDP: rank 0 holds them anyway). Only rank 0 writes.
+            final = Path(scratch) / "final"
+            trainer.save_model(str(final))
+            if is_main_process():
+                held = Path(tempfile.mkdtemp(prefix="selfimprove-final-"))
+                shutil.copytree(final, held, dirs_exist_ok=True)
+                final = held
 
     records = [
         {
@@ -395,31 +561,56 @@ def finetune(
         for h in history
         if "loss" in h
     ]
+    train_loss = float(result.training_loss)
+    if resume is not None and records:
+        # the Trainer averages only the steps run after resuming; the log covers all of them
+        train_loss = _step_weighted_mean(records)
     info.update(
         steps=int(result.global_step),
-        train_loss=float(result.training_loss),
+        train_loss=train_loss,
         final_loss=records[-1]["loss"] if records else float(result.training_loss),
         runtime_s=round(runtime, 3),
     )
     if any(not math.isfinite(r["loss"]) for r in records):
         log.warning("finetune: non-finite loss logged; check learning_rate and dtype")
 
-    with atomic_path(out_dir, is_dir=True) as tmp:
-        if cfg.method == "lora":
-            model.save_pretrained(tmp / "adapter")
-            del trainer, model
-            gc.collect()
-            # Merge on float32 weights so small deltas are not lost to bf16 rounding.
-            from peft import PeftModel
+    if not is_main_process():
+        return info
+    try:
+        with atomic_path(out_dir, is_dir=True) as tmp:
+            if cfg.method == "lora":
+                if final is not None:
+                    (tmp / "adapter").mkdir()
+                    for name in ("adapter_config.json", "adapter_model.safetensors"):
+                        shutil.copy2(final / name, tmp / "adapter" / name)
+                else:
+                    model.save_pretrained(tmp / "adapter")
+                del trainer, model
+                gc.collect()
+                # Merge on float32 weights so small deltas are not lost to bf16 rounding.
+                from peft import PeftModel
 
-            base = _load_model(model_dir, torch.float32)
-            merged = PeftModel.from_pretrained(base, tmp / "adapter").merge_and_unload()
-            _save_model_folder(merged, tokenizer, tmp)
-        else:
-            trainer.model.config.use_cache = True
-            _save_model_folder(trainer.model, tokenizer, tmp)
-        write_jsonl(tmp / "train_log.jsonl", records)
-        write_json(tmp / "finetune_info.json", info)
+                base = _load_model(model_dir, torch.float32)
+                merged = PeftModel.from_pretrained(base, tmp / "adapter").merge_and_unload()
+                _save_model_folder(merged, tokenizer, tmp)
+            elif final is not None:
+                del trainer, model
+                gc.collect()
+                _save_model_folder(_load_model(final, torch.float32), tokenizer, tmp)
+            else:
+                trainer.model.config.use_cache = True
+                _save_model_folder(trainer.model, tokenizer, tmp)
+            write_jsonl(tmp / "train_log.jsonl", records)
+            write_json(tmp / "finetune_info.json", info)
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise _disk_full(e, out_dir) from e
+        raise
+    finally:
+        if final is not None:
+            shutil.rmtree(final, ignore_errors=True)
+    if ckpt_dir is not None:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
     log.info(
         "finetune: %s, %d examples, %d steps, loss %.4f -> %.4f in %.1fs",
         cfg.method,

@@ -9,6 +9,11 @@ finished shard is written at once (``shard-00000.jsonl`` + a ``shard-00000.json`
 rerun reads back the shards whose manifest matches the current settings and samples only the
 rest. A shard's samples depend only on its questions and their global indices (the seeds), so a
 resumed run ends with the same records as an uninterrupted one.
+
+Split across processes or machines: ``worker=i, num_workers=n`` samples only the shards
+``k`` with ``k % n == i`` into the shared ``shard_dir`` (the same files a single run writes) and
+leaves the others alone. A later plain run (or ``merge_only=True``, which refuses to sample)
+reads them all back, so the merged samples equal a single-process run's.
 """
 
 from __future__ import annotations
@@ -136,30 +141,35 @@ def _sha256_text(parts: list[str]) -> str:
 
 
 def model_fingerprint(model_dir: str | Path) -> str:
-    """A cheap fingerprint of a model folder: sha256 of every file's path, size and mtime.
+    """sha256 of a model folder's contents: every file's relative path and bytes.
 
-    Cheap enough for any model size (no weight hashing); a re-checkout that touches the files
-    changes it, which only costs a recomputation, never a stale reuse.
+    Independent of where the folder lives and of file times, so shards sampled on another
+    machine (same model pulled with ``dvc pull``) are recognised by a merge. Costs one read of
+    the weights (about 1 s per GB), small next to sampling from them.
 
     >>> import tempfile, pathlib
     >>> d = pathlib.Path(tempfile.mkdtemp())
     >>> _ = (d / "config.json").write_text("{}")
     >>> a = model_fingerprint(d)
-    >>> a == model_fingerprint(d)
+    >>> e = pathlib.Path(tempfile.mkdtemp()) / "elsewhere"
+    >>> _ = e.mkdir(); _ = (e / "config.json").write_text("{}")
+    >>> a == model_fingerprint(d) == model_fingerprint(e)
     True
     >>> _ = (d / "model.safetensors").write_text("w")
     >>> a == model_fingerprint(d)
     False
     """
+    from selfimprove.io import file_sha256
+
     root = Path(model_dir)
     if not root.is_dir():
         raise InputError(f"{root}: model folder not found; check the path")
-    rows = []
-    for p in sorted(root.rglob("*")):
-        if p.is_file():
-            st = p.stat()
-            rows.append(f"{p.relative_to(root).as_posix()}\t{st.st_size}\t{st.st_mtime_ns}")
-    return _sha256_text([str(root.resolve()), *rows])
+    rows = [
+        f"{p.relative_to(root).as_posix()}\t{file_sha256(p)}"
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    ]
+    return _sha256_text(rows)
 
 
 def run_settings(model_dir: str | Path, cfg: GenerateConfig, seed: int, prefix: str) -> dict:
@@ -253,11 +263,17 @@ def load_shard(shard_dir: Path, k: int, expected: dict) -> list[dict] | None:
     return None
 
 
-def _clean_shard_dir(shard_dir: Path, n_shards: int) -> None:
-    """Remove temporaries of killed writes and shards beyond the current question list."""
+def _clean_shard_dir(shard_dir: Path, n_shards: int, remove_tmp: bool = True) -> None:
+    """Remove temporaries of killed writes and shards beyond the current question list.
+
+    Workers sharing the folder pass ``remove_tmp=False``: a ``.tmp`` may be another worker's
+    write in progress.
+    """
     for p in shard_dir.iterdir():
         k = _shard_index(p)
         if p.name.startswith(".shard-") and p.name.endswith(".tmp") and p.is_file():
+            if not remove_tmp:
+                continue
             p.unlink(missing_ok=True)
         elif k is not None and k >= n_shards and p.is_file():
             log.info("%s: beyond the %d shards of this run; removed", p, n_shards)
@@ -273,12 +289,19 @@ def generate(
     cfg: GenerateConfig,
     seed: int,
     shard_dir: str | Path | None = None,
+    worker: int = 0,
+    num_workers: int = 1,
+    merge_only: bool = False,
 ) -> tuple[list[dict], dict]:
     """Sample ``cfg.num_paths`` paths per question; return (records, stats).
 
     Questions are sampled in shards of ``cfg.shard_size``; question ``i`` (after ``limit``)
     always uses the seeds of index ``i``. With ``shard_dir``, finished shards are saved there
     and reused by a rerun with the same settings (see the module docstring).
+
+    ``worker``/``num_workers``: sample (or reuse) only shards ``k % num_workers == worker``;
+    the records returned are those shards'. ``merge_only``: sample nothing; every shard must be
+    in ``shard_dir`` already (else an error lists the missing ones).
     """
     from selfimprove.io import file_sha256, write_json, write_jsonl
     from selfimprove.prompts import build_prompt
@@ -298,11 +321,17 @@ def generate(
     )
     size = cfg.shard_size
     starts = list(range(0, len(questions), size))
+    if not 0 <= worker < num_workers:
+        raise InputError(
+            f"worker={worker}, num_workers={num_workers}: need 0 <= worker < num_workers"
+        )
+    if (num_workers > 1 or merge_only) and shard_dir is None:
+        raise InputError("num_workers > 1 and merge_only need a shard_dir shared by the workers")
     settings = None
     if shard_dir is not None:
         shard_dir = Path(shard_dir)
         shard_dir.mkdir(parents=True, exist_ok=True)
-        _clean_shard_dir(shard_dir, len(starts))
+        _clean_shard_dir(shard_dir, len(starts), remove_tmp=num_workers == 1)
         settings = run_settings(model_dir, cfg, seed, prefix)
 
     sampler = None
@@ -311,7 +340,10 @@ def generate(
     wall = 0.0
     new_tokens = 0
     timing = dict.fromkeys(_TIMING_KEYS, 0.0)
+    missing: list[str] = []
     for k, start in enumerate(starts):
+        if k % num_workers != worker:
+            continue  # another worker's shard: not read, not touched
         shard_q = questions[start : start + size]
         shard_s = suffixes[start : start + size]
         expected = None
@@ -327,6 +359,9 @@ def generate(
                 records.extend(done)
                 reused += 1
                 continue
+        if merge_only:
+            missing.append(f"{k} (questions {start}-{start + len(shard_q) - 1})")
+            continue
         if sampler is None:
             sampler = make_sampler(model_dir, cfg.backend, cfg.dtype, cfg.batch_size)
         t0 = time.perf_counter()
@@ -355,6 +390,12 @@ def generate(
                     "wall_s": round(shard_wall, 2),
                 },
             )
+    if missing:
+        raise InputError(
+            f"{shard_dir}: merge needs all {len(starts)} shards; missing or not matching the "
+            f"current settings: shard {', '.join(missing)}. Run the worker(s) for them "
+            "(--worker-index k % --num-workers) or rerun without --merge-only to sample them here"
+        )
     if reused:
         log.info("reused %d of %d shards from %s", reused, len(starts), shard_dir)
 

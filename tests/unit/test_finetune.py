@@ -212,3 +212,90 @@ def test_zero_examples_saves_input_unchanged(tiny_model, tmp_path, caplog):
     assert all(torch.equal(saved[k], plain[k]) for k in plain)
     assert (tmp_path / "empty" / "tokenizer.json").exists()
     assert read_jsonl(tmp_path / "empty" / "train_log.jsonl") == []
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+class _Crash(Exception):
+    pass
+
+
+def _crash_after(step: int):
+    from transformers import TrainerCallback
+
+    class CrashAfter(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == step:
+                raise _Crash(f"killed after step {step}")
+
+    return CrashAfter()
+
+
+def test_resume_after_crash_equals_uninterrupted_run(tiny_model, tmp_path, caplog):
+    from safetensors.torch import load_file
+
+    cfg = _cfg(epochs=2)  # 16 examples / 4 = 4 steps per epoch, 8 in all; LoRA dropout on
+    full = finetune(tiny_model, EXAMPLES, tmp_path / "full", cfg, seed=3)
+    ckpt = tmp_path / "model.ckpt"
+    with pytest.raises(_Crash):
+        finetune(
+            tiny_model,
+            EXAMPLES,
+            tmp_path / "out",
+            cfg,
+            seed=3,
+            ckpt_dir=ckpt,
+            save_steps=2,
+            callbacks=[_crash_after(5)],
+        )
+    assert not (tmp_path / "out").exists()
+    assert sorted(p.name for p in ckpt.iterdir()) == ["checkpoint-4", "settings.json"]
+    # a checkpoint killed while being written (no completion marker) is not resumed from
+    (ckpt / "checkpoint-6").mkdir()
+    caplog.set_level(logging.INFO, logger="selfimprove.finetune")
+    res = finetune(tiny_model, EXAMPLES, tmp_path / "out", cfg, seed=3, ckpt_dir=ckpt, save_steps=2)
+    assert "resuming from" in caplog.text and "checkpoint-4" in caplog.text
+    assert res["resumed_from_step"] == 4 and full["resumed_from_step"] is None
+    assert res["steps"] == full["steps"] == 8
+    a = read_jsonl(tmp_path / "full" / "train_log.jsonl")
+    b = read_jsonl(tmp_path / "out" / "train_log.jsonl")
+    assert [r["step"] for r in b] == list(range(1, 9))
+    # same RNG, optimizer, scheduler and data order restored: equal up to float noise
+    for x, y in zip(a, b, strict=True):
+        assert y["loss"] == pytest.approx(x["loss"], rel=1e-5)
+        assert y["lr"] == pytest.approx(x["lr"], rel=1e-6)
+    assert res["train_loss"] == pytest.approx(full["train_loss"], rel=1e-5)
+    wa = load_file(tmp_path / "full" / "model.safetensors")
+    wb = load_file(tmp_path / "out" / "model.safetensors")
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-5
+    assert not ckpt.exists()  # removed after success
+
+
+def test_checkpoints_of_other_settings_are_discarded(tiny_model, tmp_path, caplog):
+    ckpt = tmp_path / "model.ckpt"
+    with pytest.raises(_Crash):
+        finetune(
+            tiny_model,
+            EXAMPLES,
+            tmp_path / "out",
+            _cfg(epochs=1),
+            seed=3,
+            ckpt_dir=ckpt,
+            save_steps=1,
+            callbacks=[_crash_after(2)],
+        )
+    assert (ckpt / "checkpoint-1").is_dir()  # step 2 crashed before its save
+    caplog.set_level(logging.INFO, logger="selfimprove.finetune")
+    info = finetune(
+        tiny_model,
+        EXAMPLES,
+        tmp_path / "out",
+        _cfg(epochs=1, learning_rate=1e-3),
+        seed=3,
+        ckpt_dir=ckpt,
+        save_steps=1,
+    )
+    assert info["resumed_from_step"] is None
+    assert "other settings (config)" in caplog.text and "starting over" in caplog.text
+    assert not ckpt.exists()

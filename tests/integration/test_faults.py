@@ -1,0 +1,273 @@
+"""Fault tolerance of the real `dvc repro` on a tiny random model (one round, up to finetune).
+
+- kill -9 (SIGKILL to the whole `dvc repro` process group) mid-generate, then mid-finetune;
+  each rerun of `dvc repro` resumes (finished generate shards, the last finetune checkpoint)
+  and the end result equals an uninterrupted run: samples.jsonl / train.jsonl byte for byte,
+  the same losses and weights; no temporary is left where an output belongs.
+- a corrupt or truncated intermediate jsonl: `dvc repro` fails (exit != 0) with the file and
+  line in stderr.
+- disk full while saving the model: a clear error, the previous model folder untouched.
+"""
+
+from __future__ import annotations
+
+import errno
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.e2e
+TARGET = "finetune@r1"
+R1 = Path("data/rounds/r1")
+# run-dependent numbers in the step metrics (timings)
+VOLATILE = {"wall_s", "tokens_per_s", "runtime_s", "shards_reused", "resumed_from_step"}
+VOLATILE |= {"prefix_prefill_s", "suffix_prefill_s", "decode_s", "other_s"}
+
+
+def _e2e_module():
+    """tests/e2e/test_pipeline.py, for its tiny-model params and helpers."""
+    spec = importlib.util.spec_from_file_location(
+        "_e2e_pipeline", ROOT / "tests/e2e/test_pipeline.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+E2E = _e2e_module()
+
+
+def _params(model_dir: Path) -> dict:
+    params = E2E._tiny_params(model_dir)
+    params["rounds"] = {"r1": {"prev": "r0"}}
+    params["data"]["train"]["n"] = 16
+    params["generate"] |= {"shard_size": 2, "max_new_tokens": 16, "dtype": "float32"}
+    params["finetune"] |= {"epochs": 2, "batch_size": 2, "dtype": "float32"}
+    params["tracking"]["enabled"] = False
+    return params
+
+
+def _new_project(root: Path, model_dir: Path) -> tuple[Path, dict]:
+    proj = root
+    proj.mkdir(parents=True)
+    for name in ("stages", "src"):
+        shutil.copytree(ROOT / name, proj / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", ".gitignore"):
+        shutil.copy(ROOT / name, proj / name)
+    (proj / "params.yaml").write_text(yaml.safe_dump(_params(model_dir), sort_keys=False))
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env |= {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env |= {"SELFIMPROVE_SAVE_STEPS": "2", "PYTHONPATH": str(proj / "src")}
+    env.pop("SELFIMPROVE_LAUNCH", None)
+    E2E._run(["git", "init", "-q"], proj, env)
+    E2E._run([sys.executable, "-m", "dvc", "init", "-q"], proj, env)
+    E2E._run([sys.executable, "-m", "dvc", "config", "core.analytics", "false"], proj, env)
+    return proj, env
+
+
+def _repro(proj: Path, env: dict, check: bool = True) -> subprocess.CompletedProcess:
+    return E2E._run([sys.executable, "-m", "dvc", "repro", TARGET], proj, env, check=check)
+
+
+def _repro_killed_when(proj: Path, env: dict, ready, timeout: float = 240) -> None:
+    """Start `dvc repro`, SIGKILL its process group as soon as ``ready()``; fail if it ends."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dvc", "repro", TARGET],
+        cwd=proj,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    t0 = time.monotonic()
+    try:
+        while not ready():
+            if proc.poll() is not None:
+                raise AssertionError(
+                    f"dvc repro ended ({proc.returncode}) before the kill point:\n"
+                    + proc.stderr.read().decode()[-3000:]
+                )
+            if time.monotonic() - t0 > timeout:
+                raise AssertionError("kill point not reached in time")
+            time.sleep(0.01)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc.stderr.close()
+
+
+def _tmp_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.rglob("*") if p.name.endswith(".tmp"))
+
+
+def _metrics(proj: Path, step: str) -> dict:
+    data = json.loads((proj / R1 / f"{step}.json").read_text())
+    return {k: v for k, v in data.items() if k not in VOLATILE}
+
+
+def _losses(proj: Path) -> list[float]:
+    lines = (proj / R1 / "model" / "train_log.jsonl").read_text().splitlines()
+    return [json.loads(x)["loss"] for x in lines]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from selfimprove.tiny import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("faults") / "tiny-model")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_model, tmp_path_factory):
+    proj, env = _new_project(tmp_path_factory.mktemp("faults") / "clean", tiny_model)
+    _repro(proj, env)
+    return proj, env
+
+
+@pytest.fixture(scope="module")
+def killed_twice(tiny_model, tmp_path_factory):
+    """kill -9 mid-generate, rerun and kill -9 mid-finetune, rerun to the end."""
+    proj, env = _new_project(tmp_path_factory.mktemp("faults") / "killed", tiny_model)
+    shards = proj / R1 / "samples.shards"
+    notes = {}
+
+    # 1) kill once the first generate shard is on disk
+    _repro_killed_when(proj, env, lambda: (shards / "shard-00000.json").exists())
+    notes["shards_after_kill"] = sorted(p.name for p in shards.glob("shard-*.json"))
+    notes["samples_after_kill"] = (proj / R1 / "samples.jsonl").exists()
+
+    # 2) rerun; kill once the first finetune checkpoint is complete
+    ckpt = proj / R1 / "model.ckpt"
+    marker = "selfimprove_complete.json"
+    _repro_killed_when(proj, env, lambda: any(ckpt.glob(f"checkpoint-*/{marker}")))
+    notes["model_after_kill"] = (proj / R1 / "model").exists()
+    notes["ckpts_after_kill"] = sorted(p.name for p in ckpt.glob("checkpoint-*"))
+    notes["generate_after_kill"] = _metrics(proj, "generate")
+    notes["shards_reused"] = json.loads((proj / R1 / "generate.json").read_text())["shards_reused"]
+
+    # 3) rerun to the end
+    _repro(proj, env)
+    return proj, env, notes
+
+
+def test_kill9_mid_generate_resumes_from_shards(killed_twice, uninterrupted):
+    proj, _, notes = killed_twice
+    clean, _ = uninterrupted
+    assert notes["shards_after_kill"] and len(notes["shards_after_kill"]) < 8  # 16 q / 2
+    assert not notes["samples_after_kill"]  # killed before the output was written
+    assert 1 <= notes["shards_reused"] < 8  # the rerun sampled only the missing shards
+    for name in ("samples.jsonl", "refined.jsonl", "rationales.jsonl", "train.jsonl"):
+        assert (proj / R1 / name).read_bytes() == (clean / R1 / name).read_bytes(), name
+    assert _metrics(proj, "generate") == _metrics(clean, "generate")
+    assert _metrics(proj, "filter") == _metrics(clean, "filter")
+    assert not (proj / R1 / "samples.shards").exists()
+
+
+def test_kill9_mid_finetune_resumes_from_checkpoint(killed_twice, uninterrupted):
+    from safetensors.torch import load_file
+
+    proj, _, notes = killed_twice
+    clean, _ = uninterrupted
+    assert not notes["model_after_kill"] and notes["ckpts_after_kill"]
+    info = json.loads((proj / R1 / "finetune.json").read_text())
+    ref = json.loads((clean / R1 / "finetune.json").read_text())
+    assert info["resumed_from_step"] is not None and info["resumed_from_step"] >= 2
+    assert ref["resumed_from_step"] is None and info["steps"] == ref["steps"] > 4
+    assert _losses(proj) == pytest.approx(_losses(clean), rel=1e-5)
+    assert info["train_loss"] == pytest.approx(ref["train_loss"], rel=1e-5)
+    wa = load_file(proj / R1 / "model" / "model.safetensors")
+    wb = load_file(clean / R1 / "model" / "model.safetensors")
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-5
+    assert not (proj / R1 / "model.ckpt").exists()
+
+
+def test_no_half_written_outputs_and_up_to_date(killed_twice):
+    proj, env, _ = killed_twice
+    assert _tmp_files(proj / "data") == []
+    assert not list((proj / "data").rglob(".*.old"))
+    status = E2E._run([sys.executable, "-m", "dvc", "status", TARGET], proj, env).stdout
+    assert "up to date" in status.lower(), status
+
+
+@pytest.mark.parametrize("fault", ["corrupt", "truncated"])
+def test_bad_intermediate_jsonl_fails_naming_file_and_line(uninterrupted, tmp_path, fault):
+    clean, env = uninterrupted
+    proj = tmp_path / "proj"
+    shutil.copytree(clean, proj, symlinks=True)
+    samples = proj / R1 / "samples.jsonl"
+    lines = samples.read_text().splitlines(keepends=True)
+    if fault == "corrupt":
+        lines[2] = '{"id": "broken", "paths": [\n'
+        samples.write_text("".join(lines))
+        want = "line 3: not valid JSON"
+    else:  # cut in the middle of the last line, as a killed writer without atomic rename would
+        data = "".join(lines)
+        samples.write_text(data[: len(data) - len(lines[-1]) // 2])
+        want = f"line {len(lines)}: not valid JSON"
+    # -s: only the stage that reads it (a plain repro would regenerate the changed output)
+    proc = E2E._run(
+        [sys.executable, "-m", "dvc", "repro", "-s", "refine@r1"], proj, env, check=False
+    )
+    assert proc.returncode != 0
+    assert f"{R1 / 'samples.jsonl'} {want}" in proc.stderr, proc.stderr[-3000:]
+    assert _tmp_files(proj / "data") == []
+
+
+def test_disk_full_while_saving_model_keeps_previous(tiny_model, tmp_path, monkeypatch, capsys):
+    from selfimprove import finetune as ft
+    from selfimprove.io import InputError
+
+    examples = [{"prompt": f"Q: {i} + 1? A:", "completion": f" {i + 1}."} for i in range(8)]
+    cfg = ft.FinetuneConfig(epochs=1, batch_size=4, logging_steps=1)
+    out = tmp_path / "model"
+    ft.finetune(tiny_model, examples, out, cfg, seed=0)  # the previous output
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def full(model, tokenizer, folder):
+        (Path(folder) / "model.safetensors").write_bytes(b"\0" * 1000)  # partly written
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(ft, "_save_model_folder", full)
+    ckpt = tmp_path / "model.ckpt"
+    with pytest.raises(InputError) as e:
+        ft.finetune(tiny_model, examples, out, cfg, seed=1, ckpt_dir=ckpt, save_steps=1)
+    msg = str(e.value)
+    assert "disk full" in msg and "nothing was replaced" in msg and str(out) in msg
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp
+    assert (ckpt / "checkpoint-2").is_dir()  # kept: a rerun after freeing space resumes
+
+    # through the stage wrapper: exit code 2 and the message on stderr
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(ROOT))
+    rnd = tmp_path / "data" / "rounds"
+    shutil.copytree(tiny_model, rnd / "r0" / "model")
+    (rnd / "r1").mkdir()
+    (rnd / "r1" / "train.jsonl").write_text("".join(json.dumps(x) + "\n" for x in examples))
+    shutil.copytree(out, rnd / "r1" / "model")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["finetune"] |= {"epochs": 1, "batch_size": 4}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    from stages import finetune as stage
+
+    with pytest.raises(SystemExit) as ex:
+        stage.main(["--round", "r1", "--prev", "r0"])
+    assert ex.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: data/rounds/r1/model: disk full" in err and "nothing was replaced" in err
+    assert (rnd / "r1" / "model" / "model.safetensors").read_bytes() == before[
+        Path("model.safetensors")
+    ]
