@@ -271,3 +271,73 @@ def test_disk_full_while_saving_model_keeps_previous(tiny_model, tmp_path, monke
     assert (rnd / "r1" / "model" / "model.safetensors").read_bytes() == before[
         Path("model.safetensors")
     ]
+
+
+def _running(pattern: str, cwd: Path):
+    """A kill point: true once a process matching ``pattern`` runs in ``cwd`` (this project)."""
+
+    def ready() -> bool:
+        found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
+        for pid in found.stdout.split():
+            try:
+                if os.readlink(f"/proc/{pid}/cwd") == str(cwd):
+                    return True
+            except OSError:
+                continue
+        return False
+
+    return ready
+
+
+@pytest.fixture(scope="module")
+def killed_mid_filter_and_evaluate(tiny_model, tmp_path_factory):
+    """kill -9 as the filter stage starts, rerun and kill -9 inside evaluate, rerun to the end."""
+    proj, env = _new_project(tmp_path_factory.mktemp("faults") / "killed2", tiny_model)
+    target = "evaluate@r1"
+    _repro_killed_at(proj, env, target, _running("stages.filter --round r1", proj), delay=0.0)
+    notes = {"rationales_after_kill": (proj / R1 / "rationales.jsonl").exists()}
+    _repro_killed_at(proj, env, target, _running("stages.evaluate --round r1", proj), delay=1.5)
+    notes["metrics_after_kill"] = (proj / R1 / "metrics.json").exists()
+    E2E._run([sys.executable, "-m", "dvc", "repro", target], proj, env)
+    return proj, env, notes
+
+
+def _repro_killed_at(proj: Path, env: dict, target: str, ready, delay: float) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dvc", "repro", target],
+        cwd=proj,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    t0 = time.monotonic()
+    try:
+        while not ready():
+            if proc.poll() is not None:
+                raise AssertionError(f"dvc repro ended ({proc.returncode}) before the kill point")
+            if time.monotonic() - t0 > 240:
+                raise AssertionError("kill point not reached in time")
+            time.sleep(0.01)
+        time.sleep(delay)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def test_kill9_mid_filter_and_evaluate_redo_only_that_stage(
+    killed_mid_filter_and_evaluate, uninterrupted
+):
+    proj, env, notes = killed_mid_filter_and_evaluate
+    clean, clean_env = uninterrupted
+    assert not notes["rationales_after_kill"]  # killed before filter wrote anything
+    assert not notes["metrics_after_kill"]  # killed inside evaluate: no partial metrics
+    E2E._run([sys.executable, "-m", "dvc", "repro", "evaluate@r1"], clean, clean_env)
+    for name in ("rationales.jsonl", "train.jsonl", "metrics.json"):
+        assert (proj / R1 / name).read_bytes() == (clean / R1 / name).read_bytes(), name
+    for pred in sorted((clean / R1 / "eval").glob("*.jsonl")):
+        assert (proj / R1 / "eval" / pred.name).read_bytes() == pred.read_bytes(), pred.name
+    assert _tmp_files(proj / "data") == []
+    status = E2E._run([sys.executable, "-m", "dvc", "status", "evaluate@r1"], proj, env).stdout
+    assert "up to date" in status.lower(), status
