@@ -1,8 +1,10 @@
-"""report stage: accuracy / vote-agreement / kept-fraction tables and plots over every round."""
+"""report stage: accuracy / vote-agreement / kept-fraction tables and plots over every round,
+plus self-feedback verdict precision per round when method self / lmsi_self ran (against
+data/prepared/train_labels.jsonl: analysis only)."""
 
 from pathlib import Path
 
-from selfimprove.pipeline import ROUNDS, stage_main
+from selfimprove.pipeline import PREPARED, ROUNDS, stage_main
 
 OUT = Path("data/report")
 
@@ -13,8 +15,12 @@ def main(args, params):
     from selfimprove.tracking import log_report
 
     rounds = ["r0", *params.rounds]
-    files = build_report(ROUNDS, rounds, OUT, params.report)
+    files = build_report(
+        ROUNDS, rounds, OUT, params.report, labels_path=PREPARED / "train_labels.jsonl"
+    )
     print(f"report: {len(files)} files in {OUT} for rounds {', '.join(rounds)}")
+    if (OUT / "feedback.png").exists():
+        print(f"report: self-feedback verdict precision in {OUT / 'feedback.json'}")
     if params.report.log_mlflow and params.tracking.enabled:
         pngs = [f for f in files if f.suffix == ".png"]
         tables = [f for f in files if f.parent == OUT and f.suffix in (".csv", ".json")]

@@ -48,7 +48,8 @@ def verdict_precision(refined: list[dict], labels: dict[str, str]) -> dict:
     round gives ``{}``. Initial verdicts judge the sampled answers, final verdicts the answers
     after refinement. ``precision`` = share of "correct" verdicts on right answers, ``recall`` =
     share of right answers judged "correct", ``accuracy`` = share of parsable verdicts that
-    match the gold; ``fixed`` / ``broken`` count paths that refinement turned right / wrong.
+    match the gold; ``answer_accuracy`` / ``refined_accuracy`` = share of answers right before /
+    after refinement; ``fixed`` / ``broken`` count paths that refinement turned right / wrong.
 
     >>> recs = [{"id": "a", "answers": ["4", "5", "4"], "refined_answers": ["4", "4", "4"],
     ...          "verdicts": [[True], [False, True], [None]], "final_verdicts": [True, True, None]}]
@@ -106,7 +107,7 @@ def verdict_precision(refined: list[dict], labels: dict[str, str]) -> dict:
         "n_unparsable": unparsable,
         **rates(init_pairs, "initial"),
         **rates(final_pairs, "final"),
-        "initial_accuracy": right_before / judged,
+        "answer_accuracy": right_before / judged,
         "refined_accuracy": right_after / judged,
         "fixed": fixed,
         "broken": broken,

@@ -10,7 +10,11 @@ The report stage writes to ``data/report/``: ``accuracy.csv``/``accuracy.json`` 
 round, set, style and metric), ``agreement.json`` (per-round vote-agreement histogram),
 ``kept.csv``/``kept.json`` (kept fractions per round), ``plots/`` (small CSVs laid out for
 ``dvc plots show``: x = round) and three PNGs (``accuracy.png``, ``agreement.png``,
-``kept.png``). matplotlib is imported lazily (Agg backend).
+``kept.png``). When some round's ``refined.jsonl`` carries self-feedback verdicts (method
+self / lmsi_self), also ``feedback.json`` (verdict precision / recall per round against the
+training pool labels, ``data/prepared/train_labels.jsonl`` -- analysis only),
+``plots/feedback.csv`` and ``feedback.png``; otherwise ``feedback.json`` is an empty list.
+matplotlib is imported lazily (Agg backend).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from selfimprove.io import InputError, atomic_path, read_jsonl, write_json
+from selfimprove.io import InputError, atomic_path, iter_jsonl, read_jsonl, write_json
 
 _ROUND_RE = re.compile(r"^r(\d+)$")
 #: step files folded into a round's flat metrics, with their key prefix (as the track stage does)
@@ -352,6 +356,88 @@ def kept_rows(rounds_dir: str | Path, rounds: Sequence[str]) -> list[dict]:
     return rows
 
 
+#: refine-stage keys :func:`selfimprove.analysis.verdict_precision` reads
+_REFINED_KEYS = ("id", "answers", "refined_answers", "verdicts", "final_verdicts")
+FEEDBACK_FIELDS = (
+    "round",
+    "round_name",
+    "precision",
+    "recall",
+    "final_precision",
+    "final_recall",
+    "initial_n",
+    "final_n",
+    "n_judged",
+    "n_unparsable",
+    "initial_accuracy",
+    "answer_accuracy",
+    "refined_accuracy",
+    "fixed",
+    "broken",
+)
+
+
+def read_refined(rounds_dir: str | Path, rounds: Sequence[str]) -> dict[str, list[dict]]:
+    """The refine-stage records of each round whose ``refined.jsonl`` carries self-feedback
+    verdicts (method self / lmsi_self); rounds without the file, or whose records have no
+    ``verdicts`` (lmsi: a copy of samples.jsonl; star / rest_em), are left out."""
+    rounds_dir = Path(rounds_dir)
+    out: dict[str, list[dict]] = {}
+    for name in sort_rounds(rounds):
+        path = rounds_dir / name / "refined.jsonl"
+        if not path.exists():
+            continue
+        first = next(iter_jsonl(path), None)
+        if first is None or "verdicts" not in first:
+            continue
+        out[name] = read_jsonl(path, required=_REFINED_KEYS)
+    return out
+
+
+def read_labels(path: str | Path) -> dict[str, str]:
+    """``{id: answer}`` of the training pool labels (``data/prepared/train_labels.jsonl``)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(
+            f"{path}: not found; the self-feedback report needs the training pool labels, "
+            "run `dvc repro data` first"
+        )
+    return {str(r["id"]): str(r["answer"]) for r in read_jsonl(path, required=["id", "answer"])}
+
+
+def feedback_rows(refined_by_round: Mapping[str, list[dict]], labels: Mapping[str, str]) -> list:
+    """Per round with judged paths: the self-feedback verdict precision / recall against the
+    gold (:func:`selfimprove.analysis.verdict_precision`). ``precision`` / ``recall`` judge the
+    sampled answers (initial verdicts), ``final_*`` the answers after refinement.
+
+    >>> recs = [{"id": "a", "answers": ["4", "5"], "refined_answers": ["4", "4"],
+    ...          "verdicts": [[True], [False, True]], "final_verdicts": [True, True]},
+    ...         {"id": "b", "answers": ["1"], "refined_answers": ["1"],
+    ...          "verdicts": [[True]], "final_verdicts": [True]}]
+    >>> (row,) = feedback_rows({"r1": recs, "r2": [{"id": "a", "answers": ["4"]}]},
+    ...                        {"a": "#### 4", "b": "#### 2"})
+    >>> row["round"], row["precision"], row["recall"], row["final_precision"], row["fixed"]
+    (1, 0.5, 1.0, 0.6666666666666666, 1)
+    """
+    from selfimprove.analysis import verdict_precision
+
+    rows = []
+    for name in sort_rounds(refined_by_round):
+        vp = verdict_precision(list(refined_by_round[name]), dict(labels))
+        if not vp:
+            continue
+        rows.append(
+            {
+                "round": round_index(name),
+                "round_name": name,
+                "precision": vp["initial_precision"],
+                "recall": vp["initial_recall"],
+                **vp,
+            }
+        )
+    return rows
+
+
 def _write_csv(path: Path, rows: Sequence[Mapping], fields: Sequence[str]) -> None:
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=list(fields), extrasaction="ignore")
@@ -488,6 +574,39 @@ def plot_kept(rows: Sequence[Mapping], path: Path) -> None:
     _save(fig, path)
 
 
+def plot_feedback(rows: Sequence[Mapping], path: Path) -> None:
+    """Per round with self-feedback: precision and recall of the model's "correct" verdicts
+    against the gold, on the sampled answers (solid) and after refinement (dashed)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    xs = [r["round"] for r in rows]
+    for key, label, style, marker, color in (
+        ("precision", "precision (sampled)", "-", "o", "tab:blue"),
+        ("recall", "recall (sampled)", "-", "o", "tab:orange"),
+        ("final_precision", "precision (refined)", "--", "x", "tab:blue"),
+        ("final_recall", "recall (refined)", "--", "x", "tab:orange"),
+    ):
+        ax.plot(xs, [r[key] for r in rows], style, color=color, marker=marker, label=label)
+    for r in rows:
+        ax.annotate(
+            f"{r['n_judged']} paths",
+            (r["round"], r["precision"]),
+            textcoords="offset points",
+            xytext=(0, 6),
+            ha="center",
+            fontsize=7,
+        )
+    ax.set_ylim(-0.02, 1.08)
+    ax.set_ylabel("verdict 'correct' vs gold")
+    ax.grid(alpha=0.3)
+    _round_axis(ax, xs or [1])
+    if rows:
+        ax.legend(fontsize=8)
+    ax.set_title("self-feedback precision / recall per round")
+    fig.tight_layout()
+    _save(fig, path)
+
+
 def _save(fig, path: Path) -> None:
     plt = _pyplot()
     with atomic_path(path) as tmp:
@@ -503,9 +622,11 @@ def build_report(
     rounds: Sequence[str],
     out_dir: str | Path,
     cfg: ReportConfig | None = None,
+    labels_path: str | Path | None = None,
 ) -> list[Path]:
     """Write every report file for ``rounds`` (each needs its metrics.json) into ``out_dir``
-    (replaced whole); return the files written."""
+    (replaced whole); return the files written. ``labels_path`` (the training pool labels) is
+    read only when some round carries self-feedback verdicts; None skips the feedback plot."""
     cfg = cfg or ReportConfig()
     rounds_dir, out_dir = Path(rounds_dir), Path(out_dir)
     rounds = sort_rounds(rounds)
@@ -520,6 +641,11 @@ def build_report(
     agreement = agreement_stats(rounds_dir, rounds, cfg.agreement_bins)
     kept = kept_rows(rounds_dir, rounds)
     series = plot_series(acc, cfg.metric)
+    feedback: list[dict] = []
+    if labels_path is not None:
+        refined = read_refined(rounds_dir, rounds)
+        if refined:
+            feedback = feedback_rows(refined, read_labels(labels_path))
 
     with atomic_path(out_dir, is_dir=True) as tmp:
         fields = ["round", "round_index", "set", "style", "metric", "value"]
@@ -558,4 +684,8 @@ def build_report(
         plot_accuracy(series, tmp / "accuracy.png", cfg.metric)
         plot_agreement(agreement, tmp / "agreement.png")
         plot_kept(kept, tmp / "kept.png")
+        write_json(tmp / "feedback.json", feedback)
+        if feedback:
+            _write_csv(plots / "feedback.csv", feedback, FEEDBACK_FIELDS)
+            plot_feedback(feedback, tmp / "feedback.png")
     return sorted(p for p in out_dir.rglob("*") if p.is_file())

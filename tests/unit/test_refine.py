@@ -311,7 +311,7 @@ def test_verdict_precision_against_gold():
     out = verdict_precision(recs, {"a": "#### 5"})
     # initial: (T, right) (F, wrong) (T, wrong) (F, right)
     assert out["initial_precision"] == 0.5 and out["initial_recall"] == 0.5
-    assert out["initial_accuracy"] == 0.5
+    assert out["initial_accuracy"] == 0.5 and out["answer_accuracy"] == 0.5
     # final: (T, right) (T, right) (T, wrong) (F, wrong)
     assert out["final_precision"] == pytest.approx(2 / 3) and out["final_accuracy"] == 0.75
     assert out["fixed"] == 1 and out["broken"] == 1
