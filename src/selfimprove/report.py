@@ -13,7 +13,8 @@ round, set, style and metric), ``agreement.json`` (per-round vote-agreement hist
 ``kept.png``). When some round's ``refined.jsonl`` carries self-feedback verdicts (method
 self / lmsi_self), also ``feedback.json`` (verdict precision / recall per round against the
 training pool labels, ``data/prepared/train_labels.jsonl`` -- analysis only),
-``plots/feedback.csv`` and ``feedback.png``; otherwise ``feedback.json`` is an empty list.
+and ``feedback.png``; otherwise ``feedback.json`` is an empty list. ``plots/feedback.csv`` is
+always written (header only without SELF rounds).
 matplotlib is imported lazily (Agg backend).
 """
 
@@ -685,7 +686,8 @@ def build_report(
         plot_agreement(agreement, tmp / "agreement.png")
         plot_kept(kept, tmp / "kept.png")
         write_json(tmp / "feedback.json", feedback)
+        # header-only CSV without SELF rounds, so `dvc plots show` finds the file it declares
+        _write_csv(plots / "feedback.csv", feedback, FEEDBACK_FIELDS)
         if feedback:
-            _write_csv(plots / "feedback.csv", feedback, FEEDBACK_FIELDS)
             plot_feedback(feedback, tmp / "feedback.png")
     return sorted(p for p in out_dir.rglob("*") if p.is_file())
