@@ -111,7 +111,7 @@ def test_pure_lmsi_writes_no_feedback(tmp_path):
     assert json.loads((out / "feedback.json").read_text()) == []
     assert not (out / "feedback.png").exists()
     assert (out / "plots" / "feedback.csv").read_text().count("\n") == 1  # header only
-    assert not any("feedback" in f.name for f in files if f.suffix != ".json")
+    assert not any("feedback" in f.name for f in files if f.suffix == ".png")
 
 
 def test_feedback_needs_labels(tmp_path):
