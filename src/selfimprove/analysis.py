@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from selfimprove.answers import answers_match, gold_answer
 
 
@@ -25,7 +27,8 @@ def majority_precision(rationales: list[dict], labels: dict[str, str]) -> dict:
 
 
 def flatten_metrics(d: dict, prefix: str = "") -> dict[str, float]:
-    """Nested metrics as one flat dict with dotted keys (what `dvc metrics show` prints).
+    """Numeric, finite leaves of nested metrics as one flat dict with dotted keys (what
+    `dvc metrics show` prints); lists and strings are skipped.
 
     >>> flatten_metrics({"arith": {"fewshot_cot": {"strict": 0.5, "n": 10}}, "x": [1]})
     {'arith.fewshot_cot.strict': 0.5, 'arith.fewshot_cot.n': 10.0}
@@ -35,7 +38,7 @@ def flatten_metrics(d: dict, prefix: str = "") -> dict[str, float]:
         key = f"{prefix}{k}"
         if isinstance(v, dict):
             out |= flatten_metrics(v, f"{key}.")
-        elif isinstance(v, bool | int | float):
+        elif isinstance(v, bool | int | float) and math.isfinite(float(v)):
             out[key] = float(v)
     return out
 

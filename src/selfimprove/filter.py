@@ -144,6 +144,32 @@ def _check_sample(i: int, s: object) -> tuple[str | int, str, list[str], list[st
     return s["id"], s["question"], paths, answers
 
 
+def _stats(
+    rationales: list[dict],
+    train: list[dict],
+    per_format: dict[str, int],
+    agreements: list[float],
+    n_paths: int,
+    n_no_answer: int,
+    **counts: int,
+) -> dict:
+    """The filter step's statistics (``counts``: the path counters, kept in the given order)."""
+    n_questions = len(rationales)
+    n_selected = sum(r["selected"] for r in rationales)
+    return {
+        "n_questions": n_questions,
+        "n_selected": n_selected,
+        "selected_fraction": round(n_selected / n_questions, 4) if n_questions else 0.0,
+        "n_paths": n_paths,
+        **counts,
+        "n_train_examples": len(train),
+        **{f"n_train_{fmt}": n for fmt, n in per_format.items()},
+        "mean_agreement": round(sum(agreements) / n_questions, 4) if n_questions else 0.0,
+        "no_answer_rate": round(n_no_answer / n_paths, 4) if n_paths else 0.0,
+        "agreement_histogram": agreement_histogram(agreements),
+    }
+
+
 def filter_samples(samples: list[dict], cfg: FilterConfig) -> tuple[list[dict], list[dict], dict]:
     """Vote, select and format: returns ``(rationales, train_examples, stats)``.
 
@@ -255,23 +281,18 @@ def filter_samples(samples: list[dict], cfg: FilterConfig) -> tuple[list[dict], 
             }
         )
 
-    n_questions = len(rationales)
-    n_selected = sum(r["selected"] for r in rationales)
-    stats = {
-        "n_questions": n_questions,
-        "n_selected": n_selected,
-        "selected_fraction": round(n_selected / n_questions, 4) if n_questions else 0.0,
-        "n_paths": n_paths,
-        "n_agreeing_paths": n_agreeing,
-        "n_kept_paths": n_kept,
-        "n_duplicate_paths": n_duplicates,
-        "n_unusable_paths": n_unusable,
-        "n_train_examples": len(train),
-        **{f"n_train_{fmt}": n for fmt, n in per_format.items()},
-        "mean_agreement": round(sum(agreements) / n_questions, 4) if n_questions else 0.0,
-        "no_answer_rate": round(n_no_answer / n_paths, 4) if n_paths else 0.0,
-        "agreement_histogram": agreement_histogram(agreements),
-    }
+    stats = _stats(
+        rationales,
+        train,
+        per_format,
+        agreements,
+        n_paths=n_paths,
+        n_agreeing_paths=n_agreeing,
+        n_kept_paths=n_kept,
+        n_duplicate_paths=n_duplicates,
+        n_unusable_paths=n_unusable,
+        n_no_answer=n_no_answer,
+    )
     return rationales, train, stats
 
 
@@ -446,23 +467,18 @@ def filter_refined(
             }
         )
 
-    n_questions = len(rationales)
-    n_selected = sum(r["selected"] for r in rationales)
-    stats = {
-        "n_questions": n_questions,
-        "n_selected": n_selected,
-        "selected_fraction": round(n_selected / n_questions, 4) if n_questions else 0.0,
-        "n_paths": n_paths,
-        "n_candidate_paths": n_candidates,
-        "n_kept_paths": n_kept,
-        "n_duplicate_paths": n_duplicates,
-        "n_unusable_paths": n_unusable,
-        "n_train_examples": len(train),
-        **{f"n_train_{fmt}": n for fmt, n in per_format.items()},
-        "mean_agreement": round(sum(agreements) / n_questions, 4) if n_questions else 0.0,
-        "no_answer_rate": round(n_no_answer / n_paths, 4) if n_paths else 0.0,
-        "agreement_histogram": agreement_histogram(agreements),
-    }
+    stats = _stats(
+        rationales,
+        train,
+        per_format,
+        agreements,
+        n_paths=n_paths,
+        n_candidate_paths=n_candidates,
+        n_kept_paths=n_kept,
+        n_duplicate_paths=n_duplicates,
+        n_unusable_paths=n_unusable,
+        n_no_answer=n_no_answer,
+    )
     if method in SELF_METHODS:
         stats |= {"n_verdict_correct": n_verdict_correct, "n_verdict_none": n_verdict_none}
     if method == "star":

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from selfimprove.analysis import flatten_metrics as flatten
 from selfimprove.io import InputError, atomic_path, iter_jsonl, read_jsonl, write_json
 
 _ROUND_RE = re.compile(r"^r(\d+)$")
@@ -92,22 +93,6 @@ def sort_rounds(names: Iterable[str]) -> list[str]:
     ['r0', 'r2', 'r10']
     """
     return sorted(names, key=round_index)
-
-
-def flatten(d: Mapping, prefix: str = "") -> dict[str, float]:
-    """Numeric leaves of nested dicts as ``{dotted.key: float}`` (lists and strings skipped).
-
-    >>> flatten({"arith": {"fewshot_cot": {"strict": 0.5, "n": 10}}, "h": [1, 2], "s": "x"})
-    {'arith.fewshot_cot.strict': 0.5, 'arith.fewshot_cot.n': 10.0}
-    """
-    out: dict[str, float] = {}
-    for key, value in d.items():
-        full = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out |= flatten(value, f"{full}.")
-        elif isinstance(value, bool | int | float) and math.isfinite(float(value)):
-            out[full] = float(value)
-    return out
 
 
 def _read_json(path: Path) -> dict:
