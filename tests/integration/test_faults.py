@@ -80,10 +80,13 @@ def _repro(proj: Path, env: dict, check: bool = True) -> subprocess.CompletedPro
     return E2E._run([sys.executable, "-m", "dvc", "repro", TARGET], proj, env, check=check)
 
 
-def _repro_killed_when(proj: Path, env: dict, ready, timeout: float = 240) -> None:
-    """Start `dvc repro`, SIGKILL its process group as soon as ``ready()``; fail if it ends."""
+def _repro_killed_when(
+    proj: Path, env: dict, ready, timeout: float = 240, target: str = TARGET, delay: float = 0.0
+) -> None:
+    """Start `dvc repro`, SIGKILL its process group ``delay`` s after ``ready()``; fail if it
+    ends before."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dvc", "repro", TARGET],
+        [sys.executable, "-m", "dvc", "repro", target],
         cwd=proj,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -101,6 +104,7 @@ def _repro_killed_when(proj: Path, env: dict, ready, timeout: float = 240) -> No
             if time.monotonic() - t0 > timeout:
                 raise AssertionError("kill point not reached in time")
             time.sleep(0.01)
+        time.sleep(delay)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -294,36 +298,13 @@ def killed_mid_filter_and_evaluate(tiny_model, tmp_path_factory):
     """kill -9 as the filter stage starts, rerun and kill -9 inside evaluate, rerun to the end."""
     proj, env = _new_project(tmp_path_factory.mktemp("faults") / "killed2", tiny_model)
     target = "evaluate@r1"
-    _repro_killed_at(proj, env, target, _running("stages.filter --round r1", proj), delay=0.0)
+    _repro_killed_when(proj, env, _running("stages.filter --round r1", proj), target=target)
     notes = {"rationales_after_kill": (proj / R1 / "rationales.jsonl").exists()}
-    _repro_killed_at(proj, env, target, _running("stages.evaluate --round r1", proj), delay=1.5)
+    ready_eval = _running("stages.evaluate --round r1", proj)
+    _repro_killed_when(proj, env, ready_eval, target=target, delay=1.5)
     notes["metrics_after_kill"] = (proj / R1 / "metrics.json").exists()
     E2E._run([sys.executable, "-m", "dvc", "repro", target], proj, env)
     return proj, env, notes
-
-
-def _repro_killed_at(proj: Path, env: dict, target: str, ready, delay: float) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dvc", "repro", target],
-        cwd=proj,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    t0 = time.monotonic()
-    try:
-        while not ready():
-            if proc.poll() is not None:
-                raise AssertionError(f"dvc repro ended ({proc.returncode}) before the kill point")
-            if time.monotonic() - t0 > 240:
-                raise AssertionError("kill point not reached in time")
-            time.sleep(0.01)
-        time.sleep(delay)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 def test_kill9_mid_filter_and_evaluate_redo_only_that_stage(
