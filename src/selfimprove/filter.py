@@ -144,6 +144,28 @@ def _check_sample(i: int, s: object) -> tuple[str | int, str, list[str], list[st
     return s["id"], s["question"], paths, answers
 
 
+def _add_examples(
+    train: list[dict],
+    per_format: dict[str, int],
+    qid,
+    question: str,
+    texts: list[str],
+    answer: str,
+    formats: list[str],
+    n_shots: int,
+) -> None:
+    """Append one question's training examples: every kept path in each CoT format, one
+    "The answer is N." completion in each direct format."""
+    for fmt in formats:
+        prefix, suffix = build_prompt(question, fmt, n_shots)
+        completions = [" " + t for t in texts] if is_cot(fmt) else [direct_completion(answer)]
+        for completion in completions:
+            train.append(
+                {"id": qid, "format": fmt, "prompt": prefix + suffix, "completion": completion}
+            )
+        per_format[fmt] += len(completions)
+
+
 def _stats(
     rationales: list[dict],
     train: list[dict],
@@ -250,23 +272,9 @@ def filter_samples(samples: list[dict], cfg: FilterConfig) -> tuple[list[dict], 
                 rationales_kept.append(text)
             n_kept += len(rationales_kept)
 
-            for fmt in formats:
-                prefix, suffix = build_prompt(question, fmt, cfg.n_shots)
-                completions = (
-                    [" " + r for r in rationales_kept]
-                    if is_cot(fmt)
-                    else [direct_completion(majority)]
-                )
-                for completion in completions:
-                    train.append(
-                        {
-                            "id": qid,
-                            "format": fmt,
-                            "prompt": prefix + suffix,
-                            "completion": completion,
-                        }
-                    )
-                per_format[fmt] += len(completions)
+            _add_examples(
+                train, per_format, qid, question, rationales_kept, majority, formats, cfg.n_shots
+            )
 
         rationales.append(
             {
@@ -436,21 +444,7 @@ def filter_refined(
         if selected:
             if direct is None:
                 direct = majority_vote(kept_answers)[0]
-            for fmt in formats:
-                prefix, suffix = build_prompt(question, fmt, cfg.n_shots)
-                completions = (
-                    [" " + t for t in texts] if is_cot(fmt) else [direct_completion(direct)]
-                )
-                for completion in completions:
-                    train.append(
-                        {
-                            "id": qid,
-                            "format": fmt,
-                            "prompt": prefix + suffix,
-                            "completion": completion,
-                        }
-                    )
-                per_format[fmt] += len(completions)
+            _add_examples(train, per_format, qid, question, texts, direct, formats, cfg.n_shots)
         rationales.append(
             {
                 "id": qid,
