@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from selfimprove.answers import answers_match, extract_answer, gold_answer
 from selfimprove.feedback import (
+    MAX_FEEDBACK_SHOTS,
     Feedback,
     build_feedback_prompt,
     build_refine_prompt,
@@ -67,6 +68,14 @@ class MetaSkillConfig(BaseModel):
     )
     request_timeout_s: float = Field(
         60.0, gt=0, description="teacher: openai -- timeout of one request, in seconds."
+    )
+    teacher_n_shots: int = Field(
+        3,
+        ge=0,
+        le=MAX_FEEDBACK_SHOTS,
+        description="teacher: lm/openai -- worked feedback exemplars (with reference answers) in "
+        "the teacher's prompt. Separate from refine.n_shots, the student's prompt format: an "
+        "untrained teacher needs exemplars, the meta-skill-trained student does not.",
     )
     n_initial: int = Field(
         4, ge=1, description="Initial answers sampled per seed question (each gets feedback)."
@@ -312,7 +321,9 @@ def meta_skill(
     from selfimprove.teachers import make_teacher
 
     if teacher is None:  # checked (endpoint health, model folder) before any sampling
-        teacher = make_teacher(cfg, n_shots=n_shots, max_new_tokens=feedback_max_new_tokens)
+        teacher = make_teacher(
+            cfg, n_shots=cfg.teacher_n_shots, max_new_tokens=feedback_max_new_tokens
+        )
     own_sampler = sampler is None
     if own_sampler:
         from selfimprove.generate import make_sampler

@@ -299,3 +299,19 @@ def test_checkpoints_of_other_settings_are_discarded(tiny_model, tmp_path, caplo
     assert info["resumed_from_step"] is None
     assert "other settings (config)" in caplog.text and "starting over" in caplog.text
     assert not ckpt.exists()
+
+
+def test_group_by_length_pads_less(tiny_model, tmp_path):
+    # few-shot and zero-shot training formats differ ~4x in length; batches of similar lengths
+    # pad less than uniformly random ones
+    mixed = [
+        {"prompt": "Q: " + "word " * (1 + 40 * (i % 2)) + "A:", "completion": " The answer is 6."}
+        for i in range(64)
+    ]
+    infos = {
+        g: finetune(tiny_model, mixed, tmp_path / str(g), _cfg(epochs=1, group_by_length=g), seed=0)
+        for g in (True, False)
+    }
+    assert infos[True]["steps"] == infos[False]["steps"] == 16
+    # sorted inside mega-batches of 4 batches: at most one mixed batch in four
+    assert infos[True]["pad_fraction"] < infos[False]["pad_fraction"] / 2

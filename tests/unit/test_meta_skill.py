@@ -137,3 +137,33 @@ def test_meta_skill_errors(tiny_model, tmp_path):
     with pytest.raises(InputError, match="corpus is empty.*6 without feedback"):
         meta_skill(tiny_model, SEED, tmp_path / "b", _small_cfg(), "self", 0, teacher=Silent())
     assert not (tmp_path / "b").exists()
+
+
+def test_teacher_prompt_shots_are_separate_from_the_students(monkeypatch, tiny_model, tmp_path):
+    # an untrained LM/OpenAI teacher gets meta_skill.teacher_n_shots exemplars even when the
+    # student's prompts (refine.n_shots) are zero-shot
+    import selfimprove.teachers
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_make_teacher(cfg, n_shots, max_new_tokens):
+        seen.update(n_shots=n_shots, max_new_tokens=max_new_tokens)
+        raise Stop
+
+    monkeypatch.setattr(selfimprove.teachers, "make_teacher", fake_make_teacher)
+    cfg = _small_cfg(teacher="lm", teacher_model=str(tiny_model), teacher_n_shots=2)
+    with pytest.raises(Stop):
+        meta_skill(
+            tiny_model,
+            SEED,
+            tmp_path / "r0",
+            cfg,
+            "self",
+            seed=0,
+            n_shots=0,
+            feedback_max_new_tokens=7,
+        )
+    assert seen == {"n_shots": 2, "max_new_tokens": 7}
