@@ -10,7 +10,9 @@ def main(args, params):
 
     out = round_dir(args.round)
     sets = load_eval_sets(params.evaluate.sets)
-    metrics, predictions = evaluate(out / "model", sets, params.evaluate, params.seed)
+    metrics, predictions = evaluate(
+        out / "model", sets, params.evaluate, params.seed, refine=params.refine
+    )
     with atomic_path(out / "eval", is_dir=True) as tmp:
         for name, preds in predictions.items():
             write_jsonl(tmp / f"{name}.jsonl", preds)

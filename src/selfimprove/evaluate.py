@@ -23,7 +23,7 @@ stage logs the very same dict (flattened with ".") to MLflow.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -43,6 +43,9 @@ from selfimprove.metrics.drop import (
     normalize_span,
 )
 from selfimprove.voting import maj_at_k
+
+if TYPE_CHECKING:
+    from selfimprove.self_refine import RefineConfig
 
 Style = Literal["fewshot_cot", "fewshot_direct", "zeroshot_cot", "zeroshot_direct"]
 
@@ -82,8 +85,9 @@ class EvaluateConfig(BaseModel):
         0,
         ge=0,
         description="Inference-time self-refinement: also score each CoT style after up to N "
-        "self-feedback/refine rewrites, as '<style>_refined' (0 = off). It can also hurt "
-        "(Huang et al. 2024): both are logged.",
+        "self-feedback/refine rewrites, as '<style>_refined' (0 = off), with the refine "
+        "section's prompts (n_shots, token budgets). It can also hurt (Huang et al. 2024): "
+        "both are logged.",
     )
     batch_size: int = Field(32, ge=1, description="Sequences decoded together.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
@@ -265,9 +269,18 @@ def self_consistency(
 
 
 def evaluate(
-    model_dir: str | Path, eval_sets: dict[str, list[dict]], cfg: EvaluateConfig, seed: int
+    model_dir: str | Path,
+    eval_sets: dict[str, list[dict]],
+    cfg: EvaluateConfig,
+    seed: int,
+    refine: RefineConfig | None = None,
 ) -> tuple[dict, dict[str, list[dict]]]:
     """Evaluate one model on every set; return (metrics, predictions by "<set>__<style>").
+
+    ``refine`` (the ``refine`` params section) gives inference-time self-refinement
+    (``cfg.refine_iterations`` > 0) the prompt format and token budgets the model was taught
+    (``n_shots``, ``feedback_max_new_tokens``, ``refine_max_new_tokens``, ``temperature``);
+    ``None`` = its defaults.
 
     ``metrics[set][style]`` is ``{n, strict, flexible, no_answer}`` for a GSM8K-format set and
     ``{n, em, f1, no_answer}`` for a DROP-format one; ``metrics[set]["sc"]`` holds maj@k
@@ -282,7 +295,10 @@ def evaluate(
     for name, records in eval_sets.items():
         records = records[: cfg.limit] if cfg.limit else records
         run = _evaluate_drop if formats[name] == "drop" else _evaluate_gsm
-        metrics[name] = run(sampler, name, records, cfg, seed, predictions)
+        if run is _evaluate_gsm:
+            metrics[name] = run(sampler, name, records, cfg, seed, predictions, refine)
+        else:
+            metrics[name] = run(sampler, name, records, cfg, seed, predictions)
     return metrics, predictions
 
 
@@ -307,7 +323,13 @@ def _sampled(cfg: EvaluateConfig, seed: int, stop: tuple[str, ...]):
 
 
 def _evaluate_gsm(
-    sampler, name: str, records: list[dict], cfg: EvaluateConfig, seed: int, predictions: dict
+    sampler,
+    name: str,
+    records: list[dict],
+    cfg: EvaluateConfig,
+    seed: int,
+    predictions: dict,
+    refine: RefineConfig | None = None,
 ) -> dict:
     from selfimprove.prompts import build_prompt
 
@@ -333,8 +355,8 @@ def _evaluate_gsm(
         if cfg.refine_iterations and style.endswith("_cot"):
             from selfimprove.self_refine import RefineConfig, refine_outputs
 
-            rcfg = RefineConfig(
-                max_iterations=cfg.refine_iterations, refine_max_new_tokens=cfg.max_new_tokens
+            rcfg = (refine or RefineConfig()).model_copy(
+                update={"max_iterations": cfg.refine_iterations}
             )
             refined, rstats = refine_outputs(
                 sampler, [r["question"] for r in records], [p["output"] for p in preds], rcfg, seed

@@ -316,3 +316,30 @@ def test_verdict_precision_against_gold():
     assert out["final_precision"] == pytest.approx(2 / 3) and out["final_accuracy"] == 0.75
     assert out["fixed"] == 1 and out["broken"] == 1
     assert verdict_precision(recs, {}) == {}
+
+
+def test_evaluate_with_inference_time_refinement(monkeypatch):
+    # the plain output and the refined one are both scored; refinement uses the refine
+    # section's prompt format (n_shots) -- the format meta-skill learning taught the model
+    import selfimprove.generate as generate_mod
+    from selfimprove.evaluate import EvaluateConfig, evaluate
+
+    first = {Q1: " 3 + 2 = 6. The answer is 6.", Q2: " 4 - 1 = 3. The answer is 3."}
+    fake = FakeSampler(rationalize=first)  # the plain answers: Q1 wrong, Q2 right
+    monkeypatch.setattr(generate_mod, "make_sampler", lambda *a, **k: fake)
+    records = [
+        {"id": f"q{i}", "question": q, "answer": f"#### {a}"}
+        for i, (q, (a, _)) in enumerate(QUESTIONS.items())
+    ]
+    cfg = EvaluateConfig(
+        styles=["zeroshot_cot", "zeroshot_direct"], sc_paths=0, refine_iterations=1
+    )
+    metrics, preds = evaluate("unused", {"g": records}, cfg, 0, refine=RefineConfig(n_shots=2))
+    assert metrics["g"]["zeroshot_cot"]["strict"] == 0.5
+    assert metrics["g"]["zeroshot_cot_refined"]["strict"] == 1.0  # Q1 fixed, Q2 kept
+    assert metrics["g"]["zeroshot_cot_refined"]["refine"]["n_changed"] == 1
+    assert "zeroshot_direct_refined" not in metrics["g"]  # only CoT styles are refined
+    assert preds["g__zeroshot_cot_refined"][0]["output"] == QUESTIONS[Q1][1]
+    feedback_prompts = [p for p in fake.prompts if p.endswith("Feedback:")]
+    assert len(feedback_prompts) == 3  # both answers, then the rewrite of Q1
+    assert all(p.count("Feedback:") == 3 for p in feedback_prompts)  # 2 exemplars + the item
