@@ -95,6 +95,19 @@ class MetaSkillConfig(BaseModel):
         ["fewshot_cot", "zeroshot_cot"],
         description="Prompt formats of the seed QA pairs added to the corpus ([] = none).",
     )
+    judge_gold_solution: bool = Field(
+        True,
+        description="Also ask the teacher for feedback on each seed question's gold solution, so "
+        "the corpus holds approvals. A small model's sampled answers are mostly wrong (12.5% right "
+        "on the default), and a corpus of 88% 'incorrect' taught SmolLM2 to call every answer "
+        "wrong (0 of 1024 round-1 paths judged correct).",
+    )
+    balance_verdicts: bool = Field(
+        True,
+        description="Subsample the feedback examples whose verdict is 'incorrect' to the number "
+        "judged 'correct' (seeded), so the judge is not trained toward one verdict. Refinement "
+        "examples are all kept.",
+    )
     drop_false_approvals: bool = Field(
         True,
         description="Drop teacher feedback that judges an answer correct although its final "
@@ -218,9 +231,13 @@ def corpus_examples(
     n_shots: int = 3,
     qa_formats: list[str] | tuple[str, ...] = ("fewshot_cot", "zeroshot_cot"),
     qa_n_shots: int = 4,
+    balance_verdicts: bool = False,
+    seed: int = 0,
 ) -> list[dict]:
     """Training examples ``{"id", "format", "prompt", "completion"}`` of the corpus: feedback
     (format ``feedback``), refinement (``refine``, verdict incorrect only), seed QA pairs.
+    ``balance_verdicts``: keep only as many 'incorrect' feedback examples as 'correct' ones
+    (a seeded choice); every refinement example stays.
 
     >>> corpus = [{"id": "s0", "question": "Q?", "initial_answer": "2 + 2 = 5.",
     ...            "feedback": "The step is wrong.", "verdict": False,
@@ -232,20 +249,33 @@ def corpus_examples(
     refine ' 2 + 2 = 4. The answer is 4.'
     >>> ex[1]["prompt"].endswith("Verdict: incorrect\\nRefined answer:")
     True
+    >>> ok = dict(corpus[0], initial_answer="2 + 2 = 4.", feedback="Correct.", verdict=True)
+    >>> ex = corpus_examples([corpus[0], corpus[0], ok], [], 0, [], balance_verdicts=True)
+    >>> [(e["format"], e["completion"].split()[-1]) for e in ex]
+    [('refine', '4.'), ('feedback', 'incorrect'), ('refine', '4.'), ('feedback', 'correct')]
     """
+    import random
+
     from selfimprove.warmstart import seed_examples
 
+    keep_feedback = set(range(len(corpus)))
+    if balance_verdicts:
+        wrong = [i for i, c in enumerate(corpus) if not c["verdict"]]
+        n_ok = len(corpus) - len(wrong)
+        if len(wrong) > n_ok:
+            keep_feedback -= set(wrong) - set(random.Random(seed).sample(wrong, n_ok))
     out = []
-    for c in corpus:
+    for i, c in enumerate(corpus):
         prefix, suffix = build_feedback_prompt(c["question"], c["initial_answer"], n_shots)
-        out.append(
-            {
-                "id": c["id"],
-                "format": "feedback",
-                "prompt": prefix + suffix,
-                "completion": feedback_completion(c["feedback"], c["verdict"]),
-            }
-        )
+        if i in keep_feedback:
+            out.append(
+                {
+                    "id": c["id"],
+                    "format": "feedback",
+                    "prompt": prefix + suffix,
+                    "completion": feedback_completion(c["feedback"], c["verdict"]),
+                }
+            )
         if not c["verdict"]:
             prefix, suffix = build_refine_prompt(
                 c["question"], c["initial_answer"], c["feedback"], n_shots
@@ -333,6 +363,13 @@ def meta_skill(
     if own_sampler:
         del sampler
         gc.collect()
+    if cfg.judge_gold_solution:  # approvals for the corpus: the teacher judges the gold too
+        from selfimprove.warmstart import solution_to_rationale
+
+        initial = [
+            [*answers, solution_to_rationale(r["answer"])]
+            for r, answers in zip(seed_records, initial, strict=True)
+        ]
     items = [
         {"question": r["question"], "answer": a, "gold": r["answer"]}
         for r, answers in zip(seed_records, initial, strict=True)
@@ -360,7 +397,9 @@ def meta_skill(
             "replies must end with 'Verdict: correct' or 'Verdict: incorrect') or use "
             "meta_skill.teacher: rule"
         )
-    examples = corpus_examples(corpus, seed_records, n_shots, cfg.qa_formats, cfg.n_shots)
+    examples = corpus_examples(
+        corpus, seed_records, n_shots, cfg.qa_formats, cfg.n_shots, cfg.balance_verdicts, seed
+    )
     from selfimprove.finetune import finetune
 
     info = finetune(model_dir, examples, out_dir, cfg.finetune, seed)

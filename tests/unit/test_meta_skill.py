@@ -113,10 +113,14 @@ def test_meta_skill_on_a_tiny_model(tiny_model, tmp_path):
     out = tmp_path / "r0"
     corpus, info = meta_skill(tiny_model, SEED, out, _small_cfg(), "self", seed=0, n_shots=1)
     assert info["enabled"] and info["teacher"] == "rule"
-    # a random model answers wrongly: the rule teacher judges every answer (no "no feedback")
-    assert info["n_items"] == 6 and info["n_no_feedback"] == 0
-    assert info["n_corpus"] == len(corpus) >= 1
-    assert info["n_examples_feedback"] == len(corpus)
+    # a random model answers wrongly: the rule teacher judges every answer (no "no feedback"),
+    # 2 sampled answers + the gold solution per question (judge_gold_solution)
+    assert info["n_items"] == 9 and info["n_no_feedback"] == 0
+    assert info["n_corpus"] == len(corpus) >= 4
+    n_ok = sum(c["verdict"] for c in corpus)
+    assert n_ok == info["n_verdict_correct"] >= 3  # at least the three gold solutions
+    # balance_verdicts: as many 'incorrect' feedback examples as 'correct' ones (at most)
+    assert info["n_examples_feedback"] == n_ok + min(n_ok, len(corpus) - n_ok)
     assert info["n_examples_refine"] == sum(not c["verdict"] for c in corpus)
     assert info["n_examples_fewshot_cot"] == 3 and info["n_examples_zeroshot_cot"] == 3
     assert info["finetune"]["steps"] >= 1 and not info["finetune"]["skipped"]
@@ -134,7 +138,7 @@ def test_meta_skill_errors(tiny_model, tmp_path):
         def feedback(self, items):
             return [None] * len(items)
 
-    with pytest.raises(InputError, match="corpus is empty.*6 without feedback"):
+    with pytest.raises(InputError, match="corpus is empty.*9 without feedback"):
         meta_skill(tiny_model, SEED, tmp_path / "b", _small_cfg(), "self", 0, teacher=Silent())
     assert not (tmp_path / "b").exists()
 
@@ -167,3 +171,10 @@ def test_teacher_prompt_shots_are_separate_from_the_students(monkeypatch, tiny_m
             feedback_max_new_tokens=7,
         )
     assert seen == {"n_shots": 2, "max_new_tokens": 7}
+
+
+def test_without_gold_judging_and_balance(tiny_model, tmp_path):
+    cfg = _small_cfg(judge_gold_solution=False, balance_verdicts=False)
+    corpus, info = meta_skill(tiny_model, SEED, tmp_path / "r0", cfg, "self", seed=0, n_shots=0)
+    assert info["n_items"] == 6
+    assert info["n_examples_feedback"] == len(corpus)
