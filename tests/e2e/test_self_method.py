@@ -111,8 +111,13 @@ def test_meta_skill_corpus_and_round0_model(project):
     assert all(keys <= set(c) for c in corpus)
     assert {c["id"] for c in corpus} <= {f"seed-{i}" for i in range(4)}
     info = json.loads((r0 / "meta_skill.json").read_text())
-    assert info["enabled"] and info["n_seed"] == 4 and info["n_items"] == 8
+    # 2 sampled answers + the gold solution (judge_gold_solution) per seed question
+    assert info["enabled"] and info["n_seed"] == 4 and info["n_items"] == 12
     assert info["n_corpus"] == len(corpus)
+    assert info["n_verdict_correct"] >= 4  # the gold solutions at least
+    # balance_verdicts: no more 'incorrect' feedback examples than 'correct' ones
+    n_ok = info["n_verdict_correct"]
+    assert info["n_examples_feedback"] == n_ok + min(n_ok, info["n_verdict_incorrect"])
     assert info["finetune"]["n_examples"] == (
         info["n_examples_feedback"] + info["n_examples_refine"] + 8
     )
