@@ -99,8 +99,8 @@ class MetaSkillConfig(BaseModel):
         True,
         description="Also ask the teacher for feedback on each seed question's gold solution, so "
         "the corpus holds approvals. A small model's sampled answers are mostly wrong (12.5% right "
-        "on the default), and a corpus of 88% 'incorrect' taught SmolLM2 to call every answer "
-        "wrong (0 of 1024 round-1 paths judged correct).",
+        "on the default); without approvals SmolLM2 learned to call every answer wrong (README, "
+        "Results).",
     )
     balance_verdicts: bool = Field(
         True,
