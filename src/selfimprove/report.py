@@ -540,24 +540,10 @@ def plot_kept(rows: Sequence[Mapping], path: Path) -> None:
         ("mean_agreement", "mean agreement"),
     ):
         ax.plot(xs, [r[key] for r in rows], marker="o", label=label)
-    for r in rows:
-        ax.annotate(
-            f"{r['n_train_examples']} ex.",
-            (r["round"], r["kept_fraction"]),
-            textcoords="offset points",
-            xytext=(0, 6),
-            ha="center",
-            fontsize=7,
-        )
-    ax.set_ylim(-0.02, 1.08)
-    ax.set_ylabel("fraction")
-    ax.grid(alpha=0.3)
-    _round_axis(ax, xs or [1])
-    if rows:
-        ax.legend(fontsize=8)
-    ax.set_title("training data kept by the vote filter")
-    fig.tight_layout()
-    _save(fig, path)
+    notes = [(r["round"], r["kept_fraction"], f"{r['n_train_examples']} ex.") for r in rows]
+    _finish_fraction_plot(
+        fig, ax, path, xs, notes, "fraction", "training data kept by the vote filter"
+    )
 
 
 def plot_feedback(rows: Sequence[Mapping], path: Path) -> None:
@@ -573,22 +559,33 @@ def plot_feedback(rows: Sequence[Mapping], path: Path) -> None:
         ("final_recall", "recall (refined)", "--", "x", "tab:orange"),
     ):
         ax.plot(xs, [r[key] for r in rows], style, color=color, marker=marker, label=label)
-    for r in rows:
+    notes = [(r["round"], r["precision"], f"{r['n_judged']} paths") for r in rows]
+    _finish_fraction_plot(
+        fig,
+        ax,
+        path,
+        xs,
+        notes,
+        "verdict 'correct' vs gold",
+        "self-feedback precision / recall per round",
+    )
+
+
+def _finish_fraction_plot(
+    fig, ax, path: Path, xs: Sequence[int], notes: Sequence[tuple], ylabel: str, title: str
+) -> None:
+    """Annotate ``(x, y, text)`` notes, label a [0, 1] per-round axis, save the figure."""
+    for x, y, text in notes:
         ax.annotate(
-            f"{r['n_judged']} paths",
-            (r["round"], r["precision"]),
-            textcoords="offset points",
-            xytext=(0, 6),
-            ha="center",
-            fontsize=7,
+            text, (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7
         )
     ax.set_ylim(-0.02, 1.08)
-    ax.set_ylabel("verdict 'correct' vs gold")
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     _round_axis(ax, xs or [1])
-    if rows:
+    if notes:
         ax.legend(fontsize=8)
-    ax.set_title("self-feedback precision / recall per round")
+    ax.set_title(title)
     fig.tight_layout()
     _save(fig, path)
 
