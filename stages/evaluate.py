@@ -1,12 +1,13 @@
 """evaluate stage: held-out accuracy of a round's model (greedy per style, maj@k), predictions."""
 
-from selfimprove.pipeline import add_round_arg, load_eval_sets, round_dir, stage_main
+from selfimprove.core.paths import round_dir
+from selfimprove.pipeline import add_round_arg, load_eval_sets, stage_main
 
 
 @stage_main(__doc__, add_round_arg)
 def main(args, params):
-    from selfimprove.evaluate import evaluate
-    from selfimprove.io import atomic_path, write_json, write_jsonl
+    from selfimprove.core.io import atomic_path, write_json, write_jsonl
+    from selfimprove.evaluation.evaluate import evaluate
 
     out = round_dir(args.round)
     sets = load_eval_sets(params.evaluate.sets)

@@ -2,13 +2,14 @@
 the model's own verdict; lmsi_self: both; star/rest_em: the gold) from refined.jsonl; write
 rationales and the training set."""
 
-from selfimprove.pipeline import add_round_arg, round_dir, stage_main
+from selfimprove.core.paths import round_dir
+from selfimprove.pipeline import add_round_arg, stage_main
 
 
 @stage_main(__doc__, add_round_arg)
 def main(args, params):
-    from selfimprove.filter import filter_refined
-    from selfimprove.io import read_jsonl, write_json, write_jsonl
+    from selfimprove.core.io import read_jsonl, write_json, write_jsonl
+    from selfimprove.methods.filter import filter_refined
 
     out = round_dir(args.round)
     records = read_jsonl(out / "refined.jsonl", required=["id", "question", "paths", "answers"])

@@ -12,7 +12,8 @@ import shlex
 import subprocess
 import sys
 
-from selfimprove.pipeline import add_round_arg, round_dir, round_seed, stage_main
+from selfimprove.core.paths import round_dir, round_seed
+from selfimprove.pipeline import add_round_arg, stage_main
 
 
 def _args(p):
@@ -32,8 +33,8 @@ def _relaunch() -> None:
 
 @stage_main(__doc__, _args)
 def main(args, params):
-    from selfimprove.finetune import finetune, is_main_process
-    from selfimprove.io import InputError, read_jsonl, write_json
+    from selfimprove.core.io import InputError, read_jsonl, write_json
+    from selfimprove.training.finetune import finetune, is_main_process
 
     cfg = params.finetune
     start = round_dir("r0" if cfg.init == "base" else args.prev) / "model"

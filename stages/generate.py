@@ -8,7 +8,8 @@ command with ``--merge-only``) reads them all back into samples.jsonl, equal to 
 
 import shutil
 
-from selfimprove.pipeline import PREPARED, add_round_arg, round_dir, round_seed, stage_main
+from selfimprove.core.paths import TRAIN, round_dir, round_seed
+from selfimprove.pipeline import add_round_arg, stage_main
 
 
 def _args(p):
@@ -34,10 +35,10 @@ def _args(p):
 
 @stage_main(__doc__, _args)
 def main(args, params):
-    from selfimprove.generate import generate
-    from selfimprove.io import read_jsonl, write_json, write_jsonl
+    from selfimprove.core.io import read_jsonl, write_json, write_jsonl
+    from selfimprove.methods.generate import generate
 
-    questions = read_jsonl(PREPARED / "train.jsonl", required=["id", "question"])
+    questions = read_jsonl(TRAIN, required=["id", "question"])
     out = round_dir(args.round)
     shards = out / "samples.shards"  # resume state of a killed run; not a DVC output
     records, stats = generate(

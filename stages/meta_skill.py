@@ -1,19 +1,19 @@
 """meta_skill stage: round 0's model -- the warm model fine-tuned on SELF's meta-skill corpus
 (feedback + refinement on the labeled seed set) for method self/lmsi_self, else a plain copy."""
 
-from selfimprove.pipeline import PREPARED, round_dir, stage_main
-from stages.warmstart import WARM_MODEL
+from selfimprove.core.paths import SEED, WARM_MODEL, round_dir
+from selfimprove.pipeline import stage_main
 
 
 @stage_main(__doc__)
 def main(args, params):
-    from selfimprove.filter import SELF_METHODS
-    from selfimprove.io import read_jsonl, write_json, write_jsonl
-    from selfimprove.meta_skill import meta_skill
+    from selfimprove.core.io import read_jsonl, write_json, write_jsonl
+    from selfimprove.methods.meta_skill import meta_skill
+    from selfimprove.methods.table import SELF_METHODS
 
     seed_records = []
     if params.method in SELF_METHODS:
-        seed_records = read_jsonl(PREPARED / "seed.jsonl", required=["id", "question", "answer"])
+        seed_records = read_jsonl(SEED, required=["id", "question", "answer"])
     out = round_dir("r0")
     corpus, info = meta_skill(
         WARM_MODEL,

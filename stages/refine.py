@@ -4,7 +4,8 @@ lmsi: the samples unchanged. self / lmsi_self: the model's own feedback and refi
 sampled path (no labels). star / rest_em: which paths match the gold (these baselines, and only
 they, read data/prepared/train_labels.jsonl); star also rationalizes unsolved questions."""
 
-from selfimprove.pipeline import PREPARED, add_round_arg, round_dir, round_seed, stage_main
+from selfimprove.core.paths import TRAIN_LABELS, round_dir, round_seed
+from selfimprove.pipeline import add_round_arg, stage_main
 
 
 def _args(p):
@@ -14,8 +15,8 @@ def _args(p):
 
 @stage_main(__doc__, _args)
 def main(args, params):
-    from selfimprove.filter import LABEL_METHODS, SELF_METHODS
-    from selfimprove.io import read_jsonl, write_json, write_jsonl
+    from selfimprove.core.io import read_jsonl, write_json, write_jsonl
+    from selfimprove.methods.table import LABEL_METHODS, SELF_METHODS
 
     out = round_dir(args.round)
     samples = read_jsonl(out / "samples.jsonl", required=["id", "question", "paths", "answers"])
@@ -23,8 +24,8 @@ def main(args, params):
     gen = params.generate
     stats: dict = {"method": method}
     if method in SELF_METHODS:
-        from selfimprove.generate import make_sampler
-        from selfimprove.self_refine import refine_samples
+        from selfimprove.methods.refine import refine_samples
+        from selfimprove.sampling.factory import make_sampler
 
         sampler = make_sampler(args.model, "transformers", gen.dtype, gen.batch_size)
         records, more = refine_samples(sampler, samples, cfg, seed)
@@ -32,7 +33,7 @@ def main(args, params):
     elif method in LABEL_METHODS:
         import logging
 
-        from selfimprove.self_refine import label_records, labels_by_id, star_rationalize
+        from selfimprove.methods.refine import label_records, labels_by_id, star_rationalize
 
         if params.finetune.init != "base":
             logging.getLogger("stages.refine").warning(
@@ -42,12 +43,12 @@ def main(args, params):
                 params.finetune.init,
             )
 
-        labels_path = PREPARED / "train_labels.jsonl"
+        labels_path = TRAIN_LABELS
         golds = labels_by_id(read_jsonl(labels_path, required=["id", "answer"]), str(labels_path))
         records, more = label_records(samples, golds)
         stats |= more
         if method == "star" and cfg.star_rationalization:
-            from selfimprove.generate import make_sampler
+            from selfimprove.sampling.factory import make_sampler
 
             sampler = make_sampler(args.model, "transformers", gen.dtype, gen.batch_size)
             stats |= star_rationalize(sampler, records, cfg, gen.n_shots, seed)

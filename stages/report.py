@@ -2,21 +2,20 @@
 plus self-feedback verdict precision per round when method self / lmsi_self ran (against
 data/prepared/train_labels.jsonl: analysis only)."""
 
-from pathlib import Path
+from selfimprove.core.paths import REPORT, ROUNDS, TRAIN_LABELS
+from selfimprove.pipeline import stage_main
 
-from selfimprove.pipeline import PREPARED, ROUNDS, stage_main
-
-OUT = Path("data/report")
+OUT = REPORT
 
 
 @stage_main(__doc__)
 def main(args, params):
-    from selfimprove.report import build_report
-    from selfimprove.tracking import log_report
+    from selfimprove.evaluation.report import build_report
+    from selfimprove.tracking.runs import log_report
 
     rounds = ["r0", *params.rounds]
     files = build_report(
-        ROUNDS, rounds, OUT, params.report, labels_path=PREPARED / "train_labels.jsonl"
+        ROUNDS, rounds, OUT, params.report, labels_path=TRAIN_LABELS
     )
     print(f"report: {len(files)} files in {OUT} for rounds {', '.join(rounds)}")
     if (OUT / "feedback.png").exists():

@@ -2,7 +2,8 @@
 
 from pathlib import Path
 
-from selfimprove.pipeline import PREPARED, add_round_arg, round_dir, stage_main
+from selfimprove.core.paths import TRAIN_LABELS, round_dir
+from selfimprove.pipeline import add_round_arg, stage_main
 
 
 def _read_json(path: Path) -> dict:
@@ -24,10 +25,14 @@ def _provenance_tags(git: dict, lock_digest: str, method: str) -> dict[str, str]
 
 @stage_main(__doc__, add_round_arg)
 def main(args, params):
-    from selfimprove.analysis import flatten_metrics, majority_precision, verdict_precision
-    from selfimprove.io import read_jsonl, write_json
-    from selfimprove.provenance import dvc_lock_digest
-    from selfimprove.tracking import DatasetSpec, check_tracking, git_info, log_round
+    from selfimprove.core.io import read_jsonl, write_json
+    from selfimprove.evaluation.analysis import (
+        flatten_metrics,
+        majority_precision,
+        verdict_precision,
+    )
+    from selfimprove.tracking.provenance import dvc_lock_digest
+    from selfimprove.tracking.runs import DatasetSpec, check_tracking, git_info, log_round
 
     cfg = params.tracking
     out = round_dir(args.round)
@@ -41,7 +46,7 @@ def main(args, params):
     datasets, tables = [], {}
     if (out / "rationales.jsonl").exists():
         rationales = read_jsonl(out / "rationales.jsonl")
-        labels = {r["id"]: r["answer"] for r in read_jsonl(PREPARED / "train_labels.jsonl")}
+        labels = {r["id"]: r["answer"] for r in read_jsonl(TRAIN_LABELS)}
         metrics |= flatten_metrics(majority_precision(rationales, labels), "analysis.")
         datasets = [
             DatasetSpec(out / "rationales.jsonl", f"{args.round}-rationales", "rationales"),

@@ -27,10 +27,16 @@ def _compare(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from selfimprove.report import DEFAULT_COLUMNS, compare_table, dvc_round_metrics, format_table
+    from selfimprove.evaluation.report import (
+        DEFAULT_COLUMNS,
+        compare_table,
+        dvc_round_metrics,
+        format_table,
+    )
 
     if args.mlflow:
-        from selfimprove.tracking import TrackingConfig, round_metrics
+        from selfimprove.config.tracking import TrackingConfig
+        from selfimprove.tracking.runs import round_metrics
 
         experiment, pipeline = args.experiment, args.pipeline
         if (experiment is None or pipeline is None) and Path(args.params).exists():
@@ -49,7 +55,7 @@ def _compare(args: argparse.Namespace) -> int:
     else:
         metrics = dvc_round_metrics(args.rounds_dir)
         if not metrics:
-            from selfimprove.io import InputError
+            from selfimprove.core.io import InputError
 
             raise InputError(
                 f"{args.rounds_dir}: no round folders with metrics; run `dvc repro` first (or "
@@ -76,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", default="params.yaml")
     p.set_defaults(func=_check)
 
-    from selfimprove.score import add_score_parser
+    from selfimprove.evaluation.score import add_score_parser
 
     add_score_parser(sub)
 
@@ -115,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from selfimprove.io import InputError
+    from selfimprove.core.io import InputError
 
     args = build_parser().parse_args(argv)
     try:

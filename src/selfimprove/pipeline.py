@@ -1,20 +1,4 @@
-"""Where the pipeline's files live, and the wrapper every ``stages/*.py`` script runs under.
-
-Paths are relative to the project root (where ``dvc.yaml`` is) and mirror ``dvc.yaml``:
-
-- ``data/models/base``                 base_model: the starting model, a safetensors folder
-- ``data/prepared/``                   data: train.jsonl (unlabeled), train_labels.jsonl (analysis
-  only), seed.jsonl (labeled warm start), eval/<set>.jsonl
-- ``data/models/warm``                 warmstart: base, or base + SFT on the labeled seed set
-- ``data/rounds/r0/model``  meta_skill: round 0's model (warm + SELF meta-skills or a copy)
-- ``data/rounds/rK/samples.jsonl``     generate
-- ``data/rounds/rK/refined.jsonl``     refine (self-feedback/refinement; a passthrough for lmsi)
-- ``data/rounds/rK/{rationales,train}.jsonl``  filter
-- ``data/rounds/rK/model``             finetune (merged weights + adapter/)
-- ``data/rounds/rK/metrics.json``, ``eval/``  evaluate
-- ``data/rounds/rK/mlflow.json``       track: the MLflow run of the round
-- ``data/report/``                     report: tables and plots across rounds
-"""
+"""The wrapper every ``stages/*.py`` script runs under (paths: :mod:`selfimprove.core.paths`)."""
 
 from __future__ import annotations
 
@@ -23,38 +7,16 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
-from selfimprove.io import InputError
-
-BASE_MODEL = Path("data/models/base")
-PREPARED = Path("data/prepared")
-ROUNDS = Path("data/rounds")
-
-
-def round_dir(name: str) -> Path:
-    """``data/rounds/<name>``.
-
-    >>> round_dir("r2").as_posix()
-    'data/rounds/r2'
-    """
-    return ROUNDS / name
-
-
-def round_seed(seed: int, round_name: str) -> int:
-    """The seed a round uses: the global seed plus the round's index (r0 -> seed).
-
-    >>> round_seed(7, "r3")
-    10
-    """
-    return seed + (0 if round_name == "r0" else int(round_name[1:]))
+from selfimprove.core.io import InputError
+from selfimprove.core.paths import EVAL
 
 
 def load_eval_sets(names: list[str] | None) -> dict[str, list[dict]]:
     """The held-out sets written by the data stage (all, or those named)."""
-    from selfimprove.io import read_jsonl
+    from selfimprove.core.io import read_jsonl
 
-    folder = PREPARED / "eval"
+    folder = EVAL
     available = sorted(p.name.removesuffix(".jsonl") for p in folder.glob("*.jsonl"))
     wanted = names if names is not None else available
     missing = [n for n in wanted if n not in available]

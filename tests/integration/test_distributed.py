@@ -88,8 +88,9 @@ def _weights(model_dir: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    from selfimprove.finetune import FinetuneConfig, finetune
+    from selfimprove.config.training import FinetuneConfig
     from selfimprove.tiny import make_tiny_model
+    from selfimprove.training.finetune import finetune
 
     tmp = tmp_path_factory.mktemp("ddp")
     model = make_tiny_model(tmp / "tiny")
@@ -102,7 +103,7 @@ def runs(tmp_path_factory):
     # 1 process, batch 8 (the CLI, a subprocess)
     flat = {k: v for k, v in SETTINGS.items() if k != "lora"} | {"lora.dropout": 0.0}
     sets = [f"--set={k}={json.dumps(v)}" for k, v in (flat | {"batch_size": 8}).items()]
-    cmd = [sys.executable, "-m", "selfimprove.finetune_cli", "--model", str(model), "--seed=1"]
+    cmd = [sys.executable, "-m", "selfimprove.training.finetune_cli", "--model", str(model), "--seed=1"]
     cmd += ["--train", str(train), "--out", str(tmp / "one"), *sets]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -230,8 +230,8 @@ def test_bad_intermediate_jsonl_fails_naming_file_and_line(uninterrupted, tmp_pa
 
 
 def test_disk_full_while_saving_model_keeps_previous(tiny_model, tmp_path, monkeypatch, capsys):
-    from selfimprove import finetune as ft
-    from selfimprove.io import InputError
+    from selfimprove.core.io import InputError
+    from selfimprove.training import finetune as ft
 
     examples = [{"prompt": f"Q: {i} + 1? A:", "completion": f" {i + 1}."} for i in range(8)]
     cfg = ft.FinetuneConfig(epochs=1, batch_size=4, logging_steps=1)

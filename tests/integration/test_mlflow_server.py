@@ -21,8 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from selfimprove.io import InputError
-from selfimprove.tracking import DatasetSpec, TrackingConfig, check_tracking, log_report, log_round
+from selfimprove.config.tracking import TrackingConfig
+from selfimprove.core.io import InputError
+from selfimprove.tracking.runs import DatasetSpec, check_tracking, log_report, log_round
 
 START_TIMEOUT_S = 60
 PIPE = "server-pipe"

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from selfimprove.answers import (
+from selfimprove.core.answers import (
     STOP_SEQUENCES,
     answers_match,
     cut_at_stop,

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from selfimprove import base_model as bm
-from selfimprove.base_model import BaseModelConfig, check_source, materialize
-from selfimprove.io import InputError, file_sha256
+from selfimprove.config.training import BaseModelConfig
+from selfimprove.core.io import InputError, file_sha256
+from selfimprove.training import base_model as bm
+from selfimprove.training.base_model import check_source, materialize
 
 PROMPT = "Q: Jack has 5 stamps. How many stamps does Jack have now?\nA:"
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from selfimprove.data import (
-    DataConfig,
-    SourceConfig,
+from selfimprove.config.data import DataConfig, SourceConfig
+from selfimprove.core.io import InputError, read_jsonl
+from selfimprove.data.prepare import (
     final_answer,
     generate_arith,
     make_set,
@@ -17,7 +17,6 @@ from selfimprove.data import (
     prepare,
     question_numbers,
 )
-from selfimprove.io import InputError, read_jsonl
 
 GSM8K_DIR = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "gsm8k"
 ANN_RE = re.compile(r"<<(\d+)([-+*/])(\d+)=(\d+)>>")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from selfimprove.io import InputError
-from selfimprove.metrics.drop import (
+from selfimprove.core.io import InputError
+from selfimprove.evaluation.metrics.drop import (
     drop_em_f1,
     drop_record_problem,
     extract_drop_answer,

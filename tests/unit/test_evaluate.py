@@ -6,12 +6,13 @@ from dataclasses import dataclass
 
 import pytest
 
-import selfimprove.generate as generate_mod
-from selfimprove.answers import STOP_SEQUENCES
-from selfimprove.data import generate_arith
-from selfimprove.drop_data import generate_drop
-from selfimprove.evaluate import (
-    EvaluateConfig,
+import selfimprove.methods.generate as generate_mod
+from selfimprove.config.evaluation import EvaluateConfig
+from selfimprove.core.answers import STOP_SEQUENCES
+from selfimprove.core.io import InputError
+from selfimprove.data.drop import generate_drop
+from selfimprove.data.prepare import generate_arith
+from selfimprove.evaluation.evaluate import (
     drop_majority,
     drop_self_consistency,
     evaluate,
@@ -22,8 +23,7 @@ from selfimprove.evaluate import (
     summarize,
     summarize_drop,
 )
-from selfimprove.io import InputError
-from selfimprove.metrics.drop import DROP_STOP_SEQUENCES, drop_em_f1, extract_drop_answer
+from selfimprove.evaluation.metrics.drop import DROP_STOP_SEQUENCES, drop_em_f1, extract_drop_answer
 
 GSM_KEYS = {"id", "question", "output", "finish", "gold", "strict", "flexible"}
 GSM_KEYS |= {"correct_strict", "correct_flexible"}

@@ -8,9 +8,9 @@ from fractions import Fraction
 
 import pytest
 
-from selfimprove.data import generate_arith
-from selfimprove.feedback import (
-    MAX_FEEDBACK_SHOTS,
+from selfimprove.config.methods import MAX_FEEDBACK_SHOTS
+from selfimprove.data.prepare import generate_arith
+from selfimprove.methods.feedback import (
     build_feedback_prompt,
     build_refine_prompt,
     check_solution,
@@ -24,7 +24,7 @@ from selfimprove.feedback import (
     split_feedback,
     value_matches,
 )
-from selfimprove.warmstart import solution_to_rationale
+from selfimprove.training.warmstart import solution_to_rationale
 
 # ---------------------------------------------------------------------------- arithmetic
 

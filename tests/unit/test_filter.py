@@ -6,9 +6,10 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from selfimprove.filter import FilterConfig, FormatsConfig, filter_samples, finalize_path
-from selfimprove.io import InputError
-from selfimprove.prompts import build_prompt
+from selfimprove.config.methods import FilterConfig, FormatsConfig
+from selfimprove.core.io import InputError
+from selfimprove.core.prompts import build_prompt
+from selfimprove.methods.filter import filter_samples, finalize_path
 
 ALL_OFF = dict.fromkeys(["fewshot_cot", "fewshot_direct", "zeroshot_cot", "zeroshot_direct"], False)
 

@@ -5,16 +5,15 @@ import logging
 
 import pytest
 
-from selfimprove.finetune import (
+from selfimprove.config.training import FinetuneConfig, LoraSection
+from selfimprove.core.io import InputError, read_jsonl
+from selfimprove.training.finetune import (
     IGNORE_INDEX,
     CompletionCollator,
-    FinetuneConfig,
-    LoraSection,
     build_example,
     encode_examples,
     finetune,
 )
-from selfimprove.io import InputError, read_jsonl
 
 torch = pytest.importorskip("torch")
 
@@ -202,7 +201,7 @@ def test_lora_bfloat16_saves_float32(tiny_model, tmp_path):
 def test_zero_examples_saves_input_unchanged(tiny_model, tmp_path, caplog):
     from transformers import AutoModelForCausalLM
 
-    with caplog.at_level(logging.WARNING, logger="selfimprove.finetune"):
+    with caplog.at_level(logging.WARNING, logger="selfimprove.training.finetune"):
         info = finetune(tiny_model, [], tmp_path / "empty", _cfg(), seed=0)
     assert info["skipped"] and info["n_examples"] == 0 and info["steps"] == 0
     assert "no training examples" in caplog.text
@@ -253,7 +252,7 @@ def test_resume_after_crash_equals_uninterrupted_run(tiny_model, tmp_path, caplo
     assert sorted(p.name for p in ckpt.iterdir()) == ["checkpoint-4", "settings.json"]
     # a checkpoint killed while being written (no completion marker) is not resumed from
     (ckpt / "checkpoint-6").mkdir()
-    caplog.set_level(logging.INFO, logger="selfimprove.finetune")
+    caplog.set_level(logging.INFO, logger="selfimprove.training.finetune")
     res = finetune(tiny_model, EXAMPLES, tmp_path / "out", cfg, seed=3, ckpt_dir=ckpt, save_steps=2)
     assert "resuming from" in caplog.text and "checkpoint-4" in caplog.text
     assert res["resumed_from_step"] == 4 and full["resumed_from_step"] is None
@@ -286,7 +285,7 @@ def test_checkpoints_of_other_settings_are_discarded(tiny_model, tmp_path, caplo
             callbacks=[_crash_after(2)],
         )
     assert (ckpt / "checkpoint-1").is_dir()  # step 2 crashed before its save
-    caplog.set_level(logging.INFO, logger="selfimprove.finetune")
+    caplog.set_level(logging.INFO, logger="selfimprove.training.finetune")
     info = finetune(
         tiny_model,
         EXAMPLES,

@@ -5,9 +5,11 @@ import logging
 
 import pytest
 
-from selfimprove import generate as gen_mod
-from selfimprove.generate import GenerateConfig, generate, make_sampler, shard_paths
-from selfimprove.io import InputError
+from selfimprove.config.methods import GenerateConfig
+from selfimprove.core.io import InputError
+from selfimprove.methods import generate as gen_mod
+from selfimprove.methods.generate import generate, shard_paths
+from selfimprove.sampling.factory import make_sampler
 
 torch = pytest.importorskip("torch")
 
@@ -47,7 +49,7 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def real_sampler(model_dir):
-    from selfimprove.sampler import TransformersSampler
+    from selfimprove.sampling.transformers_sampler import TransformersSampler
 
     return TransformersSampler(model_dir, dtype="float32", batch_size=4, device="cpu")
 
@@ -167,7 +169,7 @@ def test_changed_settings_or_files_are_discarded(model_dir, spy, tmp_path, caplo
     spy()
     base, _ = generate(model_dir, QUESTIONS, _cfg(), seed=1, shard_dir=shards)
 
-    caplog.set_level(logging.WARNING, logger="selfimprove.generate")
+    caplog.set_level(logging.WARNING, logger="selfimprove.methods.generate")
     s = spy()
     hot, _ = generate(model_dir, QUESTIONS, _cfg(temperature=1.3), seed=1, shard_dir=shards)
     assert s.offsets == [0, 2, 4]

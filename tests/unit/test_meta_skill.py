@@ -7,10 +7,11 @@ import json
 import pytest
 
 from selfimprove.config import ConfigError, parse_params
-from selfimprove.data import generate_arith
-from selfimprove.feedback import Feedback, check_solution, parse_verdict
-from selfimprove.io import InputError
-from selfimprove.meta_skill import MetaSkillConfig, build_corpus, corpus_examples, meta_skill
+from selfimprove.config.methods import MetaSkillConfig
+from selfimprove.core.io import InputError
+from selfimprove.data.prepare import generate_arith
+from selfimprove.methods.feedback import Feedback, check_solution, parse_verdict
+from selfimprove.methods.meta_skill import build_corpus, corpus_examples, meta_skill
 
 SEED = generate_arith(3, steps=[1], seed=5)
 
@@ -146,7 +147,7 @@ def test_meta_skill_errors(tiny_model, tmp_path):
 def test_teacher_prompt_shots_are_separate_from_the_students(monkeypatch, tiny_model, tmp_path):
     # an untrained LM/OpenAI teacher gets meta_skill.teacher_n_shots exemplars even when the
     # student's prompts (refine.n_shots) are zero-shot
-    import selfimprove.teachers
+    import selfimprove.methods.teachers
 
     seen = {}
 

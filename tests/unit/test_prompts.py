@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from selfimprove.answers import extract_answer, extract_strict
-from selfimprove.prompts import (
+from selfimprove.core.answers import extract_answer, extract_strict
+from selfimprove.core.prompts import (
     GSM8K_EXEMPLARS,
     STYLES,
     build_prompt,

@@ -6,13 +6,12 @@ import copy
 
 import pytest
 
-from selfimprove.analysis import verdict_precision
-from selfimprove.feedback import check_solution, feedback_completion
-from selfimprove.filter import FilterConfig, filter_refined, filter_samples
-from selfimprove.io import InputError
-from selfimprove.sampler import Completion
-from selfimprove.self_refine import (
-    RefineConfig,
+from selfimprove.config.methods import FilterConfig, RefineConfig
+from selfimprove.core.io import InputError
+from selfimprove.evaluation.analysis import verdict_precision
+from selfimprove.methods.feedback import check_solution, feedback_completion
+from selfimprove.methods.filter import filter_refined, filter_samples
+from selfimprove.methods.refine import (
     label_records,
     labels_by_id,
     refine_loop,
@@ -20,6 +19,7 @@ from selfimprove.self_refine import (
     refine_samples,
     star_rationalize,
 )
+from selfimprove.sampling.base import Completion
 
 QUESTIONS = {
     "Tom has 3 apples and buys 2. How many?": ("5", "3 + 2 = 5. The answer is 5."),
@@ -321,8 +321,9 @@ def test_verdict_precision_against_gold():
 def test_evaluate_with_inference_time_refinement(monkeypatch):
     # the plain output and the refined one are both scored; refinement uses the refine
     # section's prompt format (n_shots) -- the format meta-skill learning taught the model
-    import selfimprove.generate as generate_mod
-    from selfimprove.evaluate import EvaluateConfig, evaluate
+    import selfimprove.methods.generate as generate_mod
+    from selfimprove.config.evaluation import EvaluateConfig
+    from selfimprove.evaluation.evaluate import evaluate
 
     first = {Q1: " 3 + 2 = 6. The answer is 6.", Q2: " 4 - 1 = 3. The answer is 3."}
     fake = FakeSampler(rationalize=first)  # the plain answers: Q1 wrong, Q2 right

@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from selfimprove.cli import main as cli_main
-from selfimprove.io import InputError, write_json, write_jsonl
-from selfimprove.report import (
-    ReportConfig,
+from selfimprove.config.evaluation import ReportConfig
+from selfimprove.core.io import InputError, write_json, write_jsonl
+from selfimprove.evaluation.report import (
     accuracy_rows,
     agreement_stats,
     build_report,
@@ -132,7 +132,8 @@ def test_cli_compare_dvc(project, capsys, monkeypatch):
 
 
 def test_cli_compare_mlflow(tmp_path, capsys, monkeypatch):
-    from selfimprove.tracking import TrackingConfig, log_round
+    from selfimprove.config.tracking import TrackingConfig
+    from selfimprove.tracking.runs import log_round
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     cfg = TrackingConfig(pipeline="cmp", registered_model=None, log_model="none")

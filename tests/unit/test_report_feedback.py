@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from selfimprove.io import InputError, write_json, write_jsonl
-from selfimprove.report import build_report, feedback_rows, read_refined
+from selfimprove.core.io import InputError, write_json, write_jsonl
+from selfimprove.evaluation.report import build_report, feedback_rows, read_refined
 
 ROOT = Path(__file__).resolve().parents[2]
 LABELS = [{"id": "q0", "answer": "2 + 2 = <<2+2=4>>4\n#### 4"}, {"id": "q1", "answer": "#### 7"}]

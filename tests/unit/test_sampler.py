@@ -2,14 +2,11 @@ from __future__ import annotations
 
 import pytest
 
-from selfimprove.io import InputError
-from selfimprove.sampler import (
-    SamplingParams,
+from selfimprove.core.io import InputError
+from selfimprove.sampling.base import SamplingParams, find_stop, resolve_dtype, row_seed
+from selfimprove.sampling.transformers_sampler import (
     TransformersSampler,
     filter_logits,
-    find_stop,
-    resolve_dtype,
-    row_seed,
     sample_tokens,
 )
 

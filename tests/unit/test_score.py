@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from selfimprove.answers import extract_flexible, extract_strict, normalize_number
-from selfimprove.drop_data import generate_drop
-from selfimprove.io import InputError
-from selfimprove.metrics import load_metric, metric_module_path, score_gsm8k
-from selfimprove.score import add_score_parser, run_score, score_file
+from selfimprove.core.answers import extract_flexible, extract_strict, normalize_number
+from selfimprove.core.io import InputError
+from selfimprove.data.drop import generate_drop
+from selfimprove.evaluation.metrics import load_metric, metric_module_path
+from selfimprove.evaluation.metrics.gsm8k import score_gsm8k
+from selfimprove.evaluation.score import add_score_parser, run_score, score_file
 
 
 def _write(path: Path, rows: list) -> Path:

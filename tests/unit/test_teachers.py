@@ -9,9 +9,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from selfimprove.io import InputError
-from selfimprove.meta_skill import MetaSkillConfig
-from selfimprove.teachers import (
+from selfimprove.config.methods import MetaSkillConfig
+from selfimprove.core.io import InputError
+from selfimprove.methods.teachers import (
     LMTeacher,
     OpenAITeacher,
     RuleTeacher,
@@ -212,7 +212,7 @@ def test_lm_teacher_on_a_tiny_model(tiny_model):
 
 
 def test_lm_teacher_parses_sampler_output():
-    from selfimprove.sampler import Completion
+    from selfimprove.sampling.base import Completion
 
     class Scripted:
         def __init__(self):

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from selfimprove.io import InputError, file_sha256
-from selfimprove.tracking import (
+from selfimprove.config.tracking import TrackingConfig
+from selfimprove.core.io import InputError, file_sha256
+from selfimprove.tracking.runs import (
     DIGEST_CHARS,
     DatasetSpec,
-    TrackingConfig,
     check_tracking,
     file_digest,
     flatten,
@@ -208,7 +208,7 @@ def test_rerun_marks_old_superseded(uri, files):
 
 
 def test_failure_marks_run_failed(uri, files, monkeypatch):
-    import selfimprove.tracking as tr
+    import selfimprove.tracking.runs as tr
 
     def boom(*a, **k):
         raise RuntimeError("boom")
@@ -505,7 +505,7 @@ def test_registry_off_and_missing_metric(uri, chain, caplog):
         client.get_registered_model("selfimprove-reg-off")
 
     cfg = TrackingConfig(pipeline="reg-nometric", best_metric="arith_1step.fewshot_cot.strikt")
-    with caplog.at_level("WARNING", logger="selfimprove.tracking"):
+    with caplog.at_level("WARNING", logger="selfimprove.tracking.runs"):
         _log_model_round(cfg, chain, "r0", 0.5)
     assert "did you mean arith_1step.fewshot_cot.strict" in caplog.text
     with pytest.raises(MlflowException):

@@ -5,9 +5,9 @@ from types import SimpleNamespace as O
 
 import pytest
 
-from selfimprove.io import InputError
-from selfimprove.sampler import Completion, SamplingParams
-from selfimprove.vllm_backend import (
+from selfimprove.core.io import InputError
+from selfimprove.sampling.base import Completion, SamplingParams
+from selfimprove.sampling.vllm_sampler import (
     INSTALL_HINT,
     VLLMSampler,
     completions_from_vllm,
@@ -107,7 +107,7 @@ def test_bad_paths_and_missing_vllm(tiny_dir, tmp_path):
         VLLMSampler(tiny_dir, lora_path=tmp_path)
     if HAVE_VLLM:
         pytest.skip("vllm is installed: the missing-vllm message cannot be checked")
-    from selfimprove.generate import make_sampler
+    from selfimprove.sampling.factory import make_sampler
 
     with pytest.raises(InputError) as e:
         make_sampler(tiny_dir, "vllm", "auto", 32)
@@ -118,7 +118,7 @@ def test_bad_paths_and_missing_vllm(tiny_dir, tmp_path):
 @pytest.mark.skipif(not (HAVE_VLLM and _cuda()), reason="needs vllm and a CUDA GPU")
 def test_real_vllm_backend(tiny_dir):
     """Runs the real engine on the tiny model: shapes, stops, seeds, and greedy == ours (fp32)."""
-    from selfimprove.sampler import TransformersSampler
+    from selfimprove.sampling.transformers_sampler import TransformersSampler
 
     prefix = "Q: 1 + 1?\nA: 1 + 1 = 2. The answer is 2.\n\n"
     prompts = ["Q: Jack has 5 stamps. He buys 1 more. How many?\nA:", "Q: 3 * 2?\nA:"]

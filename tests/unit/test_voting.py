@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from selfimprove.voting import agreement_histogram, maj_at_k, majority_vote
+from selfimprove.core.voting import agreement_histogram, maj_at_k, majority_vote
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,164 @@
+"""params.yaml, validated: one pydantic model per section, every problem reported at once.
+
+Each step module owns its section's model (``generate.GenerateConfig``,
+``filter.FilterConfig``, …); :class:`Params` assembles them. :func:`load_params` reads
+``params.yaml`` and raises :class:`ConfigError` listing *every* unknown key, wrong type or
+inconsistency with the key, the value and how to fix it — before any heavy work starts.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from selfimprove.config.data import DataConfig
+from selfimprove.config.evaluation import EvaluateConfig, ReportConfig
+from selfimprove.config.methods import FilterConfig, GenerateConfig, MetaSkillConfig, RefineConfig
+from selfimprove.config.tracking import TrackingConfig
+from selfimprove.config.training import BaseModelConfig, FinetuneConfig, WarmstartConfig
+from selfimprove.core.io import InputError
+from selfimprove.core.paths import is_round, round_index
+from selfimprove.methods.table import METHOD_NAMES, SELF_METHODS, method_help
+
+
+class ConfigError(InputError):
+    """params.yaml is invalid; the message lists every problem."""
+
+
+class RoundConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    prev: str = Field(description="Round whose model this round starts from: r0 (base) or rK.")
+
+
+class Params(BaseModel):
+    """The whole params.yaml."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int = Field(0, description="Global seed: data, sampling, training (round k adds k).")
+    method: Literal[METHOD_NAMES] = Field(  # type: ignore[valid-type]
+        METHOD_NAMES[0],
+        description="Self-improvement method (methods.table): " + "; ".join(method_help().splitlines()),
+    )
+    base_model: BaseModelConfig = Field(default_factory=BaseModelConfig)
+    data: DataConfig
+    warmstart: WarmstartConfig = Field(default_factory=WarmstartConfig)
+    meta_skill: MetaSkillConfig = Field(default_factory=MetaSkillConfig)
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    refine: RefineConfig = Field(default_factory=RefineConfig)
+    filter: FilterConfig = Field(default_factory=FilterConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
+    rounds: dict[str, RoundConfig] = Field(
+        default_factory=dict, description="Rounds r1..rN, each naming its predecessor."
+    )
+
+    @model_validator(mode="after")
+    def _check_cross_section(self) -> Params:
+        problems = []
+        for name, rnd in self.rounds.items():
+            if not is_round(name) or name == "r0":
+                problems.append(f"rounds.{name}: round names are r1, r2, …")
+            elif rnd.prev != "r0" and rnd.prev not in self.rounds:
+                problems.append(
+                    f"rounds.{name}.prev: {rnd.prev!r} is not a round; use r0 or one of "
+                    f"{', '.join(self.rounds)}"
+                )
+            elif rnd.prev != "r0" and round_index(rnd.prev) >= round_index(name):
+                problems.append(f"rounds.{name}.prev: {rnd.prev!r} must be an earlier round")
+        if self.method in SELF_METHODS and self.data.seed_set is None:
+            problems.append(
+                f"method: {self.method} learns its feedback/refinement meta-skills from labeled "
+                "seed questions; set data.seed_set (e.g. {source: arith, n: 64}) or use "
+                "method: lmsi"
+            )
+        if self.warmstart.enabled and self.data.seed_set is None:
+            problems.append(
+                "warmstart.enabled: true needs labeled seed examples; set data.seed_set "
+                "(e.g. {source: arith, n: 64}) or set warmstart.enabled: false"
+            )
+        unknown = [s for s in self.evaluate.sets or [] if s not in self.data.eval]
+        if unknown:
+            have = ", ".join(self.data.eval)
+            problems.append(f"evaluate.sets: {unknown} not defined in data.eval (have: {have})")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def round_index(self, name: str) -> int:
+        return round_index(name)
+
+
+def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names valid at ``loc`` (for 'did you mean' hints)."""
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return []
+        ann = field.annotation
+        candidates = [ann, *getattr(ann, "__args__", ())]
+        nxt = next(
+            (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
+        )
+        if nxt is None:
+            return []
+        model = nxt
+    return list(model.model_fields)
+
+
+def format_errors(exc: ValidationError, source: str = "params.yaml") -> str:
+    """One line per problem: key, value, what is wrong and how to fix it."""
+    lines = [f"{source}: {exc.error_count()} problem(s):"]
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        value = err.get("input")
+        if err["type"] == "extra_forbidden":
+            known = _known_keys(Params, err["loc"])
+            hint = difflib.get_close_matches(str(err["loc"][-1]), known, n=1)
+            fix = f"did you mean {hint[0]!r}?" if hint else f"valid keys: {', '.join(known)}"
+            lines.append(f"  - {key}: unknown key (value {value!r}); {fix}")
+        elif err["type"] == "missing":
+            lines.append(f"  - {key}: required key is missing; add it")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            shown = repr(value) if not isinstance(value, dict) else "{…}"
+            lines.append(f"  - {key}: {msg} (got {shown})")
+    return "\n".join(lines)
+
+
+def parse_params(raw: Any, source: str = "params.yaml") -> Params:
+    """Validate an already-loaded params mapping.
+
+    >>> parse_params({"data": {"train": {"source": "arith", "n": 8}}, "genrate": {}})
+    Traceback (most recent call last):
+    ...
+    selfimprove.config.ConfigError: params.yaml: 1 problem(s):
+      - genrate: unknown key (value {}); did you mean 'generate'?
+    """
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(format_errors(e, source)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml (all problems reported at once)."""
+    import yaml
+
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: not found; run from the project root (where dvc.yaml is)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    return parse_params(raw, str(path))

@@ -1,0 +1,161 @@
+"""``data:`` in params.yaml: where the training pool, the held-out sets and the seed set come from."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# ---------------------------------------------------------------------- prepare
+
+GENERATED = ("arith", "gsm_symbolic")
+
+
+REAL = ("jsonl", "gsm8k_hub")
+
+
+DROP_SOURCES = ("drop_gen", "drop_jsonl", "drop_hub")
+
+
+# (hub_id, split) used when they are null
+_HUB_DEFAULTS = {"gsm8k_hub": ("openai/gsm8k", "test"), "drop_hub": ("ucinlp/drop", "validation")}
+
+
+RESERVED_NAMES = ("train", "seed")
+
+
+_NAME_RE = re.compile(r"[a-z0-9_]+")
+
+
+class SourceConfig(BaseModel):
+    """Where one set of questions comes from, and how many to take."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: Literal[
+        "arith", "gsm_symbolic", "gsm8k_hub", "jsonl", "drop_gen", "drop_jsonl", "drop_hub"
+    ] = Field(
+        description="arith: our offline generator of easy word problems; gsm_symbolic: "
+        "GSM-Symbolic templates via reasoning_gym (offline); jsonl: a local file in the GSM8K "
+        "format ({question, answer} per line); gsm8k_hub: datasets.load_dataset (needs the hub). "
+        "DROP reading comprehension (eval sets only): drop_gen: offline generated football "
+        "passages; drop_jsonl: the simple-evals drop_v0_dev.jsonl(.gz) file; drop_hub: "
+        "ucinlp/drop (needs the hub)."
+    )
+    n: int | None = Field(
+        None,
+        description="How many records to take (a seeded subset for jsonl/hub sources); null = "
+        "all (jsonl/hub only; required for the generators arith, gsm_symbolic and drop_gen).",
+    )
+    path: str | None = Field(
+        None,
+        description="source jsonl / drop_jsonl: path of the local file, relative to the "
+        "working directory (e.g. ../shared/data/gsm8k/test.jsonl or "
+        "../shared/data/drop/drop_v0_dev.jsonl.gz).",
+    )
+    hub_id: str | None = Field(
+        None,
+        description="source gsm8k_hub / drop_hub: the dataset id on the hub; null = "
+        "openai/gsm8k (gsm8k_hub) or ucinlp/drop (drop_hub).",
+    )
+    hub_config: str = Field(
+        "main", description="source gsm8k_hub: the dataset config name (drop_hub has none)."
+    )
+    split: str | None = Field(
+        None,
+        description="source gsm8k_hub / drop_hub: the split to load; null = test (gsm8k_hub) "
+        "or validation (drop_hub).",
+    )
+    steps: list[int] = Field(
+        [1, 2],
+        description="source arith: the numbers of arithmetic operations per problem to draw "
+        "from (uniformly), a non-empty subset of [1, 2, 3].",
+    )
+
+    @field_validator("n")
+    @classmethod
+    def _n_positive(cls, v: int | None) -> int | None:
+        if v is not None and v < 0:
+            raise ValueError(f"n={v}: must be >= 0 (or null = all, for jsonl/gsm8k_hub)")
+        return v
+
+    @field_validator("steps")
+    @classmethod
+    def _steps_known(cls, v: list[int]) -> list[int]:
+        bad = [s for s in v if s not in (1, 2, 3)]
+        if not v or bad:
+            raise ValueError(f"steps={v}: use a non-empty subset of [1, 2, 3]")
+        return sorted(set(v))
+
+    @model_validator(mode="after")
+    def _source_needs(self) -> SourceConfig:
+        if self.source == "jsonl" and not self.path:
+            raise ValueError("source jsonl needs path: the local GSM8K-format .jsonl file")
+        if self.source == "drop_jsonl" and not self.path:
+            raise ValueError(
+                "source drop_jsonl needs path: the local simple-evals DROP file "
+                "(drop_v0_dev.jsonl or drop_v0_dev.jsonl.gz)"
+            )
+        if self.source in (*GENERATED, "drop_gen") and self.n is None:
+            raise ValueError(f"source {self.source} needs n (how many problems to generate)")
+        if self.source in _HUB_DEFAULTS:
+            hub_id, split = _HUB_DEFAULTS[self.source]
+            self.hub_id = self.hub_id or hub_id
+            self.split = self.split or split
+        return self
+
+    @property
+    def is_drop(self) -> bool:
+        """True for the DROP (reading comprehension, eval-only) sources."""
+        return self.source in DROP_SOURCES
+
+
+def _default_train() -> SourceConfig:
+    return SourceConfig(source="arith", n=1000, steps=[1, 2])
+
+
+def _default_eval() -> dict[str, SourceConfig]:
+    return {"arith": SourceConfig(source="arith", n=200, steps=[1, 2])}
+
+
+class DataConfig(BaseModel):
+    """The data step: unlabeled training pool, held-out eval sets, optional labeled seed set."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    train: SourceConfig = Field(
+        default_factory=_default_train,
+        description="The unlabeled training pool (its labels are kept apart, for analysis only).",
+    )
+    eval: dict[str, SourceConfig] = Field(
+        default_factory=_default_eval,
+        description="Held-out labeled evaluation sets by name (names: [a-z0-9_]+, not "
+        "'train' or 'seed'); disjoint from train and seed_set.",
+    )
+    seed_set: SourceConfig | None = Field(
+        None,
+        description="A small labeled warm-start set (e.g. few-shot exemplars or an SFT warm "
+        "start); null = no warm start.",
+    )
+
+    @field_validator("train", "seed_set")
+    @classmethod
+    def _not_drop(cls, v: SourceConfig | None) -> SourceConfig | None:
+        if v is not None and v.is_drop:
+            raise ValueError(
+                f"source {v.source} is a DROP reading-comprehension set, which is eval-only: "
+                "put it under data.eval; train and seed_set take a GSM8K-format source "
+                "(arith, gsm_symbolic, jsonl, gsm8k_hub)"
+            )
+        return v
+
+    @field_validator("eval")
+    @classmethod
+    def _eval_names(cls, v: dict[str, SourceConfig]) -> dict[str, SourceConfig]:
+        for name in v:
+            if not _NAME_RE.fullmatch(name):
+                raise ValueError(f"eval set name {name!r}: use only a-z, 0-9 and _")
+            if name in RESERVED_NAMES:
+                raise ValueError(f"eval set name {name!r} is reserved; pick another name")
+        return v

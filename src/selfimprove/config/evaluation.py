@@ -1,0 +1,85 @@
+"""``evaluate:`` and ``report:`` in params.yaml."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# ---------------------------------------------------------------------- evaluate
+
+Style = Literal["fewshot_cot", "fewshot_direct", "zeroshot_cot", "zeroshot_direct"]
+
+
+class EvaluateConfig(BaseModel):
+    """Held-out evaluation of every round (round 0 = the starting model)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sets: list[str] | None = Field(
+        None, description="Names of data.eval sets to evaluate; null = all of them."
+    )
+    styles: list[Style] = Field(
+        ["fewshot_cot", "zeroshot_cot"], description="Prompt styles scored greedily."
+    )
+    n_shots: int = Field(
+        4,
+        ge=0,
+        le=8,
+        description="Exemplars in few-shot styles (max 8); GSM8K-format sets only (DROP "
+        "prompts always use their 3 exemplars).",
+    )
+    max_new_tokens: int = Field(160, ge=1, description="Generation budget per answer.")
+    limit: int | None = Field(None, ge=1, description="Score only the first N of each set.")
+    sc_paths: int = Field(
+        8, ge=0, description="Self-consistency: paths sampled per question (0 = skip)."
+    )
+    sc_k: list[int] = Field([1, 8], description="Report maj@k for these k (each <= sc_paths).")
+    sc_style: Literal["fewshot_cot", "zeroshot_cot"] = Field(
+        "fewshot_cot", description="Prompt style for self-consistency sampling."
+    )
+    sc_limit: int | None = Field(
+        50, ge=1, description="Self-consistency on the first N questions of each set (cost)."
+    )
+    temperature: float = Field(0.7, gt=0, description="Sampling temperature for maj@k.")
+    refine_iterations: int = Field(
+        0,
+        ge=0,
+        description="Inference-time self-refinement: also score each CoT style after up to N "
+        "self-feedback/refine rewrites, as '<style>_refined' (0 = off), with the refine "
+        "section's prompts (n_shots, token budgets). It can also hurt (Huang et al. 2024): "
+        "both are logged.",
+    )
+    batch_size: int = Field(32, ge=1, description="Sequences decoded together.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Compute dtype (auto: bf16 where fast, else fp32)."
+    )
+
+    @model_validator(mode="after")
+    def _check_k(self) -> EvaluateConfig:
+        bad = [k for k in self.sc_k if k < 1 or k > max(self.sc_paths, 1)]
+        if self.sc_paths and bad:
+            raise ValueError(f"sc_k {bad} must be between 1 and sc_paths={self.sc_paths}")
+        return self
+
+
+# ---------------------------------------------------------------------- report
+
+class ReportConfig(BaseModel):
+    """The ``report`` stage (``report:`` in params.yaml)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    metric: str = Field(
+        "strict",
+        description="Per-style accuracy metric to plot: strict | flexible (DROP-format sets: "
+        "em | f1); a set without it falls back to strict, then em.",
+    )
+    agreement_bins: int = Field(
+        10, ge=1, le=100, description="Bins of the vote-agreement histogram over [0, 1]."
+    )
+    log_mlflow: bool = Field(
+        True,
+        description="Also log the report files to the pipeline's MLflow parent run "
+        "(artifact folder report/) when tracking.enabled.",
+    )

@@ -1,0 +1,87 @@
+"""``tracking:`` in params.yaml (MLflow)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# ---------------------------------------------------------------------- runs
+
+_FORBIDDEN_NAME_CHARS = "'\"`\\"
+
+
+class TrackingConfig(BaseModel):
+    """Where and what to log to MLflow (``tracking:`` in params.yaml)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="Log each round to MLflow; false skips tracking.")
+    experiment: str = Field(
+        "selfimprove", description="MLflow experiment name (created if missing)."
+    )
+    pipeline: str = Field(
+        "default",
+        description="Pipeline name: the parent run's name and its selfimprove.pipeline tag; "
+        "one parent run per name collects every round of this pipeline.",
+    )
+    log_model: Literal["adapter", "merged", "none"] = Field(
+        "adapter",
+        description="Model files to log per round: 'adapter' = the LoRA adapter folder plus a "
+        "base-model reference tag, 'merged' = the merged weights folder, 'none' = nothing.",
+    )
+    registered_model: str | None = Field(
+        "selfimprove-{pipeline}",
+        description="MLflow registered model that every round's logged model becomes a version "
+        "of (tag round=<r>); '{pipeline}' is replaced by the pipeline name; null = don't "
+        "register (and log_model's files are plain artifacts only).",
+    )
+    best_metric: str = Field(
+        "arith_1step.fewshot_cot.strict",
+        description="Flattened metrics key (as in `dvc metrics show`, e.g. "
+        "<eval set>.<style>.strict) whose highest value gets the registered model's alias "
+        "'best' (ties: the earlier round).",
+    )
+
+    @field_validator("experiment", "pipeline")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        if any(c in v for c in _FORBIDDEN_NAME_CHARS):
+            raise ValueError(f"{v!r} must not contain quotes, backticks or backslashes")
+        return v
+
+    @field_validator("registered_model")
+    @classmethod
+    def _model_name(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not v.strip():
+            raise ValueError("must not be empty; use null to disable registration")
+        bad = [c for c in "/:" + _FORBIDDEN_NAME_CHARS if c in v.replace("{pipeline}", "")]
+        if bad:
+            raise ValueError(f"{v!r} must not contain {''.join(bad)!r} (MLflow model names)")
+        return v
+
+    @model_validator(mode="after")
+    def _resolved_model_name(self) -> TrackingConfig:
+        name = self.registered_model_name()
+        if name is not None and any(c in name for c in "/:"):
+            raise ValueError(
+                f"registered_model: {name!r} (with pipeline {self.pipeline!r}) must not contain "
+                "'/' or ':'; rename the pipeline or set registered_model explicitly"
+            )
+        return self
+
+    def registered_model_name(self) -> str | None:
+        """The registered model's name with ``{pipeline}`` filled in (None: registry off).
+
+        >>> TrackingConfig(pipeline="exp1").registered_model_name()
+        'selfimprove-exp1'
+        >>> TrackingConfig(registered_model=None).registered_model_name() is None
+        True
+        """
+        if self.registered_model is None:
+            return None
+        return self.registered_model.replace("{pipeline}", self.pipeline)

@@ -1,0 +1,117 @@
+"""Analysis-only measures that use the training pool's labels (never fed back into training)."""
+
+from __future__ import annotations
+
+import math
+
+from selfimprove.core.answers import answers_match, gold_answer
+
+
+def majority_precision(rationales: list[dict], labels: dict[str, str]) -> dict:
+    """How often the self-consistency majority is right, over all and over selected questions.
+
+    >>> rats = [{"id": "a", "majority": "4", "selected": True},
+    ...         {"id": "b", "majority": "7", "selected": True},
+    ...         {"id": "c", "majority": "1", "selected": False}]
+    >>> majority_precision(rats, {"a": "#### 4", "b": "#### 8", "c": "#### 1"})
+    {'majority_accuracy': 0.6666666666666666, 'selected_precision': 0.5, 'n_labeled': 3}
+    """
+    scored = [(r, labels[r["id"]]) for r in rationales if r["id"] in labels]
+    right = [answers_match(r["majority"], gold_answer(g)) for r, g in scored]
+    sel = [ok for (r, _), ok in zip(scored, right, strict=True) if r["selected"]]
+    return {
+        "majority_accuracy": sum(right) / len(right) if right else 0.0,
+        "selected_precision": sum(sel) / len(sel) if sel else 0.0,
+        "n_labeled": len(scored),
+    }
+
+
+def flatten_metrics(d: dict, prefix: str = "") -> dict[str, float]:
+    """Numeric, finite leaves of nested metrics as one flat dict with dotted keys (what
+    `dvc metrics show` prints); lists and strings are skipped.
+
+    >>> flatten_metrics({"arith": {"fewshot_cot": {"strict": 0.5, "n": 10}}, "x": [1]})
+    {'arith.fewshot_cot.strict': 0.5, 'arith.fewshot_cot.n': 10.0}
+    """
+    out: dict[str, float] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out |= flatten_metrics(v, f"{key}.")
+        elif isinstance(v, bool | int | float) and math.isfinite(float(v)):
+            out[key] = float(v)
+    return out
+
+
+def verdict_precision(refined: list[dict], labels: dict[str, str]) -> dict:
+    """How good the model's own verdicts are, against the gold (analysis only, never training).
+
+    ``refined``: refine-stage records of method self/lmsi_self (``verdicts`` per path, one per
+    judged answer, and ``refined_answers``); records without verdicts are skipped, so an lmsi
+    round gives ``{}``. Initial verdicts judge the sampled answers, final verdicts the answers
+    after refinement. ``precision`` = share of "correct" verdicts on right answers, ``recall`` =
+    share of right answers judged "correct", ``accuracy`` = share of parsable verdicts that
+    match the gold; ``answer_accuracy`` / ``refined_accuracy`` = share of answers right before /
+    after refinement; ``fixed`` / ``broken`` count paths that refinement turned right / wrong.
+
+    >>> recs = [{"id": "a", "answers": ["4", "5", "4"], "refined_answers": ["4", "4", "4"],
+    ...          "verdicts": [[True], [False, True], [None]], "final_verdicts": [True, True, None]}]
+    >>> out = verdict_precision(recs, {"a": "#### 4"})
+    >>> out["initial_precision"], out["initial_recall"], out["n_unparsable"], out["fixed"]
+    (1.0, 1.0, 1, 1)
+    >>> out["final_precision"], out["refined_accuracy"]
+    (1.0, 1.0)
+    >>> verdict_precision([{"id": "a", "answers": ["4"]}], {"a": "4"})
+    {}
+    """
+    init_pairs: list[tuple[bool, bool]] = []  # (verdict, answer right)
+    final_pairs: list[tuple[bool, bool]] = []
+    unparsable = judged = fixed = broken = 0
+    right_before = right_after = 0
+    for rec in refined:
+        if "verdicts" not in rec or rec["id"] not in labels:
+            continue
+        gold = gold_answer(labels[rec["id"]])
+        for a0, a1, vs, fv in zip(
+            rec["answers"],
+            rec["refined_answers"],
+            rec["verdicts"],
+            rec["final_verdicts"],
+            strict=True,
+        ):
+            if not vs:
+                continue
+            judged += 1
+            ok0, ok1 = answers_match(a0, gold), answers_match(a1, gold)
+            right_before += ok0
+            right_after += ok1
+            fixed += (not ok0) and ok1
+            broken += ok0 and not ok1
+            unparsable += sum(v is None for v in vs)
+            if vs[0] is not None:
+                init_pairs.append((vs[0], ok0))
+            if fv is not None:
+                final_pairs.append((fv, ok1))
+    if not judged:
+        return {}
+
+    def rates(pairs: list[tuple[bool, bool]], prefix: str) -> dict:
+        said_yes = [ok for v, ok in pairs if v]
+        right = [v for v, ok in pairs if ok]
+        return {
+            f"{prefix}_n": len(pairs),
+            f"{prefix}_precision": sum(said_yes) / len(said_yes) if said_yes else 0.0,
+            f"{prefix}_recall": sum(right) / len(right) if right else 0.0,
+            f"{prefix}_accuracy": sum(v == ok for v, ok in pairs) / len(pairs) if pairs else 0.0,
+        }
+
+    return {
+        "n_judged": judged,
+        "n_unparsable": unparsable,
+        **rates(init_pairs, "initial"),
+        **rates(final_pairs, "final"),
+        "answer_accuracy": right_before / judged,
+        "refined_accuracy": right_after / judged,
+        "fixed": fixed,
+        "broken": broken,
+    }

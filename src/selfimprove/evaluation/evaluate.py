@@ -1,0 +1,389 @@
+"""The evaluate step: held-out accuracy of a round's model, greedy per prompt style and
+self-consistency maj@k, with per-example predictions.
+
+Two set formats, told apart by their records (:func:`set_format`):
+
+* GSM8K (``{"id", "question", "answer"}``): the number after "The answer is" (``strict``) and
+  the last number (``flexible``) against the gold ``#### N``; prompts from
+  :func:`selfimprove.core.prompts.build_prompt`, generation stops at
+  :data:`selfimprove.core.answers.STOP_SEQUENCES`.
+* DROP (``{"id", "passage", "question", "answers"}``): DROP EM and F1
+  (:func:`selfimprove.evaluation.metrics.drop.drop_em_f1`) of the answer read from the output by
+  :func:`selfimprove.evaluation.metrics.drop.extract_drop_answer`; prompts from
+  :func:`selfimprove.data.drop.drop_prompt` (same style names, its own 3 exemplars, so
+  ``n_shots`` does not apply), generation stops at
+  :data:`selfimprove.evaluation.metrics.drop.DROP_STOP_SEQUENCES` (never at "."). Self-consistency votes
+  over the extracted answers keyed by :func:`selfimprove.evaluation.metrics.drop.normalize_span` and
+  reports EM/F1 of the majority answer.
+
+Metrics come back as one nested dict; the stage writes it as the DVC metrics file and the track
+stage logs the very same dict (flattened with ".") to MLflow.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from selfimprove.config.evaluation import EvaluateConfig
+from selfimprove.core.answers import (
+    STOP_SEQUENCES,
+    answers_match,
+    extract_answer,
+    extract_flexible,
+    extract_strict,
+)
+from selfimprove.core.answers import gold_answer as _gold
+from selfimprove.core.io import InputError
+from selfimprove.core.voting import maj_at_k
+from selfimprove.evaluation.metrics.drop import (
+    DROP_STOP_SEQUENCES,
+    drop_em_f1,
+    extract_drop_answer,
+    normalize_span,
+)
+
+if TYPE_CHECKING:
+    from selfimprove.config.methods import RefineConfig
+
+
+def score_prediction(output: str, gold: str) -> dict:
+    """Strict and flexible scoring of one raw model output.
+
+    >>> score_prediction(" 3 + 4 = 7. The answer is 7.\\n\\nQ: next", "#### 7")
+    {'gold': '7', 'strict': '7', 'flexible': '7', 'correct_strict': True, 'correct_flexible': True}
+    """
+    g = _gold(gold)
+    strict, flexible = extract_strict(output), extract_flexible(output)
+    return {
+        "gold": g,
+        "strict": strict,
+        "flexible": flexible,
+        "correct_strict": answers_match(strict, g),
+        "correct_flexible": answers_match(flexible, g),
+    }
+
+
+def set_format(records: list[dict], name: str = "?") -> Literal["gsm", "drop"]:
+    """``"drop"`` when the records have ``passage`` and ``answers``, else ``"gsm"``.
+
+    Every record must have the keys of its set's format (``id``, ``question`` and ``answer``;
+    or ``id``, ``passage``, ``question`` and ``answers``), else :class:`InputError`.
+
+    >>> set_format([{"id": "a", "question": "1+1?", "answer": "#### 2"}])
+    'gsm'
+    >>> set_format([{"id": "d", "passage": "P", "question": "Q?", "answers": [["7"]]}])
+    'drop'
+    """
+    if not records:
+        return "gsm"
+    fmt: Literal["gsm", "drop"] = (
+        "drop" if "passage" in records[0] and "answers" in records[0] else "gsm"
+    )
+    need = (
+        ("id", "passage", "question", "answers") if fmt == "drop" else ("id", "question", "answer")
+    )
+    for i, r in enumerate(records):
+        missing = [k for k in need if k not in r]
+        if missing:
+            raise InputError(
+                f"eval set {name!r} record {i} (id {r.get('id', '?')!r}): missing key(s) "
+                f"{missing}; every record of a {fmt.upper()}-format set needs {list(need)} "
+                "(rerun the data stage)"
+            )
+    return fmt
+
+
+def score_drop_prediction(output: str, answers: list) -> dict:
+    """DROP EM/F1 of one raw model output against the gold alternatives.
+
+    >>> score_drop_prediction(" 42 - 25 = 17. So the answer is 17.\\n\\nPassage: x", [["17"]])
+    {'golds': [['17']], 'extracted': '17', 'em': 1.0, 'f1': 1.0}
+    """
+    extracted = extract_drop_answer(output)
+    em, f1 = drop_em_f1(extracted, answers)
+    return {"golds": answers, "extracted": extracted, "em": em, "f1": f1}
+
+
+def summarize_drop(preds: list[dict]) -> dict:
+    """Mean DROP EM and F1 and the no-answer rate (nothing extracted) of scored predictions.
+
+    >>> summarize_drop([{"em": 1.0, "f1": 1.0, "extracted": "7"},
+    ...                 {"em": 0.0, "f1": 0.5, "extracted": ""}])
+    {'n': 2, 'em': 0.5, 'f1': 0.75, 'no_answer': 0.5}
+    """
+    n = len(preds)
+    if not n:
+        return {"n": 0, "em": 0.0, "f1": 0.0, "no_answer": 0.0}
+    return {
+        "n": n,
+        "em": sum(p["em"] for p in preds) / n,
+        "f1": sum(p["f1"] for p in preds) / n,
+        "no_answer": sum(not p["extracted"] for p in preds) / n,
+    }
+
+
+def drop_majority(answers: list[str], k: int) -> str | None:
+    """maj@k over extracted DROP answers: votes are keyed by the normalized span; the winner is
+    returned as first written. Empty answers never win (None when all are empty).
+
+    >>> drop_majority(["the Bears", "Chicago", "Bears.", "Chicago"], 4)  # tie: first wins
+    'the Bears'
+    >>> drop_majority(["7", "7.0", "", "8"], 4), drop_majority(["", ""], 2)
+    ('7', None)
+    """
+    keys = [normalize_span(a) or None for a in answers]
+    key = maj_at_k(keys, k)
+    return None if key is None else answers[keys.index(key)]
+
+
+def drop_self_consistency(answers_per_q: list[list[str]], golds: list[list], ks: list[int]) -> dict:
+    """DROP maj@k EM/F1 for each k, and pass@m (best EM / F1 of any path: an upper bound).
+
+    >>> drop_self_consistency([["7", "8", "7"], ["Bears", "", "Lions"]],
+    ...                       [[["7"]], [["Lions"]]], [1, 3])  # doctest: +NORMALIZE_WHITESPACE
+    {'maj@1_em': 0.5, 'maj@1_f1': 0.5, 'maj@3_em': 0.5, 'maj@3_f1': 0.5,
+     'pass@3_em': 1.0, 'pass@3_f1': 1.0}
+    """
+    n = len(golds)
+    out: dict[str, float] = {}
+
+    def mean(xs: list[float]) -> float:
+        return sum(xs) / n if n else 0.0
+
+    for k in ks:
+        scores = [
+            drop_em_f1(maj, g) if (maj := drop_majority(a, k)) is not None else (0.0, 0.0)
+            for a, g in zip(answers_per_q, golds, strict=True)
+        ]
+        out[f"maj@{k}_em"] = mean([s[0] for s in scores])
+        out[f"maj@{k}_f1"] = mean([s[1] for s in scores])
+    m = max((len(a) for a in answers_per_q), default=0)
+    best = [
+        [max((drop_em_f1(x, g)[j] for x in a if x), default=0.0) for j in (0, 1)]
+        for a, g in zip(answers_per_q, golds, strict=True)
+    ]
+    out[f"pass@{m}_em"] = mean([b[0] for b in best])
+    out[f"pass@{m}_f1"] = mean([b[1] for b in best])
+    return out
+
+
+def summarize(preds: list[dict]) -> dict:
+    """Accuracy (strict, flexible) and the no-answer rate of scored predictions.
+
+    >>> summarize([{"correct_strict": True, "correct_flexible": True, "strict": "1"},
+    ...            {"correct_strict": False, "correct_flexible": True, "strict": None}])
+    {'n': 2, 'strict': 0.5, 'flexible': 1.0, 'no_answer': 0.5}
+    """
+    n = len(preds)
+    if not n:
+        return {"n": 0, "strict": 0.0, "flexible": 0.0, "no_answer": 0.0}
+    return {
+        "n": n,
+        "strict": sum(p["correct_strict"] for p in preds) / n,
+        "flexible": sum(p["correct_flexible"] for p in preds) / n,
+        "no_answer": sum(p["strict"] is None for p in preds) / n,
+    }
+
+
+def self_consistency(
+    answers_per_q: list[list[str | None]], golds: list[str], ks: list[int]
+) -> dict:
+    """maj@k for each k and pass@m (any path right: an upper bound) over questions.
+
+    >>> self_consistency([["2", "3", "2"], ["5", None, "4"]], ["2", "4"], [1, 3])
+    {'maj@1': 0.5, 'maj@3': 0.5, 'pass@3': 1.0}
+    """
+    n = len(golds)
+    out = {}
+    for k in ks:
+        out[f"maj@{k}"] = (
+            sum(answers_match(maj_at_k(a, k), g) for a, g in zip(answers_per_q, golds, strict=True))
+            / n
+            if n
+            else 0.0
+        )
+    m = max((len(a) for a in answers_per_q), default=0)
+    out[f"pass@{m}"] = (
+        sum(any(answers_match(x, g) for x in a) for a, g in zip(answers_per_q, golds, strict=True))
+        / n
+        if n
+        else 0.0
+    )
+    return out
+
+
+def evaluate(
+    model_dir: str | Path,
+    eval_sets: dict[str, list[dict]],
+    cfg: EvaluateConfig,
+    seed: int,
+    refine: RefineConfig | None = None,
+) -> tuple[dict, dict[str, list[dict]]]:
+    """Evaluate one model on every set; return (metrics, predictions by "<set>__<style>").
+
+    ``refine`` (the ``refine`` params section) gives inference-time self-refinement
+    (``cfg.refine_iterations`` > 0) the prompt format and token budgets the model was taught
+    (``n_shots``, ``feedback_max_new_tokens``, ``refine_max_new_tokens``, ``temperature``);
+    ``None`` = its defaults.
+
+    ``metrics[set][style]`` is ``{n, strict, flexible, no_answer}`` for a GSM8K-format set and
+    ``{n, em, f1, no_answer}`` for a DROP-format one; ``metrics[set]["sc"]`` holds maj@k
+    (accuracy, or ``maj@k_em``/``maj@k_f1`` for DROP) on the first ``sc_limit`` questions.
+    """
+    from selfimprove.sampling.factory import make_sampler
+
+    formats = {name: set_format(records, name) for name, records in eval_sets.items()}
+    sampler = make_sampler(model_dir, "transformers", cfg.dtype, cfg.batch_size)
+    metrics: dict = {}
+    predictions: dict[str, list[dict]] = {}
+    for name, records in eval_sets.items():
+        records = records[: cfg.limit] if cfg.limit else records
+        run = _evaluate_drop if formats[name] == "drop" else _evaluate_gsm
+        if run is _evaluate_gsm:
+            metrics[name] = run(sampler, name, records, cfg, seed, predictions, refine)
+        else:
+            metrics[name] = run(sampler, name, records, cfg, seed, predictions)
+    return metrics, predictions
+
+
+def _greedy(cfg: EvaluateConfig, seed: int, stop: tuple[str, ...]):
+    from selfimprove.sampling.base import SamplingParams
+
+    return SamplingParams(
+        n=1, temperature=0.0, max_new_tokens=cfg.max_new_tokens, stop=stop, seed=seed
+    )
+
+
+def _sampled(cfg: EvaluateConfig, seed: int, stop: tuple[str, ...]):
+    from selfimprove.sampling.base import SamplingParams
+
+    return SamplingParams(
+        n=cfg.sc_paths,
+        temperature=cfg.temperature,
+        max_new_tokens=cfg.max_new_tokens,
+        stop=stop,
+        seed=seed,
+    )
+
+
+def _evaluate_gsm(
+    sampler,
+    name: str,
+    records: list[dict],
+    cfg: EvaluateConfig,
+    seed: int,
+    predictions: dict,
+    refine: RefineConfig | None = None,
+) -> dict:
+    from selfimprove.core.prompts import build_prompt
+
+    metrics: dict = {}
+    for style in cfg.styles:
+        prefix = build_prompt("", style, cfg.n_shots)[0]
+        suffixes = [build_prompt(r["question"], style, cfg.n_shots)[1] for r in records]
+        outs = sampler.sample(
+            prefix, suffixes, _greedy(cfg, seed, STOP_SEQUENCES), desc=f"eval {name}/{style}"
+        )
+        preds = [
+            {
+                "id": r["id"],
+                "question": r["question"],
+                "output": o[0].text,
+                "finish": o[0].finish_reason,
+            }
+            | score_prediction(o[0].text, r["answer"])
+            for r, o in zip(records, outs, strict=True)
+        ]
+        predictions[f"{name}__{style}"] = preds
+        metrics[style] = summarize(preds)
+        if cfg.refine_iterations and style.endswith("_cot"):
+            from selfimprove.config.methods import RefineConfig
+            from selfimprove.methods.refine import refine_outputs
+
+            rcfg = (refine or RefineConfig()).model_copy(
+                update={"max_iterations": cfg.refine_iterations}
+            )
+            refined, rstats = refine_outputs(
+                sampler, [r["question"] for r in records], [p["output"] for p in preds], rcfg, seed
+            )
+            rpreds = [
+                {"id": r["id"], "question": r["question"], "output": o}
+                | score_prediction(o, r["answer"])
+                for r, o in zip(records, refined, strict=True)
+            ]
+            predictions[f"{name}__{style}_refined"] = rpreds
+            metrics[f"{style}_refined"] = summarize(rpreds) | {"refine": rstats}
+    if cfg.sc_paths:
+        sc_records = records[: cfg.sc_limit] if cfg.sc_limit else records
+        prefix = build_prompt("", cfg.sc_style, cfg.n_shots)[0]
+        suffixes = [build_prompt(r["question"], cfg.sc_style, cfg.n_shots)[1] for r in sc_records]
+        outs = sampler.sample(
+            prefix,
+            suffixes,
+            _sampled(cfg, seed, STOP_SEQUENCES),
+            desc=f"eval {name}/maj@{cfg.sc_paths}",
+        )
+        answers = [[extract_answer(c.text) for c in o] for o in outs]
+        golds = [_gold(r["answer"]) for r in sc_records]
+        metrics["sc"] = {"n": len(sc_records)} | self_consistency(answers, golds, cfg.sc_k)
+        predictions[f"{name}__sc"] = [
+            {"id": r["id"], "gold": g, "answers": a, "majority": maj_at_k(a, cfg.sc_paths)}
+            for r, g, a in zip(sc_records, golds, answers, strict=True)
+        ]
+    return metrics
+
+
+def _drop_prompts(records: list[dict], style: str) -> tuple[str, list[str]]:
+    """The shared prefix and the per-record suffixes of a DROP style (the prefix must not
+    depend on the record, so the sampler runs it once)."""
+    from selfimprove.data.drop import drop_prompt
+
+    pairs = [drop_prompt(r, style) for r in records]
+    prefixes = {p for p, _ in pairs}
+    if len(prefixes) > 1:
+        raise AssertionError(f"internal error: drop_prompt({style!r}) prefix depends on the record")
+    return (prefixes.pop() if prefixes else ""), [s for _, s in pairs]
+
+
+def _evaluate_drop(
+    sampler, name: str, records: list[dict], cfg: EvaluateConfig, seed: int, predictions: dict
+) -> dict:
+    stop = tuple(DROP_STOP_SEQUENCES)
+    metrics: dict = {}
+    for style in cfg.styles:
+        prefix, suffixes = _drop_prompts(records, style)
+        outs = sampler.sample(
+            prefix, suffixes, _greedy(cfg, seed, stop), desc=f"eval {name}/{style}"
+        )
+        preds = [
+            {
+                "id": r["id"],
+                "question": r["question"],
+                "output": o[0].text,
+                "finish": o[0].finish_reason,
+            }
+            | score_drop_prediction(o[0].text, r["answers"])
+            for r, o in zip(records, outs, strict=True)
+        ]
+        predictions[f"{name}__{style}"] = preds
+        metrics[style] = summarize_drop(preds)
+    if cfg.sc_paths:
+        sc_records = records[: cfg.sc_limit] if cfg.sc_limit else records
+        prefix, suffixes = _drop_prompts(sc_records, cfg.sc_style)
+        outs = sampler.sample(
+            prefix, suffixes, _sampled(cfg, seed, stop), desc=f"eval {name}/maj@{cfg.sc_paths}"
+        )
+        answers = [[extract_drop_answer(c.text) for c in o] for o in outs]
+        golds = [r["answers"] for r in sc_records]
+        metrics["sc"] = {"n": len(sc_records)} | drop_self_consistency(answers, golds, cfg.sc_k)
+        predictions[f"{name}__sc"] = [
+            {
+                "id": r["id"],
+                "golds": g,
+                "answers": a,
+                "majority": drop_majority(a, cfg.sc_paths),
+            }
+            for r, g, a in zip(sc_records, golds, answers, strict=True)
+        ]
+    return metrics

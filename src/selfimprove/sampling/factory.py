@@ -1,0 +1,35 @@
+"""The one place a sampling backend is chosen (``generate.backend`` in params.yaml)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from selfimprove.core.io import InputError
+
+
+def make_sampler(
+    model_dir: str | Path,
+    backend: str,
+    dtype: str,
+    batch_size: int,
+    lora_path: str | Path | None = None,
+):
+    """The sampler for ``backend`` (an ``if``, not a registry).
+
+    ``lora_path`` (vllm only) applies a LoRA adapter on top of ``model_dir``; the transformers
+    backend samples from merged round models.
+    """
+    if backend == "transformers":
+        from selfimprove.sampling.transformers_sampler import TransformersSampler
+
+        if lora_path is not None:
+            raise InputError(
+                f"lora_path={str(lora_path)!r}: the transformers backend samples from a merged "
+                "model folder; give that folder as the model, or use backend: vllm"
+            )
+        return TransformersSampler(model_dir, dtype=dtype, batch_size=batch_size)
+    if backend == "vllm":
+        from selfimprove.sampling.vllm_sampler import VLLMSampler
+
+        return VLLMSampler(model_dir, dtype=dtype, lora_path=lora_path)
+    raise InputError(f"unknown backend {backend!r}; use 'transformers' or 'vllm'")

@@ -1,0 +1,521 @@
+"""Fast batched sampling of many completions per prompt with a shared few-shot prefix.
+
+LMSI samples ``m`` chain-of-thought paths for every question, all behind the same few-shot
+prefix. :class:`TransformersSampler` avoids the waste of a naive
+``model.generate(num_return_sequences=m)`` per question:
+
+* the prefix is run through the model **once** per :meth:`TransformersSampler.sample` call; its
+  keys/values are kept as a single copy and attended to by every row through a custom attention
+  function ("cascade" attention: scores against the shared prefix and against the row's own tail
+  are merged in one softmax), so the prefix is neither recomputed nor copied per row;
+* each question's suffix (``"Q: ...\\nA:"``) is prefilled once and its cache is shared by its
+  ``n`` sample rows;
+* rows stop at the first stop string, at EOS or at ``max_new_tokens`` and leave the batch at once;
+  freed slots are refilled with the next (length-sorted) questions (continuous batching), so the
+  batch stays full and no compute is spent on padding rows.
+
+The cache of the active rows holds only their tails (suffix + generated tokens), right-aligned:
+``[pad ... pad | suffix | generated]``; pad columns are masked out. Every row carries its own
+position ids, so rows of different questions and ages share one batch.
+
+Reproducibility: every row (prompt ``i``, sample ``j``) draws its random numbers from its own
+``torch.Generator`` seeded from ``(params.seed, index_offset + i, j)``. The same seed, inputs,
+model, dtype and machine give identical outputs; changing ``batch_size`` (or the other prompts in
+the call) changes only the floating-point rounding of the logits, so outputs are the same up to
+rare near-tie flips. ``index_offset`` lets a caller that splits its prompts into shards keep the
+global index of each prompt in its seed (shard size or a resume then does not move the seeds).
+
+After each :meth:`TransformersSampler.sample` call, ``sampler.last_stats`` says where the time
+went: prefix prefill (once), suffix prefill (once per question), decode forward passes, and the
+rest (sampling, stop checks, cache bookkeeping).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from selfimprove.core.io import InputError
+from selfimprove.sampling.base import (
+    Completion,
+    SamplingParams,
+    bos_ids,
+    find_stop,
+    resolve_dtype,
+    row_seed,
+)
+
+_ATTN_NAME = "selfimprove_prefix"
+# where TransformersSampler.sample spends its time (see ``last_stats``)
+_TIMERS = ("prefix_prefill_s", "suffix_prefill_s", "decode_s")
+# Per-layer (keys, values) of the shared prefix, each [kv_heads, prefix_len, head_dim], or None.
+_ACTIVE_PREFIX: contextvars.ContextVar[list | None] = contextvars.ContextVar(
+    "selfimprove_active_prefix", default=None
+)
+
+
+def filter_logits(logits, temperature: float, top_k: int = 0, top_p: float = 1.0):
+    """Scale ``logits`` [rows, vocab] by 1/temperature and mask (-inf) tokens outside top-k/top-p.
+
+    Same order and semantics as transformers' warpers: temperature, then top-k, then top-p
+    (keep the smallest set of most likely tokens whose probability reaches ``top_p``).
+
+    >>> import torch
+    >>> x = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
+    >>> filter_logits(x, 1.0, top_k=2).isinf().tolist()
+    [[False, False, True, True]]
+    >>> filter_logits(x, 1.0, top_p=0.6).isinf().tolist()
+    [[False, True, True, True]]
+    """
+    import torch
+
+    logits = logits.float() / temperature
+    vocab = logits.shape[-1]
+    if 0 < top_k < vocab:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        # drop a token when the tokens before it already reach top_p (always keep the first)
+        drop_sorted = (cum - sorted_logits.softmax(-1)) >= top_p
+        drop_sorted[..., 0] = False
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def sample_tokens(logits, generators: list, params: SamplingParams):
+    """Next token per row: argmax if greedy, else one draw per row from that row's generator.
+
+    Sampling inverts the CDF with one uniform number per row, so a row's draw depends only on
+    its own generator (not on the other rows of the batch).
+
+    >>> import torch
+    >>> x = torch.tensor([[0.0, 5.0, 1.0]])
+    >>> sample_tokens(x, [None], SamplingParams()).tolist()
+    [1]
+    >>> g = [torch.Generator().manual_seed(0)]
+    >>> sample_tokens(x, g, SamplingParams(temperature=1.0, top_k=1)).tolist()
+    [1]
+    """
+    import torch
+
+    if params.temperature == 0:
+        return logits.argmax(-1)
+    probs = filter_logits(logits, params.temperature, params.top_k, params.top_p).softmax(-1)
+    cdf = probs.cumsum(-1)
+    u = torch.stack([torch.rand((), generator=g) for g in generators]).to(cdf.device)
+    # side="right": the first index whose cdf exceeds u * total; never a zero-probability token
+    idx = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1), right=True).squeeze(-1)
+    return idx.clamp_(max=cdf.shape[-1] - 1)
+
+
+def _prefix_attention(
+    module: Any,
+    query: Any,
+    key: Any,
+    value: Any,
+    attention_mask: Any,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[Any, None]:
+    """Attention over [shared prefix (one copy) ; this row's tail], with an explicit bool mask.
+
+    query [B, Hq, q, D]; key/value [B, Hkv, T, D] (the rows' tails); attention_mask
+    [B, 1, q, T] bool (True = attend) for the tail part; the prefix is visible to every query.
+    Returns [B, q, Hq, D] like the other transformers attention functions.
+    """
+    import torch
+
+    b, hq, q, d = query.shape
+    hkv, t = key.shape[1], key.shape[2]
+    rep = hq // hkv
+    scale = scaling if scaling is not None else d**-0.5
+    qg = (query * scale).reshape(b, hkv, rep * q, d)  # query heads are grouped per kv head
+    s_tail = torch.matmul(qg, key.transpose(-1, -2))  # [B, Hkv, rep*q, T]
+    if attention_mask is not None:
+        neg = torch.finfo(s_tail.dtype).min
+        s_tail = (
+            s_tail.view(b, hkv, rep, q, t)
+            .masked_fill(~attention_mask.unsqueeze(2), neg)
+            .view(b, hkv, rep * q, t)
+        )
+    prefix = _ACTIVE_PREFIX.get()
+    if prefix is None:
+        probs = s_tail.float().softmax(-1).to(value.dtype)
+        out = torch.matmul(probs, value)
+    else:
+        pk, pv = prefix[module.layer_idx]  # [Hkv, P, D]
+        p = pk.shape[1]
+        qp = qg.transpose(0, 1).reshape(hkv, b * rep * q, d)
+        s_pre = torch.matmul(qp, pk.transpose(-1, -2)).view(hkv, b, rep * q, p).transpose(0, 1)
+        probs = torch.cat([s_pre, s_tail], dim=-1).float().softmax(-1).to(value.dtype)
+        w_pre, w_tail = probs.split([p, t], dim=-1)
+        out_pre = torch.matmul(w_pre.transpose(0, 1).reshape(hkv, b * rep * q, p), pv)
+        out = out_pre.view(hkv, b, rep * q, d).transpose(0, 1) + torch.matmul(w_tail, value)
+    return out.reshape(b, hq, q, d).transpose(1, 2).contiguous(), None
+
+
+def _register_attention() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(_ATTN_NAME, _prefix_attention)
+
+
+class TransformersSampler:
+    """Sample ``n`` completions of ``prefix + prompt`` for many prompts with a transformers model.
+
+    The model input for a prompt is ``ids(prefix) + ids(prompt)``: both are tokenized without
+    special tokens, and the tokenizer's BOS is put in front of the prefix only when the tokenizer
+    adds one by default (e.g. Llama-2); see :meth:`input_ids`.
+    """
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        dtype: str = "auto",
+        batch_size: int = 32,
+        device: str | None = None,
+    ):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model_dir = Path(model_dir)
+        if not (model_dir / "config.json").exists():
+            raise InputError(
+                f"{model_dir}: no config.json, not a model folder; check the path "
+                "(or run the stage that downloads/converts the base model)"
+            )
+        if batch_size < 1:
+            raise InputError(f"batch_size={batch_size} must be >= 1")
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.batch_size = batch_size
+        _register_attention()
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.model = AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=self.dtype, attn_implementation=_ATTN_NAME
+        ).to(self.device)
+        self.model.eval()
+        self.model_dir = model_dir
+
+        eos: set[int] = set()
+        for source in (self.model.generation_config.eos_token_id, self.tokenizer.eos_token_id):
+            if isinstance(source, int):
+                eos.add(source)
+            elif source is not None:
+                eos.update(int(x) for x in source)
+        self.eos_ids = eos
+        tok = self.tokenizer
+        self._bos = bos_ids(tok)
+        self.last_stats: dict = {}
+        self._pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+        self.max_positions = getattr(self.model.config, "max_position_embeddings", None)
+
+    # ------------------------------------------------------------------ tokenization
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False).input_ids if text else []
+
+    def input_ids(self, prefix: str, prompt: str) -> list[int]:
+        """The exact token ids the model is conditioned on for ``prefix + prompt``."""
+        return self._bos + self._encode(prefix) + self._encode(prompt)
+
+    # ------------------------------------------------------------------ model calls
+    def _new_cache(self):
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        if any(cache.is_sliding) or any(getattr(cache, "is_linear", [])):
+            raise InputError(
+                f"{self.model_dir}: the model has sliding-window or linear-attention layers; "
+                "TransformersSampler supports full-attention decoder models (Llama, Qwen2, ...)"
+            )
+        return cache
+
+    def _forward(self, ids, positions, mask, cache, prefix_kv):
+        token = _ACTIVE_PREFIX.set(prefix_kv)
+        try:
+            out = self.model(
+                input_ids=ids,
+                position_ids=positions,
+                attention_mask=mask,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        finally:
+            _ACTIVE_PREFIX.reset(token)
+        return out.logits[:, -1, :].float()
+
+    def _prefix_kv(self, ids: list[int]):
+        """Run the prefix once; return per-layer (keys, values) [Hkv, P, D], or None if empty."""
+        import torch
+
+        if not ids:
+            return None
+        n = len(ids)
+        x = torch.tensor([ids], device=self.device)
+        pos = torch.arange(n, device=self.device).unsqueeze(0)
+        mask = torch.ones(n, n, dtype=torch.bool, device=self.device).tril().view(1, 1, n, n)
+        cache = self._new_cache()
+        self._forward(x, pos, mask, cache, None)
+        return [(layer.keys[0], layer.values[0]) for layer in cache.layers]
+
+    def _prefill(self, suffixes: list[list[int]], start: int, prefix_kv):
+        """Prefill left-padded suffixes after the prefix -> (cache, valid, next_pos, logits)."""
+        import torch
+
+        dev = self.device
+        k = len(suffixes)
+        width = max(len(s) for s in suffixes)
+        ids = torch.full((k, width), self._pad_id, dtype=torch.long)
+        valid = torch.zeros(k, width, dtype=torch.bool)
+        pos = torch.full((k, width), start, dtype=torch.long)
+        for i, s in enumerate(suffixes):
+            ids[i, width - len(s) :] = torch.tensor(s)
+            valid[i, width - len(s) :] = True
+            pos[i, width - len(s) :] = torch.arange(start, start + len(s))
+        ids, valid, pos = ids.to(dev), valid.to(dev), pos.to(dev)
+        causal = torch.ones(width, width, dtype=torch.bool, device=dev).tril()
+        eye = torch.eye(width, dtype=torch.bool, device=dev)
+        # pad queries see themselves only (keeps their unused states finite)
+        mask = (causal.unsqueeze(0) & valid.unsqueeze(1)) | eye.unsqueeze(0)
+        cache = self._new_cache()
+        logits = self._forward(ids, pos, mask.unsqueeze(1), cache, prefix_kv)
+        next_pos = torch.tensor([start + len(s) for s in suffixes], device=dev)
+        return cache, valid, next_pos, logits
+
+    # ------------------------------------------------------------------ sampling
+    def sample(
+        self,
+        prefix: str,
+        prompts: list[str],
+        params: SamplingParams,
+        desc: str = "sampling",
+        index_offset: int = 0,
+    ) -> list[list[Completion]]:
+        """For each prompt, ``params.n`` completions of ``prefix + prompt`` (in prompt order).
+
+        Prompt ``i`` samples with the seeds of global index ``index_offset + i``: sampling
+        prompts ``[k:]`` with ``index_offset=k`` gives the completions of sampling all prompts
+        (up to rounding flips from the different batch mix), so callers can work in shards.
+        """
+        self.last_stats = {}
+        if not prompts:
+            return []
+        import torch
+        from tqdm import tqdm
+
+        if not isinstance(params, SamplingParams):
+            raise InputError(f"params must be a SamplingParams, got {type(params).__name__}")
+        if index_offset < 0:
+            raise InputError(f"index_offset={index_offset} must be >= 0")
+        t_start = time.perf_counter()
+        timers = dict.fromkeys(_TIMERS, 0.0)
+        with torch.inference_mode():
+            prefix_ids = self._bos + self._encode(prefix)
+            # keep the last prefix token out of the shared cache: every suffix then has >= 1
+            # token (an empty prompt works) and its first logits come from the suffix prefill
+            shared, carry = prefix_ids[:-1], prefix_ids[-1:]
+            suffixes = []
+            for i, p in enumerate(prompts):
+                s = carry + self._encode(p)
+                if not s:
+                    raise InputError(
+                        f"prompt {i} is empty and so is the prefix: nothing to condition on; "
+                        "give a prefix or a non-empty prompt"
+                    )
+                suffixes.append(s)
+            longest = len(shared) + max(len(s) for s in suffixes) + params.max_new_tokens
+            if self.max_positions and longest > self.max_positions:
+                raise InputError(
+                    f"prefix + longest prompt + max_new_tokens = {longest} tokens exceeds the "
+                    f"model's max_position_embeddings={self.max_positions}; shorten the few-shot "
+                    "prefix or lower max_new_tokens"
+                )
+            t = time.perf_counter()
+            prefix_kv = self._prefix_kv(shared)
+            self._sync()
+            timers["prefix_prefill_s"] = time.perf_counter() - t
+            bar = tqdm(total=len(prompts), desc=desc, unit="q", file=sys.stderr, mininterval=1.0)
+            try:
+                results, counts = self._run(
+                    suffixes, len(shared), prefix_kv, params, bar, index_offset, timers
+                )
+            finally:
+                bar.close()
+        wall = time.perf_counter() - t_start
+        timers["other_s"] = max(0.0, wall - sum(timers.values()))
+        self.last_stats = {
+            "prompts": len(prompts),
+            "rows": len(prompts) * params.n,
+            "prefix_tokens": len(shared),
+            "suffix_tokens": sum(len(s) for s in suffixes),
+            **counts,
+            **{k: round(v, 4) for k, v in timers.items()},
+            "wall_s": round(wall, 4),
+        }
+        return results
+
+    def _sync(self) -> None:
+        """Wait for queued GPU work, so the timers measure it (a no-op on CPU)."""
+        if self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.synchronize()
+
+    def _run(self, suffixes, start, prefix_kv, params: SamplingParams, bar, offset, timers):
+        import torch
+
+        n, bs = params.n, self.batch_size
+        decode_steps = decode_rows = prefills = 0
+        # work units: (prompt index, sample indices); a prompt is split only if n > batch_size
+        order = sorted(range(len(suffixes)), key=lambda i: (len(suffixes[i]), i))
+        units = [(qi, list(range(j, min(j + bs, n)))) for qi in order for j in range(0, n, bs)]
+        units.reverse()  # pop() from the end = shortest first
+        results: list[list[Completion | None]] = [[None] * n for _ in suffixes]
+        left = [n] * len(suffixes)
+
+        # active rows (python side, aligned with the batch dimension)
+        rows_q: list[int] = []
+        rows_s: list[int] = []
+        rows_gen: list[list[int]] = []
+        rows_rng: list = []
+        cache = None
+        valid = pos = logits = None
+        generated = 0
+        t0 = time.perf_counter()
+
+        while units or rows_q:
+            # 1. admit new work while it fits in the batch
+            admit = []
+            while units and len(rows_q) + sum(len(u[1]) for u in admit) + len(units[-1][1]) <= bs:
+                admit.append(units.pop())
+            if admit:
+                t = time.perf_counter()
+                prefills += 1
+                qs = sorted({u[0] for u in admit})
+                where = {q: i for i, q in enumerate(qs)}
+                c_new, v_new, p_new, l_new = self._prefill(
+                    [suffixes[q] for q in qs], start, prefix_kv
+                )
+                pick = [where[q] for q, samples in admit for _ in samples]
+                idx = torch.tensor(pick, device=self.device)
+                c_new.batch_select_indices(idx)
+                v_new, p_new, l_new = v_new[idx], p_new[idx], l_new[idx]
+                for q, samples in admit:
+                    for s in samples:
+                        rows_q.append(q)
+                        rows_s.append(s)
+                        rows_gen.append([])
+                        g = torch.Generator().manual_seed(row_seed(params.seed, offset + q, s))
+                        rows_rng.append(g)
+                if cache is None:
+                    cache, valid, pos, logits = c_new, v_new, p_new, l_new
+                else:
+                    cache, valid = _merge(cache, valid, c_new, v_new)
+                    pos = torch.cat([pos, p_new])
+                    logits = torch.cat([logits, l_new])
+                self._sync()
+                timers["suffix_prefill_s"] += time.perf_counter() - t
+
+            # 2. sample one token per active row
+            tokens = sample_tokens(logits, rows_rng, params).tolist()
+            keep = []
+            for r, tok in enumerate(tokens):
+                gen = rows_gen[r]
+                gen.append(tok)
+                generated += 1
+                done = None
+                if tok in self.eos_ids:  # the text before it was checked for stops already
+                    text = self.tokenizer.decode(gen[:-1], skip_special_tokens=True)
+                    done = Completion(text, len(gen), "eos")
+                elif params.stop or len(gen) >= params.max_new_tokens:
+                    text = self.tokenizer.decode(gen, skip_special_tokens=True)
+                    cut = find_stop(text, params.stop)
+                    if cut is not None:
+                        done = Completion(text[:cut], len(gen), "stop")
+                    elif len(gen) >= params.max_new_tokens:
+                        done = Completion(text, len(gen), "length")
+                if done is None:
+                    keep.append(r)
+                    continue
+                q = rows_q[r]
+                results[q][rows_s[r]] = done
+                left[q] -= 1
+                if left[q] == 0:
+                    bar.update(1)
+                    elapsed = max(time.perf_counter() - t0, 1e-9)
+                    bar.set_postfix(tok_s=f"{generated / elapsed:.1f}", refresh=False)
+
+            # 3. drop finished rows, then run one decode step for the rest
+            if len(keep) < len(tokens):
+                rows_q = [rows_q[r] for r in keep]
+                rows_s = [rows_s[r] for r in keep]
+                rows_gen = [rows_gen[r] for r in keep]
+                rows_rng = [rows_rng[r] for r in keep]
+                if not keep:
+                    cache = valid = pos = logits = None
+                    continue
+                idx = torch.tensor(keep, device=self.device)
+                cache.batch_select_indices(idx)
+                valid, pos = valid[idx], pos[idx]
+                cache, valid = _trim(cache, valid)
+                tokens = [tokens[r] for r in keep]
+            x = torch.tensor(tokens, device=self.device).unsqueeze(1)
+            valid = torch.cat([valid, valid.new_ones(len(keep), 1)], dim=1)
+            mask = valid.view(len(keep), 1, 1, -1)
+            t = time.perf_counter()
+            logits = self._forward(x, pos.unsqueeze(1), mask, cache, prefix_kv)
+            self._sync()
+            timers["decode_s"] += time.perf_counter() - t
+            decode_steps += 1
+            decode_rows += len(keep)
+            pos = pos + 1
+        counts = {
+            "generated_tokens": generated,
+            "suffix_prefill_calls": prefills,
+            "decode_steps": decode_steps,
+            "mean_decode_batch": round(decode_rows / decode_steps, 2) if decode_steps else 0.0,
+        }
+        return results, counts
+
+
+def _merge(cache_a, valid_a, cache_b, valid_b):
+    """Stack two tail caches along the batch, left-padding the shorter one (masked columns)."""
+    import torch
+
+    ta, tb = valid_a.shape[1], valid_b.shape[1]
+    if ta < tb:
+        cache_a, valid_a = _left_pad(cache_a, valid_a, tb - ta)
+    elif tb < ta:
+        cache_b, valid_b = _left_pad(cache_b, valid_b, ta - tb)
+    for la, lb in zip(cache_a.layers, cache_b.layers, strict=True):
+        la.keys = torch.cat([la.keys, lb.keys])
+        la.values = torch.cat([la.values, lb.values])
+    return cache_a, torch.cat([valid_a, valid_b])
+
+
+def _left_pad(cache, valid, cols: int):
+    import torch.nn.functional as F
+
+    for layer in cache.layers:
+        layer.keys = F.pad(layer.keys, (0, 0, cols, 0))
+        layer.values = F.pad(layer.values, (0, 0, cols, 0))
+    return cache, F.pad(valid, (cols, 0), value=False)
+
+
+def _trim(cache, valid):
+    """Drop leading tail columns that are padding in every remaining row."""
+    first = int(valid.any(0).int().argmax())
+    if first > 0:
+        for layer in cache.layers:
+            layer.keys = layer.keys[:, :, first:]
+            layer.values = layer.values[:, :, first:]
+        valid = valid[:, first:]
+    return cache, valid

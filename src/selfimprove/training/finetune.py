@@ -1,0 +1,568 @@
+"""Fine-tuning step: LoRA (peft) or full fine-tuning of a causal LM on (prompt, completion) pairs.
+
+Training runs through transformers' ``Trainer`` (accelerate underneath) with a collator written
+here: prompt and completion are tokenized separately and their ids concatenated (as the sampler
+does), EOS is appended to the completion, only completion tokens carry a loss (prompt and padding
+are labelled -100), and over-long examples lose tokens from the *left of the prompt*, never from
+the completion.
+
+The output folder is a complete Hugging Face model folder (merged float32 weights, config,
+tokenizer, generation config) plus ``adapter/`` (the peft adapter, LoRA only),
+``train_log.jsonl`` (one record per logging step) and ``finetune_info.json``. It is written
+atomically, so a killed run leaves no half-written model behind.
+
+Resumable: with a ``ckpt_dir`` (the stage uses ``data/rounds/<r>/model.ckpt/``, not a DVC
+output) the Trainer checkpoints every ``save_steps`` optimizer steps; a rerun whose settings
+(config, seed, start model, tokenized examples, number of processes) match ``settings.json``
+there resumes from the last complete checkpoint, and the folder is removed after success.
+
+Multi-process: run under ``accelerate launch`` (DDP; FSDP/DeepSpeed through an accelerate
+config). Every process trains on its slice of each global batch; only the main process (rank 0)
+writes the model folder, the logs and removes the checkpoints.
+"""
+
+from __future__ import annotations
+
+import errno
+import gc
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from selfimprove.config.training import FinetuneConfig, LoraSection
+from selfimprove.core.io import InputError, atomic_path, write_json, write_jsonl
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+CKPT_SETTINGS = "settings.json"
+CKPT_COMPLETE = "selfimprove_complete.json"
+
+
+class DiskFullError(InputError):
+    """The disk filled up while saving; nothing was replaced."""
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def build_example(
+    prompt_ids: list[int],
+    completion_ids: list[int],
+    eos_id: int,
+    max_length: int,
+    bos_id: int | None = None,
+) -> tuple[dict[str, list[int]] | None, bool]:
+    """Concatenate prompt + completion + EOS; labels are -100 on the prompt.
+
+    Too long: drop tokens from the left of the prompt (keeping a leading ``bos_id``). If the
+    completion + EOS alone leave no room for one prompt token, return ``None`` (drop it).
+    Returns ``(example or None, truncated)``.
+
+    >>> ex, cut = build_example([1, 2, 3], [7, 8], eos_id=0, max_length=5)
+    >>> ex["input_ids"], ex["labels"], cut
+    ([2, 3, 7, 8, 0], [-100, -100, 7, 8, 0], True)
+    >>> build_example([1, 2], [7, 8, 9], eos_id=0, max_length=4)
+    (None, True)
+    """
+    completion = list(completion_ids) + [eos_id]
+    prompt = list(prompt_ids)
+    budget = max_length - len(completion)
+    keep_bos = bos_id is not None and len(prompt) > 0 and prompt[0] == bos_id
+    if budget < 1 + int(keep_bos):
+        return None, True
+    truncated = len(prompt) > budget
+    if truncated:
+        prompt = prompt[:1] + prompt[len(prompt) - budget + 1 :] if keep_bos else prompt[-budget:]
+    return {
+        "input_ids": prompt + completion,
+        "labels": [IGNORE_INDEX] * len(prompt) + completion,
+    }, truncated
+
+
+def encode_examples(
+    tokenizer, examples: list[dict], max_length: int
+) -> tuple[list[dict[str, list[int]]], int, int]:
+    """Tokenize (prompt, completion) pairs; return ``(features, n_truncated, n_dropped)``.
+
+    The prompt is tokenized as the sampler does (with the tokenizer's special tokens, e.g. a
+    BOS), the completion without special tokens, and the ids concatenated.
+    """
+    eos_id = tokenizer.eos_token_id
+    if eos_id is None:
+        raise InputError("tokenizer has no eos_token; set eos_token in the model's tokenizer files")
+    bos_id = tokenizer.bos_token_id if tokenizer.bos_token_id != eos_id else None
+    for i, ex in enumerate(examples):
+        if not isinstance(ex, dict):
+            raise InputError(f"examples[{i}]: expected a dict, got {type(ex).__name__}")
+        for key in ("prompt", "completion"):
+            if not isinstance(ex.get(key), str):
+                raise InputError(
+                    f"examples[{i}]: key {key!r} must be a string, got {ex.get(key)!r:.60} "
+                    f"(has: {', '.join(ex) or 'none'}); each example needs 'prompt' and "
+                    "'completion' strings"
+                )
+    if not examples:
+        return [], 0, 0
+    prompts = tokenizer([ex["prompt"] for ex in examples])["input_ids"]
+    completions = tokenizer([ex["completion"] for ex in examples], add_special_tokens=False)[
+        "input_ids"
+    ]
+    features, n_truncated, n_dropped = [], 0, 0
+    for p, c in zip(prompts, completions, strict=True):
+        feat, cut = build_example(p, c, eos_id, max_length, bos_id)
+        n_truncated += int(cut and feat is not None)
+        if feat is None:
+            n_dropped += 1
+        else:
+            features.append(feat)
+    return features, n_truncated, n_dropped
+
+
+class CompletionCollator:
+    """Pad a list of ``{"input_ids", "labels"}`` features on the right, per batch.
+
+    Padding gets ``pad_id`` in ``input_ids``, -100 in ``labels`` and 0 in ``attention_mask``.
+    ``pad_fraction`` is the share of padding among all token slots collated so far (what
+    ``group_by_length`` saves).
+
+    >>> c = CompletionCollator(pad_id=0)
+    >>> batch = c([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]},
+    ...            {"input_ids": [5], "labels": [5]}])
+    >>> batch["attention_mask"].tolist()
+    [[1, 1, 1], [1, 0, 0]]
+    >>> round(c.pad_fraction, 3)
+    0.333
+    """
+
+    def __init__(self, pad_id: int, pad_to_multiple_of: int = 1) -> None:
+        self.pad_id = pad_id
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.n_real = 0
+        self.n_slots = 0
+
+    @property
+    def pad_fraction(self) -> float:
+        return 1.0 - self.n_real / self.n_slots if self.n_slots else 0.0
+
+    def __call__(self, features: list[dict]) -> dict:
+        import torch
+
+        m = self.pad_to_multiple_of
+        width = max(len(f["input_ids"]) for f in features)
+        width = -(-width // m) * m
+        ids = torch.full((len(features), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(features), width), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(features), width), dtype=torch.long)
+        for row, f in enumerate(features):
+            n = len(f["input_ids"])
+            ids[row, :n] = torch.tensor(f["input_ids"], dtype=torch.long)
+            labels[row, :n] = torch.tensor(f["labels"], dtype=torch.long)
+            mask[row, :n] = 1
+        self.n_real += sum(len(f["input_ids"]) for f in features)
+        self.n_slots += len(features) * width
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def _load_model(model_dir: Path, dtype):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+
+
+def _save_model_folder(model, tokenizer, out: Path) -> None:
+    """Save float32 weights (safetensors), config, generation config and tokenizer."""
+    import torch
+
+    model = model.to(torch.float32)
+    model.config.use_cache = True
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def _wrap_lora(model, lora: LoraSection):
+    from peft import LoraConfig, get_peft_model
+
+    peft_cfg = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    try:
+        return get_peft_model(model, peft_cfg, autocast_adapter_dtype=True)
+    except ValueError as e:
+        import torch
+
+        linear = sorted(
+            {
+                n.rsplit(".", 1)[-1]
+                for n, m in model.named_modules()
+                if isinstance(m, torch.nn.Linear)
+            }
+        )
+        raise InputError(
+            f"finetune.lora.target_modules={lora.target_modules}: {e}. "
+            f"Linear layers in this model: {', '.join(linear)}"
+        ) from None
+
+
+def _log_last_step_callback():
+    """A Trainer callback that also logs at the final optimizer step (for ``final_loss``)."""
+    from transformers import TrainerCallback
+
+    class LogLastStep(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step >= state.max_steps:
+                control.should_log = True
+            return control
+
+    return LogLastStep()
+
+
+def is_main_process() -> bool:
+    """True unless this is a non-zero rank of a distributed launch (``RANK`` set by it)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def world_size() -> int:
+    """Processes of the launch (``WORLD_SIZE``; 1 without a launcher)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _complete_marker_callback():
+    """A Trainer callback marking each checkpoint folder complete once it is fully saved."""
+    from transformers import TrainerCallback
+
+    class MarkComplete(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                if folder.is_dir():
+                    write_json(folder / CKPT_COMPLETE, {"step": state.global_step})
+            return control
+
+    return MarkComplete()
+
+
+def last_complete_checkpoint(ckpt_dir: Path) -> Path | None:
+    """The ``checkpoint-<step>`` folder with the highest step that was saved completely.
+
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> for step in (2, 4):
+    ...     (d / f"checkpoint-{step}").mkdir()
+    >>> _ = (d / "checkpoint-2" / CKPT_COMPLETE).write_text("{}")
+    >>> last_complete_checkpoint(d).name  # checkpoint-4 was being written when killed
+    'checkpoint-2'
+    """
+    found = []
+    for p in Path(ckpt_dir).glob("checkpoint-*"):
+        step = p.name.removeprefix("checkpoint-")
+        if step.isdigit() and (p / CKPT_COMPLETE).is_file():
+            found.append((int(step), p))
+    return max(found)[1] if found else None
+
+
+def _resume_settings(model_dir: Path, features: list, cfg: FinetuneConfig, seed: int) -> dict:
+    """What must match for a checkpoint to be resumed."""
+    from selfimprove.methods.generate import model_fingerprint
+
+    digest = hashlib.sha256(json.dumps(features, separators=(",", ":")).encode()).hexdigest()
+    return {
+        "config": cfg.model_dump(mode="json"),
+        "seed": seed,
+        "model": model_fingerprint(model_dir),
+        "features_sha256": digest,
+        "world_size": world_size(),
+    }
+
+
+def _prepare_resume(ckpt_dir: Path, settings: dict) -> Path | None:
+    """The checkpoint to resume from (or None), after clearing stale state (main process)."""
+    path = ckpt_dir / CKPT_SETTINGS
+    try:
+        found = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        found = None
+    if found == settings:
+        resume = last_complete_checkpoint(ckpt_dir)
+        if resume is not None:
+            log.info("finetune: resuming from %s", resume)
+            return resume
+    elif found is not None and is_main_process():
+        differ = (
+            [k for k in settings if found.get(k) != settings[k]] if isinstance(found, dict) else []
+        )
+        log.warning(
+            "finetune: %s is from other settings (%s); starting over",
+            ckpt_dir,
+            ", ".join(differ) or "unreadable",
+        )
+    if is_main_process():
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        write_json(path, settings)
+    return None
+
+
+def _step_weighted_mean(records: list[dict]) -> float:
+    """Mean loss per optimizer step from logging-window means (windows weighted by length).
+
+    >>> _step_weighted_mean([{"step": 2, "loss": 1.0}, {"step": 3, "loss": 4.0}])
+    2.0
+    """
+    total, prev = 0.0, 0
+    for r in records:
+        total += r["loss"] * (r["step"] - prev)
+        prev = r["step"]
+    return total / prev
+
+
+def _disk_full(e: OSError, out_dir: Path) -> DiskFullError:
+    return DiskFullError(
+        f"{out_dir}: disk full while saving the fine-tuned model ({e.strerror or e}); nothing was "
+        f"replaced: {out_dir} still holds its previous contents (if any) and the partial copy "
+        "was removed. Free disk space and rerun (training resumes from its last checkpoint)"
+    )
+
+
+def finetune(
+    model_dir: Path,
+    examples: list[dict],
+    out_dir: Path,
+    cfg: FinetuneConfig,
+    seed: int,
+    ckpt_dir: Path | None = None,
+    save_steps: int = 50,
+    callbacks: list | None = None,
+) -> dict:
+    """Fine-tune the model in ``model_dir`` on ``examples`` and write the result to ``out_dir``.
+
+    ``examples`` are dicts with ``prompt`` and ``completion`` strings (other keys are ignored).
+    Returns (and writes to ``out_dir/finetune_info.json``): n_examples, n_truncated, n_dropped,
+    steps, train_loss (mean over all steps), final_loss (mean over the last logging window),
+    runtime_s (training only), trainable_params, method, skipped, resumed_from_step.
+
+    ``ckpt_dir``: checkpoint every ``save_steps`` optimizer steps there and resume from it (see
+    the module docstring); None = no checkpoints. ``callbacks``: extra Trainer callbacks.
+    Under a distributed launch only the main process writes ``out_dir``.
+    """
+    import torch
+    from transformers import AutoTokenizer, Trainer, TrainingArguments, set_seed
+
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    if not (model_dir / "config.json").exists():
+        raise InputError(
+            f"{model_dir}: not a model folder (no config.json); check the model path "
+            "or run the stage that makes it"
+        )
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    features, n_truncated, n_dropped = encode_examples(tokenizer, examples, cfg.max_length)
+    info: dict = {
+        "method": cfg.method,
+        "n_examples": len(examples),
+        "n_truncated": n_truncated,
+        "n_dropped": n_dropped,
+        "steps": 0,
+        "train_loss": None,
+        "final_loss": None,
+        "runtime_s": 0.0,
+        "pad_fraction": None,
+        "trainable_params": 0,
+        "skipped": False,
+        "resumed_from_step": None,
+    }
+    if n_truncated:
+        log.info("finetune: %d example(s) truncated from the left of the prompt", n_truncated)
+    if n_dropped:
+        log.warning(
+            "finetune: %d example(s) dropped: completion longer than max_length=%d",
+            n_dropped,
+            cfg.max_length,
+        )
+
+    set_seed(seed)
+    if not features:
+        log.warning(
+            "finetune: no training examples (%d given, %d dropped); saving %s unchanged to %s",
+            len(examples),
+            n_dropped,
+            model_dir,
+            out_dir,
+        )
+        info["skipped"] = True
+        if is_main_process():
+            model = _load_model(model_dir, torch.float32)
+            try:
+                with atomic_path(out_dir, is_dir=True) as tmp:
+                    _save_model_folder(model, tokenizer, tmp)
+                    write_jsonl(tmp / "train_log.jsonl", [])
+                    write_json(tmp / "finetune_info.json", info)
+            except OSError as e:
+                if e.errno == errno.ENOSPC:
+                    raise _disk_full(e, out_dir) from e
+                raise
+        return info
+
+    use_cpu = not torch.cuda.is_available()
+    if cfg.dtype == "auto":
+        from selfimprove.sampling.base import resolve_dtype
+
+        bf16 = (
+            resolve_dtype("auto", "cuda" if torch.cuda.is_available() else "cpu") == torch.bfloat16
+        )
+    else:
+        bf16 = cfg.dtype == "bfloat16"
+    if cfg.method == "lora":
+        model = _load_model(model_dir, torch.bfloat16 if bf16 else torch.float32)
+        model = _wrap_lora(model, cfg.lora)
+    else:
+        model = _load_model(model_dir, torch.float32)
+    model.config.use_cache = False
+    info["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    pad_id = (
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    )
+    resume = None
+    if ckpt_dir is not None:
+        ckpt_dir = Path(ckpt_dir)
+        resume = _prepare_resume(ckpt_dir, _resume_settings(model_dir, features, cfg, seed))
+        info["resumed_from_step"] = int(resume.name.split("-")[1]) if resume else None
+    with tempfile.TemporaryDirectory(prefix="selfimprove-trainer-") as scratch:
+        args = TrainingArguments(
+            output_dir=str(ckpt_dir) if ckpt_dir is not None else scratch,
+            per_device_train_batch_size=cfg.batch_size,
+            gradient_accumulation_steps=cfg.grad_accum,
+            num_train_epochs=cfg.epochs,
+            learning_rate=cfg.learning_rate,
+            warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio of the total steps
+            weight_decay=cfg.weight_decay,
+            lr_scheduler_type=cfg.lr_scheduler,
+            # full fine-tuning: bf16 autocast over float32 weights; LoRA: the base is bf16 already
+            bf16=bf16 and cfg.method == "full",
+            logging_steps=cfg.logging_steps,
+            save_strategy="steps" if ckpt_dir is not None else "no",
+            save_steps=save_steps,
+            save_total_limit=1,
+            eval_strategy="no",
+            report_to="none",
+            use_cpu=use_cpu,
+            seed=seed,
+            data_seed=seed,
+            remove_unused_columns=False,
+            label_names=["labels"],
+            dataloader_num_workers=0,
+            train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
+        )
+        collator = CompletionCollator(pad_id)
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=features,
+            data_collator=collator,
+            callbacks=[
+                _log_last_step_callback(),
+                _complete_marker_callback(),
+                *(callbacks or []),
+            ],
+        )
+        t0 = time.perf_counter()
+        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        runtime = time.perf_counter() - t0
+        history = list(trainer.state.log_history)
+        final = None
+        if world_size() > 1:
+            # A collective save: under FSDP / DeepSpeed ZeRO-3 the ranks gather the full
+            # weights for rank 0 (plain DDP: rank 0 holds them anyway). Only rank 0 writes.
+            final = Path(scratch) / "final"
+            trainer.save_model(str(final))
+            if is_main_process():
+                held = Path(tempfile.mkdtemp(prefix="selfimprove-final-"))
+                shutil.copytree(final, held, dirs_exist_ok=True)
+                final = held
+
+    records = [
+        {
+            "step": h["step"],
+            "epoch": h.get("epoch"),
+            "loss": h["loss"],
+            "lr": h.get("learning_rate"),
+            "grad_norm": h.get("grad_norm"),
+        }
+        for h in history
+        if "loss" in h
+    ]
+    train_loss = float(result.training_loss)
+    if resume is not None and records:
+        # the Trainer averages only the steps run after resuming; the log covers all of them
+        train_loss = _step_weighted_mean(records)
+    info.update(
+        steps=int(result.global_step),
+        train_loss=train_loss,
+        final_loss=records[-1]["loss"] if records else float(result.training_loss),
+        runtime_s=round(runtime, 3),
+        pad_fraction=round(collator.pad_fraction, 4),
+    )
+    if any(not math.isfinite(r["loss"]) for r in records):
+        log.warning("finetune: non-finite loss logged; check learning_rate and dtype")
+
+    if not is_main_process():
+        return info
+    try:
+        with atomic_path(out_dir, is_dir=True) as tmp:
+            if cfg.method == "lora":
+                if final is not None:
+                    (tmp / "adapter").mkdir()
+                    for name in ("adapter_config.json", "adapter_model.safetensors"):
+                        shutil.copy2(final / name, tmp / "adapter" / name)
+                else:
+                    model.save_pretrained(tmp / "adapter")
+                del trainer, model
+                gc.collect()
+                # Merge on float32 weights so small deltas are not lost to bf16 rounding.
+                from peft import PeftModel
+
+                base = _load_model(model_dir, torch.float32)
+                merged = PeftModel.from_pretrained(base, tmp / "adapter").merge_and_unload()
+                _save_model_folder(merged, tokenizer, tmp)
+            elif final is not None:
+                del trainer, model
+                gc.collect()
+                _save_model_folder(_load_model(final, torch.float32), tokenizer, tmp)
+            else:
+                trainer.model.config.use_cache = True
+                _save_model_folder(trainer.model, tokenizer, tmp)
+            write_jsonl(tmp / "train_log.jsonl", records)
+            write_json(tmp / "finetune_info.json", info)
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise _disk_full(e, out_dir) from e
+        raise
+    finally:
+        if final is not None:
+            shutil.rmtree(final, ignore_errors=True)
+    if ckpt_dir is not None:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+    log.info(
+        "finetune: %s, %d examples, %d steps, loss %.4f -> %.4f in %.1fs",
+        cfg.method,
+        len(features),
+        info["steps"],
+        info["train_loss"],
+        info["final_loss"],
+        runtime,
+    )
+    return info
