@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from selfimprove.config.training import BaseModelConfig
-from selfimprove.core.io import InputError, file_sha256
+from selfimprove.config.training import DEFAULT_PYPI_SHA256, BaseModelConfig
+from selfimprove.core.digest import file_sha256
+from selfimprove.core.io import InputError
 from selfimprove.training import base_model as bm
 from selfimprove.training.base_model import check_source, materialize
 
@@ -152,7 +153,7 @@ def _gguf_cfg(fake_wheel: Path, **kw) -> BaseModelConfig:
 
 def test_config_validation():
     cfg = BaseModelConfig()
-    assert cfg.source == "pypi_gguf" and cfg.pypi_sha256 == bm.DEFAULT_PYPI_SHA256
+    assert cfg.source == "pypi_gguf" and cfg.pypi_sha256 == DEFAULT_PYPI_SHA256
     assert BaseModelConfig(pypi_sha256="AB" * 32).pypi_sha256 == "ab" * 32
     assert BaseModelConfig(pypi_sha256=None).pypi_sha256 is None
     with pytest.raises(ValidationError, match="local_path is not set"):
@@ -310,7 +311,7 @@ def test_pip_download_failure_message(monkeypatch, tmp_path):
 
 
 def _real_wheel() -> Path | None:
-    return bm._cached_wheel(bm.DEFAULT_PYPI_SHA256)
+    return bm._cached_wheel(DEFAULT_PYPI_SHA256)
 
 
 @pytest.mark.slow

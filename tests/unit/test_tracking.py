@@ -11,7 +11,8 @@ import pytest
 from pydantic import ValidationError
 
 from selfimprove.config.tracking import TrackingConfig
-from selfimprove.core.io import InputError, file_sha256
+from selfimprove.core.digest import file_sha256
+from selfimprove.core.io import InputError
 from selfimprove.tracking.runs import (
     DIGEST_CHARS,
     DatasetSpec,

@@ -49,7 +49,8 @@ from selfimprove.config.data import (
     DataConfig,
     SourceConfig,
 )
-from selfimprove.core.io import InputError, atomic_path, file_sha256, read_jsonl, write_jsonl
+from selfimprove.core.digest import file_sha256
+from selfimprove.core.io import InputError, atomic_path, read_jsonl, write_jsonl
 
 _NUM_RE = re.compile(r"\d[\d,]*(?:\.\d+)?")
 _FINAL_RE = re.compile(r"####\s*\$?\s*(-?[\d,]*\.?\d+)\s*")

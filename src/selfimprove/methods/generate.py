@@ -18,7 +18,6 @@ reads them all back, so the merged samples equal a single-process run's.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 
 from selfimprove.config.methods import GenerateConfig
 from selfimprove.core.answers import extract_answer
+from selfimprove.core.digest import digest, file_sha256, text_sha256
 from selfimprove.core.io import InputError
 from selfimprove.sampling.factory import make_sampler
 
@@ -59,51 +59,6 @@ def paths_to_record(qid: str, question: str, completions: list) -> dict:
 # ---------------------------------------------------------------------------- resume
 
 
-def _sha256_text(parts: list[str]) -> str:
-    """sha256 of strings, each length-prefixed (so ["ab", "c"] != ["a", "bc"]).
-
-    >>> _sha256_text(["ab", "c"]) != _sha256_text(["a", "bc"])
-    True
-    """
-    h = hashlib.sha256()
-    for p in parts:
-        b = p.encode()
-        h.update(len(b).to_bytes(8, "little") + b)
-    return h.hexdigest()
-
-
-def model_fingerprint(model_dir: str | Path) -> str:
-    """sha256 of a model folder's contents: every file's relative path and bytes.
-
-    Independent of where the folder lives and of file times, so shards sampled on another
-    machine (same model pulled with ``dvc pull``) are recognised by a merge. Costs one read of
-    the weights (about 1 s per GB), small next to sampling from them.
-
-    >>> import tempfile, pathlib
-    >>> d = pathlib.Path(tempfile.mkdtemp())
-    >>> _ = (d / "config.json").write_text("{}")
-    >>> a = model_fingerprint(d)
-    >>> e = pathlib.Path(tempfile.mkdtemp()) / "elsewhere"
-    >>> _ = e.mkdir(); _ = (e / "config.json").write_text("{}")
-    >>> a == model_fingerprint(d) == model_fingerprint(e)
-    True
-    >>> _ = (d / "model.safetensors").write_text("w")
-    >>> a == model_fingerprint(d)
-    False
-    """
-    from selfimprove.core.io import file_sha256
-
-    root = Path(model_dir)
-    if not root.is_dir():
-        raise InputError(f"{root}: model folder not found; check the path")
-    rows = [
-        f"{p.relative_to(root).as_posix()}\t{file_sha256(p)}"
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    ]
-    return _sha256_text(rows)
-
-
 def run_settings(model_dir: str | Path, cfg: GenerateConfig, seed: int, prefix: str) -> dict:
     """Everything besides the questions that decides a shard's samples (stored in manifests).
 
@@ -124,10 +79,10 @@ def run_settings(model_dir: str | Path, cfg: GenerateConfig, seed: int, prefix: 
             versions[lib] = None
     return {
         "manifest_version": MANIFEST_VERSION,
-        "model": model_fingerprint(model_dir),
+        "model": digest(model_dir),
         "seed": seed,
-        "prefix_sha256": _sha256_text([prefix]),
-        "code_sha256": _sha256_text([p.read_text(encoding="utf-8") for p in code]),
+        "prefix_sha256": text_sha256([prefix]),
+        "code_sha256": text_sha256([p.read_text(encoding="utf-8") for p in code]),
         "versions": versions,
         **cfg.model_dump(exclude={"limit"}),
     }
@@ -162,7 +117,7 @@ def _discard(paths: tuple[Path, Path]) -> None:
 
 def load_shard(shard_dir: Path, k: int, expected: dict) -> list[dict] | None:
     """Shard ``k``'s records if its manifest equals ``expected`` (else discard it, None)."""
-    from selfimprove.core.io import file_sha256, read_jsonl
+    from selfimprove.core.io import read_jsonl
 
     rec_path, man_path = shard_paths(shard_dir, k)
     if not man_path.exists():
@@ -236,7 +191,7 @@ def generate(
     the records returned are those shards'. ``merge_only``: sample nothing; every shard must be
     in ``shard_dir`` already (else an error lists the missing ones).
     """
-    from selfimprove.core.io import file_sha256, write_json, write_jsonl
+    from selfimprove.core.io import write_json, write_jsonl
     from selfimprove.core.prompts import build_prompt
     from selfimprove.sampling.base import SamplingParams
 
@@ -285,7 +240,7 @@ def generate(
                 "settings": settings,
                 "start": start,
                 "ids": [q["id"] for q in shard_q],
-                "prompts_sha256": _sha256_text(shard_s),
+                "prompts_sha256": text_sha256(shard_s),
             }
             done = load_shard(shard_dir, k, expected)
             if done is not None:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import hashlib
 import json
 import logging
 import math
@@ -46,7 +45,7 @@ from numbers import Real
 from pathlib import Path
 
 from selfimprove.config.tracking import _FORBIDDEN_NAME_CHARS, TrackingConfig
-from selfimprove.core.io import InputError, file_sha256
+from selfimprove.core.io import InputError
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -205,30 +204,10 @@ def _pip_requirements(names: list[str]) -> list[str]:
 
 
 def file_digest(path: str | os.PathLike, length: int = DIGEST_CHARS) -> str:
-    """sha256 hex prefix (``length`` chars) of a file, or of a folder's files (``*.tmp`` skipped).
+    """The digest MLflow stores for a dataset or model: :func:`core.digest.digest`, 36 chars."""
+    from selfimprove.core.digest import digest
 
-    A folder's digest covers each file's relative path and sha256, in sorted order.
-
-    >>> import tempfile, pathlib
-    >>> d = pathlib.Path(tempfile.mkdtemp())
-    >>> _ = (d / "a.txt").write_text("hello")
-    >>> file_digest(d / "a.txt", length=16)
-    '2cf24dba5fb0a30e'
-    >>> len(file_digest(d)), file_digest(d) == file_digest(d)
-    (36, True)
-    """
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: not found; run the stage that makes it or fix the path")
-    if path.is_file():
-        return file_sha256(path)[:length]
-    h = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        rel = f.relative_to(path)
-        if _skip_tmp(rel):
-            continue
-        h.update(f"{rel.as_posix()}\0{file_sha256(f)}\n".encode())
-    return h.hexdigest()[:length]
+    return digest(path, length)
 
 
 def git_info(repo_dir: str | os.PathLike) -> dict[str, str]:

@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from selfimprove.config.training import BaseModelConfig
-from selfimprove.core.io import InputError, atomic_path, file_sha256, write_json
+from selfimprove.core.digest import file_sha256
+from selfimprove.core.io import InputError, atomic_path, write_json
 
 SOURCE_FILE = "selfimprove_source.json"
 _TRUE = {"1", "on", "yes", "true"}

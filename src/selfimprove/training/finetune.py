@@ -277,14 +277,14 @@ def last_complete_checkpoint(ckpt_dir: Path) -> Path | None:
 
 def _resume_settings(model_dir: Path, features: list, cfg: FinetuneConfig, seed: int) -> dict:
     """What must match for a checkpoint to be resumed."""
-    from selfimprove.methods.generate import model_fingerprint
+    from selfimprove.core.digest import digest
 
-    digest = hashlib.sha256(json.dumps(features, separators=(",", ":")).encode()).hexdigest()
+    features_sha = hashlib.sha256(json.dumps(features, separators=(",", ":")).encode()).hexdigest()
     return {
         "config": cfg.model_dump(mode="json"),
         "seed": seed,
-        "model": model_fingerprint(model_dir),
-        "features_sha256": digest,
+        "model": digest(model_dir),
+        "features_sha256": features_sha,
         "world_size": world_size(),
     }
 
