@@ -6,10 +6,10 @@ number after "The answer is") and flexible (the last number). DROP: a seeded sub
 simple-evals ``drop_v0_dev.jsonl.gz`` (``--drop-n``, duplicate questions dropped), greedy,
 few-shot chain of thought (3 exemplars), DROP EM and F1.
 
-The sets are made by :func:`selfimprove.data.prepare.make_set` (the same subset the data stage writes
-for an eval set of the same name, path and seed) and scored by
-:func:`selfimprove.evaluation.evaluate.evaluate`; nothing is copied. Prints one JSON object: the scores, n,
-the truncation rate (outputs that hit the token budget), wall times and the command.
+The sets are made by :func:`selfimprove.data.prepare.make_set` (the same subset the data stage
+writes for an eval set of the same name, path and seed) and scored by
+:func:`selfimprove.evaluation.evaluate.evaluate`; nothing is copied. Prints one JSON object: the
+scores, n, the truncation rate (outputs that hit the token budget), wall times and the command.
 
     python benchmarks/shared_eval.py                          # the full run (data/models/base)
     python benchmarks/shared_eval.py --gsm8k-n 10 --drop-n 10 # a quick check

@@ -5,8 +5,6 @@ data/prepared/train_labels.jsonl: analysis only)."""
 from selfimprove.core.paths import REPORT, ROUNDS, TRAIN_LABELS
 from selfimprove.pipeline import stage_main
 
-OUT = REPORT
-
 
 @stage_main(__doc__)
 def main(args, params):
@@ -14,15 +12,13 @@ def main(args, params):
     from selfimprove.tracking.runs import log_report
 
     rounds = ["r0", *params.rounds]
-    files = build_report(
-        ROUNDS, rounds, OUT, params.report, labels_path=TRAIN_LABELS
-    )
-    print(f"report: {len(files)} files in {OUT} for rounds {', '.join(rounds)}")
-    if (OUT / "feedback.png").exists():
-        print(f"report: self-feedback verdict precision in {OUT / 'feedback.json'}")
+    files = build_report(ROUNDS, rounds, REPORT, params.report, labels_path=TRAIN_LABELS)
+    print(f"report: {len(files)} files in {REPORT} for rounds {', '.join(rounds)}")
+    if (REPORT / "feedback.png").exists():
+        print(f"report: self-feedback verdict precision in {REPORT / 'feedback.json'}")
     if params.report.log_mlflow and params.tracking.enabled:
         pngs = [f for f in files if f.suffix == ".png"]
-        tables = [f for f in files if f.parent == OUT and f.suffix in (".csv", ".json")]
+        tables = [f for f in files if f.parent == REPORT and f.suffix in (".csv", ".json")]
         run_id = log_report(params.tracking, pngs + tables)
         print(f"report: logged {len(pngs) + len(tables)} files to MLflow parent run {run_id}")
 

@@ -31,8 +31,9 @@ def main(args, params):
         majority_precision,
         verdict_precision,
     )
-    from selfimprove.tracking.provenance import dvc_lock_digest
-    from selfimprove.tracking.runs import DatasetSpec, check_tracking, git_info, log_round
+    from selfimprove.tracking.health import check_tracking
+    from selfimprove.tracking.provenance import dvc_lock_digest, git_info
+    from selfimprove.tracking.runs import DatasetSpec, log_round
 
     cfg = params.tracking
     out = round_dir(args.round)

@@ -23,7 +23,8 @@ import pytest
 
 from selfimprove.config.tracking import TrackingConfig
 from selfimprove.core.io import InputError
-from selfimprove.tracking.runs import DatasetSpec, check_tracking, log_report, log_round
+from selfimprove.tracking.health import check_tracking
+from selfimprove.tracking.runs import DatasetSpec, log_report, log_round
 
 START_TIMEOUT_S = 60
 PIPE = "server-pipe"

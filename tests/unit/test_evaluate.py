@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-import selfimprove.methods.generate as generate_mod
+import selfimprove.sampling.factory as factory_mod
 from selfimprove.config.evaluation import EvaluateConfig
 from selfimprove.core.answers import STOP_SEQUENCES
 from selfimprove.core.io import InputError
@@ -159,7 +159,7 @@ def _gold_reply(records: list[dict]):
 def test_evaluate_routes_formats_with_fake_sampler(monkeypatch):
     gsm, drop = generate_arith(3, [1], seed=0), _drop_recs(4)
     fake = _FakeSampler(_gold_reply([gsm, drop]))
-    monkeypatch.setattr(generate_mod, "make_sampler", lambda *a, **k: fake)
+    monkeypatch.setattr(factory_mod, "make_sampler", lambda *a, **k: fake)
     cfg = EvaluateConfig(
         styles=["fewshot_cot", "zeroshot_direct"], n_shots=2, sc_paths=3, sc_k=[1, 3], sc_limit=2
     )
@@ -214,7 +214,7 @@ def test_evaluate_routes_formats_with_fake_sampler(monkeypatch):
 
 def test_evaluate_limit_and_bad_set(monkeypatch):
     fake = _FakeSampler(lambda p, j: " So the answer is 1.")
-    monkeypatch.setattr(generate_mod, "make_sampler", lambda *a, **k: fake)
+    monkeypatch.setattr(factory_mod, "make_sampler", lambda *a, **k: fake)
     cfg = EvaluateConfig(styles=["zeroshot_cot"], sc_paths=0, limit=2)
     metrics, preds = evaluate("unused", {"d": _drop_recs(5)}, cfg, seed=0)
     assert metrics == {"d": {"zeroshot_cot": metrics["d"]["zeroshot_cot"]}}

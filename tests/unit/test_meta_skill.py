@@ -158,7 +158,7 @@ def test_teacher_prompt_shots_are_separate_from_the_students(monkeypatch, tiny_m
         seen.update(n_shots=n_shots, max_new_tokens=max_new_tokens)
         raise Stop
 
-    monkeypatch.setattr(selfimprove.teachers, "make_teacher", fake_make_teacher)
+    monkeypatch.setattr(selfimprove.methods.teachers, "make_teacher", fake_make_teacher)
     cfg = _small_cfg(teacher="lm", teacher_model=str(tiny_model), teacher_n_shots=2)
     with pytest.raises(Stop):
         meta_skill(

@@ -321,13 +321,13 @@ def test_verdict_precision_against_gold():
 def test_evaluate_with_inference_time_refinement(monkeypatch):
     # the plain output and the refined one are both scored; refinement uses the refine
     # section's prompt format (n_shots) -- the format meta-skill learning taught the model
-    import selfimprove.methods.generate as generate_mod
+    import selfimprove.sampling.factory as factory_mod
     from selfimprove.config.evaluation import EvaluateConfig
     from selfimprove.evaluation.evaluate import evaluate
 
     first = {Q1: " 3 + 2 = 6. The answer is 6.", Q2: " 4 - 1 = 3. The answer is 3."}
     fake = FakeSampler(rationalize=first)  # the plain answers: Q1 wrong, Q2 right
-    monkeypatch.setattr(generate_mod, "make_sampler", lambda *a, **k: fake)
+    monkeypatch.setattr(factory_mod, "make_sampler", lambda *a, **k: fake)
     records = [
         {"id": f"q{i}", "question": q, "answer": f"#### {a}"}
         for i, (q, (a, _)) in enumerate(QUESTIONS.items())

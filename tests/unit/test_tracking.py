@@ -13,16 +13,11 @@ from pydantic import ValidationError
 from selfimprove.config.tracking import TrackingConfig
 from selfimprove.core.digest import file_sha256
 from selfimprove.core.io import InputError
-from selfimprove.tracking.runs import (
-    DIGEST_CHARS,
-    DatasetSpec,
-    check_tracking,
-    file_digest,
-    flatten,
-    git_info,
-    log_round,
-    tracking_uri,
-)
+from selfimprove.tracking.health import check_tracking, tracking_uri
+from selfimprove.tracking.provenance import git_info
+from selfimprove.tracking.registry import MODEL_CODE, MODEL_CODE_NAME
+from selfimprove.tracking.runs import DatasetSpec, log_round
+from selfimprove.tracking.tags import DIGEST_CHARS, file_digest, flatten
 
 PIPE = "unit-pipe"
 
@@ -450,6 +445,9 @@ def test_registry_adapter_chain_and_best_alias(uri, chain):
     assert not conf["base_path"] and not conf["allow_hub_fallback"]
     r0_conf = _pyfunc_config(f"models:/{name}/{by_round['r0'].version}")
     assert r0_conf["base_path"] == str(chain["r0"].resolve()) and r0_conf["base_digest"]
+    # the model carries its code: a copy of tracking/mlflow_model.py, under its old file name
+    code = mlflow.artifacts.download_artifacts(f"models:/{name}/{best.version}/{MODEL_CODE_NAME}")
+    assert Path(code).read_text() == MODEL_CODE.read_text()
 
     loaded = mlflow.pyfunc.load_model(f"models:/{name}@best")
     inner = loaded.unwrap_python_model()
@@ -506,7 +504,7 @@ def test_registry_off_and_missing_metric(uri, chain, caplog):
         client.get_registered_model("selfimprove-reg-off")
 
     cfg = TrackingConfig(pipeline="reg-nometric", best_metric="arith_1step.fewshot_cot.strikt")
-    with caplog.at_level("WARNING", logger="selfimprove.tracking.runs"):
+    with caplog.at_level("WARNING", logger="selfimprove.tracking.registry"):
         _log_model_round(cfg, chain, "r0", 0.5)
     assert "did you mean arith_1step.fewshot_cot.strict" in caplog.text
     with pytest.raises(MlflowException):

@@ -44,6 +44,20 @@ def text_sha256(parts: list[str]) -> str:
     return h.hexdigest()
 
 
+def folder_files(root: str | os.PathLike) -> list[Path]:
+    """The files a folder's digest covers, in order, relative to ``root`` (``*.tmp`` skipped).
+
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (d / "b").mkdir(); _ = (d / "b" / "x").write_text("1"); _ = (d / "a.tmp").write_text("")
+    >>> [p.as_posix() for p in folder_files(d)]
+    ['b/x']
+    """
+    root = Path(root)
+    rels = (p.relative_to(root) for p in sorted(root.rglob("*")) if p.is_file())
+    return [rel for rel in rels if not any(part.endswith(".tmp") for part in rel.parts)]
+
+
 def digest(path: str | os.PathLike, length: int | None = None) -> str:
     """sha256 hex (first ``length`` characters, or all) of a file, or of a folder's files.
 
@@ -65,9 +79,6 @@ def digest(path: str | os.PathLike, length: int | None = None) -> str:
     if path.is_file():
         return file_sha256(path)[:length]
     h = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
-        rel = f.relative_to(path)
-        if any(part.endswith(".tmp") for part in rel.parts):
-            continue
-        h.update(f"{rel.as_posix()}\0{file_sha256(f)}\n".encode())
+    for rel in folder_files(path):
+        h.update(f"{rel.as_posix()}\0{file_sha256(path / rel)}\n".encode())
     return h.hexdigest()[:length]

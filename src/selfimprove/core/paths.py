@@ -1,14 +1,14 @@
 """Every path of the pipeline, and the round-name rule: the one place both are written.
 
-Paths are relative to the project root (where ``dvc.yaml`` is) and mirror ``dvc.yaml``
-(``tests/unit/test_layout.py`` checks that every path written there is one of these):
+Paths are relative to the project root (where ``dvc.yaml`` is) and mirror ``dvc.yaml``:
 
 - ``data/inputs/<stage>.json``         inputs: content digests of files outside the repo
 - ``data/models/base``                 base_model: the starting model, a safetensors folder
 - ``data/prepared/``                   data: train.jsonl (unlabeled), train_labels.jsonl (analysis
   only), seed.jsonl (labeled warm start), eval/<set>.jsonl
 - ``data/models/warm``                 warmstart: base, or base + SFT on the labeled seed set
-- ``data/rounds/r0/model``             meta_skill: round 0's model (warm + SELF meta-skills or a copy)
+- ``data/rounds/r0/model``             meta_skill: round 0's model (warm + SELF meta-skills, or a
+  copy)
 - ``data/rounds/rK/samples.jsonl``     generate
 - ``data/rounds/rK/refined.jsonl``     refine (self-feedback/refinement; a passthrough for lmsi)
 - ``data/rounds/rK/{rationales,train}.jsonl``  filter

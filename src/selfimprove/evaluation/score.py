@@ -4,8 +4,8 @@
   -> ``{"n", "strict", "flexible"}`` (accuracies in [0, 1]).
 * drop lines: ``{"prediction": raw text or list of spans, "answers": [alternative, ...]}``,
   each alternative a string (one span) or a list of spans -> ``{"n", "em", "f1"}``. A raw-text
-  prediction is reduced by :func:`~selfimprove.evaluation.metrics.drop.extract_drop_answer` (text after
-  the last "answer is"); a list is taken as the predicted spans.
+  prediction is reduced by :func:`~selfimprove.evaluation.metrics.drop.extract_drop_answer` (text
+  after the last "answer is"); a list is taken as the predicted spans.
 
 Any malformed line raises :class:`~selfimprove.core.io.InputError` naming the file and line, and
 nothing is scored or printed.
@@ -51,7 +51,7 @@ def score_file(kind: Literal["gsm8k", "drop"], path: str | os.PathLike) -> dict:
     >>> score_file("gsm8k", p)
     Traceback (most recent call last):
     ...
-    selfimprove.core.io.InputError: ...preds.jsonl line 3: 'prediction' must be the generated text ...
+    selfimprove.core.io.InputError: ...preds.jsonl line 3: 'prediction' must be the generated ...
     """
     from selfimprove.core.io import iter_jsonl
     from selfimprove.evaluation.metrics.drop import drop_record_problem, score_drop

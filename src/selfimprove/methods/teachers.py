@@ -329,7 +329,7 @@ class OpenAITeacher:
 
 
 def make_teacher(cfg, n_shots: int = 3, max_new_tokens: int = 64):
-    """The teacher ``cfg`` (a :class:`selfimprove.methods.meta_skill.MetaSkillConfig`) names, checked
+    """The teacher ``cfg`` (a :class:`selfimprove.config.methods.MetaSkillConfig`) names, checked
     (health check of an endpoint, model folder of an LM) before it is returned."""
     if cfg.teacher == "rule":
         teacher = RuleTeacher()

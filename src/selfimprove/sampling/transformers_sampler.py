@@ -161,6 +161,23 @@ def _prefix_attention(
     return out.reshape(b, hq, q, d).transpose(1, 2).contiguous(), None
 
 
+def cache_kwarg(model) -> str:
+    """The name ``model.forward`` takes the KV cache under: ``cache`` (transformers >= 5.2x;
+    ``past_key_values`` is deprecated there and goes in 5.40) or ``past_key_values`` (older).
+
+    >>> class New:
+    ...     def forward(self, input_ids, cache=None): ...
+    >>> class Old:
+    ...     def forward(self, input_ids, past_key_values=None): ...
+    >>> cache_kwarg(New()), cache_kwarg(Old())
+    ('cache', 'past_key_values')
+    """
+    import inspect
+
+    params = inspect.signature(type(model).forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
 def _register_attention() -> None:
     from transformers import AttentionInterface
 
@@ -203,6 +220,7 @@ class TransformersSampler:
         ).to(self.device)
         self.model.eval()
         self.model_dir = model_dir
+        self._cache_kwarg = cache_kwarg(self.model)
 
         eos: set[int] = set()
         for source in (self.model.generation_config.eos_token_id, self.tokenizer.eos_token_id):
@@ -244,7 +262,7 @@ class TransformersSampler:
                 input_ids=ids,
                 position_ids=positions,
                 attention_mask=mask,
-                past_key_values=cache,
+                **{self._cache_kwarg: cache},
                 use_cache=True,
                 logits_to_keep=1,
             )

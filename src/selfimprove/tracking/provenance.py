@@ -1,9 +1,11 @@
-"""Provenance tags: which DVC lock entries produced a round."""
+"""Provenance tags: which DVC lock entries and which git commit produced a round."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
 from pathlib import Path
 
 
@@ -33,3 +35,31 @@ def dvc_lock_digest(round_name: str, lock_path: str | Path = "dvc.lock") -> str:
     if not mine:
         return ""
     return hashlib.sha256(json.dumps(mine, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def git_info(repo_dir: str | os.PathLike) -> dict[str, str]:
+    """``{"commit": <HEAD sha>, "dirty": "true"|"false"}`` for a git work tree, else ``{}``.
+
+    "dirty" ignores untracked files (DVC outputs are git-ignored anyway).
+
+    >>> import tempfile
+    >>> git_info(tempfile.mkdtemp())
+    {}
+    """
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args],
+            cwd=repo_dir,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"commit": commit, "dirty": "true" if dirty else "false"}

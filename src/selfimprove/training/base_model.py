@@ -415,7 +415,7 @@ def materialize(cfg: BaseModelConfig, out_dir: str | Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m selfimprove.training.base_model OUT [--source ...]``: materialize one base model."""
+    """``python -m selfimprove.training.base_model OUT [--source ...]``: make one base model."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out_dir", type=Path, help="folder to write (replaced atomically)")
     for name, field in BaseModelConfig.model_fields.items():

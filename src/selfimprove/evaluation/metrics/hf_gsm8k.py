@@ -38,7 +38,8 @@ def _as_text(reference: object) -> object:
 
 
 class Gsm8kAccuracy(evaluate.Metric):
-    """Strict and flexible GSM8K accuracy (see :func:`selfimprove.evaluation.metrics.gsm8k.score_gsm8k`)."""
+    """Strict and flexible GSM8K accuracy (see
+    :func:`selfimprove.evaluation.metrics.gsm8k.score_gsm8k`)."""
 
     def _info(self) -> evaluate.MetricInfo:
         return evaluate.MetricInfo(

@@ -1,0 +1,132 @@
+"""The MLflow side shared by run logging and the registry: the client, the experiment, the
+pipeline's parent run, paged searches, and MLflow's fluent API pointed at one run.
+
+MLflow is imported lazily (inside the functions), so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+from selfimprove.config.tracking import TrackingConfig
+from selfimprove.core.io import InputError
+from selfimprove.tracking.health import sqlite_path, tracking_uri
+from selfimprove.tracking.tags import TAG_PIPELINE, TAG_ROLE, TAG_SUPERSEDED, safe_name
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+def mlflow_client():
+    """An ``MlflowClient`` at :func:`~selfimprove.tracking.health.tracking_uri`."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri())
+
+
+def experiment_id(client, cfg: TrackingConfig) -> str:
+    """The id of ``cfg.experiment``, created the first time (refused when it is deleted)."""
+    exp = client.get_experiment_by_name(cfg.experiment)
+    if exp is not None:
+        if exp.lifecycle_stage != "active":
+            raise InputError(
+                f"tracking.experiment={cfg.experiment!r} is deleted in {tracking_uri()}; "
+                f"restore it (`mlflow experiments restore --experiment-id {exp.experiment_id}`) "
+                "or choose another experiment name"
+            )
+        return exp.experiment_id
+    location = None
+    uri = tracking_uri()
+    if uri.startswith("sqlite:"):
+        db = sqlite_path(uri)
+        # MLflow's default is ./mlruns/<experiment id> under the cwd; when the database lives
+        # elsewhere keep the artifacts next to it instead (mlruns/<experiment name>)
+        if db is not None and db.resolve().parent != Path.cwd().resolve():
+            location = (db.resolve().parent / "mlruns" / safe_name(cfg.experiment)).as_uri()
+    try:
+        return client.create_experiment(cfg.experiment, artifact_location=location)
+    except Exception:  # created concurrently by another process
+        exp = client.get_experiment_by_name(cfg.experiment)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def _paged(fetch) -> list:
+    """Every item of a paged MLflow search: ``fetch(page_token)`` returns one page."""
+    out, token = [], None
+    while True:
+        page = fetch(token)
+        out.extend(page)
+        token = page.token
+        if not token:
+            return out
+
+
+def search_runs(client, experiment_id: str, tags: dict[str, str]) -> list:
+    """Runs of the experiment with all ``tags`` (exact values), oldest first."""
+    filt = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    return _paged(
+        lambda token: client.search_runs(
+            [experiment_id],
+            filter_string=filt,
+            max_results=1000,
+            order_by=["attributes.start_time ASC"],
+            page_token=token,
+        )
+    )
+
+
+def model_versions(client, name: str) -> list:
+    """Every version of the registered model ``name``."""
+    return _paged(lambda token: client.search_model_versions(f"name = '{name}'", page_token=token))
+
+
+def get_run(client, run_id: str):
+    """The run, or None when it does not exist (deleted)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(run_id)
+    except MlflowException:
+        return None
+
+
+def is_current(run) -> bool:
+    """Whether a round run counts: finished and not superseded by a rerun."""
+    return run.info.status == "FINISHED" and run.data.tags.get(TAG_SUPERSEDED) != "true"
+
+
+def parent_run_id(client, experiment_id: str, cfg: TrackingConfig) -> str:
+    """The pipeline's parent run (found by tag, created the first time)."""
+    found = search_runs(client, experiment_id, {TAG_PIPELINE: cfg.pipeline, TAG_ROLE: "parent"})
+    if found:  # the oldest, should two have been created concurrently
+        return found[0].info.run_id
+    run = client.create_run(
+        experiment_id,
+        run_name=cfg.pipeline,
+        tags={TAG_PIPELINE: cfg.pipeline, TAG_ROLE: "parent"},
+    )
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
+
+
+@contextlib.contextmanager
+def fluent_run(run_id: str):
+    """Make ``run_id`` the active run of MLflow's fluent API at :func:`tracking_uri`."""
+    import mlflow
+    from mlflow.tracking._tracking_service import utils
+
+    # mlflow.set_tracking_uri also sets (or, given None, unsets) $MLFLOW_TRACKING_URI: restore both
+    old_uri, old_env = getattr(utils, "_tracking_uri", None), os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(tracking_uri())
+    try:
+        with mlflow.start_run(run_id=run_id):
+            yield
+    finally:
+        mlflow.set_tracking_uri(old_uri)
+        if old_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = old_env

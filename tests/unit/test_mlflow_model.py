@@ -1,0 +1,113 @@
+"""tracking/mlflow_model.py: the code copied into every logged adapter model.
+
+It runs where selfimprove is not installed, so it imports nothing from the package and repeats
+the folder digest; these tests keep both promises.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from selfimprove.core.digest import digest
+from selfimprove.tracking import mlflow_model
+from selfimprove.tracking.registry import MODEL_CODE, MODEL_CODE_NAME
+
+
+def _selfimprove_imports(source: str) -> list[str]:
+    """``import``s of selfimprove (or relative ones, which would need the package) in ``source``.
+
+    >>> _selfimprove_imports("import os\\nfrom selfimprove.core import io\\nfrom . import x")
+    ['line 2: selfimprove.core', 'line 3: relative import']
+    """
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                found.append(f"line {node.lineno}: relative import")
+                continue
+            names = [node.module or ""]
+        else:
+            continue
+        found += [f"line {node.lineno}: {n}" for n in names if n.split(".")[0] == "selfimprove"]
+    return found
+
+
+def test_model_code_imports_nothing_from_selfimprove():
+    assert MODEL_CODE == Path(mlflow_model.__file__)
+    bad = _selfimprove_imports(MODEL_CODE.read_text())
+    assert not bad, (
+        f"{MODEL_CODE} imports from selfimprove ({', '.join(bad)}); it is copied into logged "
+        "models and must run without the package: copy the code you need into the file"
+    )
+
+
+def test_import_checker_catches_planted_imports():
+    planted = "import json\nimport selfimprove\n\ndef f():\n    from selfimprove.core import x\n"
+    assert _selfimprove_imports(planted) == ["line 2: selfimprove", "line 5: selfimprove.core"]
+
+
+def _tree(root: Path) -> Path:
+    files = {
+        "config.json": "{}",
+        "model.safetensors": "weights",
+        "sub/deeper/tokenizer.json": '{"v": 1}',
+        "sub/a.txt": "a",
+        "partial.tmp": "an interrupted write",
+        "shards.tmp/part-0": "skipped too",
+    }
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    return root
+
+
+@pytest.mark.parametrize("length", [None, 36])
+def test_folder_digest_agrees_with_core_digest(tmp_path, length):
+    root = _tree(tmp_path / "model")
+    expected = digest(root, length)
+    assert mlflow_model.folder_digest(root, length) == expected
+    assert len(expected) == (64 if length is None else length)
+    (root / "another.tmp").write_text("ignored by both")
+    assert mlflow_model.folder_digest(root, length) == digest(root, length) == expected
+    (root / "sub" / "a.txt").write_text("b")
+    assert mlflow_model.folder_digest(root, length) == digest(root, length) != expected
+
+
+def test_default_length_is_what_mlflow_stores(tmp_path):
+    from selfimprove.tracking.tags import DIGEST_CHARS, file_digest
+
+    root = _tree(tmp_path / "model")
+    assert mlflow_model.folder_digest(root) == file_digest(root)
+    assert len(file_digest(root)) == DIGEST_CHARS
+
+
+def test_importing_the_package_module_registers_no_model(monkeypatch):
+    import importlib
+
+    import mlflow.models.model
+
+    monkeypatch.setattr(mlflow.models.model, "__mlflow_model__", None)
+    importlib.reload(mlflow_model)
+    assert mlflow.models.model.__mlflow_model__ is None
+    assert MODEL_CODE_NAME == "selfimprove_model.py"  # the name inside models logged so far
+
+
+def test_resolve_base_messages(tmp_path):
+    root = _tree(tmp_path / "base")
+    cfg = {"base_path": str(root), "base_digest": digest(root, 36), "base_hub_id": "hub/x"}
+    assert mlflow_model.resolve_base(cfg) == str(root)
+    assert mlflow_model.resolve_base(cfg | {"base_override": "/other"}) == "/other"
+    with pytest.raises(RuntimeError, match="changed since this model was logged"):
+        mlflow_model.resolve_base(cfg | {"base_digest": "0" * 36})
+    gone = cfg | {"base_path": str(tmp_path / "gone")}
+    with pytest.raises(RuntimeError, match="allow_hub_fallback"):
+        mlflow_model.resolve_base(gone)
+    with pytest.warns(UserWarning, match="loading hub/x from the hub"):
+        assert mlflow_model.resolve_base(gone | {"allow_hub_fallback": True}) == "hub/x"
+    with pytest.raises(RuntimeError, match="no base model recorded"):
+        mlflow_model.resolve_base({})
