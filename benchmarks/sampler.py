@@ -51,14 +51,14 @@ def load_questions(args) -> tuple[list[dict], str]:
         rows = list(itertools.islice(iter_jsonl(args.gsm8k, ["question", "answer"]), args.n))
         src = f"gsm8k file {args.gsm8k} (first {len(rows)})"
     elif args.source == "arith":
-        from selfimprove.data.prepare import generate_arith
+        from selfimprove.data.arith import generate_arith
 
         rows = generate_arith(args.n, steps=[2, 3], seed=args.seed)
-        src = f"selfimprove.data.prepare.generate_arith(n={args.n}, steps=[2, 3], seed={args.seed})"
+        src = f"selfimprove.data.arith.generate_arith(n={args.n}, steps=[2, 3], seed={args.seed})"
     else:
-        from selfimprove.data.prepare import _gsm_symbolic_stream
+        from selfimprove.data.sources import gsm_symbolic_stream
 
-        rows = list(itertools.islice(_gsm_symbolic_stream(args.seed, 4 * args.n + 16), args.n))
+        rows = list(itertools.islice(gsm_symbolic_stream(args.seed, 4 * args.n + 16), args.n))
         src = f"reasoning_gym gsm_symbolic (seed {args.seed}, first {len(rows)})"
     if len(rows) < args.n:
         sys.exit(f"error: only {len(rows)} questions available, --n {args.n} asked")

@@ -12,7 +12,12 @@ def main(args, params):
     out = round_dir(args.round)
     sets = load_eval_sets(params.evaluate.sets)
     metrics, predictions = evaluate(
-        out / "model", sets, params.evaluate, params.seed, refine=params.refine
+        out / "model",
+        sets,
+        params.evaluate,
+        params.seed,
+        refine=params.refine,
+        backend=params.generate.backend,
     )
     with atomic_path(out / "eval", is_dir=True) as tmp:
         for name, preds in predictions.items():

@@ -1,9 +1,23 @@
 """filter stage: select the round's training paths by method (lmsi: self-consistency vote; self:
 the model's own verdict; lmsi_self: both; star/rest_em: the gold) from refined.jsonl; write
-rationales and the training set."""
+rationales, the training set, its statistics (filter.json) and the vote's summary (vote.json,
+the DVC metric compared across experiments)."""
 
 from selfimprove.core.paths import round_dir
 from selfimprove.pipeline import add_round_arg, stage_main
+
+
+def vote_summary(stats: dict) -> dict:
+    """The few numbers of filter.json worth comparing across experiments (`dvc metrics show`).
+
+    >>> vote_summary({"selected_fraction": 0.5, "mean_agreement": 0.75, "n_kept_paths": 6})
+    {'kept_fraction': 0.5, 'mean_agreement': 0.75, 'n_kept': 6}
+    """
+    return {
+        "kept_fraction": stats["selected_fraction"],  # questions whose vote passed
+        "mean_agreement": stats["mean_agreement"],  # majority share, averaged over questions
+        "n_kept": stats["n_kept_paths"],  # paths that became training data
+    }
 
 
 @stage_main(__doc__, add_round_arg)
@@ -23,6 +37,7 @@ def main(args, params):
     write_jsonl(out / "rationales.jsonl", rationales)
     write_jsonl(out / "train.jsonl", train)
     write_json(out / "filter.json", stats)
+    write_json(out / "vote.json", vote_summary(stats))
     print(f"{args.round}: {stats}")
 
 

@@ -27,7 +27,7 @@ def main(args, params):
         from selfimprove.methods.refine import refine_samples
         from selfimprove.sampling.factory import make_sampler
 
-        sampler = make_sampler(args.model, "transformers", gen.dtype, gen.batch_size)
+        sampler = make_sampler(args.model, gen.backend, gen.dtype, gen.batch_size)
         records, more = refine_samples(sampler, samples, cfg, seed)
         stats |= more
     elif method in LABEL_METHODS:
@@ -50,7 +50,7 @@ def main(args, params):
         if method == "star" and cfg.star_rationalization:
             from selfimprove.sampling.factory import make_sampler
 
-            sampler = make_sampler(args.model, "transformers", gen.dtype, gen.batch_size)
+            sampler = make_sampler(args.model, gen.backend, gen.dtype, gen.batch_size)
             stats |= star_rationalize(sampler, records, cfg, gen.n_shots, seed)
     else:  # lmsi: nothing to add
         records = samples

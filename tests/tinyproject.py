@@ -50,8 +50,9 @@ def git(*args: str) -> list[str]:
 def tiny_params(model_dir: Path, **sections: dict) -> dict:
     """The repository's params.yaml, scaled down to seconds on a tiny model at ``model_dir``.
 
-    ``sections`` update a section's keys (``finetune={"epochs": 2}``) or, for a non-dict value,
-    replace it (``rounds={"r1": {"prev": "r0"}}``).
+    ``sections`` update a section's keys (``finetune={"epochs": 2}``) or, for a non-dict value
+    and for ``rounds`` (round names, not keys), replace it (``rounds={"r1": {"prev": "r0"}}``:
+    one round).
     """
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["base_model"] |= {"source": "local", "local_path": str(model_dir), "pypi_sha256": None}
@@ -72,7 +73,7 @@ def tiny_params(model_dir: Path, **sections: dict) -> dict:
     }
     params["tracking"]["pipeline"] = "e2e"
     for name, value in sections.items():
-        if isinstance(value, dict) and isinstance(params.get(name), dict):
+        if isinstance(value, dict) and isinstance(params.get(name), dict) and name != "rounds":
             params[name] = copy.deepcopy(params[name]) | value
         else:
             params[name] = value
@@ -80,13 +81,15 @@ def tiny_params(model_dir: Path, **sections: dict) -> dict:
 
 
 def project_env(proj: Path, **extra: str) -> dict:
-    """The environment a project's commands run in: offline, one thread, its own MLflow db."""
+    """The environment a project's commands run in: offline, one thread, its own MLflow db, no
+    distributed launch inherited; ``extra`` variables are added (or override)."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{proj / 'mlflow.db'}"
     env |= {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
     env["PYTHONPATH"] = str(proj / "src")  # the copy's code runs (what its dvc.lock hashes)
-    env.pop("SELFIMPROVE_LAUNCH", None)
+    for key in ("SELFIMPROVE_LAUNCH", "RANK", "WORLD_SIZE", "LOCAL_RANK"):  # no launch inherited
+        env.pop(key, None)
     return env | extra
 
 
@@ -107,3 +110,26 @@ def new_project(proj: Path, params: dict, **env_extra: str) -> tuple[Path, dict]
     run(["git", "add", "-A"], proj, env)
     run(git("commit", "-q", "-m", "init"), proj, env)
     return proj, env
+
+
+#: stages DVC reruns on every `dvc repro` by design (dvc.yaml `always_changed`): `inputs`
+#: re-digests the files outside the repository that params.yaml names; its output is
+#: byte-identical when they did not change, so nothing downstream reruns.
+ALWAYS_CHANGED = ("inputs",)
+
+
+def stale_stages(proj: Path, env: dict, *targets: str) -> dict:
+    """``dvc status --json`` minus the by-design ``always changed`` entries: {} = up to date."""
+    import json
+
+    status = json.loads(run(dvc("status", "--json", *targets), proj, env).stdout or "{}")
+    return {
+        k: v for k, v in status.items() if not (k in ALWAYS_CHANGED and v == ["always changed"])
+    }
+
+
+def ran_stages(repro_output: str) -> list[str]:
+    """The stages a ``dvc repro`` output says it ran, in order."""
+    import re
+
+    return re.findall(r"Running stage '([^']+)'", repro_output)

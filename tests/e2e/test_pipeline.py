@@ -1,96 +1,28 @@
 """End to end: the real `dvc repro` of the project, 2 rounds, on a tiny random model.
 
-Copies the project into a temp dir, points params.yaml at a tiny model built here, runs the
-pipeline, and checks outputs, `dvc dag`, the MLflow runs (parent + one child per round, metrics
-history, dataset inputs), that a second `dvc repro` does nothing, and that a bad params.yaml
-fails before any work.
+A copy of the project (tests/tinyproject.py) runs the pipeline on the session's tiny model;
+checks outputs, `dvc dag`, the MLflow runs (parent + one child per round, metrics history,
+dataset inputs), that a second `dvc repro` does nothing, and that a bad params.yaml fails
+before any work.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
+from tinyproject import ALWAYS_CHANGED, dvc, new_project, ran_stages, run, stale_stages, tiny_params
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
 
 
-def _run(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise AssertionError(
-            f"{' '.join(cmd)} failed ({proc.returncode}):\n"
-            f"{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
-        )
-    return proc
-
-
-def _tiny_params(model_dir: Path) -> dict:
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["base_model"] |= {"source": "local", "local_path": str(model_dir), "pypi_sha256": None}
-    params["data"] = {
-        "train": {"source": "arith", "n": 6, "steps": [1]},
-        "eval": {"arith": {"source": "arith", "n": 4, "steps": [1]}},
-        "seed_set": None,
-    }
-    params["generate"] |= {"num_paths": 3, "max_new_tokens": 12, "n_shots": 1, "batch_size": 8}
-    params["filter"] |= {"min_agreement": 0.0, "n_shots": 1}
-    params["finetune"] |= {"epochs": 1, "batch_size": 4, "max_length": 256, "logging_steps": 1}
-    params["evaluate"] |= {
-        "n_shots": 1,
-        "max_new_tokens": 12,
-        "sc_paths": 2,
-        "sc_k": [1, 2],
-        "sc_limit": 2,
-    }
-    params["tracking"]["pipeline"] = "e2e"
-    return params
-
-
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    from selfimprove.tiny import make_tiny_model
-
-    tmp = tmp_path_factory.mktemp("e2e")
-    model_dir = make_tiny_model(tmp / "tiny-model")
-    proj = tmp / "project"
-    proj.mkdir()
-    for name in ("stages", "src"):
-        shutil.copytree(ROOT / name, proj / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".gitignore"):
-        shutil.copy(ROOT / name, proj / name)
-    (proj / "params.yaml").write_text(yaml.safe_dump(_tiny_params(model_dir), sort_keys=False))
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{proj / 'mlflow.db'}"
-    env |= {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    _run(["git", "init", "-q"], proj, env)
-    _run(
-        [
-            "git",
-            "-c",
-            "user.email=t@t",
-            "-c",
-            "user.name=t",
-            "commit",
-            "-q",
-            "--allow-empty",
-            "-m",
-            "init",
-        ],
-        proj,
-        env,
-    )
-    _run([sys.executable, "-m", "dvc", "init", "-q"], proj, env)
-    _run([sys.executable, "-m", "dvc", "config", "core.analytics", "false"], proj, env)
-    repro = _run([sys.executable, "-m", "dvc", "repro"], proj, env)
+def project(tiny_model, tmp_path_factory):
+    proj, env = new_project(tmp_path_factory.mktemp("e2e") / "project", tiny_params(tiny_model))
+    repro = run(dvc("repro"), proj, env)
     return proj, env, repro
 
 
@@ -116,17 +48,18 @@ def test_outputs_of_every_round(project):
 
 def test_dag_chains_rounds(project):
     proj, env, _ = project
-    dag = _run([sys.executable, "-m", "dvc", "dag", "--md"], proj, env).stdout
+    dag = run(dvc("dag", "--md"), proj, env).stdout
     for stage in ("base_model", "data", "generate@r1", "finetune@r1", "generate@r2", "evaluate@r2"):
         assert stage in dag
-    edges = _run([sys.executable, "-m", "dvc", "dag", "--outs", "--dot"], proj, env).stdout
+    edges = run(dvc("dag", "--outs", "--dot"), proj, env).stdout
     assert '"data/rounds/r1/model" -> "data/rounds/r2/samples.jsonl"' in edges
 
 
 def test_second_repro_is_up_to_date(project):
     proj, env, _ = project
-    status = _run([sys.executable, "-m", "dvc", "status"], proj, env).stdout
-    assert "up to date" in status.lower(), status
+    assert stale_stages(proj, env) == {}
+    repro = run(dvc("repro"), proj, env).stdout
+    assert ran_stages(repro) == list(ALWAYS_CHANGED), repro  # it re-digests, nothing reruns
 
 
 def test_mlflow_parent_and_round_runs(project):
@@ -160,7 +93,7 @@ def test_bad_params_fail_fast_without_output(project, tmp_path):
     bad["generate"]["temprature"] = 0.5
     bad["finetune"]["epochs"] = "two"
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
-    proc = _run(
+    proc = run(
         [
             sys.executable,
             "-m",

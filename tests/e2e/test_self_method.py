@@ -11,27 +11,12 @@ nothing (finetune saves the model unchanged).
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
+from tinyproject import dvc, new_project, run, stale_stages, tiny_params
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
-
-
-def _run(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise AssertionError(
-            f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n"
-            f"{proc.stderr[-6000:]}"
-        )
-    return proc
 
 
 def _jsonl(path: Path) -> list[dict]:
@@ -39,66 +24,35 @@ def _jsonl(path: Path) -> list[dict]:
 
 
 def _self_params(model_dir: Path) -> dict:
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["method"] = "self"
-    params["base_model"] |= {"source": "local", "local_path": str(model_dir), "pypi_sha256": None}
-    params["data"] = {
-        "train": {"source": "arith", "n": 6, "steps": [1]},
-        "eval": {"arith": {"source": "arith", "n": 4, "steps": [1]}},
-        "seed_set": {"source": "arith", "n": 4, "steps": [1]},
-    }
     small_ft = {"epochs": 1, "batch_size": 8, "max_length": 512, "logging_steps": 1}
-    params["meta_skill"] |= {
-        "n_initial": 2,
-        "max_new_tokens": 12,
-        "n_shots": 1,
-        "batch_size": 8,
-        "finetune": small_ft,
-    }
-    params["generate"] |= {"num_paths": 3, "max_new_tokens": 12, "n_shots": 1, "batch_size": 8}
-    params["refine"] |= {
-        "n_shots": 1,
-        "feedback_max_new_tokens": 12,
-        "refine_max_new_tokens": 12,
-        "max_iterations": 1,
-    }
-    params["filter"] |= {"min_agreement": 0.0, "n_shots": 1}
-    params["finetune"] |= small_ft
-    params["evaluate"] |= {
-        "n_shots": 1,
-        "max_new_tokens": 12,
-        "sc_paths": 2,
-        "sc_k": [1, 2],
-        "sc_limit": 2,
-    }
-    params["tracking"]["pipeline"] = "e2e-self"
-    params["rounds"] = {"r1": {"prev": "r0"}}
-    return params
+    return tiny_params(
+        model_dir,
+        method="self",
+        data={"seed_set": {"source": "arith", "n": 4, "steps": [1]}},
+        meta_skill={
+            "n_initial": 2,
+            "max_new_tokens": 12,
+            "n_shots": 1,
+            "batch_size": 8,
+            "finetune": small_ft,
+        },
+        refine={
+            "n_shots": 1,
+            "feedback_max_new_tokens": 12,
+            "refine_max_new_tokens": 12,
+            "max_iterations": 1,
+        },
+        finetune=small_ft,
+        tracking={"pipeline": "e2e-self"},
+        rounds={"r1": {"prev": "r0"}},
+    )
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    from selfimprove.tiny import make_tiny_model
-
-    tmp = tmp_path_factory.mktemp("e2e-self")
-    model_dir = make_tiny_model(tmp / "tiny-model")
-    proj = tmp / "project"
-    proj.mkdir()
-    for name in ("stages", "src"):
-        shutil.copytree(ROOT / name, proj / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".gitignore"):
-        shutil.copy(ROOT / name, proj / name)
-    (proj / "params.yaml").write_text(yaml.safe_dump(_self_params(model_dir), sort_keys=False))
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{proj / 'mlflow.db'}"
-    env |= {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    _run(["git", "init", "-q"], proj, env)
-    git_id = ["-c", "user.email=t@t", "-c", "user.name=t"]
-    _run(["git", *git_id, "commit", "-q", "--allow-empty", "-m", "init"], proj, env)
-    _run([sys.executable, "-m", "dvc", "init", "-q"], proj, env)
-    _run([sys.executable, "-m", "dvc", "config", "core.analytics", "false"], proj, env)
-    repro = _run([sys.executable, "-m", "dvc", "repro"], proj, env)
+def project(tiny_model, tmp_path_factory):
+    proj = tmp_path_factory.mktemp("e2e-self") / "project"
+    proj, env = new_project(proj, _self_params(tiny_model))
+    repro = run(dvc("repro"), proj, env)
     return proj, env, repro
 
 
@@ -151,12 +105,11 @@ def test_refined_records(project):
 
 def test_dag_has_the_self_stages(project):
     proj, env, _ = project
-    edges = _run([sys.executable, "-m", "dvc", "dag", "--outs", "--dot"], proj, env).stdout
+    edges = run(dvc("dag", "--outs", "--dot"), proj, env).stdout
     assert '"data/models/warm" -> "data/rounds/r0/model"' in edges
     assert '"data/rounds/r1/samples.jsonl" -> "data/rounds/r1/refined.jsonl"' in edges
     assert '"data/rounds/r1/refined.jsonl" -> "data/rounds/r1/train.jsonl"' in edges
-    status = _run([sys.executable, "-m", "dvc", "status"], proj, env).stdout
-    assert "up to date" in status.lower(), status
+    assert stale_stages(proj, env) == {}
 
 
 def test_mlflow_datasets_and_metrics(project):

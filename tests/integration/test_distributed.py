@@ -17,7 +17,6 @@ dropout each rank draws its own masks, equal in distribution but not step by ste
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -25,9 +24,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tinyproject import ROOT, project_env
 
-ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 SETTINGS = {
     "epochs": 2,
     "logging_steps": 1,
@@ -65,16 +63,6 @@ def _examples() -> list[dict]:
     return out
 
 
-def _env() -> dict:
-    env = dict(os.environ)
-    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
-    env["PYTHONPATH"] = str(ROOT)
-    env |= {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SELFIMPROVE_LAUNCH"):
-        env.pop(key, None)
-    return env
-
-
 def _losses(model_dir: Path) -> list[tuple[int, float]]:
     lines = (model_dir / "train_log.jsonl").read_text().splitlines()
     return [(r["step"], r["loss"]) for r in map(json.loads, lines)]
@@ -87,24 +75,23 @@ def _weights(model_dir: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tiny_model, tmp_path_factory):
     from selfimprove.config.training import FinetuneConfig
-    from selfimprove.tiny import make_tiny_model
     from selfimprove.training.finetune import finetune
 
     tmp = tmp_path_factory.mktemp("ddp")
-    model = make_tiny_model(tmp / "tiny")
+    model = tiny_model
     examples = _examples()
     train = tmp / "train.jsonl"
     train.write_text("".join(json.dumps(e) + "\n" for e in examples))
-    env = _env()
-    out: dict[str, Path] = {}
+    env = project_env(tmp, PYTHONPATH=str(ROOT))  # `-m stages.finetune` from this repository
+    out: dict[str, Path] = {"base": model}
 
     # 1 process, batch 8 (the CLI, a subprocess)
     flat = {k: v for k, v in SETTINGS.items() if k != "lora"} | {"lora.dropout": 0.0}
     sets = [f"--set={k}={json.dumps(v)}" for k, v in (flat | {"batch_size": 8}).items()]
-    cmd = [sys.executable, "-m", "selfimprove.training.finetune_cli", "--model", str(model), "--seed=1"]
-    cmd += ["--train", str(train), "--out", str(tmp / "one"), *sets]
+    cmd = [sys.executable, "-m", "selfimprove.training.finetune_cli", "--seed=1"]
+    cmd += ["--model", str(model), "--train", str(train), "--out", str(tmp / "one"), *sets]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out["one"] = tmp / "one"
@@ -155,7 +142,7 @@ def test_same_global_batch_same_weights(runs):
     import torch
 
     one, ddp = _weights(runs["one"]), _weights(runs["ddp"])
-    base = _weights(runs["one"].parent / "tiny")
+    base = _weights(runs["base"])
     assert one.keys() == ddp.keys()
     moved = max((one[k] - base[k]).abs().max().item() for k in one)
     diff = max((one[k] - ddp[k]).abs().max().item() for k in one)

@@ -12,20 +12,18 @@
 from __future__ import annotations
 
 import errno
-import importlib.util
 import json
 import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
+from tinyproject import ROOT, dvc, new_project, run, stale_stages, tiny_params
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
 TARGET = "finetune@r1"
 R1 = Path("data/rounds/r1")
@@ -34,50 +32,21 @@ VOLATILE = {"wall_s", "tokens_per_s", "runtime_s", "shards_reused", "resumed_fro
 VOLATILE |= {"prefix_prefill_s", "suffix_prefill_s", "decode_s", "other_s"}
 
 
-def _e2e_module():
-    """tests/e2e/test_pipeline.py, for its tiny-model params and helpers."""
-    spec = importlib.util.spec_from_file_location(
-        "_e2e_pipeline", ROOT / "tests/e2e/test_pipeline.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-E2E = _e2e_module()
-
-
-def _params(model_dir: Path) -> dict:
-    params = E2E._tiny_params(model_dir)
-    params["rounds"] = {"r1": {"prev": "r0"}}
-    params["data"]["train"]["n"] = 16
-    params["generate"] |= {"shard_size": 2, "max_new_tokens": 16, "dtype": "float32"}
-    params["finetune"] |= {"epochs": 2, "batch_size": 2, "dtype": "float32"}
-    params["tracking"]["enabled"] = False
-    return params
-
-
 def _new_project(root: Path, model_dir: Path) -> tuple[Path, dict]:
-    proj = root
-    proj.mkdir(parents=True)
-    for name in ("stages", "src"):
-        shutil.copytree(ROOT / name, proj / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".gitignore"):
-        shutil.copy(ROOT / name, proj / name)
-    (proj / "params.yaml").write_text(yaml.safe_dump(_params(model_dir), sort_keys=False))
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    env |= {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    env |= {"SELFIMPROVE_SAVE_STEPS": "2", "PYTHONPATH": str(proj / "src")}
-    env.pop("SELFIMPROVE_LAUNCH", None)
-    E2E._run(["git", "init", "-q"], proj, env)
-    E2E._run([sys.executable, "-m", "dvc", "init", "-q"], proj, env)
-    E2E._run([sys.executable, "-m", "dvc", "config", "core.analytics", "false"], proj, env)
-    return proj, env
+    """The tiny project, one round of 16 questions in shards of 2, checkpoints every 2 steps."""
+    params = tiny_params(
+        model_dir,
+        rounds={"r1": {"prev": "r0"}},
+        generate={"shard_size": 2, "max_new_tokens": 16, "dtype": "float32"},
+        finetune={"epochs": 2, "batch_size": 2, "dtype": "float32"},
+        tracking={"enabled": False},
+    )
+    params["data"]["train"]["n"] = 16
+    return new_project(root, params, SELFIMPROVE_SAVE_STEPS="2")
 
 
 def _repro(proj: Path, env: dict, check: bool = True) -> subprocess.CompletedProcess:
-    return E2E._run([sys.executable, "-m", "dvc", "repro", TARGET], proj, env, check=check)
+    return run(dvc("repro", TARGET), proj, env, check=check)
 
 
 def _repro_killed_when(
@@ -86,7 +55,7 @@ def _repro_killed_when(
     """Start `dvc repro`, SIGKILL its process group ``delay`` s after ``ready()``; fail if it
     ends before."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dvc", "repro", target],
+        dvc("repro", target),
         cwd=proj,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -124,13 +93,6 @@ def _metrics(proj: Path, step: str) -> dict:
 def _losses(proj: Path) -> list[float]:
     lines = (proj / R1 / "model" / "train_log.jsonl").read_text().splitlines()
     return [json.loads(x)["loss"] for x in lines]
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from selfimprove.tiny import make_tiny_model
-
-    return make_tiny_model(tmp_path_factory.mktemp("faults") / "tiny-model")
 
 
 @pytest.fixture(scope="module")
@@ -201,8 +163,7 @@ def test_no_half_written_outputs_and_up_to_date(killed_twice):
     proj, env, _ = killed_twice
     assert _tmp_files(proj / "data") == []
     assert not list((proj / "data").rglob(".*.old"))
-    status = E2E._run([sys.executable, "-m", "dvc", "status", TARGET], proj, env).stdout
-    assert "up to date" in status.lower(), status
+    assert stale_stages(proj, env, TARGET) == {}
 
 
 @pytest.mark.parametrize("fault", ["corrupt", "truncated"])
@@ -221,9 +182,7 @@ def test_bad_intermediate_jsonl_fails_naming_file_and_line(uninterrupted, tmp_pa
         samples.write_text(data[: len(data) - len(lines[-1]) // 2])
         want = f"line {len(lines)}: not valid JSON"
     # -s: only the stage that reads it (a plain repro would regenerate the changed output)
-    proc = E2E._run(
-        [sys.executable, "-m", "dvc", "repro", "-s", "refine@r1"], proj, env, check=False
-    )
+    proc = run(dvc("repro", "-s", "refine@r1"), proj, env, check=False)
     assert proc.returncode != 0
     assert f"{R1 / 'samples.jsonl'} {want}" in proc.stderr, proc.stderr[-3000:]
     assert _tmp_files(proj / "data") == []
@@ -303,7 +262,7 @@ def killed_mid_filter_and_evaluate(tiny_model, tmp_path_factory):
     ready_eval = _running("stages.evaluate --round r1", proj)
     _repro_killed_when(proj, env, ready_eval, target=target, delay=1.5)
     notes["metrics_after_kill"] = (proj / R1 / "metrics.json").exists()
-    E2E._run([sys.executable, "-m", "dvc", "repro", target], proj, env)
+    run(dvc("repro", target), proj, env)
     return proj, env, notes
 
 
@@ -314,11 +273,10 @@ def test_kill9_mid_filter_and_evaluate_redo_only_that_stage(
     clean, clean_env = uninterrupted
     assert not notes["rationales_after_kill"]  # killed before filter wrote anything
     assert not notes["metrics_after_kill"]  # killed inside evaluate: no partial metrics
-    E2E._run([sys.executable, "-m", "dvc", "repro", "evaluate@r1"], clean, clean_env)
+    run(dvc("repro", "evaluate@r1"), clean, clean_env)
     for name in ("rationales.jsonl", "train.jsonl", "metrics.json"):
         assert (proj / R1 / name).read_bytes() == (clean / R1 / name).read_bytes(), name
     for pred in sorted((clean / R1 / "eval").glob("*.jsonl")):
         assert (proj / R1 / "eval" / pred.name).read_bytes() == pred.read_bytes(), pred.name
     assert _tmp_files(proj / "data") == []
-    status = E2E._run([sys.executable, "-m", "dvc", "status", "evaluate@r1"], proj, env).stdout
-    assert "up to date" in status.lower(), status
+    assert stale_stages(proj, env, "evaluate@r1") == {}

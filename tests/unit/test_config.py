@@ -1,4 +1,7 @@
-"""params.yaml validation: the shipped file is valid; every problem is reported at once."""
+"""params.yaml validation: the shipped file is valid; every problem is reported at once.
+
+(Defaults, comments and descriptions: tests/unit/test_defaults.py.)
+"""
 
 from pathlib import Path
 
@@ -18,19 +21,6 @@ def test_shipped_params_are_valid():
     params = load_params(ROOT / "params.yaml")
     assert list(params.rounds) == ["r1", "r2"]
     assert params.rounds["r2"].prev == "r1"
-
-
-def test_every_params_key_has_a_comment():
-    """Every key line in params.yaml carries a comment (on the line or just above it)."""
-    lines = (ROOT / "params.yaml").read_text().splitlines()
-    missing = []
-    for i, line in enumerate(lines):
-        s = line.strip()
-        if not s or s.startswith("#") or ":" not in s:
-            continue
-        if "#" not in line and not lines[i - 1].strip().startswith("#"):
-            missing.append(line)
-    assert not missing, missing
 
 
 def test_all_problems_reported_at_once_with_fix():

@@ -10,8 +10,8 @@ import selfimprove.sampling.factory as factory_mod
 from selfimprove.config.evaluation import EvaluateConfig
 from selfimprove.core.answers import STOP_SEQUENCES
 from selfimprove.core.io import InputError
+from selfimprove.data.arith import generate_arith
 from selfimprove.data.drop import generate_drop
-from selfimprove.data.prepare import generate_arith
 from selfimprove.evaluation.evaluate import (
     drop_majority,
     drop_self_consistency,

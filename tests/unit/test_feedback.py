@@ -9,7 +9,7 @@ from fractions import Fraction
 import pytest
 
 from selfimprove.config.methods import MAX_FEEDBACK_SHOTS
-from selfimprove.data.prepare import generate_arith
+from selfimprove.data.arith import generate_arith
 from selfimprove.methods.feedback import (
     build_feedback_prompt,
     build_refine_prompt,

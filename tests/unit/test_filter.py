@@ -31,9 +31,9 @@ def test_config_defaults_and_validation() -> None:
     cfg = FilterConfig()
     assert (cfg.min_agreement, cfg.max_paths_per_question, cfg.dedupe, cfg.n_shots) == (
         0.5,
-        4,
+        2,
         True,
-        4,
+        2,
     )
     assert cfg.formats.enabled() == [
         "fewshot_cot",
@@ -66,7 +66,8 @@ def test_vote_selection_and_rationale_records() -> None:
         sample("c", [None, None, None]),  # no majority
         sample("d", ["7", "7", "7"]),  # 1.0
     ]
-    rationales, train, stats = filter_samples(samples, FilterConfig(min_agreement=0.5))
+    cfg = FilterConfig(min_agreement=0.5, max_paths_per_question=4)
+    rationales, train, stats = filter_samples(samples, cfg)
     assert [r["id"] for r in rationales] == ["a", "b", "c", "d"]
     assert [r["majority"] for r in rationales] == ["5", "1", None, "7"]
     assert [r["agreement"] for r in rationales] == [0.5, 0.25, 0.0, 1.0]

@@ -9,7 +9,7 @@ import pytest
 from selfimprove.config import ConfigError, parse_params
 from selfimprove.config.methods import MetaSkillConfig
 from selfimprove.core.io import InputError
-from selfimprove.data.prepare import generate_arith
+from selfimprove.data.arith import generate_arith
 from selfimprove.methods.feedback import Feedback, check_solution, parse_verdict
 from selfimprove.methods.meta_skill import build_corpus, corpus_examples, meta_skill
 

@@ -1,7 +1,9 @@
 """params.yaml, validated: one pydantic model per section, every problem reported at once.
 
-Each step module owns its section's model (``generate.GenerateConfig``,
-``filter.FilterConfig``, …); :class:`Params` assembles them. :func:`load_params` reads
+The section models live in this package (``config.methods.GenerateConfig``,
+``config.evaluation.EvaluateConfig``, …), importable without the step modules;
+:class:`Params` assembles them. Their defaults are the values params.yaml sets (one source of
+truth; ``tests/unit/test_defaults.py`` compares every key). :func:`load_params` reads
 ``params.yaml`` and raises :class:`ConfigError` listing *every* unknown key, wrong type or
 inconsistency with the key, the value and how to fix it — before any heavy work starts.
 """
@@ -41,21 +43,50 @@ class Params(BaseModel):
     seed: int = Field(0, description="Global seed: data, sampling, training (round k adds k).")
     method: Literal[METHOD_NAMES] = Field(  # type: ignore[valid-type]
         METHOD_NAMES[0],
-        description="Self-improvement method (methods.table): " + "; ".join(method_help().splitlines()),
+        description="Self-improvement method (methods.table): "
+        + "; ".join(method_help().splitlines()),
     )
-    base_model: BaseModelConfig = Field(default_factory=BaseModelConfig)
-    data: DataConfig
-    warmstart: WarmstartConfig = Field(default_factory=WarmstartConfig)
-    meta_skill: MetaSkillConfig = Field(default_factory=MetaSkillConfig)
-    generate: GenerateConfig = Field(default_factory=GenerateConfig)
-    refine: RefineConfig = Field(default_factory=RefineConfig)
-    filter: FilterConfig = Field(default_factory=FilterConfig)
-    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
-    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
-    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
-    report: ReportConfig = Field(default_factory=ReportConfig)
+    base_model: BaseModelConfig = Field(
+        default_factory=BaseModelConfig, description="The starting model (round 0)."
+    )
+    data: DataConfig = Field(
+        default_factory=DataConfig,
+        description="Training pool, held-out eval sets and optional labeled seed set.",
+    )
+    warmstart: WarmstartConfig = Field(
+        default_factory=WarmstartConfig,
+        description="Supervised warm start on data.seed_set before round 1.",
+    )
+    meta_skill: MetaSkillConfig = Field(
+        default_factory=MetaSkillConfig,
+        description="Meta-skill learning on data.seed_set (methods self, lmsi_self).",
+    )
+    generate: GenerateConfig = Field(
+        default_factory=GenerateConfig, description="Sampling the paths of each round."
+    )
+    refine: RefineConfig = Field(
+        default_factory=RefineConfig,
+        description="Self-feedback/refinement (or the baselines' labels) between generate and "
+        "filter.",
+    )
+    filter: FilterConfig = Field(
+        default_factory=FilterConfig, description="Which paths become training data."
+    )
+    finetune: FinetuneConfig = Field(
+        default_factory=FinetuneConfig, description="Fine-tuning on each round's training set."
+    )
+    evaluate: EvaluateConfig = Field(
+        default_factory=EvaluateConfig, description="Held-out evaluation of every round."
+    )
+    tracking: TrackingConfig = Field(
+        default_factory=TrackingConfig, description="MLflow logging and model registry."
+    )
+    report: ReportConfig = Field(
+        default_factory=ReportConfig, description="The report stage's tables and plots."
+    )
     rounds: dict[str, RoundConfig] = Field(
-        default_factory=dict, description="Rounds r1..rN, each naming its predecessor."
+        default_factory=lambda: {"r1": RoundConfig(prev="r0"), "r2": RoundConfig(prev="r1")},
+        description="Rounds r1..rN, each naming its predecessor (r0 = the starting model).",
     )
 
     @model_validator(mode="after")
@@ -136,7 +167,12 @@ def format_errors(exc: ValidationError, source: str = "params.yaml") -> str:
 def parse_params(raw: Any, source: str = "params.yaml") -> Params:
     """Validate an already-loaded params mapping.
 
-    >>> parse_params({"data": {"train": {"source": "arith", "n": 8}}, "genrate": {}})
+    A key left out takes its default, which is the value params.yaml sets
+    (tests/unit/test_defaults.py), so ``parse_params({})`` is the shipped params.yaml:
+
+    >>> parse_params({}).evaluate.max_new_tokens
+    128
+    >>> parse_params({"genrate": {}})
     Traceback (most recent call last):
     ...
     selfimprove.config.ConfigError: params.yaml: 1 problem(s):

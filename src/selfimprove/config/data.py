@@ -1,4 +1,5 @@
-"""``data:`` in params.yaml: where the training pool, the held-out sets and the seed set come from."""
+"""``data:`` in params.yaml: where the training pool, the held-out sets and the seed set
+come from."""
 
 from __future__ import annotations
 
@@ -68,7 +69,7 @@ class SourceConfig(BaseModel):
         "or validation (drop_hub).",
     )
     steps: list[int] = Field(
-        [1, 2],
+        [1],
         description="source arith: the numbers of arithmetic operations per problem to draw "
         "from (uniformly), a non-empty subset of [1, 2, 3].",
     )
@@ -112,11 +113,18 @@ class SourceConfig(BaseModel):
 
 
 def _default_train() -> SourceConfig:
-    return SourceConfig(source="arith", n=1000, steps=[1, 2])
+    """``data.train`` of params.yaml (tests/unit/test_defaults.py keeps the two equal)."""
+    return SourceConfig(source="arith", n=128, steps=[1])
 
 
 def _default_eval() -> dict[str, SourceConfig]:
-    return {"arith": SourceConfig(source="arith", n=200, steps=[1, 2])}
+    """``data.eval`` of params.yaml (tests/unit/test_defaults.py keeps the two equal)."""
+    return {
+        "arith_1step": SourceConfig(source="arith", n=100, steps=[1]),
+        "arith_2step": SourceConfig(source="arith", n=60, steps=[2]),
+        "gsm_symbolic": SourceConfig(source="gsm_symbolic", n=30),
+        "drop_gen": SourceConfig(source="drop_gen", n=30),
+    }
 
 
 class DataConfig(BaseModel):

@@ -29,7 +29,7 @@ class EvaluateConfig(BaseModel):
         description="Exemplars in few-shot styles (max 8); GSM8K-format sets only (DROP "
         "prompts always use their 3 exemplars).",
     )
-    max_new_tokens: int = Field(160, ge=1, description="Generation budget per answer.")
+    max_new_tokens: int = Field(128, ge=1, description="Generation budget per answer.")
     limit: int | None = Field(None, ge=1, description="Score only the first N of each set.")
     sc_paths: int = Field(
         8, ge=0, description="Self-consistency: paths sampled per question (0 = skip)."
@@ -39,7 +39,7 @@ class EvaluateConfig(BaseModel):
         "fewshot_cot", description="Prompt style for self-consistency sampling."
     )
     sc_limit: int | None = Field(
-        50, ge=1, description="Self-consistency on the first N questions of each set (cost)."
+        40, ge=1, description="Self-consistency on the first N questions of each set (cost)."
     )
     temperature: float = Field(0.7, gt=0, description="Sampling temperature for maj@k.")
     refine_iterations: int = Field(
@@ -64,6 +64,7 @@ class EvaluateConfig(BaseModel):
 
 
 # ---------------------------------------------------------------------- report
+
 
 class ReportConfig(BaseModel):
     """The ``report`` stage (``report:`` in params.yaml)."""

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from selfimprove.config.training import FinetuneConfig
+from selfimprove.config.training import nested_finetune
 from selfimprove.core.prompts import STYLES
 
 #: exemplars available to the feedback/refinement prompts (methods.feedback checks it has them)
@@ -14,6 +14,7 @@ MAX_FEEDBACK_SHOTS = 4
 
 
 # ---------------------------------------------------------------------- generate
+
 
 class GenerateConfig(BaseModel):
     """How round k samples chain-of-thought paths from round k-1's model."""
@@ -55,6 +56,7 @@ class GenerateConfig(BaseModel):
 
 
 # ---------------------------------------------------------------------- refine
+
 
 class RefineConfig(BaseModel):
     """The per-round refine step (self-feedback + self-refinement, or STaR/ReST-EM labels)."""
@@ -111,6 +113,7 @@ class RefineConfig(BaseModel):
 
 # ---------------------------------------------------------------------- filter
 
+
 class FormatsConfig(BaseModel):
     """Which prompt formats the training set holds (LMSI uses all four)."""
 
@@ -160,13 +163,16 @@ class FilterConfig(BaseModel):
         "majority answer (0 = every question with a majority, as in the paper).",
     )
     max_paths_per_question: int = Field(
-        4, ge=0, description="Keep at most this many agreeing paths per question (0 = all)."
+        2, ge=0, description="Keep at most this many agreeing paths per question (0 = all)."
     )
     dedupe: bool = Field(
         True, description="Drop a kept path identical to an earlier one of the same question."
     )
     n_shots: int = Field(
-        4, ge=0, le=8, description="Exemplars in the few-shot training formats (0..8)."
+        2,
+        ge=0,
+        le=8,
+        description="Exemplars in the few-shot training formats (0..8; fewer = faster training).",
     )
     formats: FormatsConfig = Field(
         default_factory=FormatsConfig, description="Prompt formats of the training examples."
@@ -174,6 +180,11 @@ class FilterConfig(BaseModel):
 
 
 # ---------------------------------------------------------------------- meta_skill
+
+MetaSkillFinetune = nested_finetune(
+    2, "Fine-tuning on the meta-skill corpus (same keys as `finetune`; epochs default 2)."
+)
+
 
 class MetaSkillConfig(BaseModel):
     """Meta-skill learning on the labeled seed set (methods self and lmsi_self)."""
@@ -250,10 +261,7 @@ class MetaSkillConfig(BaseModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Sampling compute dtype (auto: bf16 where fast, else fp32)."
     )
-    finetune: FinetuneConfig = Field(
-        default_factory=lambda: FinetuneConfig(epochs=2),
-        description="Fine-tuning on the meta-skill corpus (same keys as `finetune`).",
-    )
+    finetune: MetaSkillFinetune
 
     @model_validator(mode="after")
     def _teacher_needs(self) -> MetaSkillConfig:

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 # ---------------------------------------------------------------------- base_model
 
@@ -84,6 +91,7 @@ class BaseModelConfig(BaseModel):
 
 
 # ---------------------------------------------------------------------- finetune
+
 
 class LoraSection(BaseModel):
     """LoRA adapter settings (used when ``finetune.method`` is ``lora``)."""
@@ -167,7 +175,28 @@ class FinetuneConfig(BaseModel):
     )
 
 
+def nested_finetune(epochs: float, description: str) -> Any:
+    """The type of a ``finetune:`` sub-section (``warmstart.finetune``, ``meta_skill.finetune``):
+    the keys of :class:`FinetuneConfig`, except that ``epochs`` defaults to ``epochs`` whether
+    the sub-section is left out or given without it (deleting the key changes nothing).
+
+    >>> from pydantic import TypeAdapter
+    >>> TypeAdapter(nested_finetune(3, "x")).validate_python({"batch_size": 2}).epochs
+    3.0
+    """
+    return Annotated[
+        FinetuneConfig,
+        BeforeValidator(lambda v: {"epochs": epochs, **v} if isinstance(v, dict) else v),
+        Field(default_factory=lambda: FinetuneConfig(epochs=epochs), description=description),
+    ]
+
+
 # ---------------------------------------------------------------------- warmstart
+
+WarmstartFinetune = nested_finetune(
+    3, "Fine-tuning settings for the warm start (same keys as `finetune`; epochs default 3)."
+)
+
 
 class WarmstartConfig(BaseModel):
     """Supervised warm start on data.seed_set (labeled) before the label-free rounds."""
@@ -179,7 +208,4 @@ class WarmstartConfig(BaseModel):
         ["fewshot_cot", "zeroshot_cot"], description="Prompt formats of the seed examples."
     )
     n_shots: int = Field(4, ge=0, le=8, description="Exemplars in the few-shot format.")
-    finetune: FinetuneConfig = Field(
-        default_factory=lambda: FinetuneConfig(epochs=3),
-        description="Fine-tuning settings for the warm start (same keys as `finetune`).",
-    )
+    finetune: WarmstartFinetune

@@ -141,3 +141,13 @@ def write_json(path: str | os.PathLike, obj) -> None:
     """Write one JSON document atomically (pretty, sorted keys: stable for DVC diffs)."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def nonblank_line_numbers(path: str | os.PathLike) -> list[int]:
+    """1-based numbers of the non-blank lines (the records ``iter_jsonl`` yields)."""
+    import gzip
+
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        return [i for i, line in enumerate(f, start=1) if line.strip()]

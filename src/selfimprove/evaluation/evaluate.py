@@ -12,9 +12,10 @@ Two set formats, told apart by their records (:func:`set_format`):
   :func:`selfimprove.evaluation.metrics.drop.extract_drop_answer`; prompts from
   :func:`selfimprove.data.drop.drop_prompt` (same style names, its own 3 exemplars, so
   ``n_shots`` does not apply), generation stops at
-  :data:`selfimprove.evaluation.metrics.drop.DROP_STOP_SEQUENCES` (never at "."). Self-consistency votes
-  over the extracted answers keyed by :func:`selfimprove.evaluation.metrics.drop.normalize_span` and
-  reports EM/F1 of the majority answer.
+  :data:`selfimprove.evaluation.metrics.drop.DROP_STOP_SEQUENCES` (never at "."). Self-consistency
+  votes over the extracted answers keyed by
+  :func:`selfimprove.evaluation.metrics.drop.normalize_span` and reports EM/F1 of the majority
+  answer.
 
 Metrics come back as one nested dict; the stage writes it as the DVC metrics file and the track
 stage logs the very same dict (flattened with ".") to MLflow.
@@ -219,22 +220,26 @@ def evaluate(
     cfg: EvaluateConfig,
     seed: int,
     refine: RefineConfig | None = None,
+    backend: str | None = None,
 ) -> tuple[dict, dict[str, list[dict]]]:
     """Evaluate one model on every set; return (metrics, predictions by "<set>__<style>").
 
     ``refine`` (the ``refine`` params section) gives inference-time self-refinement
     (``cfg.refine_iterations`` > 0) the prompt format and token budgets the model was taught
     (``n_shots``, ``feedback_max_new_tokens``, ``refine_max_new_tokens``, ``temperature``);
-    ``None`` = its defaults.
+    ``None`` = its defaults. ``backend``: the sampling backend (``generate.backend``; ``None`` =
+    that key's default).
 
     ``metrics[set][style]`` is ``{n, strict, flexible, no_answer}`` for a GSM8K-format set and
     ``{n, em, f1, no_answer}`` for a DROP-format one; ``metrics[set]["sc"]`` holds maj@k
     (accuracy, or ``maj@k_em``/``maj@k_f1`` for DROP) on the first ``sc_limit`` questions.
     """
+    from selfimprove.config.methods import GenerateConfig
     from selfimprove.sampling.factory import make_sampler
 
     formats = {name: set_format(records, name) for name, records in eval_sets.items()}
-    sampler = make_sampler(model_dir, "transformers", cfg.dtype, cfg.batch_size)
+    backend = backend or GenerateConfig.model_fields["backend"].default
+    sampler = make_sampler(model_dir, backend, cfg.dtype, cfg.batch_size)
     metrics: dict = {}
     predictions: dict[str, list[dict]] = {}
     for name, records in eval_sets.items():

@@ -347,8 +347,8 @@ def read_labels(path: str | Path) -> dict[str, str]:
 
 def feedback_rows(refined_by_round: Mapping[str, list[dict]], labels: Mapping[str, str]) -> list:
     """Per round with judged paths: the self-feedback verdict precision / recall against the
-    gold (:func:`selfimprove.evaluation.analysis.verdict_precision`). ``precision`` / ``recall`` judge the
-    sampled answers (initial verdicts), ``final_*`` the answers after refinement.
+    gold (:func:`selfimprove.evaluation.analysis.verdict_precision`). ``precision`` / ``recall``
+    judge the sampled answers (initial verdicts), ``final_*`` the answers after refinement.
 
     >>> recs = [{"id": "a", "answers": ["4", "5"], "refined_answers": ["4", "4"],
     ...          "verdicts": [[True], [False, True]], "final_verdicts": [True, True]},

@@ -20,20 +20,10 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from selfimprove.core.io import InputError
+from selfimprove.core.io import InputError, nonblank_line_numbers
 
 KINDS: tuple[str, ...] = ("gsm8k", "drop")
 _KEYS = {"gsm8k": ("prediction", "answer"), "drop": ("prediction", "answers")}
-
-
-def nonblank_line_numbers(path: str | os.PathLike) -> list[int]:
-    """1-based numbers of the non-blank lines (the records ``iter_jsonl`` yields)."""
-    import gzip
-
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        return [i for i, line in enumerate(f, start=1) if line.strip()]
 
 
 def score_file(kind: Literal["gsm8k", "drop"], path: str | os.PathLike) -> dict:

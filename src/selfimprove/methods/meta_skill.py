@@ -3,8 +3,8 @@
 From the small *labeled* seed set (``data.seed_set``; labels are used here and only here, as in
 SELF) the round-0 model samples ``n_initial`` answers per question; a teacher
 (:mod:`selfimprove.teachers`) writes feedback on each; the refined answer is the correct
-solution (:func:`selfimprove.training.warmstart.solution_to_rationale`). The corpus gives three kinds of
-training examples, all in the prompt formats the rounds use later
+solution (:func:`selfimprove.training.warmstart.solution_to_rationale`). The corpus gives three
+kinds of training examples, all in the prompt formats the rounds use later
 (:mod:`selfimprove.feedback`):
 
 * feedback: (question, answer) -> feedback + verdict line -- the prompt has *no* reference
@@ -13,8 +13,8 @@ training examples, all in the prompt formats the rounds use later
   for answers the teacher judged incorrect);
 * the seed QA pairs themselves (question -> solution) in ``qa_formats``.
 
-The model is fine-tuned on them (:func:`selfimprove.training.finetune.finetune`) and becomes round 0's
-model. For methods that do not use SELF (lmsi, star, rest_em) the step copies the model.
+The model is fine-tuned on them (:func:`selfimprove.training.finetune.finetune`) and becomes round
+0's model. For methods that do not use SELF (lmsi, star, rest_em) the step copies the model.
 """
 
 from __future__ import annotations
@@ -231,13 +231,15 @@ def meta_skill(
     feedback_max_new_tokens: int = 64,
     teacher=None,
     sampler=None,
+    backend: str | None = None,
 ) -> tuple[list[dict], dict]:
     """Round 0's model in ``out_dir``: ``model_dir`` fine-tuned on the meta-skill corpus
     (method self/lmsi_self), else a copy. Returns ``(corpus, info)``.
 
     ``n_shots`` / ``feedback_max_new_tokens`` are the refine step's (``refine.n_shots``,
     ``refine.feedback_max_new_tokens``): the corpus uses the prompts the rounds use.
-    ``teacher`` / ``sampler`` override the configured ones (tests).
+    ``teacher`` / ``sampler`` override the configured ones (tests). ``backend``: the sampling
+    backend (``generate.backend``; ``None`` = that key's default).
     """
     from selfimprove.methods.table import SELF_METHODS
 
@@ -258,9 +260,11 @@ def meta_skill(
         )
     own_sampler = sampler is None
     if own_sampler:
+        from selfimprove.config.methods import GenerateConfig
         from selfimprove.sampling.factory import make_sampler
 
-        sampler = make_sampler(model_dir, "transformers", cfg.dtype, cfg.batch_size)
+        backend = backend or GenerateConfig.model_fields["backend"].default
+        sampler = make_sampler(model_dir, backend, cfg.dtype, cfg.batch_size)
     initial = sample_initial(sampler, seed_records, cfg, seed)
     if own_sampler:
         del sampler
