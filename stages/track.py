@@ -1,4 +1,9 @@
-"""track stage: log one round to MLflow (params, metrics, rationale datasets, model, provenance)."""
+"""track stage: log one round to MLflow (params, metrics, rationale datasets, model, provenance).
+
+Provenance (selfimprove.tracking.provenance): git commit and git_dirty (DVC's own edits of
+dvc.lock and data/**/.gitignore don't count), the round's dvc.lock digest, the lock file the
+environment was installed from and the package versions; paths are logged relative to the
+project root (the cwd of the stage)."""
 
 from pathlib import Path
 
@@ -12,17 +17,6 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def _provenance_tags(git: dict, lock_digest: str, method: str) -> dict[str, str]:
-    tags = {"dvc_lock": lock_digest, "method": method}
-    if git.get("commit"):
-        tags |= {
-            "git_commit": git["commit"],
-            "git_dirty": git.get("dirty", ""),
-            "mlflow.source.git.commit": git["commit"],
-        }
-    return tags
-
-
 @stage_main(__doc__, add_round_arg)
 def main(args, params):
     from selfimprove.core.io import read_jsonl, write_json
@@ -32,10 +26,11 @@ def main(args, params):
         verdict_precision,
     )
     from selfimprove.tracking.health import check_tracking
-    from selfimprove.tracking.provenance import dvc_lock_digest, git_info
+    from selfimprove.tracking.provenance import dvc_lock_digest, git_info, provenance_tags
     from selfimprove.tracking.runs import DatasetSpec, log_round
 
     cfg = params.tracking
+    root = Path.cwd()  # the project root: DVC runs every stage there
     out = round_dir(args.round)
     if not cfg.enabled:
         write_json(out / "mlflow.json", {"enabled": False})
@@ -79,8 +74,9 @@ def main(args, params):
         model_dir=model_dir if model_dir.exists() else None,
         adapter_dir=adapter if adapter.exists() else None,
         base_model_ref=params.base_model.hub_id,
-        tags=_provenance_tags(git_info(Path.cwd()), dvc_lock_digest(args.round), params.method),
+        tags=provenance_tags(git_info(root), dvc_lock_digest(args.round), params.method),
         tables=tables,
+        root=root,
     )
     write_json(out / "mlflow.json", {"run_id": run_id, "round": args.round})
     print(f"{args.round}: logged to MLflow run {run_id}")

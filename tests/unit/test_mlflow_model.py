@@ -111,3 +111,36 @@ def test_resolve_base_messages(tmp_path):
         assert mlflow_model.resolve_base(gone | {"allow_hub_fallback": True}) == "hub/x"
     with pytest.raises(RuntimeError, match="no base model recorded"):
         mlflow_model.resolve_base({})
+
+
+def test_resolve_base_relative_path(tmp_path, monkeypatch):
+    """A base_path relative to the project root: under base_root, $SELFIMPROVE_PROJECT_ROOT,
+    else the cwd or a parent of it; the first copy with the recorded digest wins."""
+    monkeypatch.delenv(mlflow_model.ROOT_ENV, raising=False)
+    proj = tmp_path / "clone"
+    root = _tree(proj / "data" / "models" / "base")
+    cfg = {"base_path": "data/models/base", "base_digest": digest(root, 36), "base_hub_id": "h/x"}
+    (proj / "data" / "rounds" / "r1").mkdir(parents=True)
+    monkeypatch.chdir(proj / "data" / "rounds" / "r1")  # found in a parent of the cwd
+    assert mlflow_model.resolve_base(cfg) == str(root)
+    # a folder at the same relative path nearer the cwd, with other content, is skipped
+    _tree(proj / "data" / "rounds" / "r1" / "data" / "models" / "base")
+    (proj / "data" / "rounds" / "r1" / "data" / "models" / "base" / "sub" / "a.txt").write_text("")
+    assert mlflow_model.resolve_base(cfg) == str(root)
+    with pytest.raises(RuntimeError, match="changed since this model was logged"):
+        mlflow_model.resolve_base(cfg | {"base_digest": "0" * 36})
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RuntimeError, match="not found; restore it.*base_root"):
+        mlflow_model.resolve_base(cfg)
+    assert mlflow_model.resolve_base(cfg | {"base_root": str(proj)}) == str(root)
+    monkeypatch.setenv(mlflow_model.ROOT_ENV, str(proj))
+    assert mlflow_model.resolve_base(cfg) == str(root)
+    # an explicit root is the only place looked in
+    assert mlflow_model.base_candidates("data/x", str(proj)) == [proj / "data" / "x"]
+    assert mlflow_model.base_candidates(str(root)) == [root]
+    with pytest.warns(UserWarning, match="loading h/x from the hub"):
+        got = mlflow_model.resolve_base(
+            cfg | {"base_root": str(tmp_path / "none"), "allow_hub_fallback": True}
+        )
+    assert got == "h/x"
+    assert "base_root" in mlflow_model.PASS_DOWN  # a chain of models resolves every base there

@@ -113,7 +113,7 @@ def two_rounds(db, files):
     return r0, r1
 
 
-def test_parent_and_children(uri, two_rounds):
+def test_parent_and_children(uri, two_rounds, files):
     r0, r1 = two_rounds
     client = _client(uri)
     exp = client.get_experiment_by_name("selfimprove")
@@ -136,6 +136,11 @@ def test_parent_and_children(uri, two_rounds):
         assert t["selfimprove.base_model"] == "tiny-llama@abc"
         assert run.data.params["sample.temperature"] == "0.7"
         assert run.data.params["lora.targets"] == '["q", "v"]'
+        # provenance: the environment, and no absolute path in any param or tag
+        assert t["env.lock"] and t["env.torch"] and t["selfimprove.host"]
+        values = list(run.data.params.values()) + list(t.values())
+        assert not [v for v in values if Path(v).is_absolute() or "file:" in v]
+        assert (Path.cwd() / t["selfimprove.model_dir"]).resolve() == files["merged"].resolve()
         assert run.data.metrics == {"accuracy": 0.25 + 0.25 * idx}
         hist = client.get_metric_history(rid, "accuracy")
         assert [m.step for m in hist] == [idx]
@@ -444,7 +449,9 @@ def test_registry_adapter_chain_and_best_alias(uri, chain):
     assert conf["base_model_uri"] == f"models:/{name}/{by_round['r0'].version}"
     assert not conf["base_path"] and not conf["allow_hub_fallback"]
     r0_conf = _pyfunc_config(f"models:/{name}/{by_round['r0'].version}")
-    assert r0_conf["base_path"] == str(chain["r0"].resolve()) and r0_conf["base_digest"]
+    # the base folder is recorded relative to the project root (the cwd), never absolute
+    assert not Path(r0_conf["base_path"]).is_absolute() and r0_conf["base_digest"]
+    assert (Path.cwd() / r0_conf["base_path"]).resolve() == chain["r0"].resolve()
     # the model carries its code: a copy of tracking/mlflow_model.py, under its old file name
     code = mlflow.artifacts.download_artifacts(f"models:/{name}/{best.version}/{MODEL_CODE_NAME}")
     assert Path(code).read_text() == MODEL_CODE.read_text()
@@ -530,7 +537,9 @@ def test_registry_base_folder_changed_or_missing(uri, chain, tmp_path):
         adapter_dir=r1 / "adapter",
     )  # fmt: skip
     best = "models:/selfimprove-reg-changed@best"
-    assert _pyfunc_config(best)["base_path"] == str(base.resolve())
+    base_path = _pyfunc_config(best)["base_path"]
+    assert not Path(base_path).is_absolute()
+    assert (Path.cwd() / base_path).resolve() == base.resolve()
     assert not _pyfunc_config(best)["base_model_uri"]
     (base / "config.json").write_text((base / "config.json").read_text() + " ")
     with pytest.raises(Exception, match="changed since this model was logged"):

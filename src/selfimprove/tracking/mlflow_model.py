@@ -2,9 +2,14 @@
 
 model_config: base_model_uri (a registered model version it was trained on, loaded
 recursively) or base_path (a local model folder, checked against base_digest); base_hub_id;
-max_new_tokens. Load-time overrides (mlflow.pyfunc.load_model(uri, model_config={...})), passed
-down the chain: base_override = a model folder used instead of the recorded base folder (no
-digest check); allow_hub_fallback = load base_hub_id when the base folder is missing. The
+max_new_tokens. base_path is relative to the project root the model was logged from (models
+logged before that hold an absolute path): it is looked up under base_root when given, else
+under $SELFIMPROVE_PROJECT_ROOT, else under the cwd and then each of its parents; the first
+folder there whose digest is base_digest is the base. Load-time overrides
+(mlflow.pyfunc.load_model(uri, model_config={...})), passed down the chain: base_root = the
+project folder (a clone of the project, with `dvc pull` done); base_override = a model folder
+used instead of the recorded base folder (no digest check); allow_hub_fallback = load
+base_hub_id when the base folder is missing. The
 adapter (if any) is the artifact "adapter". predict(prompts) returns greedy continuations;
 unwrap_python_model().model / .tokenizer are the transformers model and tokenizer.
 
@@ -15,6 +20,7 @@ import nothing from selfimprove (a test checks); ``folder_digest`` repeats
 """
 
 import hashlib
+import os
 import warnings
 from pathlib import Path
 
@@ -22,7 +28,9 @@ import mlflow
 from mlflow.models import set_model
 from mlflow.pyfunc import PythonModel
 
-PASS_DOWN = ("base_override", "allow_hub_fallback")
+PASS_DOWN = ("base_override", "base_root", "allow_hub_fallback")
+#: environment variable naming the project folder relative base paths are resolved against
+ROOT_ENV = "SELFIMPROVE_PROJECT_ROOT"
 
 
 def folder_digest(path, length=36):
@@ -42,24 +50,48 @@ def folder_digest(path, length=36):
     return h.hexdigest()[:length]
 
 
+def base_candidates(path, root=None):
+    """Where the recorded base folder ``path`` may be, in order: itself when absolute; else
+    under ``root`` (model_config base_root), else under $SELFIMPROVE_PROJECT_ROOT, else under
+    the cwd and each of its parents (the model may be loaded from inside the project)."""
+    p = Path(path)
+    if p.is_absolute():
+        return [p]
+    root = root or os.environ.get(ROOT_ENV)
+    cwd = Path.cwd()
+    roots = [Path(root).absolute()] if root else [cwd, *cwd.parents]
+    out = []
+    for d in roots:
+        c = Path(os.path.normpath(d / p))
+        if c not in out:
+            out.append(c)
+    return out
+
+
 def resolve_base(cfg):
     """The folder (or hub id) to load the start model from, per the model_config ``cfg``."""
     path, digest, hub_id = cfg.get("base_path"), cfg.get("base_digest"), cfg.get("base_hub_id")
     if cfg.get("base_override"):
         return cfg["base_override"]
-    if path and Path(path).is_dir():
-        if digest and folder_digest(path) != digest:
+    if path:
+        where = base_candidates(path, cfg.get("base_root"))
+        found = [c for c in where if c.is_dir()]
+        for folder in found:
+            if not digest or folder_digest(folder) == digest:
+                return str(folder)
+        if found:
             raise RuntimeError(
-                f"base model folder {path} changed since this model was logged (digest "
+                f"base model folder {found[0]} changed since this model was logged (digest "
                 f"{digest}); restore it (`dvc checkout` / `dvc pull` in the project), or load "
                 "with model_config={'base_override': <folder>} to use another folder"
             )
-        return path
     if path and not (cfg.get("allow_hub_fallback") and hub_id):
+        looked = ", ".join(str(c) for c in where[:3]) + (" ..." if len(where) > 3 else "")
         raise RuntimeError(
-            f"base model folder {path} not found; restore it (`dvc pull` in the project), or "
-            "load with model_config={'base_override': <folder>} or "
-            f"{{'allow_hub_fallback': True}} (hub id {hub_id!r})"
+            f"base model folder {path} not found; restore it (`dvc pull` in the project) and "
+            "load from the project folder or with model_config={'base_root': <project folder>}"
+            ", or load with model_config={'base_override': <folder>} or "
+            f"{{'allow_hub_fallback': True}} (hub id {hub_id!r}); looked in {looked}"
         )
     if not hub_id:
         raise RuntimeError("no base model recorded; pass model_config={'base_override': <folder>}")

@@ -8,8 +8,11 @@ the model is an ``mlflow.transformers`` model of the merged folder (self-contain
 ``tracking/mlflow_model.py``, stored in the model as ``selfimprove_model.py``): the LoRA
 adapter plus a reference to the model it was trained on, namely the registered version of the
 previous round when there is one (loaded recursively), else a local folder (checked against its
-digest) or the hub id. Either loads offline with
-``mlflow.pyfunc.load_model("models:/<name>@best")``.
+digest) or the hub id. The folder is recorded relative to the project root (``base_path``, e.g.
+``data/models/base``), never as an absolute path: loaded elsewhere, it is looked up under the
+cwd (or ``model_config={"base_root": <project>}``), checked against ``base_digest``, and
+otherwise falls back to ``base_override`` / ``allow_hub_fallback`` (see ``mlflow_model.py``).
+Either loads offline with ``mlflow.pyfunc.load_model("models:/<name>@best")``.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from selfimprove.tracking.tags import (
     TAG_SUPERSEDED,
     clean_key,
     file_digest,
+    portable_path,
     safe_name,
 )
 
@@ -100,8 +104,9 @@ def _load_components(model_dir: Path) -> dict:
     }
 
 
-def _adapter_base(adapter_dir: Path | None, model_dir: Path | None) -> Path | None:
-    """The folder the adapter was trained on (adapter_config.json), or the model folder itself."""
+def _adapter_base(adapter_dir: Path | None, model_dir: Path | None, root: Path) -> Path | None:
+    """The folder the adapter was trained on (adapter_config.json; a relative path is relative
+    to the project ``root``), or the model folder itself."""
     if adapter_dir is None:
         return model_dir
     conf = adapter_dir / "adapter_config.json"
@@ -109,7 +114,10 @@ def _adapter_base(adapter_dir: Path | None, model_dir: Path | None) -> Path | No
         base = json.loads(conf.read_text()).get("base_model_name_or_path")
     except (OSError, ValueError):
         return None
-    return Path(base) if base and Path(base).is_dir() else None
+    if not base:
+        return None
+    base = Path(base) if Path(base).is_absolute() else root / base
+    return base if base.is_dir() else None
 
 
 def _registered_version_with_digest(client, name: str, digest: str, exclude_run: str):
@@ -127,9 +135,11 @@ def _registered_version_with_digest(client, name: str, digest: str, exclude_run:
 
 
 def _adapter_model_config(
-    client, name: str, run_id: str, adapter_dir, model_dir, model_digest, base_model_ref
+    client, name: str, run_id: str, adapter_dir, model_dir, model_digest, base_model_ref, root
 ) -> dict:
-    """The pyfunc model's model_config: what the adapter was trained on (see mlflow_model.py)."""
+    """The pyfunc model's model_config: what the adapter was trained on (see mlflow_model.py).
+
+    MLflow also logs it as params of the run, so ``base_path`` is relative to ``root``."""
     # every key present: MLflow only lets load-time model_config override existing keys
     model_config: dict = {
         "base_model_uri": "",
@@ -137,10 +147,11 @@ def _adapter_model_config(
         "base_digest": "",
         "base_hub_id": base_model_ref or "",
         "base_override": "",
+        "base_root": "",
         "allow_hub_fallback": False,
         "max_new_tokens": 64,
     }
-    base = _adapter_base(adapter_dir, model_dir)
+    base = _adapter_base(adapter_dir, model_dir, root)
     if base is None:
         return model_config
     base_digest = model_digest if base == model_dir else file_digest(base)
@@ -150,7 +161,7 @@ def _adapter_model_config(
     if base_version is not None:
         model_config["base_model_uri"] = f"models:/{name}/{base_version.version}"
     else:
-        model_config["base_path"] = str(base.resolve())
+        model_config["base_path"] = portable_path(base.absolute(), root)
         model_config["base_digest"] = base_digest
     return model_config
 
@@ -165,8 +176,11 @@ def log_registered_model(
     model_dir: Path | None,
     adapter_dir: Path | None,
     base_model_ref: str | None,
+    root: Path | None = None,
 ) -> str | None:
-    """Log the round's model as an MLflow model and register it; return the version (or None)."""
+    """Log the round's model as an MLflow model and register it; return the version (or None).
+
+    ``root``: the project root (default the cwd) the base folder's path is recorded against."""
     name = cfg.registered_model_name()
     if name is None or cfg.log_model == "none":
         return None
@@ -192,7 +206,14 @@ def log_registered_model(
             )
         else:
             model_config = _adapter_model_config(
-                client, name, run_id, adapter_dir, model_dir, model_digest, base_model_ref
+                client,
+                name,
+                run_id,
+                adapter_dir,
+                model_dir,
+                model_digest,
+                base_model_ref,
+                Path.cwd() if root is None else Path(root),
             )
             with tempfile.TemporaryDirectory() as tmp:
                 code = Path(tmp) / MODEL_CODE_NAME

@@ -11,6 +11,11 @@ the experiment (``TrackingConfig.experiment``):
   inputs (digest = the file's sha256), artifacts, tables and model files. Rerunning a round makes a
   new run; older runs of the same pipeline and round are tagged ``selfimprove.superseded=true``.
 
+Every round run also gets the environment tags of :func:`.provenance.environment_tags` (lock
+file and its sha256, package versions, ``selfimprove.host``), and no param or tag value holds an
+absolute path: each is logged relative to ``root`` (the project root, default the cwd) by
+:func:`~selfimprove.tracking.tags.portable_value`.
+
 The round's model is registered too (:mod:`selfimprove.tracking.registry`). The report stage
 adds its files to the parent run (:func:`log_report`); ``selfimprove compare --mlflow`` reads
 the rounds back (:func:`round_metrics`). Where runs go: :mod:`selfimprove.tracking.health`.
@@ -28,6 +33,7 @@ from pathlib import Path
 from selfimprove.config.tracking import _FORBIDDEN_NAME_CHARS, TrackingConfig
 from selfimprove.core.io import InputError
 from selfimprove.tracking.health import check_tracking, tracking_uri
+from selfimprove.tracking.provenance import environment_tags
 from selfimprove.tracking.registry import log_registered_model, update_best_alias
 from selfimprove.tracking.store import (
     experiment_id,
@@ -54,6 +60,8 @@ from selfimprove.tracking.tags import (
     file_digest,
     flatten,
     numeric_metrics,
+    portable_path,
+    portable_value,
     truncate,
 )
 
@@ -166,6 +174,7 @@ def log_round(
     base_model_ref: str | None = None,
     tags: dict[str, str] | None = None,
     tables: dict[str, list[dict]] | None = None,
+    root: Path | None = None,
 ) -> str:
     """Log one round as a new child run of the pipeline's parent run; return its run id.
 
@@ -180,6 +189,9 @@ def log_round(
     Unless ``cfg.registered_model`` is None the model is logged as an MLflow model, registered
     with the tag ``round=<round_name>``, and the alias ``best`` moved to the current version
     with the highest ``cfg.best_metric`` (from ``metrics``); see :mod:`.registry`.
+
+    ``root`` is the project root (default: the cwd): absolute paths in params and tags (and the
+    base folder the adapter model refers to) are logged relative to it.
     """
     if not cfg.enabled:
         return ""
@@ -196,7 +208,9 @@ def log_round(
     exp_id = experiment_id(client, cfg)
     parent_id = parent_run_id(client, exp_id, cfg)
 
+    root = Path.cwd() if root is None else Path(root)
     run_tags = _context_tags()
+    run_tags.update(environment_tags(root))
     run_tags.update({clean_key(k): truncate(str(v), MAX_TAG_VALUE) for k, v in tags.items()})
     run_tags.update(
         {
@@ -209,9 +223,10 @@ def log_round(
         }
     )
     if model_dir is not None:
-        run_tags[TAG_MODEL_DIR] = str(model_dir)
+        run_tags[TAG_MODEL_DIR] = portable_path(model_dir, root)
     if base_model_ref:
         run_tags[TAG_BASE_MODEL] = truncate(base_model_ref, MAX_TAG_VALUE)
+    run_tags = {k: portable_value(v, root) for k, v in run_tags.items()}
     good, skipped = numeric_metrics(metrics)
     run_tags[TAG_SKIPPED_METRICS] = str(skipped)
     if skipped:
@@ -221,7 +236,7 @@ def log_round(
     run = client.create_run(exp_id, run_name=f"{cfg.pipeline}/{round_name}", tags=run_tags)
     run_id = run.info.run_id
     try:
-        flat = {clean_key(k): v for k, v in flatten(params).items()}
+        flat = {clean_key(k): portable_value(v, root) for k, v in flatten(params).items()}
         for chunk in _chunks([Param(k, v) for k, v in flat.items()], 100):
             client.log_batch(run_id, params=chunk, synchronous=True)
         now = int(time.time() * 1000)
@@ -259,6 +274,7 @@ def log_round(
             model_dir=model_dir,
             adapter_dir=adapter_dir,
             base_model_ref=base_model_ref,
+            root=root,
         )
         if version is not None:
             client.set_tag(run_id, TAG_REGISTERED_MODEL, f"{registered}/{version}")

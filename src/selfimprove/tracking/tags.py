@@ -4,6 +4,10 @@ them (no MLflow import: every other tracking module builds on this one).
 Run tags: ``selfimprove.pipeline`` and ``selfimprove.role`` (``parent`` | ``round``) find the
 runs of a pipeline; ``selfimprove.round`` / ``selfimprove.round_index`` name a round run;
 ``selfimprove.superseded=true`` marks a round run (or model version) replaced by a rerun.
+
+Paths: every param and tag value that is an absolute path (or a ``file:`` URI) is logged relative
+to the project root (:func:`portable_value`), so runs of the same commit on two machines log the
+same values; ``selfimprove.host`` is the one tag that names the machine.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ TAG_SKIPPED_METRICS = "selfimprove.skipped_metrics"
 TAG_LAST_ROUND = "selfimprove.last_round"
 TAG_MODEL_DIGEST = "selfimprove.model_digest"
 TAG_REGISTERED_MODEL = "selfimprove.registered_model"
+#: the machine that ran the round (the only machine-specific tag)
+TAG_HOST = "selfimprove.host"
 PARENT_TAG = "mlflow.parentRunId"
 BEST_ALIAS = "best"
 
@@ -125,3 +131,59 @@ def file_digest(path: str | os.PathLike, length: int = DIGEST_CHARS) -> str:
     from selfimprove.core.digest import digest
 
     return digest(path, length)
+
+
+def _rel(path: str, root: str) -> str:
+    try:
+        return os.path.relpath(path, root)
+    except ValueError:  # another drive (Windows): no relative path exists
+        return os.path.basename(path.rstrip("/\\")) or path
+
+
+def portable_path(path: str | os.PathLike, root: str | os.PathLike) -> str:
+    """``path`` relative to the project ``root``, in posix form (``..`` where it lies outside).
+
+    Symlinks are not resolved (a DVC output linked into the cache keeps its workspace path),
+    except that a symlinked prefix of ``root`` (``/tmp`` -> ``/private/tmp``) is seen through.
+
+    >>> portable_path("/home/a/proj/data/models/base", "/home/a/proj")
+    'data/models/base'
+    >>> portable_path("/home/a/models/tiny", "/home/a/proj"), portable_path("data/x", "/p")
+    ('../models/tiny', 'data/x')
+    >>> portable_path("/home/a/proj", "/home/a/proj")
+    '.'
+    """
+    path = os.fspath(path)
+    if not os.path.isabs(path):
+        return posixpath.normpath(path.replace(os.sep, "/"))
+    root = os.path.abspath(os.fspath(root))
+    rel = _rel(os.path.abspath(path), root)
+    if rel.startswith(".."):  # try again with symlinks resolved on both sides
+        real = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+        other = _rel(real, os.path.realpath(root))
+        if other.count("..") < rel.count(".."):
+            rel = other
+    return rel.replace(os.sep, "/")
+
+
+def portable_value(value: str, root: str | os.PathLike) -> str:
+    """``value`` with an absolute path or a ``file:`` URI made relative to ``root``; any other
+    value unchanged.
+
+    >>> portable_value("/srv/proj/stages/track.py", "/srv/proj")
+    'stages/track.py'
+    >>> portable_value("file:///srv/proj/mlruns", "/srv/proj"), portable_value("lmsi", "/srv")
+    ('mlruns', 'lmsi')
+    >>> portable_value("https://host/x", "/srv"), portable_value("models:/m/1", "/srv")
+    ('https://host/x', 'models:/m/1')
+    """
+    if value.startswith("file://"):
+        from urllib.parse import unquote, urlparse
+
+        parsed = urlparse(value)
+        if parsed.netloc in ("", "localhost") and parsed.path.startswith("/"):
+            return portable_path(unquote(parsed.path), root)
+        return value
+    if os.path.isabs(value) and "\n" not in value:
+        return portable_path(value, root)
+    return value

@@ -1,0 +1,91 @@
+"""Compare a run's held-out metrics with a reference run, within a tolerance; prints JSON.
+
+    python benchmarks/compare_default.py                      # data/rounds vs the README's run
+    python benchmarks/compare_default.py --rerun              # `dvc repro` first, then compare
+    python benchmarks/compare_default.py --tolerance 0.05 --reference benchmarks/results/X
+
+The reference is a folder with ``<round>/metrics.json`` (what a run's ``data/rounds`` holds;
+``benchmarks/results/`` keeps the README's runs). Every numeric leaf of every reference
+``metrics.json`` (accuracies, maj@k, EM/F1, no-answer rates; the ``n`` counts must match
+exactly) is compared: ``|run - reference| <= tolerance``. Tolerance 0 (the default) asks for
+identical figures: what the same lock on the same machine type gives for greedy metrics. Across
+machines use the spread the README states. Exit code 0 when everything is within tolerance,
+1 otherwise; the last line of stdout is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+DEFAULT_REFERENCE = Path("benchmarks/results/lmsi_default_seed0")
+
+
+def flat(d: dict, prefix: str = "") -> dict[str, float]:
+    """Numeric leaves of nested metrics as ``a.b.c`` keys.
+
+    >>> flat({"arith": {"fewshot_cot": {"strict": 0.5, "n": 4}, "note": "x"}})
+    {'arith.fewshot_cot.strict': 0.5, 'arith.fewshot_cot.n': 4}
+    """
+    out: dict[str, float] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out |= flat(v, key + ".")
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[key] = v
+    return out
+
+
+def compare(run: dict[str, float], ref: dict[str, float], tolerance: float) -> list[dict]:
+    """One row per reference metric that the run misses or differs on beyond ``tolerance``
+    (counts ``*.n`` exactly).
+
+    >>> compare({"a.strict": 0.5, "a.n": 4}, {"a.strict": 0.52, "a.n": 4}, 0.05)
+    []
+    >>> for row in compare({"a.strict": 0.5}, {"a.strict": 0.6, "a.n": 4}, 0.05):
+    ...     print(row)
+    {'metric': 'a.strict', 'run': 0.5, 'reference': 0.6}
+    {'metric': 'a.n', 'run': None, 'reference': 4}
+    """
+    bad = []
+    for key, want in ref.items():
+        got = run.get(key)
+        tol = 0 if key.endswith(".n") else tolerance
+        if got is None or abs(got - want) > tol + 1e-12:
+            bad.append({"metric": key, "run": got, "reference": want})
+    return bad
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--reference", type=Path, default=DEFAULT_REFERENCE)
+    ap.add_argument("--rounds-dir", type=Path, default=Path("data/rounds"))
+    ap.add_argument("--tolerance", type=float, default=0.0)
+    ap.add_argument("--rerun", action="store_true", help="run `dvc repro` first")
+    args = ap.parse_args(argv)
+    if args.rerun:
+        subprocess.run([sys.executable, "-m", "dvc", "repro"], check=True)
+    rounds = sorted(p.parent.name for p in args.reference.glob("*/metrics.json"))
+    if not rounds:
+        print(f"error: {args.reference}: no <round>/metrics.json", file=sys.stderr)
+        return 2
+    result = {"reference": str(args.reference), "tolerance": args.tolerance, "rounds": {}}
+    ok = True
+    for rnd in rounds:
+        ref = flat(json.loads((args.reference / rnd / "metrics.json").read_text()))
+        path = args.rounds_dir / rnd / "metrics.json"
+        run = flat(json.loads(path.read_text())) if path.exists() else {}
+        bad = compare(run, ref, args.tolerance)
+        ok &= not bad
+        result["rounds"][rnd] = {"n_metrics": len(ref), "outside": bad}
+    result["ok"] = ok
+    print(json.dumps(result))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
