@@ -3,6 +3,8 @@ the model's own verdict; lmsi_self: both; star/rest_em: the gold) from refined.j
 rationales, the training set, its statistics (filter.json) and the vote's summary (vote.json,
 the DVC metric compared across experiments)."""
 
+import sys
+
 from selfimprove.core.paths import round_dir
 from selfimprove.pipeline import add_round_arg, stage_main
 
@@ -39,6 +41,15 @@ def main(args, params):
     write_json(out / "filter.json", stats)
     write_json(out / "vote.json", vote_summary(stats))
     print(f"{args.round}: {stats}")
+    if not train:
+        print(
+            f"warning: {args.round}: the filter kept no training examples ({len(records)} "
+            f"questions, method {params.method}; see {out / 'filter.json'}); finetune will "
+            "record this round as skipped. With a vote (lmsi, lmsi_self): lower "
+            "filter.min_agreement or sample more paths (generate.num_paths)",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

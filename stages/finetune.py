@@ -1,5 +1,14 @@
 """finetune stage: LoRA (or full) fine-tuning on the round's training set; adapter + merged.
 
+A round with nothing to train on (the filter kept nothing, or every example is too long) is
+recorded as skipped: finetune.json gets `skipped: true`, `skipped_flag: 1` (an MLflow metric) and
+`skip_reason`, a warning goes to stderr, and data/rounds/<r>/model is still written (the start
+model unchanged) so later rounds chain on it.
+
+finetune.json = the model folder's finetune_info.json + this run's timing and resume point
+(`runtime_s`, `resumed_from_step`) + `start`; the model folder itself holds no timings, so it is
+byte-identical across reruns of the same inputs.
+
 Checkpoints go to data/rounds/<r>/model.ckpt/ (every $SELFIMPROVE_SAVE_STEPS optimizer steps,
 default 50; not a DVC output): a killed run resumes there on the next `dvc repro`.
 Several processes/GPUs: set SELFIMPROVE_LAUNCH, e.g. "accelerate launch --num_processes 8" or
@@ -55,6 +64,13 @@ def main(args, params):
     if is_main_process():
         write_json(out / "finetune.json", info | {"start": start.as_posix()})
         print(f"{args.round}: {info}")
+        if info["skipped"]:
+            print(
+                f"warning: {args.round}: not fine-tuned ({info['skip_reason']}); "
+                f"{out / 'model'} is {start} unchanged, so later rounds chain on it",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -9,12 +9,16 @@ the completion.
 The output folder is a complete Hugging Face model folder (merged float32 weights, config,
 tokenizer, generation config) plus ``adapter/`` (the peft adapter, LoRA only),
 ``train_log.jsonl`` (one record per logging step) and ``finetune_info.json``. It is written
-atomically, so a killed run leaves no half-written model behind.
+atomically, so a killed run leaves no half-written model behind, and it is a pure function of
+the inputs (no timings; ``adapter_config.json`` with sorted module lists): the same inputs give
+the same bytes, also after a resume (on the same machine type and thread count).
 
 Resumable: with a ``ckpt_dir`` (the stage uses ``data/rounds/<r>/model.ckpt/``, not a DVC
 output) the Trainer checkpoints every ``save_steps`` optimizer steps; a rerun whose settings
 (config, seed, start model, tokenized examples, number of processes) match ``settings.json``
-there resumes from the last complete checkpoint, and the folder is removed after success.
+there resumes from the last complete checkpoint, and the folder is removed after success. The
+data order is a pure function of (seed, epoch), so a resumed run sees the batches an
+uninterrupted one would (:mod:`selfimprove.training.resume`).
 
 Multi-process: run under ``accelerate launch`` (DDP; FSDP/DeepSpeed through an accelerate
 config). Every process trains on its slice of each global batch; only the main process (rank 0)
@@ -23,13 +27,12 @@ writes the model folder, the logs and removes the checkpoints.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gc
-import hashlib
 import json
 import logging
 import math
-import os
 import shutil
 import tempfile
 import time
@@ -37,12 +40,20 @@ from pathlib import Path
 
 from selfimprove.config.training import FinetuneConfig, LoraSection
 from selfimprove.core.io import InputError, atomic_path, write_json, write_jsonl
+from selfimprove.training.resume import (  # is_main_process: also used by the stage, CLI
+    complete_marker_callback,
+    epochs_planned,
+    is_main_process,
+    planned_pad_fraction,
+    prepare_resume,
+    resume_settings,
+    seeded_trainer,
+    world_size,
+)
 
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
-CKPT_SETTINGS = "settings.json"
-CKPT_COMPLETE = "selfimprove_complete.json"
 
 
 class DiskFullError(InputError):
@@ -231,92 +242,6 @@ def _log_last_step_callback():
     return LogLastStep()
 
 
-def is_main_process() -> bool:
-    """True unless this is a non-zero rank of a distributed launch (``RANK`` set by it)."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def world_size() -> int:
-    """Processes of the launch (``WORLD_SIZE``; 1 without a launcher)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def _complete_marker_callback():
-    """A Trainer callback marking each checkpoint folder complete once it is fully saved."""
-    from transformers import TrainerCallback
-
-    class MarkComplete(TrainerCallback):
-        def on_save(self, args, state, control, **kwargs):
-            if state.is_world_process_zero:
-                folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-                if folder.is_dir():
-                    write_json(folder / CKPT_COMPLETE, {"step": state.global_step})
-            return control
-
-    return MarkComplete()
-
-
-def last_complete_checkpoint(ckpt_dir: Path) -> Path | None:
-    """The ``checkpoint-<step>`` folder with the highest step that was saved completely.
-
-    >>> import tempfile, pathlib
-    >>> d = pathlib.Path(tempfile.mkdtemp())
-    >>> for step in (2, 4):
-    ...     (d / f"checkpoint-{step}").mkdir()
-    >>> _ = (d / "checkpoint-2" / CKPT_COMPLETE).write_text("{}")
-    >>> last_complete_checkpoint(d).name  # checkpoint-4 was being written when killed
-    'checkpoint-2'
-    """
-    found = []
-    for p in Path(ckpt_dir).glob("checkpoint-*"):
-        step = p.name.removeprefix("checkpoint-")
-        if step.isdigit() and (p / CKPT_COMPLETE).is_file():
-            found.append((int(step), p))
-    return max(found)[1] if found else None
-
-
-def _resume_settings(model_dir: Path, features: list, cfg: FinetuneConfig, seed: int) -> dict:
-    """What must match for a checkpoint to be resumed."""
-    from selfimprove.core.digest import digest
-
-    features_sha = hashlib.sha256(json.dumps(features, separators=(",", ":")).encode()).hexdigest()
-    return {
-        "config": cfg.model_dump(mode="json"),
-        "seed": seed,
-        "model": digest(model_dir),
-        "features_sha256": features_sha,
-        "world_size": world_size(),
-    }
-
-
-def _prepare_resume(ckpt_dir: Path, settings: dict) -> Path | None:
-    """The checkpoint to resume from (or None), after clearing stale state (main process)."""
-    path = ckpt_dir / CKPT_SETTINGS
-    try:
-        found = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        found = None
-    if found == settings:
-        resume = last_complete_checkpoint(ckpt_dir)
-        if resume is not None:
-            log.info("finetune: resuming from %s", resume)
-            return resume
-    elif found is not None and is_main_process():
-        differ = (
-            [k for k in settings if found.get(k) != settings[k]] if isinstance(found, dict) else []
-        )
-        log.warning(
-            "finetune: %s is from other settings (%s); starting over",
-            ckpt_dir,
-            ", ".join(differ) or "unreadable",
-        )
-    if is_main_process():
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        write_json(path, settings)
-    return None
-
-
 def _step_weighted_mean(records: list[dict]) -> float:
     """Mean loss per optimizer step from logging-window means (windows weighted by length).
 
@@ -338,6 +263,76 @@ def _disk_full(e: OSError, out_dir: Path) -> DiskFullError:
     )
 
 
+#: keys of the returned info that describe this run rather than its result: left out of the
+#: model folder's ``finetune_info.json`` (everything in the folder is a pure function of the
+#: inputs, so reruns and resumed runs give the same bytes); the stage keeps them in finetune.json
+RUN_KEYS = ("runtime_s", "resumed_from_step")
+
+
+def skip_reason(n_examples: int, n_dropped: int, max_length: int) -> str:
+    """Why a round trains nothing (``finetune.json``'s ``skip_reason``).
+
+    >>> skip_reason(0, 0, 768)
+    'no training examples: the filter kept nothing (the training set is empty)'
+    >>> skip_reason(3, 3, 64)[:52]
+    'all 3 training examples dropped: each completion + E'
+    """
+    if n_examples == 0:
+        return "no training examples: the filter kept nothing (the training set is empty)"
+    return (
+        f"all {n_examples} training examples dropped: each completion + EOS is longer than "
+        f"finetune.max_length={max_length}; raise finetune.max_length"
+    )
+
+
+def normalize_adapter_config(path: Path) -> None:
+    """Rewrite peft's ``adapter_config.json`` with its module sets sorted: peft stores
+    ``target_modules`` as a set, so the saved list order varies with the string hash seed and
+    identical training would give files with different hashes.
+
+    >>> import tempfile, pathlib
+    >>> f = pathlib.Path(tempfile.mkdtemp()) / "adapter_config.json"
+    >>> _ = f.write_text('{"target_modules": ["v_proj", "q_proj"], "r": 8}')
+    >>> normalize_adapter_config(f); json.loads(f.read_text())["target_modules"]
+    ['q_proj', 'v_proj']
+    >>> shutil.rmtree(f.parent)
+    """
+    data = json.loads(path.read_text(encoding="utf-8"))
+    for key in ("target_modules", "exclude_modules"):
+        value = data.get(key)
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            data[key] = sorted(value)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+@contextlib.contextmanager
+def _no_temp_leftovers():
+    """Remove, on success and failure, the empty ``torchinductor_<user>`` folder that importing
+    transformers' Trainer creates in the system temp dir, when it was not there before (the
+    Trainer's own scratch folder is a ``TemporaryDirectory``; the stage needs none)."""
+    tmp = Path(tempfile.gettempdir())
+    before = {p.name for p in tmp.glob("torchinductor_*")}
+    try:
+        yield
+    finally:
+        for p in tmp.glob("torchinductor_*"):
+            if p.name not in before:
+                with contextlib.suppress(OSError):
+                    p.rmdir()  # only if still empty
+
+
+@contextlib.contextmanager
+def _atomic_model_dir(out_dir: Path):
+    """A temporary sibling of ``out_dir``, renamed onto it on success; disk full: a clear error."""
+    try:
+        with atomic_path(out_dir, is_dir=True) as tmp:
+            yield tmp
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise _disk_full(e, out_dir) from e
+        raise
+
+
 def finetune(
     model_dir: Path,
     examples: list[dict],
@@ -351,16 +346,25 @@ def finetune(
     """Fine-tune the model in ``model_dir`` on ``examples`` and write the result to ``out_dir``.
 
     ``examples`` are dicts with ``prompt`` and ``completion`` strings (other keys are ignored).
-    Returns (and writes to ``out_dir/finetune_info.json``): n_examples, n_truncated, n_dropped,
-    steps, train_loss (mean over all steps), final_loss (mean over the last logging window),
-    runtime_s (training only), trainable_params, method, skipped, resumed_from_step.
+    Returns: n_examples, n_truncated, n_dropped, steps, train_loss (mean over all steps),
+    final_loss (mean over the last logging window), pad_fraction (of the planned batches),
+    trainable_params, method, skipped / skipped_flag (1 = nothing to train on: ``out_dir``
+    gets the start model unchanged, so later rounds chain) and skip_reason, and the run's
+    :data:`RUN_KEYS` (runtime_s: training only, resumed_from_step). ``out_dir/finetune_info.json``
+    holds the same without the run keys.
 
     ``ckpt_dir``: checkpoint every ``save_steps`` optimizer steps there and resume from it (see
-    the module docstring); None = no checkpoints. ``callbacks``: extra Trainer callbacks.
+    the module docstring; the Trainer works there, nothing goes to the system temp dir); None =
+    no checkpoints (a temporary scratch folder, removed). ``callbacks``: extra Trainer callbacks.
     Under a distributed launch only the main process writes ``out_dir``.
     """
+    with _no_temp_leftovers():
+        return _finetune(model_dir, examples, out_dir, cfg, seed, ckpt_dir, save_steps, callbacks)
+
+
+def _finetune(model_dir, examples, out_dir, cfg, seed, ckpt_dir, save_steps, callbacks) -> dict:
     import torch
-    from transformers import AutoTokenizer, Trainer, TrainingArguments, set_seed
+    from transformers import AutoTokenizer, TrainingArguments, set_seed
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     if not (model_dir / "config.json").exists():
@@ -382,6 +386,8 @@ def finetune(
         "pad_fraction": None,
         "trainable_params": 0,
         "skipped": False,
+        "skipped_flag": 0,
+        "skip_reason": None,
         "resumed_from_step": None,
     }
     if n_truncated:
@@ -393,27 +399,20 @@ def finetune(
             cfg.max_length,
         )
 
+    def folder_info() -> dict:
+        return {k: v for k, v in info.items() if k not in RUN_KEYS}
+
     set_seed(seed)
     if not features:
-        log.warning(
-            "finetune: no training examples (%d given, %d dropped); saving %s unchanged to %s",
-            len(examples),
-            n_dropped,
-            model_dir,
-            out_dir,
-        )
-        info["skipped"] = True
+        reason = skip_reason(len(examples), n_dropped, cfg.max_length)
+        log.warning("finetune: skipped (%s); saving %s unchanged to %s", reason, model_dir, out_dir)
+        info |= {"skipped": True, "skipped_flag": 1, "skip_reason": reason}
         if is_main_process():
-            model = _load_model(model_dir, torch.float32)
-            try:
-                with atomic_path(out_dir, is_dir=True) as tmp:
-                    _save_model_folder(model, tokenizer, tmp)
-                    write_jsonl(tmp / "train_log.jsonl", [])
-                    write_json(tmp / "finetune_info.json", info)
-            except OSError as e:
-                if e.errno == errno.ENOSPC:
-                    raise _disk_full(e, out_dir) from e
-                raise
+            start = _load_model(model_dir, torch.float32)
+            with _atomic_model_dir(out_dir) as tmp:
+                _save_model_folder(start, tokenizer, tmp)
+                write_jsonl(tmp / "train_log.jsonl", [])
+                write_json(tmp / "finetune_info.json", folder_info())
         return info
 
     use_cpu = not torch.cuda.is_available()
@@ -439,11 +438,20 @@ def finetune(
     resume = None
     if ckpt_dir is not None:
         ckpt_dir = Path(ckpt_dir)
-        resume = _prepare_resume(ckpt_dir, _resume_settings(model_dir, features, cfg, seed))
+        resume = prepare_resume(ckpt_dir, resume_settings(model_dir, features, cfg, seed))
         info["resumed_from_step"] = int(resume.name.split("-")[1]) if resume else None
-    with tempfile.TemporaryDirectory(prefix="selfimprove-trainer-") as scratch:
+    with contextlib.ExitStack() as stack:
+        if ckpt_dir is not None:
+            work = ckpt_dir
+        else:
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="selfimprove-")))
+        # the weights of a distributed run, gathered by a collective save; rank 0 reads them
+        # and removes them, on success and failure (the other ranks may finish first)
+        final = work / "final" if world_size() > 1 else None
+        if final is not None and is_main_process():
+            stack.callback(shutil.rmtree, final, ignore_errors=True)
         args = TrainingArguments(
-            output_dir=str(ckpt_dir) if ckpt_dir is not None else scratch,
+            output_dir=str(work),
             per_device_train_batch_size=cfg.batch_size,
             gradient_accumulation_steps=cfg.grad_accum,
             num_train_epochs=cfg.epochs,
@@ -467,69 +475,63 @@ def finetune(
             dataloader_num_workers=0,
             train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         )
-        collator = CompletionCollator(pad_id)
-        trainer = Trainer(
+        trainer = seeded_trainer(
             model=model,
             args=args,
             train_dataset=features,
-            data_collator=collator,
-            callbacks=[
-                _log_last_step_callback(),
-                _complete_marker_callback(),
-                *(callbacks or []),
-            ],
+            data_collator=CompletionCollator(pad_id),
+            callbacks=[_log_last_step_callback(), complete_marker_callback(), *(callbacks or [])],
         )
         t0 = time.perf_counter()
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         runtime = time.perf_counter() - t0
         history = list(trainer.state.log_history)
-        final = None
-        if world_size() > 1:
+        if final is not None:
             # A collective save: under FSDP / DeepSpeed ZeRO-3 the ranks gather the full
             # weights for rank 0 (plain DDP: rank 0 holds them anyway). Only rank 0 writes.
-            final = Path(scratch) / "final"
             trainer.save_model(str(final))
-            if is_main_process():
-                held = Path(tempfile.mkdtemp(prefix="selfimprove-final-"))
-                shutil.copytree(final, held, dirs_exist_ok=True)
-                final = held
 
-    records = [
-        {
-            "step": h["step"],
-            "epoch": h.get("epoch"),
-            "loss": h["loss"],
-            "lr": h.get("learning_rate"),
-            "grad_norm": h.get("grad_norm"),
-        }
-        for h in history
-        if "loss" in h
-    ]
-    train_loss = float(result.training_loss)
-    if resume is not None and records:
-        # the Trainer averages only the steps run after resuming; the log covers all of them
-        train_loss = _step_weighted_mean(records)
-    info.update(
-        steps=int(result.global_step),
-        train_loss=train_loss,
-        final_loss=records[-1]["loss"] if records else float(result.training_loss),
-        runtime_s=round(runtime, 3),
-        pad_fraction=round(collator.pad_fraction, 4),
-    )
-    if any(not math.isfinite(r["loss"]) for r in records):
-        log.warning("finetune: non-finite loss logged; check learning_rate and dtype")
+        records = [
+            {
+                "step": h["step"],
+                "epoch": h.get("epoch"),
+                "loss": h["loss"],
+                "lr": h.get("learning_rate"),
+                "grad_norm": h.get("grad_norm"),
+            }
+            for h in history
+            if "loss" in h
+        ]
+        train_loss = float(result.training_loss)
+        if resume is not None and records:
+            # the Trainer averages only the steps run after resuming; the log covers all of them
+            train_loss = _step_weighted_mean(records)
+        # padding of the planned batches (the same after a resume, unlike counting what the
+        # collator saw): every epoch's order, cut into the per-step batches
+        sampler = trainer.order_sampler
+        orders = [sampler.order(e) for e in range(epochs_planned(cfg.epochs))]
+        batch = trainer.args.train_batch_size
+        info.update(
+            steps=int(result.global_step),
+            train_loss=train_loss,
+            final_loss=records[-1]["loss"] if records else float(result.training_loss),
+            runtime_s=round(runtime, 3),
+            pad_fraction=round(planned_pad_fraction(sampler.lengths, orders, batch), 4),
+        )
+        if any(not math.isfinite(r["loss"]) for r in records):
+            log.warning("finetune: non-finite loss logged; check learning_rate and dtype")
+        if not is_main_process():
+            return info
 
-    if not is_main_process():
-        return info
-    try:
-        with atomic_path(out_dir, is_dir=True) as tmp:
+        with _atomic_model_dir(out_dir) as tmp:
             if cfg.method == "lora":
+                (tmp / "adapter").mkdir()
                 if final is not None:
-                    (tmp / "adapter").mkdir()
                     for name in ("adapter_config.json", "adapter_model.safetensors"):
                         shutil.copy2(final / name, tmp / "adapter" / name)
                 else:
                     model.save_pretrained(tmp / "adapter")
+                normalize_adapter_config(tmp / "adapter" / "adapter_config.json")
                 del trainer, model
                 gc.collect()
                 # Merge on float32 weights so small deltas are not lost to bf16 rounding.
@@ -543,17 +545,9 @@ def finetune(
                 gc.collect()
                 _save_model_folder(_load_model(final, torch.float32), tokenizer, tmp)
             else:
-                trainer.model.config.use_cache = True
                 _save_model_folder(trainer.model, tokenizer, tmp)
             write_jsonl(tmp / "train_log.jsonl", records)
-            write_json(tmp / "finetune_info.json", info)
-    except OSError as e:
-        if e.errno == errno.ENOSPC:
-            raise _disk_full(e, out_dir) from e
-        raise
-    finally:
-        if final is not None:
-            shutil.rmtree(final, ignore_errors=True)
+            write_json(tmp / "finetune_info.json", folder_info())
     if ckpt_dir is not None:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     log.info(
