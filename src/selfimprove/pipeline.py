@@ -12,19 +12,109 @@ from selfimprove.core.io import InputError
 from selfimprove.core.paths import EVAL
 
 
+def _prepared_eval_names(folder) -> list[str] | None:
+    """The eval sets the data stage made (from its ``stats.json``); None if it has none."""
+    import json
+
+    stats = folder.parent / "stats.json"
+    try:
+        counts = json.loads(stats.read_text(encoding="utf-8"))["counts"]
+        return sorted(k.removeprefix("eval/") for k in counts if k.startswith("eval/"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise InputError(
+            f"{stats}: unreadable or not the data stage's statistics; rerun `dvc repro data`"
+        ) from None
+
+
+def eval_record_problem(record: dict) -> str | None:
+    """What is wrong with one eval record (GSM8K or DROP format), or None.
+
+    >>> eval_record_problem({"id": "a", "question": "1+1?", "answer": "#### 2"}) is None
+    True
+    >>> eval_record_problem({"id": "a", "question": None, "answer": "#### 2"})
+    "'question' must be a non-empty string, got None"
+    >>> eval_record_problem({"id": "a", "question": "1+1?", "answer": "two"})  # doctest: +ELLIPSIS
+    "bad gold 'answer': gold answer 'two' has no number; ..."
+    """
+    from selfimprove.core.answers import gold_answer
+    from selfimprove.core.io import shorten
+
+    q = record.get("question")
+    if not isinstance(q, str) or not q.strip():
+        return f"'question' must be a non-empty string, got {shorten(q, 40)}"
+    if "passage" in record and "answers" in record:
+        answers = record["answers"]
+        ok = (
+            isinstance(answers, list)
+            and answers
+            and all(
+                isinstance(a, list) and a and all(isinstance(x, str) for x in a) for a in answers
+            )
+        )
+        if not isinstance(record["passage"], str):
+            return f"'passage' must be a string, got {shorten(record['passage'], 40)}"
+        if not ok:
+            return (
+                "'answers' must be a non-empty list of alternatives, each a non-empty list of "
+                f"span strings, got {shorten(answers, 40)}"
+            )
+        return None
+    a = record.get("answer")
+    if not isinstance(a, str):
+        return f"'answer' must be a GSM8K solution string ending '#### N', got {shorten(a, 40)}"
+    try:
+        gold_answer(a)
+    except ValueError as e:
+        return f"bad gold 'answer': {e}"
+    return None
+
+
+def _check_eval_records(path, records: list[dict]) -> None:
+    for i, rec in enumerate(records):
+        problem = eval_record_problem(rec)
+        if problem:
+            from selfimprove.core.io import nonblank_line_numbers
+
+            line = nonblank_line_numbers(path)[i]
+            raise InputError(f"{path} line {line}: {problem}; rerun `dvc repro data`")
+
+
 def load_eval_sets(names: list[str] | None) -> dict[str, list[dict]]:
-    """The held-out sets written by the data stage (all, or those named)."""
+    """The held-out sets written by the data stage (all, or those named).
+
+    A set the data stage made whose file is gone, a set not made at all, a set with no
+    records and a malformed record (:func:`eval_record_problem`) are :class:`InputError`
+    naming the file (and line): never skipped, never scored as 0.0 or ``{}``.
+    """
     from selfimprove.core.io import read_jsonl
 
     folder = EVAL
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{folder}: not a folder; rerun `dvc repro data`")
     available = sorted(p.name.removesuffix(".jsonl") for p in folder.glob("*.jsonl"))
-    wanted = names if names is not None else available
+    made = _prepared_eval_names(folder)
+    wanted = names if names is not None else (made if made is not None else available)
     missing = [n for n in wanted if n not in available]
     if missing:
+        gone = [n for n in missing if made is not None and n in made]
+        what = f"deleted since the data stage made them: {gone}; " if gone else ""
         raise InputError(
-            f"{folder}: no eval set(s) {missing} (have: {available}); rerun `dvc repro data`"
+            f"{folder}: no eval set(s) {missing} ({what}have: {available}); rerun `dvc repro data`"
         )
-    return {n: read_jsonl(folder / f"{n}.jsonl", required=["id", "question"]) for n in wanted}
+    if not wanted:
+        raise InputError(f"{folder}: no eval sets to score; rerun `dvc repro data`")
+    sets = {n: read_jsonl(folder / f"{n}.jsonl", required=["id", "question"]) for n in wanted}
+    for n, recs in sets.items():
+        _check_eval_records(folder / f"{n}.jsonl", recs)
+    empty = [n for n, recs in sets.items() if not recs]
+    if empty:
+        raise InputError(
+            f"{folder}: eval set(s) {empty} have no records; an empty set cannot be scored, "
+            "rerun `dvc repro data` (data.eval.<name>.n >= 1)"
+        )
+    return sets
 
 
 def stage_main(

@@ -60,3 +60,13 @@ def test_yaml_errors_and_missing_file(tmp_path):
     bad.write_text("seed: [1,\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_params(bad)
+
+
+def test_scheduler_names_are_transformers_scheduler_types():
+    """The names read from transformers' source (without importing it) are its SchedulerType."""
+    from transformers.trainer_utils import SchedulerType
+
+    from selfimprove.config.base import UNSUPPORTED_SCHEDULERS, scheduler_names
+
+    assert list(scheduler_names()) == [s.value for s in SchedulerType]
+    assert set(UNSUPPORTED_SCHEDULERS) <= set(scheduler_names())

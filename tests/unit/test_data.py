@@ -175,9 +175,11 @@ def test_prepare_writes_sets_deterministic_and_disjoint(tmp_path, small_jsonl):
         "eval/hard.jsonl",
         "eval/real.jsonl",
         "seed.jsonl",
+        "stats.json",
         "train.jsonl",
         "train_labels.jsonl",
     ]
+    assert json.loads(fa["stats.json"]) == json.loads(json.dumps(stats))
     assert fa == fb  # byte-identical for the same seed
     assert fa["train.jsonl"] != fc["train.jsonl"] and fa["eval/easy.jsonl"] != fc["eval/easy.jsonl"]
 
@@ -479,7 +481,7 @@ def test_prepare_drop_gen_and_jsonl(tmp_path):
     plain = DataConfig(train=cfg.train, eval={"arith": cfg.eval["arith"]})
     prepare(plain, tmp_path / "plain", seed=0)
     fp, fa = _files(tmp_path / "plain"), _files(tmp_path / "a")
-    assert all(fp[k] == fa[k] for k in fp)
+    assert all(fp[k] == fa[k] for k in fp if k != "stats.json")  # stats.json lists every set
 
 
 def test_prepare_drop_errors(tmp_path):
@@ -552,7 +554,7 @@ def test_make_set_matches_prepare(tmp_path):
     ):
         recs, info = make_set("ev", sc, seed=3)
         prepare(
-            DataConfig(train=SourceConfig(source="arith", n=0), eval={"ev": sc}), tmp_path / "o", 3
+            DataConfig(train=SourceConfig(source="arith", n=1), eval={"ev": sc}), tmp_path / "o", 3
         )
         assert recs == read_jsonl(tmp_path / "o" / "eval" / "ev.jsonl") and len(recs) == sc.n
         assert info["source"] == sc.source

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from selfimprove.config.base import Section, clip, short
 from selfimprove.config.data import DataConfig
 from selfimprove.config.evaluation import EvaluateConfig, ReportConfig
 from selfimprove.config.methods import FilterConfig, GenerateConfig, MetaSkillConfig, RefineConfig
@@ -25,22 +26,30 @@ from selfimprove.core.io import InputError
 from selfimprove.core.paths import is_round, round_index
 from selfimprove.methods.table import METHOD_NAMES, SELF_METHODS, method_help
 
+#: numpy's seeds are 0..2**32-1 and round k adds k to the seed
+MAX_SEED = 2**31 - 1
+
 
 class ConfigError(InputError):
     """params.yaml is invalid; the message lists every problem."""
 
 
-class RoundConfig(BaseModel):
+class RoundConfig(Section):
     model_config = ConfigDict(extra="forbid")
     prev: str = Field(description="Round whose model this round starts from: r0 (base) or rK.")
 
 
-class Params(BaseModel):
+class Params(Section):
     """The whole params.yaml."""
 
     model_config = ConfigDict(extra="forbid")
 
-    seed: int = Field(0, description="Global seed: data, sampling, training (round k adds k).")
+    seed: int = Field(
+        0,
+        ge=0,
+        le=MAX_SEED,
+        description=f"Global seed: data, sampling, training (round k adds k); 0..{MAX_SEED}.",
+    )
     method: Literal[METHOD_NAMES] = Field(  # type: ignore[valid-type]
         METHOD_NAMES[0],
         description="Self-improvement method (methods.table): "
@@ -145,22 +154,27 @@ def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
 
 
 def format_errors(exc: ValidationError, source: str = "params.yaml") -> str:
-    """One line per problem: key, value, what is wrong and how to fix it."""
+    """One line per problem: key, value (shortened), what is wrong and how to fix it (a single
+    problem is a single line)."""
     lines = [f"{source}: {exc.error_count()} problem(s):"]
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        key = ".".join(clip(str(p)) for p in err["loc"]) or "(top level)"
         value = err.get("input")
+        shown = short(value) if not isinstance(value, dict) else "{…}"
         if err["type"] == "extra_forbidden":
             known = _known_keys(Params, err["loc"])
             hint = difflib.get_close_matches(str(err["loc"][-1]), known, n=1)
             fix = f"did you mean {hint[0]!r}?" if hint else f"valid keys: {', '.join(known)}"
-            lines.append(f"  - {key}: unknown key (value {value!r}); {fix}")
+            lines.append(f"  - {key}: unknown key (value {short(value)}); {fix}")
         elif err["type"] == "missing":
             lines.append(f"  - {key}: required key is missing; add it")
         else:
             msg = err["msg"].removeprefix("Value error, ")
-            shown = repr(value) if not isinstance(value, dict) else "{…}"
-            lines.append(f"  - {key}: {msg} (got {shown})")
+            if err["type"] == "finite_number":
+                msg += " (nan and inf are not allowed)"
+            lines.append(f"  - {key}: {' '.join(msg.split())} (got {shown})")
+    if len(lines) == 2:  # one problem: one line
+        return f"{source}: {lines[1].removeprefix('  - ')}"
     return "\n".join(lines)
 
 
@@ -175,11 +189,13 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
     >>> parse_params({"genrate": {}})
     Traceback (most recent call last):
     ...
-    selfimprove.config.ConfigError: params.yaml: 1 problem(s):
-      - genrate: unknown key (value {}); did you mean 'generate'?
+    selfimprove.config.ConfigError: params.yaml: genrate: unknown key (value {}); did you mean ...
     """
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+        raise ConfigError(
+            f"{source}: expected a mapping of sections, got {type(raw).__name__} "
+            f"{short(raw)}; write `key: value` lines (see the shipped params.yaml)"
+        )
     try:
         return Params.model_validate(raw)
     except ValidationError as e:
@@ -187,14 +203,21 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate params.yaml (all problems reported at once)."""
-    import yaml
+    """Read and validate params.yaml (all problems reported at once).
+
+    The file is read by :func:`selfimprove.config.yaml_file.read_yaml_file`: a directory,
+    non-UTF-8 bytes, YAML anchors/aliases, merge keys and duplicate keys are refused with one
+    line naming the file and line.
+    """
+    from selfimprove.config.yaml_file import read_yaml_file
 
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: not found; run from the project root (where dvc.yaml is)")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    return parse_params(raw, str(path))
+        raw = read_yaml_file(path)
+    except ConfigError:
+        raise
+    except InputError as e:
+        raise ConfigError(str(e)) from None
+    return parse_params({} if raw is None else raw, str(path))

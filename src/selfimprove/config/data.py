@@ -6,7 +6,9 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
+
+from selfimprove.config.base import Section, short
 
 # ---------------------------------------------------------------------- prepare
 
@@ -29,7 +31,7 @@ RESERVED_NAMES = ("train", "seed")
 _NAME_RE = re.compile(r"[a-z0-9_]+")
 
 
-class SourceConfig(BaseModel):
+class SourceConfig(Section):
     """Where one set of questions comes from, and how many to take."""
 
     model_config = ConfigDict(extra="forbid")
@@ -46,8 +48,9 @@ class SourceConfig(BaseModel):
     )
     n: int | None = Field(
         None,
-        description="How many records to take (a seeded subset for jsonl/hub sources); null = "
-        "all (jsonl/hub only; required for the generators arith, gsm_symbolic and drop_gen).",
+        description="How many records to take, at least 1 (a seeded subset for jsonl/hub "
+        "sources); null = all (jsonl/hub only; required for the generators arith, gsm_symbolic "
+        "and drop_gen).",
     )
     path: str | None = Field(
         None,
@@ -77,8 +80,11 @@ class SourceConfig(BaseModel):
     @field_validator("n")
     @classmethod
     def _n_positive(cls, v: int | None) -> int | None:
-        if v is not None and v < 0:
-            raise ValueError(f"n={v}: must be >= 0 (or null = all, for jsonl/gsm8k_hub)")
+        if v is not None and v < 1:
+            raise ValueError(
+                f"n={v}: an empty set trains or scores nothing; use n >= 1 (or null = all, for "
+                "the jsonl/hub sources)"
+            )
         return v
 
     @field_validator("steps")
@@ -86,7 +92,7 @@ class SourceConfig(BaseModel):
     def _steps_known(cls, v: list[int]) -> list[int]:
         bad = [s for s in v if s not in (1, 2, 3)]
         if not v or bad:
-            raise ValueError(f"steps={v}: use a non-empty subset of [1, 2, 3]")
+            raise ValueError(f"steps={short(v)}: use a non-empty subset of [1, 2, 3]")
         return sorted(set(v))
 
     @model_validator(mode="after")
@@ -127,7 +133,7 @@ def _default_eval() -> dict[str, SourceConfig]:
     }
 
 
-class DataConfig(BaseModel):
+class DataConfig(Section):
     """The data step: unlabeled training pool, held-out eval sets, optional labeled seed set."""
 
     model_config = ConfigDict(extra="forbid")
@@ -138,8 +144,8 @@ class DataConfig(BaseModel):
     )
     eval: dict[str, SourceConfig] = Field(
         default_factory=_default_eval,
-        description="Held-out labeled evaluation sets by name (names: [a-z0-9_]+, not "
-        "'train' or 'seed'); disjoint from train and seed_set.",
+        description="Held-out labeled evaluation sets by name (at least one; names: [a-z0-9_]+, "
+        "not 'train' or 'seed'); disjoint from train and seed_set.",
     )
     seed_set: SourceConfig | None = Field(
         None,
@@ -161,9 +167,14 @@ class DataConfig(BaseModel):
     @field_validator("eval")
     @classmethod
     def _eval_names(cls, v: dict[str, SourceConfig]) -> dict[str, SourceConfig]:
+        if not v:
+            raise ValueError(
+                "no eval sets: every round is scored on them; define at least one, e.g. "
+                "{arith: {source: arith, n: 100}}"
+            )
         for name in v:
             if not _NAME_RE.fullmatch(name):
-                raise ValueError(f"eval set name {name!r}: use only a-z, 0-9 and _")
+                raise ValueError(f"eval set name {short(name)}: use only a-z, 0-9 and _")
             if name in RESERVED_NAMES:
-                raise ValueError(f"eval set name {name!r} is reserved; pick another name")
+                raise ValueError(f"eval set name {short(name)} is reserved; pick another name")
         return v

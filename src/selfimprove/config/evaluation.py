@@ -4,20 +4,22 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
+
+from selfimprove.config.base import Section, short
 
 # ---------------------------------------------------------------------- evaluate
 
 Style = Literal["fewshot_cot", "fewshot_direct", "zeroshot_cot", "zeroshot_direct"]
 
 
-class EvaluateConfig(BaseModel):
+class EvaluateConfig(Section):
     """Held-out evaluation of every round (round 0 = the starting model)."""
 
     model_config = ConfigDict(extra="forbid")
 
     sets: list[str] | None = Field(
-        None, description="Names of data.eval sets to evaluate; null = all of them."
+        None, description="Names of data.eval sets to evaluate (at least one); null = all of them."
     )
     styles: list[Style] = Field(
         ["fewshot_cot", "zeroshot_cot"], description="Prompt styles scored greedily."
@@ -55,18 +57,35 @@ class EvaluateConfig(BaseModel):
         "auto", description="Compute dtype (auto: bf16 where fast, else fp32)."
     )
 
+    @field_validator("sets")
+    @classmethod
+    def _some_sets(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and not v:
+            raise ValueError("an empty list evaluates nothing; name data.eval sets, or null = all")
+        return v
+
     @model_validator(mode="after")
     def _check_k(self) -> EvaluateConfig:
         bad = [k for k in self.sc_k if k < 1 or k > max(self.sc_paths, 1)]
         if self.sc_paths and bad:
-            raise ValueError(f"sc_k {bad} must be between 1 and sc_paths={self.sc_paths}")
+            raise ValueError(f"sc_k {short(bad)} must be between 1 and sc_paths={self.sc_paths}")
+        if self.sc_paths and not self.sc_k:
+            raise ValueError(
+                f"sc_k is empty but sc_paths={self.sc_paths}: list the k of maj@k to report "
+                f"(e.g. [1, {self.sc_paths}]) or set sc_paths: 0"
+            )
+        if not self.styles and not self.sc_paths:
+            raise ValueError(
+                "styles is empty and sc_paths is 0: nothing would be scored; list a style "
+                "(e.g. [fewshot_cot]) or set sc_paths >= 1"
+            )
         return self
 
 
 # ---------------------------------------------------------------------- report
 
 
-class ReportConfig(BaseModel):
+class ReportConfig(Section):
     """The ``report`` stage (``report:`` in params.yaml)."""
 
     model_config = ConfigDict(extra="forbid")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
+from selfimprove.config.base import Section
 from selfimprove.config.training import nested_finetune
 from selfimprove.core.prompts import STYLES
 
@@ -16,7 +17,7 @@ MAX_FEEDBACK_SHOTS = 4
 # ---------------------------------------------------------------------- generate
 
 
-class GenerateConfig(BaseModel):
+class GenerateConfig(Section):
     """How round k samples chain-of-thought paths from round k-1's model."""
 
     model_config = ConfigDict(extra="forbid")
@@ -58,7 +59,7 @@ class GenerateConfig(BaseModel):
 # ---------------------------------------------------------------------- refine
 
 
-class RefineConfig(BaseModel):
+class RefineConfig(Section):
     """The per-round refine step (self-feedback + self-refinement, or STaR/ReST-EM labels)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -114,7 +115,7 @@ class RefineConfig(BaseModel):
 # ---------------------------------------------------------------------- filter
 
 
-class FormatsConfig(BaseModel):
+class FormatsConfig(Section):
     """Which prompt formats the training set holds (LMSI uses all four)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -150,7 +151,7 @@ class FormatsConfig(BaseModel):
         return [s for s in STYLES if getattr(self, s)]
 
 
-class FilterConfig(BaseModel):
+class FilterConfig(Section):
     """How sampled paths become training data (the LMSI filter)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -186,7 +187,7 @@ MetaSkillFinetune = nested_finetune(
 )
 
 
-class MetaSkillConfig(BaseModel):
+class MetaSkillConfig(Section):
     """Meta-skill learning on the labeled seed set (methods self and lmsi_self)."""
 
     model_config = ConfigDict(extra="forbid")

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
+
+from selfimprove.config.base import Section, short
 
 # ---------------------------------------------------------------------- runs
 
 _FORBIDDEN_NAME_CHARS = "'\"`\\"
 
 
-class TrackingConfig(BaseModel):
+class TrackingConfig(Section):
     """Where and what to log to MLflow (``tracking:`` in params.yaml)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -49,7 +51,7 @@ class TrackingConfig(BaseModel):
         if not v.strip():
             raise ValueError("must not be empty")
         if any(c in v for c in _FORBIDDEN_NAME_CHARS):
-            raise ValueError(f"{v!r} must not contain quotes, backticks or backslashes")
+            raise ValueError(f"{short(v)} must not contain quotes, backticks or backslashes")
         return v
 
     @field_validator("registered_model")
@@ -61,7 +63,7 @@ class TrackingConfig(BaseModel):
             raise ValueError("must not be empty; use null to disable registration")
         bad = [c for c in "/:" + _FORBIDDEN_NAME_CHARS if c in v.replace("{pipeline}", "")]
         if bad:
-            raise ValueError(f"{v!r} must not contain {''.join(bad)!r} (MLflow model names)")
+            raise ValueError(f"{short(v)} must not contain {''.join(bad)!r} (MLflow model names)")
         return v
 
     @model_validator(mode="after")
@@ -69,8 +71,8 @@ class TrackingConfig(BaseModel):
         name = self.registered_model_name()
         if name is not None and any(c in name for c in "/:"):
             raise ValueError(
-                f"registered_model: {name!r} (with pipeline {self.pipeline!r}) must not contain "
-                "'/' or ':'; rename the pipeline or set registered_model explicitly"
+                f"registered_model: {short(name)} (with pipeline {short(self.pipeline)}) must not "
+                "contain '/' or ':'; rename the pipeline or set registered_model explicitly"
             )
         return self
 

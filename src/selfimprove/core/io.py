@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -20,37 +21,93 @@ class InputError(Exception):
     """Bad user input (a file, a line, a setting): the message says what and how to fix it."""
 
 
-def _open_text(path: Path):
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
+#: longest quoted value in an error message (characters)
+MAX_SHOWN = 80
+
+
+def shorten(value: object, limit: int = MAX_SHOWN) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for quoting a value in an error message.
+
+    >>> shorten("abc"), shorten("x" * 100, 12)
+    ("'abc'", "'xxxxxxxxxx…")
+    """
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not JSON, write a number or null")
+
+
+def _raw_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """``(1-based line number, bytes)`` of a file (``.gz``: decompressed); every failure to read
+    it (a directory, a missing or unreadable file, a truncated or corrupt gzip) is one
+    :class:`InputError` naming the file (and the line)."""
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, not a .jsonl file; give the file's path")
+    if not path.exists():
+        raise InputError(f"{path}: file not found; check the path (or run the stage that makes it)")
+    lineno = 0
+    try:
+        with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
+            for lineno, raw in enumerate(f, start=1):  # noqa: B007 (used after the loop)
+                yield lineno, raw
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise InputError(
+            f"{path} line {lineno + 1}: the gzip data is truncated or corrupt "
+            f"({' '.join(str(e).split())}); download or regenerate the file"
+        ) from None
+    except OSError as e:
+        raise InputError(
+            f"{path}: cannot read it ({e.strerror or e}); check the path and its permissions"
+        ) from None
+
+
+def _decode_line(path: Path, lineno: int, raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(
+            f"{path} line {lineno}: not UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1}); "
+            "save the file as UTF-8"
+        ) from None
 
 
 def _numbered_records(path: Path) -> Iterator[tuple[int, dict]]:
-    if not path.exists():
-        raise InputError(f"{path}: file not found; check the path (or run the stage that makes it)")
-    with _open_text(path) as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(
-                    f"{path} line {lineno}: not valid JSON ({e.msg}); fix or regenerate the file"
-                ) from None
-            if not isinstance(obj, dict):
-                raise InputError(
-                    f"{path} line {lineno}: expected a JSON object, got {type(obj).__name__}"
-                )
-            yield lineno, obj
+    for lineno, raw in _raw_lines(path):
+        line = _decode_line(path, lineno, raw)
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line, parse_constant=_reject_constant)
+        except json.JSONDecodeError as e:
+            raise InputError(
+                f"{path} line {lineno}: not valid JSON ({e.msg}); fix or regenerate the file"
+            ) from None
+        except ValueError as e:  # NaN/Infinity, or an integer too long to convert
+            what = "a number has too many digits" if "digits" in str(e) else str(e)
+            raise InputError(
+                f"{path} line {lineno}: not valid JSON ({what}); fix or regenerate the file"
+            ) from None
+        except RecursionError:
+            raise InputError(
+                f"{path} line {lineno}: JSON nested too deeply to read (over ~1000 levels); fix "
+                "or regenerate the file"
+            ) from None
+        if not isinstance(obj, dict):
+            raise InputError(
+                f"{path} line {lineno}: expected a JSON object, got {type(obj).__name__} "
+                f"{shorten(obj, 40)}; write one {{...}} object per line"
+            )
+        yield lineno, obj
 
 
 def iter_jsonl(path: str | os.PathLike, required: Iterable[str] = ()) -> Iterator[dict]:
     """Yield one dict per non-empty line of a ``.jsonl`` (or ``.jsonl.gz``) file.
 
-    A missing file, a line that is not a JSON object, or a record without one of the
-    ``required`` keys raises :class:`InputError` naming the file and the 1-based line.
+    A missing file, a directory, bytes that are not UTF-8, a truncated ``.gz``, a line that is
+    not a JSON object (NaN/Infinity and nesting too deep included), or a record without one of
+    the ``required`` keys raises :class:`InputError` naming the file and the 1-based line.
 
     >>> import tempfile, pathlib
     >>> p = pathlib.Path(tempfile.mkdtemp()) / "x.jsonl"
@@ -73,9 +130,9 @@ def iter_jsonl(path: str | os.PathLike, required: Iterable[str] = ()) -> Iterato
     for lineno, obj in _numbered_records(path):
         for key in required:
             if key not in obj:
-                raise InputError(
-                    f"{path} line {lineno}: missing key {key!r} (has: {', '.join(obj) or 'none'})"
-                )
+                keys = [k if len(k) <= 40 else k[:39] + "…" for k in list(obj)[:20]]
+                has = ", ".join(keys) or "none"
+                raise InputError(f"{path} line {lineno}: missing key {key!r} (has: {has})")
         yield obj
 
 
@@ -145,9 +202,5 @@ def write_json(path: str | os.PathLike, obj) -> None:
 
 def nonblank_line_numbers(path: str | os.PathLike) -> list[int]:
     """1-based numbers of the non-blank lines (the records ``iter_jsonl`` yields)."""
-    import gzip
-
     path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        return [i for i, line in enumerate(f, start=1) if line.strip()]
+    return [n for n, raw in _raw_lines(path) if _decode_line(path, n, raw).strip()]

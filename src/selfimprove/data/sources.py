@@ -9,13 +9,14 @@ name the params key, the file and line, or the hub dataset, and say how to fix t
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from selfimprove.config.data import SourceConfig
-from selfimprove.core.io import InputError, read_jsonl
+from selfimprove.core.io import InputError, read_jsonl, shorten
 
 _FINAL_RE = re.compile(r"####\s*\$?\s*(-?[\d,]*\.?\d+)\s*")
 _GSM_SYMBOLIC_SUFFIX = " Give the result as your final answer. Do not include units."
@@ -30,9 +31,15 @@ def format_number(x: float | int | str) -> str:
 
     >>> format_number(12.0), format_number("1,080"), format_number(2.50), format_number(-3)
     ('12', '1080', '2.5', '-3')
+    >>> format_number("9" * 400)
+    Traceback (most recent call last):
+    ...
+    ValueError: not a finite number: inf
     """
     if isinstance(x, str):
         x = float(x.replace(",", ""))
+    if not math.isfinite(float(x)):
+        raise ValueError(f"not a finite number: {str(x)[:40]}")
     if float(x).is_integer():
         return str(int(x))
     return repr(float(x))
@@ -43,8 +50,8 @@ def final_answer(solution: str) -> str | None:
 
     >>> final_answer("5 + 3 = <<5+3=8>>8\\n#### 8")
     '8'
-    >>> final_answer("#### 1,080"), final_answer("no marker")
-    ('1080', None)
+    >>> final_answer("#### 1,080"), final_answer("no marker"), final_answer("#### " + "9" * 400)
+    ('1080', None, None)
     """
     lines = solution.rstrip().splitlines()
     if not lines:
@@ -76,9 +83,15 @@ def _clean_real(rows: list[dict], where: Callable[[int], str]) -> list[dict]:
     for i, row in enumerate(rows):
         q, a = row.get("question"), row.get("answer")
         if not isinstance(q, str) or not q.strip():
-            raise InputError(f"{where(i)}: 'question' must be a non-empty string, got {q!r}")
+            raise InputError(
+                f"{where(i)}: 'question' must be a non-empty string, got {shorten(q)}; fix the "
+                "record or remove it"
+            )
         if not isinstance(a, str):
-            raise InputError(f"{where(i)}: 'answer' must be a string, got {type(a).__name__}")
+            raise InputError(
+                f"{where(i)}: 'answer' must be a GSM8K solution string ending '#### N', got "
+                f"{type(a).__name__} {shorten(a, 40)}; fix the record or remove it"
+            )
         value = final_answer(a)
         if value is None:
             last = (a.rstrip().splitlines() or [""])[-1]

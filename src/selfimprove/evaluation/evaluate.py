@@ -233,10 +233,21 @@ def evaluate(
     ``metrics[set][style]`` is ``{n, strict, flexible, no_answer}`` for a GSM8K-format set and
     ``{n, em, f1, no_answer}`` for a DROP-format one; ``metrics[set]["sc"]`` holds maj@k
     (accuracy, or ``maj@k_em``/``maj@k_f1`` for DROP) on the first ``sc_limit`` questions.
+    No set, or a set without records, is :class:`InputError` (not metrics of 0.0 or ``{}``).
     """
     from selfimprove.config.methods import GenerateConfig
     from selfimprove.sampling.factory import make_sampler
 
+    if not eval_sets:
+        raise InputError(
+            "evaluate: no eval sets given; define data.eval sets and rerun `dvc repro data`"
+        )
+    empty = [name for name, records in eval_sets.items() if not records]
+    if empty:
+        raise InputError(
+            f"evaluate: eval set(s) {empty} have no records; an empty set cannot be scored "
+            "(rerun `dvc repro data`, data.eval.<name>.n >= 1)"
+        )
     formats = {name: set_format(records, name) for name, records in eval_sets.items()}
     backend = backend or GenerateConfig.model_fields["backend"].default
     sampler = make_sampler(model_dir, backend, cfg.dtype, cfg.batch_size)
