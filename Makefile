@@ -37,7 +37,10 @@ lock:
 	  $(if $(wildcard /opt/wheels),--find-links /opt/wheels) --no-header --output-file $(LOCK)
 	sed -i '1i # The CPU lock: `make lock` writes it (uv pip compile of pyproject.toml [dev] + constraints-cpu.txt).' $(LOCK)
 
+# `selfimprove check` first: params, tracking URI, data files, model source and memory are
+# validated in a second, so a bad setup fails (exit 2, every problem listed) before any model loads
 repro: setup
+	selfimprove check
 	dvc repro
 
 test: setup

@@ -7,11 +7,22 @@ import sys
 
 
 def _check(args: argparse.Namespace) -> int:
+    """params.yaml, then everything the run will need (:func:`selfimprove.preflight.preflight`):
+    every problem on its own line and exit 2, else one OK line."""
     from selfimprove.config import load_params
+    from selfimprove.preflight import preflight
+    from selfimprove.tracking.health import mask_uri, tracking_uri
 
     params = load_params(args.params)
+    problems = preflight(params)
+    if problems:
+        print(f"{args.params}: {len(problems)} problem(s) before the run:", file=sys.stderr)
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 2
     rounds = ", ".join(f"{k}<-{v.prev}" for k, v in params.rounds.items()) or "none"
-    print(f"{args.params}: OK (method {params.method}, rounds: {rounds})")
+    tracking = mask_uri(tracking_uri()) if params.tracking.enabled else "off"
+    print(f"{args.params}: OK (method {params.method}, rounds: {rounds}, tracking: {tracking})")
     return 0
 
 
@@ -78,7 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("check", help="validate params.yaml (all problems at once)")
+    p = sub.add_parser(
+        "check",
+        help="validate params.yaml and what the run needs: tracking URI, data files, model "
+        "source, memory (all problems at once, exit 2)",
+    )
     p.add_argument("--params", default="params.yaml")
     p.set_defaults(func=_check)
 

@@ -2,9 +2,7 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +11,7 @@ from pydantic import ValidationError
 from selfimprove.config.tracking import TrackingConfig
 from selfimprove.core.digest import file_sha256
 from selfimprove.core.io import InputError
-from selfimprove.tracking.health import check_tracking, tracking_uri
+from selfimprove.tracking.health import check_tracking
 from selfimprove.tracking.provenance import git_info
 from selfimprove.tracking.registry import MODEL_CODE, MODEL_CODE_NAME
 from selfimprove.tracking.runs import DatasetSpec, log_round
@@ -262,62 +260,6 @@ def test_flatten():
     flat = flatten({"a": {"b": 1, "c": {"d": True}}, "e": [1, 2], "f": "x" * 7000})
     assert flat["a.b"] == "1" and flat["a.c.d"] == "True" and flat["e"] == "[1, 2]"
     assert len(flat["f"]) == 6000 and flat["f"].endswith("...")
-
-
-def test_tracking_uri_default(monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert tracking_uri() == "sqlite:///mlflow.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://localhost:5000")
-    assert tracking_uri() == "http://localhost:5000"
-
-
-def test_check_tracking_sqlite_creates_parent(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/a/b/mlflow.db")
-    check_tracking(TrackingConfig())
-    assert (tmp_path / "a" / "b").is_dir()
-
-
-def test_check_tracking_file_store_refused(tmp_path, monkeypatch):
-    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", str(tmp_path / "mlruns"))
-    with pytest.raises(InputError, match="sqlite"):
-        check_tracking(TrackingConfig())
-
-
-def test_check_tracking_unreachable_http_fast(monkeypatch):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    uri = f"http://127.0.0.1:{port}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    t0 = time.monotonic()
-    with pytest.raises(InputError) as e:
-        check_tracking(TrackingConfig())
-    assert time.monotonic() - t0 < 3
-    assert uri in str(e.value) and "MLFLOW_TRACKING_URI" in str(e.value)
-
-
-def test_check_tracking_http_answering(monkeypatch):
-    import http.server
-    import threading
-
-    class Health(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
-            self.send_response(200 if self.path == "/health" else 404)
-            self.end_headers()
-            self.wfile.write(b"OK")
-
-        def log_message(self, *a):
-            pass
-
-    srv = http.server.HTTPServer(("127.0.0.1", 0), Health)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{srv.server_port}/")
-        check_tracking(TrackingConfig())
-    finally:
-        srv.shutdown()
-        srv.server_close()
 
 
 def test_file_digest_and_git_info(tmp_path):

@@ -263,6 +263,21 @@ def evaluate(
     return metrics, predictions
 
 
+def _predictions(records: list[dict], outs: list, score) -> list[dict]:
+    """Per-example prediction records of a greedy pass: id, question, output, finish reason and
+    ``score(output, record)``."""
+    return [
+        {
+            "id": r["id"],
+            "question": r["question"],
+            "output": o[0].text,
+            "finish": o[0].finish_reason,
+        }
+        | score(o[0].text, r)
+        for r, o in zip(records, outs, strict=True)
+    ]
+
+
 def _greedy(cfg: EvaluateConfig, seed: int, stop: tuple[str, ...]):
     from selfimprove.sampling.base import SamplingParams
 
@@ -301,16 +316,7 @@ def _evaluate_gsm(
         outs = sampler.sample(
             prefix, suffixes, _greedy(cfg, seed, STOP_SEQUENCES), desc=f"eval {name}/{style}"
         )
-        preds = [
-            {
-                "id": r["id"],
-                "question": r["question"],
-                "output": o[0].text,
-                "finish": o[0].finish_reason,
-            }
-            | score_prediction(o[0].text, r["answer"])
-            for r, o in zip(records, outs, strict=True)
-        ]
+        preds = _predictions(records, outs, lambda text, r: score_prediction(text, r["answer"]))
         predictions[f"{name}__{style}"] = preds
         metrics[style] = summarize(preds)
         if cfg.refine_iterations and style.endswith("_cot"):
@@ -372,16 +378,9 @@ def _evaluate_drop(
         outs = sampler.sample(
             prefix, suffixes, _greedy(cfg, seed, stop), desc=f"eval {name}/{style}"
         )
-        preds = [
-            {
-                "id": r["id"],
-                "question": r["question"],
-                "output": o[0].text,
-                "finish": o[0].finish_reason,
-            }
-            | score_drop_prediction(o[0].text, r["answers"])
-            for r, o in zip(records, outs, strict=True)
-        ]
+        preds = _predictions(
+            records, outs, lambda text, r: score_drop_prediction(text, r["answers"])
+        )
         predictions[f"{name}__{style}"] = preds
         metrics[style] = summarize_drop(preds)
     if cfg.sc_paths:

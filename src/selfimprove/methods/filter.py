@@ -53,6 +53,46 @@ def finalize_path(path: str, answer: str) -> str | None:
     return f"{text} The answer is {answer}."
 
 
+def keep_paths(
+    paths: list[str], answers: list, eligible: list[bool], cap: int, dedupe: bool
+) -> tuple[list[bool], list[str], list[str], dict[str, int]]:
+    """Which eligible paths become training rationales: in order, at most ``cap`` (0 = all),
+    each cleaned by :func:`finalize_path` (unusable ones dropped), duplicates dropped when
+    ``dedupe``. Returns ``(kept flags, texts, their answers, counts)``, counts of the
+    ``candidates`` (eligible paths), ``unusable`` and ``duplicates`` paths.
+
+    >>> kept, texts, _, counts = keep_paths(
+    ...     ["3 + 2 = 5.", "3 + 2 = 5.", "The answer is 4.", "2 + 3 = 5."],
+    ...     ["5", "5", "5", "5"], [True, True, True, False], cap=0, dedupe=True)
+    >>> kept, texts, counts
+    ([True, False, False, False], ['3 + 2 = 5. The answer is 5.'], {'candidates': 3, \
+'unusable': 1, 'duplicates': 1})
+    """
+    kept = [False] * len(paths)
+    texts: list[str] = []
+    kept_answers: list[str] = []
+    counts = {"candidates": 0, "unusable": 0, "duplicates": 0}
+    seen: set[str] = set()
+    for j, (path, answer) in enumerate(zip(paths, answers, strict=True)):
+        if not eligible[j]:
+            continue
+        counts["candidates"] += 1
+        if cap and len(texts) >= cap:
+            continue
+        text = finalize_path(path, answer)
+        if text is None:
+            counts["unusable"] += 1
+            continue
+        if dedupe and text in seen:
+            counts["duplicates"] += 1
+            continue
+        seen.add(text)
+        kept[j] = True
+        texts.append(text)
+        kept_answers.append(answer)
+    return kept, texts, kept_answers, counts
+
+
 def _check_sample(i: int, s: object) -> tuple[str | int, str, list[str], list[str | None]]:
     where = f"sample {i + 1}"
     if not isinstance(s, dict):
@@ -190,23 +230,11 @@ def filter_samples(samples: list[dict], cfg: FilterConfig) -> tuple[list[dict], 
         kept = [False] * len(paths)
         rationales_kept: list[str] = []
         if selected:
-            seen_paths: set[str] = set()
-            for j, (path, answer) in enumerate(zip(paths, answers, strict=True)):
-                if answer != majority:
-                    continue
-                n_agreeing += 1
-                if cap and len(rationales_kept) >= cap:
-                    continue
-                text = finalize_path(path, majority)
-                if text is None:
-                    n_unusable += 1
-                    continue
-                if cfg.dedupe and text in seen_paths:
-                    n_duplicates += 1
-                    continue
-                seen_paths.add(text)
-                kept[j] = True
-                rationales_kept.append(text)
+            eligible = [a == majority for a in answers]
+            kept, rationales_kept, _, counts = keep_paths(paths, answers, eligible, cap, cfg.dedupe)
+            n_agreeing += counts["candidates"]
+            n_unusable += counts["unusable"]
+            n_duplicates += counts["duplicates"]
             n_kept += len(rationales_kept)
 
             _add_examples(
@@ -349,27 +377,13 @@ def filter_refined(
         n_no_answer += sum(a is None for a in final_answers[: len(paths)])
         agreements.append(agreement)
 
-        kept = [False] * len(final_paths)
-        texts: list[str] = []
-        kept_answers: list[str] = []
-        seen_paths: set[str] = set()
-        for j, (path, answer) in enumerate(zip(final_paths, final_answers, strict=True)):
-            if not ok[j] or answer is None:
-                continue
-            n_candidates += 1
-            if cap and len(texts) >= cap:
-                continue
-            text = finalize_path(path, answer)
-            if text is None:
-                n_unusable += 1
-                continue
-            if cfg.dedupe and text in seen_paths:
-                n_duplicates += 1
-                continue
-            seen_paths.add(text)
-            kept[j] = True
-            texts.append(text)
-            kept_answers.append(answer)
+        eligible = [o and a is not None for o, a in zip(ok, final_answers, strict=True)]
+        kept, texts, kept_answers, counts = keep_paths(
+            final_paths, final_answers, eligible, cap, cfg.dedupe
+        )
+        n_candidates += counts["candidates"]
+        n_unusable += counts["unusable"]
+        n_duplicates += counts["duplicates"]
         n_kept += len(texts)
         selected = bool(texts)
         if selected:

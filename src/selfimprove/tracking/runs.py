@@ -32,7 +32,7 @@ from pathlib import Path
 
 from selfimprove.config.tracking import _FORBIDDEN_NAME_CHARS, TrackingConfig
 from selfimprove.core.io import InputError
-from selfimprove.tracking.health import check_tracking, tracking_uri
+from selfimprove.tracking.health import check_tracking, shown_tracking_uri
 from selfimprove.tracking.provenance import environment_tags
 from selfimprove.tracking.registry import log_registered_model, update_best_alias
 from selfimprove.tracking.store import (
@@ -300,7 +300,11 @@ def log_round(
     if registered is not None:
         update_best_alias(client, cfg)
     log.info(
-        "logged round %s as run %s (parent %s) to %s", round_name, run_id, parent_id, tracking_uri()
+        "logged round %s as run %s (parent %s) to %s",
+        round_name,
+        run_id,
+        parent_id,
+        shown_tracking_uri(),
     )
     return run_id
 
@@ -336,7 +340,7 @@ def round_metrics(cfg: TrackingConfig) -> dict[str, dict[str, float]]:
     exp = client.get_experiment_by_name(cfg.experiment)
     if exp is None:
         raise InputError(
-            f"MLflow experiment {cfg.experiment!r} not found in {tracking_uri()}; check "
+            f"MLflow experiment {cfg.experiment!r} not found in {shown_tracking_uri()}; check "
             "tracking.experiment or MLFLOW_TRACKING_URI"
         )
     runs = search_runs(client, exp.experiment_id, {TAG_PIPELINE: cfg.pipeline, TAG_ROLE: "round"})
@@ -350,6 +354,7 @@ def round_metrics(cfg: TrackingConfig) -> dict[str, dict[str, float]]:
         known = sorted({p.data.tags.get(TAG_PIPELINE, "") for p in parents} - {""})
         raise InputError(
             f"pipeline {cfg.pipeline!r} has no finished round runs in experiment "
-            f"{cfg.experiment!r} ({tracking_uri()}); pipelines there: {', '.join(known) or 'none'}"
+            f"{cfg.experiment!r} ({shown_tracking_uri()}); pipelines there: "
+            f"{', '.join(known) or 'none'}"
         )
     return {name: dict(run.data.metrics) for name, run in latest.items()}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from selfimprove.config.tracking import TrackingConfig
 from selfimprove.core.io import InputError
-from selfimprove.tracking.health import sqlite_path, tracking_uri
+from selfimprove.tracking.health import shown_tracking_uri, sqlite_path, tracking_uri
 from selfimprove.tracking.tags import TAG_PIPELINE, TAG_ROLE, TAG_SUPERSEDED, safe_name
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -31,7 +31,7 @@ def experiment_id(client, cfg: TrackingConfig) -> str:
     if exp is not None:
         if exp.lifecycle_stage != "active":
             raise InputError(
-                f"tracking.experiment={cfg.experiment!r} is deleted in {tracking_uri()}; "
+                f"tracking.experiment={cfg.experiment!r} is deleted in {shown_tracking_uri()}; "
                 f"restore it (`mlflow experiments restore --experiment-id {exp.experiment_id}`) "
                 "or choose another experiment name"
             )

@@ -1,0 +1,326 @@
+"""Everything a run will need, checked at once before any heavy work (``selfimprove check``,
+``make repro``): the tracking URI, the data files and model folders params.yaml names, the base
+model source, and settings that cannot fit in memory.
+
+:func:`preflight` returns one line per problem (empty: all good); it loads no model, imports no
+torch and touches no network except the tracking server's one health request.
+
+The memory estimate counts only what really grows with the knobs, measured on the tiny model
+(``selfimprove tiny-model``; ``methods.generate.generate`` under tracemalloc, imports warmed up,
+4 questions, batch 32, transformers 5 on CPU):
+
+* every sampled path is kept as a record until the stage writes its output: 382 B per path at
+  16 new tokens (27 characters), 536 B at 64 (101 characters), i.e. ~330 B + 2 B per character
+  (the peak was ~1.45x that). :data:`KEPT_PER_PATH` = 256 B is below the measured floor, so a
+  refusal never rests on an overestimate;
+* before the first token the sampler lays out its work list, one entry per path of the shard
+  (``[None] * num_paths`` per question plus the index lists): 51.6 B per path, measured
+  (:data:`BOOKKEEPING_PER_PATH` = 48 B). ``generate.num_paths: 1000000000`` needs ~1.5 TB for
+  that alone: the ``MemoryError`` after 7 GB that this check now refuses up front;
+* the value suggested as one that fits uses the measured cost instead (every path at
+  max_new_tokens, times the peak ratio), so it passes this check and leaves headroom;
+* the KV cache of the decoding batch: ``min(batch_size, paths of a shard)`` rows x (prompt +
+  max_new_tokens) tokens x 2 (K and V) x layers x kv heads x head dim x dtype bytes, from the
+  model's ``config.json`` when its folder exists (``base_model.local_path``, else
+  ``data/models/base``), plus the logits (3 fp32 copies of batch x vocab) and the weights (their
+  files' size). Without a model folder only the model-independent parts are counted (a lower
+  bound). Tokens are counted as characters / 4 of the prompt templates (questions not read).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+from selfimprove.config import Params
+from selfimprove.core.io import InputError
+
+KEPT_PER_PATH = 256
+BOOKKEEPING_PER_PATH = 48
+#: the suggested value that fits uses the measured cost, not the floor: 330 B + 2 B per character
+#: (4 per token, every path at max_new_tokens), times the 1.45 peak / kept ratio
+MEASURED_PER_PATH, MEASURED_PER_CHAR, PEAK_RATIO = 330, 2, 1.45
+CHARS_PER_TOKEN = 4
+#: what the process needs besides the estimate (Python, torch, transformers imported): measured
+#: ~0.8 GB peak RSS with the tiny model; 0.5 GiB is counted
+BASE_BYTES = 512 * 2**20
+FILE_SOURCES = ("jsonl", "drop_jsonl")
+#: bytes per value of a compute dtype; "auto" counted as 2 (bf16), the lower bound
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "auto": 2}
+
+
+def preflight(params: Params, root: str | Path = ".") -> list[str]:
+    """Every problem of the run ``params`` describes, one line each (empty list: none).
+
+    Paths are relative to ``root`` (the working directory the stages run in).
+    """
+    problems: list[str] = []
+    root = Path(root)
+
+    def run(check, *args) -> None:
+        try:
+            check(*args)
+        except InputError as e:
+            problems.append(str(e))
+
+    if params.tracking.enabled:
+        from selfimprove.tracking.health import check_tracking
+
+        run(check_tracking, params.tracking)
+    problems += data_problems(params, root)
+    from selfimprove.training.base_model import check_source
+
+    run(check_source, params.base_model)
+    problems += teacher_problems(params, root)
+    problems += memory_problems(params, available_bytes(), model_shape(params, root), root)
+    return problems
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _sources(params: Params) -> dict:
+    cfg = params.data
+    sources = {"data.train": cfg.train, "data.seed_set": cfg.seed_set}
+    sources |= {f"data.eval.{name}": sc for name, sc in cfg.eval.items()}
+    return {k: v for k, v in sources.items() if v is not None}
+
+
+def data_problems(params: Params, root: Path) -> list[str]:
+    """Local data files (``path`` of a jsonl / drop_jsonl source) that are missing or not files."""
+    out = []
+    for key, sc in _sources(params).items():
+        if sc.source not in FILE_SOURCES or not sc.path:
+            continue
+        p = root / Path(sc.path).expanduser()
+        if not p.exists():
+            out.append(
+                f"{key}.path {sc.path!r}: file not found (relative to {root.absolute()}); "
+                f"point it at the {sc.source} file or choose another source"
+            )
+        elif not p.is_file():
+            out.append(f"{key}.path {sc.path!r}: not a file; point it at the {sc.source} file")
+    return out
+
+
+def _looks_local(name: str) -> bool:
+    """A path rather than a hub id (``org/name``).
+
+    >>> [_looks_local(n) for n in ("./m", "/abs/m", "~/m", "../m", "org/model", "m")]
+    [True, True, True, True, False, False]
+    """
+    return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1
+
+
+def teacher_problems(params: Params, root: Path) -> list[str]:
+    """A local ``meta_skill.teacher_model`` (teacher lm, self methods) that is no model folder."""
+    from selfimprove.methods.table import SELF_METHODS
+
+    cfg = params.meta_skill
+    name = cfg.teacher_model
+    if params.method not in SELF_METHODS or cfg.teacher != "lm" or not name:
+        return []
+    p = root / Path(name).expanduser()
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            return [
+                f"meta_skill.teacher_model {name!r}: the folder has no config.json; use a "
+                "model folder written by save_pretrained, or a hub id"
+            ]
+        return []
+    if _looks_local(name) or p.exists():
+        return [
+            f"meta_skill.teacher_model {name!r}: model folder not found (relative to "
+            f"{root.absolute()}); fix the path, or give a hub id (org/name)"
+        ]
+    return []
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def available_bytes() -> int:
+    """Memory this process can still get: ``MemAvailable`` of /proc/meminfo (else
+    ``os.sysconf``), capped by a cgroup v2 limit."""
+    avail = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                avail = int(line.split()[1]) * 1024
+                break
+    except (OSError, ValueError):
+        pass
+    if avail is None:
+        try:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            avail = 2**62  # unknown: refuse nothing
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+            avail = min(avail, int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return max(avail, 0)
+
+
+def model_shape(params: Params, root: Path) -> dict | None:
+    """KV values per token, weights bytes and vocab of the base model, from its ``config.json``
+    (None when its folder does not exist yet)."""
+    from selfimprove.core.paths import BASE_MODEL
+
+    cfg = params.base_model
+    folder = root / (cfg.local_path if cfg.source == "local" and cfg.local_path else BASE_MODEL)
+    try:
+        conf = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        conf = conf.get("text_config", conf)  # multimodal configs nest the LM's
+        layers = int(conf["num_hidden_layers"])
+        heads = int(conf["num_attention_heads"])
+        kv_heads = int(conf.get("num_key_value_heads") or heads)
+        head_dim = int(conf.get("head_dim") or int(conf["hidden_size"]) // heads)
+        vocab = int(conf.get("vocab_size") or 0)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, ZeroDivisionError):
+        return None
+    weights = sum(f.stat().st_size for f in folder.glob("*.safetensors"))
+    kv = 2 * layers * kv_heads * head_dim
+    return {"kv_values_per_token": kv, "weights": weights, "vocab": vocab}
+
+
+def _n_questions(sc, root: Path) -> int:
+    """Questions of a source: its ``n``, else the lines of its local file, else 1 (a floor)."""
+    if sc is None:
+        return 0
+    if sc.n is not None:
+        return sc.n
+    if sc.path and not sc.path.endswith(".gz"):
+        try:
+            with open(root / sc.path, "rb") as f:
+                lines = sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(2**20), b""))
+            return max(lines, 1)
+        except OSError:
+            pass
+    return 1
+
+
+def sampling_bytes(
+    n_prompts: int,
+    n_paths: int,
+    per_shard: int,
+    batch_size: int,
+    prompt_tokens: tuple[int, int],
+    max_new_tokens: int,
+    dtype: str,
+    shape: dict | None,
+) -> tuple[int, int]:
+    """(bytes that grow with the number of paths, bytes of the model and its decoding batch) of
+    one sampling step; see the module docstring for where the constants come from.
+
+    ``prompt_tokens``: (shared prefix, one question's suffix); the prefix is cached once.
+
+    >>> grow, fixed = sampling_bytes(128, 10**9, 32, 32, (600, 60), 128, "auto", None)
+    >>> grow // 10**12, fixed  # 128 questions x 1e9 paths: tens of terabytes
+    (34, 0)
+    >>> shape = {"kv_values_per_token": 2 * 30 * 3 * 64, "weights": 538_000_000, "vocab": 49152}
+    >>> grow, fixed = sampling_bytes(128, 8, 32, 32, (600, 60), 128, "float32", shape)
+    >>> grow // 2**10, fixed // 2**20  # SmolLM2-135M, default generate settings
+    (268, 821)
+    """
+    grow = n_prompts * n_paths * KEPT_PER_PATH + per_shard * n_paths * BOOKKEEPING_PER_PATH
+    if shape is None:
+        return grow, 0
+    rows = max(1, min(batch_size, per_shard * n_paths))
+    value = DTYPE_BYTES.get(dtype, 2)
+    prefix, suffix = prompt_tokens
+    kv = (prefix + rows * (suffix + max_new_tokens)) * shape["kv_values_per_token"] * value
+    logits = 3 * rows * shape["vocab"] * 4  # fp32 logits, filtered copy, probabilities
+    return grow, shape["weights"] + kv + logits
+
+
+def _prompt_tokens(style: str, n_shots: int) -> tuple[int, int]:
+    """(shared prefix, suffix of an empty question) in tokens, as characters / 4."""
+    from selfimprove.core.prompts import build_prompt
+
+    prefix, suffix = build_prompt("", style, n_shots)
+    return len(prefix) // CHARS_PER_TOKEN, len(suffix) // CHARS_PER_TOKEN
+
+
+def _gib(n: float) -> str:
+    """``n`` bytes for a message.
+
+    >>> _gib(3 * 2**30), _gib(5 * 2**40), _gib(2**20)
+    ('3.0 GiB', '5120.0 GiB', '0.001 GiB')
+    """
+    return f"{n / 2**30:.1f} GiB" if n >= 0.1 * 2**30 else f"{n / 2**30:.3f} GiB"
+
+
+def _steps(params: Params, root: Path) -> list[tuple]:
+    """The sampling steps of the run: (paths key, paths, prompts, prompts per shard, batch key,
+    batch size, prompt tokens, max_new_tokens, dtype, backend)."""
+    from selfimprove.methods.table import SELF_METHODS
+
+    g, e, ms = params.generate, params.evaluate, params.meta_skill
+    n_train = _n_questions(params.data.train, root)
+    if g.limit is not None:
+        n_train = min(n_train, g.limit)
+    gen_tokens = _prompt_tokens(g.style, g.n_shots)
+    steps = [
+        ("generate.num_paths", g.num_paths, n_train, min(g.shard_size, n_train),
+         "generate.batch_size", g.batch_size, gen_tokens, g.max_new_tokens, g.dtype, g.backend),
+    ]  # fmt: skip
+    if e.sc_paths:
+        names = e.sets or list(params.data.eval)
+        sets = [params.data.eval[s] for s in names if s in params.data.eval]
+        caps = [c for c in (e.sc_limit, e.limit) if c is not None]
+        n_sc = max((min([_n_questions(sc, root), *caps]) for sc in sets), default=0)
+        tokens = _prompt_tokens(e.sc_style, e.n_shots)
+        steps.append(("evaluate.sc_paths", e.sc_paths, n_sc, n_sc, "evaluate.batch_size",
+                      e.batch_size, tokens, e.max_new_tokens, e.dtype, "transformers"))  # fmt: skip
+    if params.method in SELF_METHODS and params.data.seed_set is not None:
+        n_seed = _n_questions(params.data.seed_set, root)
+        tokens = _prompt_tokens("fewshot_cot", ms.n_shots)
+        steps.append(("meta_skill.n_initial", ms.n_initial, n_seed, n_seed,
+                      "meta_skill.batch_size", ms.batch_size, tokens, ms.max_new_tokens,
+                      ms.dtype, "transformers"))  # fmt: skip
+    return steps
+
+
+def memory_problems(
+    params: Params, avail: int, shape: dict | None, root: str | Path = "."
+) -> list[str]:
+    """Sampling steps whose estimate exceeds ``avail`` bytes, each naming the key that grows and
+    the largest value that would fit."""
+    out = []
+    budget = avail - BASE_BYTES
+    # vLLM sizes its own cache on the GPU; with a GPU the transformers model and cache live there
+    gpu = Path("/proc/driver/nvidia/gpus").is_dir()
+    for key, paths, n_prompts, per_shard, bkey, bs, ptok, mnt, dtype, backend in _steps(
+        params, Path(root)
+    ):
+        model = shape if backend == "transformers" and not gpu else None
+        grow, fixed = sampling_bytes(n_prompts, paths, per_shard, bs, ptok, mnt, dtype, model)
+        if grow + fixed <= budget:
+            continue
+        need = f"needs at least {_gib(grow + fixed + BASE_BYTES)}, {_gib(avail)} available"
+        if fixed < budget and grow > 0:
+            per_path = PEAK_RATIO * n_prompts * (
+                MEASURED_PER_PATH + MEASURED_PER_CHAR * CHARS_PER_TOKEN * mnt
+            ) + per_shard * (BOOKKEEPING_PER_PATH + 4)
+            fit = max(1, math.floor((budget - fixed) / per_path))
+            out.append(
+                f"{key}={paths} cannot fit in memory ({n_prompts} questions x {paths} paths "
+                f"{need}); use {key} <= {fit}, or fewer questions"
+            )
+            continue
+        one = sampling_bytes(n_prompts, paths, per_shard, 1, ptok, mnt, dtype, model)[1]
+        rows = max(1, min(bs, per_shard * paths))
+        per_row = (fixed - one) / (rows - 1) if rows > 1 else 0
+        fit = math.floor((budget - grow - one) / per_row) + 1 if per_row else 0
+        fix = f"use {bkey} <= {fit}" if fit >= 1 else "use a machine with more memory"
+        out.append(
+            f"{bkey}={bs} cannot fit in memory (model + KV cache of {rows} rows x "
+            f"{ptok[1] + mnt} tokens {need}); {fix}, or lower max_new_tokens"
+        )
+    return out
