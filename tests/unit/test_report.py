@@ -245,3 +245,19 @@ def test_report_stage_logs_to_parent_run(project, monkeypatch):
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert {"report/accuracy.png", "report/agreement.png", "report/kept.png"} <= logged
     assert "report/accuracy.csv" in logged
+
+
+def test_a_skipped_round_is_shown_as_skipped(project, tmp_path):
+    rounds = project / "data" / "rounds"
+    reason = "filter kept nothing (0 training examples)"
+    write_json(rounds / "r2" / "finetune.json", {"skipped": True, "skip_reason": reason})
+    write_json(rounds / "r1" / "finetune.json", {"skipped": False, "steps": 3})
+    kept = kept_rows(rounds, list(ACC))
+    assert [(k["round_name"], k["skipped"], k["skip_reason"]) for k in kept] == [
+        ("r1", False, ""),
+        ("r2", True, reason),
+    ]
+    out = tmp_path / "report"
+    build_report(rounds, list(ACC), out, ReportConfig())
+    table = (out / "kept.csv").read_text().splitlines()
+    assert table[0].endswith("skipped,skip_reason") and table[2].endswith(f"True,{reason}")

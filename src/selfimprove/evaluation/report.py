@@ -271,7 +271,8 @@ def kept_rows(rounds_dir: str | Path, rounds: Sequence[str]) -> list[dict]:
 
     ``kept_fraction``: questions selected (majority share >= min_agreement); ``path_fraction``:
     sampled paths kept; plus ``mean_agreement``, ``n_questions``, ``n_kept_paths``,
-    ``n_train_examples``.
+    ``n_train_examples``, and ``skipped`` / ``skip_reason`` from the round's finetune.json (a
+    round whose filter kept nothing is not fine-tuned: its model is the previous one).
     """
     rounds_dir = Path(rounds_dir)
     rows = []
@@ -281,6 +282,8 @@ def kept_rows(rounds_dir: str | Path, rounds: Sequence[str]) -> list[dict]:
             continue
         s = _read_json(path)
         n_paths = s.get("n_paths") or 0
+        ft_path = rounds_dir / name / "finetune.json"
+        ft = _read_json(ft_path) if ft_path.exists() else {}
         rows.append(
             {
                 "round": round_index(name),
@@ -291,6 +294,8 @@ def kept_rows(rounds_dir: str | Path, rounds: Sequence[str]) -> list[dict]:
                 "n_questions": int(s.get("n_questions", 0)),
                 "n_kept_paths": int(s.get("n_kept_paths", 0)),
                 "n_train_examples": int(s.get("n_train_examples", 0)),
+                "skipped": bool(ft.get("skipped", False)),
+                "skip_reason": str(ft.get("skip_reason") or ""),
             }
         )
     return rows
@@ -494,7 +499,14 @@ def plot_kept(rows: Sequence[Mapping], path: Path) -> None:
         ("mean_agreement", "mean agreement"),
     ):
         ax.plot(xs, [r[key] for r in rows], marker="o", label=label)
-    notes = [(r["round"], r["kept_fraction"], f"{r['n_train_examples']} ex.") for r in rows]
+    notes = [
+        (
+            r["round"],
+            r["kept_fraction"],
+            "skipped" if r.get("skipped") else f"{r['n_train_examples']} ex.",
+        )
+        for r in rows
+    ]
     _finish_fraction_plot(
         fig, ax, path, xs, notes, "fraction", "training data kept by the vote filter"
     )
@@ -598,6 +610,8 @@ def build_report(
             "n_questions",
             "n_kept_paths",
             "n_train_examples",
+            "skipped",
+            "skip_reason",
         ]
         _write_csv(tmp / "kept.csv", kept, kept_fields)
         write_json(tmp / "kept.json", kept)
