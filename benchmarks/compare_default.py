@@ -21,7 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-DEFAULT_REFERENCE = Path("benchmarks/results/lmsi_default_seed0")
+DEFAULT_REFERENCE = Path("benchmarks/results/lmsi_default_locked")
 
 
 def flat(d: dict, prefix: str = "") -> dict[str, float]:
