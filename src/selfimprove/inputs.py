@@ -16,16 +16,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from selfimprove.config import Params
-from selfimprove.config.data import SourceConfig
+from selfimprove.config.data import FILE_SOURCES, HUB_SOURCES, SourceConfig
 from selfimprove.core.digest import digest
 from selfimprove.core.io import InputError, write_json
 from selfimprove.core.paths import input_digest_file
 
 #: the stages that read files outside the repo, in the order the inputs stage writes them
 STAGES = ("base_model", "data", "meta_skill")
-#: data sources read from a local file (``path``) and from the hub (``hub_id``)
-FILE_SOURCES = ("jsonl", "drop_jsonl")
-HUB_SOURCES = ("gsm8k_hub", "drop_hub")
 
 
 def _local(key: str, path: str, what: str) -> dict:

@@ -35,6 +35,7 @@ import os
 from pathlib import Path
 
 from selfimprove.config import Params
+from selfimprove.config.data import FILE_SOURCES
 from selfimprove.core.io import InputError
 
 KEPT_PER_PATH = 256
@@ -46,7 +47,6 @@ CHARS_PER_TOKEN = 4
 #: what the process needs besides the estimate (Python, torch, transformers imported): measured
 #: ~0.8 GB peak RSS with the tiny model; 0.5 GiB is counted
 BASE_BYTES = 512 * 2**20
-FILE_SOURCES = ("jsonl", "drop_jsonl")
 #: bytes per value of a compute dtype; "auto" counted as 2 (bf16), the lower bound
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "auto": 2}
 

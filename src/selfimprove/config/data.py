@@ -23,6 +23,9 @@ DROP_SOURCES = ("drop_gen", "drop_jsonl", "drop_hub")
 
 # (hub_id, split) used when they are null
 _HUB_DEFAULTS = {"gsm8k_hub": ("openai/gsm8k", "test"), "drop_hub": ("ucinlp/drop", "validation")}
+#: sources read from a local file (``path``) and from the hub (``hub_id``)
+FILE_SOURCES = ("jsonl", "drop_jsonl")
+HUB_SOURCES = tuple(_HUB_DEFAULTS)
 
 
 RESERVED_NAMES = ("train", "seed")
