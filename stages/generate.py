@@ -1,9 +1,9 @@
 """generate stage: m chain-of-thought paths per unlabeled question from the previous model.
 
-Split across processes/machines (outside DVC): run ``python -m stages.generate --round rK
---model M --worker-index i --num-workers n`` for i = 0..n-1 (e.g. one per GPU); each samples
-its share of the shards into data/rounds/rK/samples.shards/. Then ``dvc repro`` (or this
-command with ``--merge-only``) reads them all back into samples.jsonl, equal to a single run.
+Many machines: set ``generate.ray_address`` (or export ``RAY_ADDRESS``) and the shards are
+sampled by actors on that Ray cluster, one sampler per GPU (``selfimprove.methods.ray_generate``);
+samples.jsonl is the same as a single-process run's. Finished shards are kept in
+data/rounds/rK/samples.shards/ until the stage ends, so a killed run resumes from them.
 """
 
 import shutil
@@ -15,22 +15,6 @@ from selfimprove.pipeline import add_round_arg, stage_main
 def _args(p):
     add_round_arg(p)
     p.add_argument("--model", required=True, help="model folder to sample from")
-    p.add_argument(
-        "--worker-index",
-        type=int,
-        default=0,
-        help="this worker's index i: samples shards k with k %% num_workers == i into "
-        "samples.shards/ and writes no samples.jsonl (with --num-workers > 1)",
-    )
-    p.add_argument(
-        "--num-workers", type=int, default=1, help="number of workers splitting the shards"
-    )
-    p.add_argument(
-        "--merge-only",
-        action="store_true",
-        help="sample nothing: merge the workers' shards into samples.jsonl (fails if any is "
-        "missing)",
-    )
 
 
 @stage_main(__doc__, _args)
@@ -47,16 +31,7 @@ def main(args, params):
         params.generate,
         round_seed(params.seed, args.round),
         shard_dir=shards,
-        worker=args.worker_index,
-        num_workers=args.num_workers,
-        merge_only=args.merge_only,
     )
-    if args.num_workers > 1:
-        print(
-            f"{args.round}: worker {args.worker_index}/{args.num_workers} done "
-            f"({len(records)} questions in {shards}); merge with `dvc repro` or --merge-only"
-        )
-        return
     write_jsonl(out / "samples.jsonl", records)
     write_json(out / "generate.json", stats)
     shutil.rmtree(shards, ignore_errors=True)

@@ -12,14 +12,24 @@ difference 1e-6 in the losses and 7e-7 in the weights. We allow 1e-4 relative on
 1e-5 absolute on the weights: far below the per-step loss change (~1e-2) a real mismatch (other
 examples, double counting, unsynchronised gradients) would cause. LoRA dropout is 0 here: with
 dropout each rank draws its own masks, equal in distribution but not step by step.
+
+Two machines: the same 2 processes as two `accelerate launch --num_machines 2` commands (one
+process each, machine ranks 0 and 1; on loopback here), each in its own copy of the project as
+on real machines: the same losses and weights, and machine 1 writes nothing (only the global
+rank 0 writes outputs).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -38,6 +48,11 @@ SETTINGS = {
 # start a single process
 LAUNCH = "accelerate launch --multi_gpu --num_processes 2 --num_machines 1 "
 LAUNCH += "--mixed_precision no --dynamo_backend no --main_process_port {port}"
+# the same 2 processes on 2 machines (--num_processes counts all machines' processes): one
+# command per machine, machine 0 hosting the rendezvous at --main_process_ip:port
+NODES = LAUNCH.replace("--num_machines 1", "--num_machines 2 --machine_rank {rank}")
+NODES += " --main_process_ip 127.0.0.1"
+RENDEZVOUS = ("group_rank", "group_world_size", "local_ranks", "global_ranks", "global_world_sizes")
 
 
 def _free_port() -> int:
@@ -102,7 +117,15 @@ def runs(tiny_model, tmp_path_factory):
     out["accum"] = tmp / "accum"
 
     # 2 processes x batch 4: the finetune stage relaunching itself under accelerate
-    proj = tmp / "proj"
+    proj = _project(tmp / "proj", model, train)
+    (out["ddp_stderr"],) = _run_stages([(proj, LAUNCH.format(port=_free_port()))], env)
+    out["ddp"] = proj / "data" / "rounds" / "r1" / "model"
+    out |= {"train": train, "env": env, "tmp": tmp}
+    return out
+
+
+def _project(proj: Path, model: Path, train: Path) -> Path:
+    """A project folder whose round r1 fine-tunes ``model`` (as r0's) on ``train``, batch 4."""
     (proj / "data" / "rounds" / "r1").mkdir(parents=True)
     shutil.copytree(model, proj / "data" / "rounds" / "r0" / "model")
     shutil.copy(train, proj / "data" / "rounds" / "r1" / "train.jsonl")
@@ -110,13 +133,60 @@ def runs(tiny_model, tmp_path_factory):
     params["seed"] = 0  # round r1 trains with seed + 1 = 1, like the runs above
     params["finetune"] |= {**SETTINGS, "batch_size": 4, "lora": {"dropout": 0.0}}
     (proj / "params.yaml").write_text(yaml.safe_dump(params))
-    env2 = env | {"SELFIMPROVE_LAUNCH": LAUNCH.format(port=_free_port())}
+    return proj
+
+
+def _run_stages(machines: list[tuple[Path, str]], env: dict, timeout: float = 300) -> list[str]:
+    """Run round r1's finetune stage in each ``(project, $SELFIMPROVE_LAUNCH)`` at once (the
+    machines of one distributed launch); each one's output (stdout + stderr). One failing or
+    all past ``timeout``: the others are stopped (they would wait for it) and the test fails."""
     cmd = [sys.executable, "-m", "stages.finetune", "--round", "r1", "--prev", "r0"]
-    proc = subprocess.run(cmd, cwd=proj, env=env2, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    out["ddp"] = proj / "data" / "rounds" / "r1" / "model"
-    out["ddp_stderr"] = proc.stderr
-    return out
+    logs = [proj.with_name(f"{proj.name}.log") for proj, _ in machines]
+    procs = []
+    for (proj, launch), log in zip(machines, logs, strict=True):
+        with log.open("w") as f:  # a file, not a pipe: no machine blocks on a full pipe
+            procs.append(
+                subprocess.Popen(
+                    cmd,
+                    cwd=proj,
+                    env=env | {"SELFIMPROVE_LAUNCH": launch},
+                    stdout=f,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                    start_new_session=True,
+                )
+            )
+    deadline = time.monotonic() + timeout
+    while any(p.poll() is None for p in procs) and not any(p.returncode for p in procs):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    for p in procs:
+        if p.poll() is None:  # SIGTERM: torchrun stops its workers (their own sessions)
+            os.killpg(p.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(timeout=30)
+    outs = [log.read_text() for log in logs]
+    for p, o in zip(procs, outs, strict=True):
+        assert p.returncode == 0, (p.returncode, o[-6000:])
+    return outs
+
+
+@pytest.fixture(scope="module")
+def machines(runs):
+    """The 2-process run as 2 machines: 2 launches (machine ranks 0, 1) in 2 project copies."""
+    tmp, port = runs["tmp"], _free_port()
+    projs = [_project(tmp / f"machine{r}", runs["base"], runs["train"]) for r in (0, 1)]
+    launches = [NODES.format(port=port, rank=r) for r in (0, 1)]
+    files_1 = _files(projs[1])
+    env = runs["env"] | {"LOGLEVEL": "INFO"}  # torchrun logs each machine's rendezvous result
+    outs = _run_stages(list(zip(projs, launches, strict=True)), env)
+    model = projs[0] / "data" / "rounds" / "r1" / "model"
+    return {"projs": projs, "outs": outs, "model": model, "files_1": files_1}
+
+
+def _files(folder: Path) -> set[str]:
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*")}
 
 
 def test_two_processes_really_ran_distributed(runs):
@@ -148,6 +218,42 @@ def test_same_global_batch_same_weights(runs):
     diff = max((one[k] - ddp[k]).abs().max().item() for k in one)
     assert moved > 1e-3 and diff < 1e-5, (moved, diff)
     assert all(torch.isfinite(ddp[k]).all() for k in ddp)
+
+
+def test_two_machines_really_ran_distributed(machines):
+    for rank, out in enumerate(machines["outs"]):
+        assert f"--num_machines 2 --machine_rank {rank}" in out  # the stage relaunched itself
+        # torchrun's rendezvous result (LOGLEVEL=INFO): machine `rank` of 2, running global
+        # rank `rank` of 2 as its local rank 0
+        result = dict(re.findall(r"\]\s+(\w+)=(.*)", out.split("Rendezvous complete", 1)[-1]))
+        assert {k: result.get(k) for k in RENDEZVOUS} == {
+            "group_rank": str(rank),
+            "group_world_size": "2",
+            "local_ranks": "[0]",
+            "global_ranks": f"[{rank}]",
+            "global_world_sizes": "[2]",
+        }, out[-4000:]
+    info = json.loads((machines["model"].parent / "finetune.json").read_text())
+    assert info["steps"] == 8  # global batch 2 x 4 (one process alone: 16 steps)
+
+
+def test_two_machines_same_losses_and_weights(runs, machines):
+    one, nodes = _losses(runs["one"]), _losses(machines["model"])
+    assert [s for s, _ in nodes] == [s for s, _ in one]
+    for (_, a), (_, b) in zip(one, nodes, strict=True):
+        assert b == pytest.approx(a, rel=1e-4)
+    ref, got = _weights(runs["one"]), _weights(machines["model"])
+    assert ref.keys() == got.keys()
+    diff = max((ref[k] - got[k]).abs().max().item() for k in ref)
+    assert diff < 1e-5, diff
+
+
+def test_only_machine_0_writes(machines):
+    """Machine 1's process is local rank 0 but global rank 1: it writes nothing at all (no
+    model, finetune.json, checkpoint or temporary folder) in its project copy."""
+    assert _files(machines["projs"][1]) == machines["files_1"]
+    r1 = machines["projs"][0] / "data" / "rounds" / "r1"
+    assert sorted(p.name for p in r1.iterdir()) == ["finetune.json", "model", "train.jsonl"]
 
 
 @pytest.mark.parametrize(

@@ -209,99 +209,37 @@ def test_empty_question_list(model_dir, spy, tmp_path):
     assert records == [] and stats["n_paths"] == 0 and s.offsets == []
 
 
-def test_workers_split_shards_and_merge_equals_one_run(model_dir, spy, tmp_path, monkeypatch):
-    spy()
-    single, _ = generate(model_dir, QUESTIONS, _cfg(), seed=3)
-
-    # the same model folder at another path (another machine): shards are still recognised
-    import shutil
-
-    moved = tmp_path / "elsewhere"
-    shutil.copytree(model_dir, moved)
-    shards = tmp_path / "shards"
-    with pytest.raises(InputError, match=r"missing .*shard 0 \(questions 0-1\), 1 .*, 2 "):
-        generate(model_dir, QUESTIONS, _cfg(), seed=3, shard_dir=shards, merge_only=True)
-    s = spy()
-    part1, _ = generate(
-        model_dir, QUESTIONS, _cfg(), seed=3, shard_dir=shards, worker=1, num_workers=2
+def test_ray_keys_validated_and_left_out_of_manifests(model_dir):
+    assert GenerateConfig().ray_address is None and GenerateConfig().ray_workers == 0
+    for bad in ({"ray_address": ""}, {"ray_workers": -1}, {"ray_cpus_per_worker": 0}):
+        with pytest.raises(ValueError):
+            GenerateConfig(**bad)
+    ray_cfg = _cfg(ray_address="auto", ray_workers=4, ray_cpus_per_worker=2)
+    # where shards are sampled is not what they hold: a Ray run resumes a local one and back
+    assert gen_mod.run_settings(model_dir, ray_cfg, 1, "p") == gen_mod.run_settings(
+        model_dir, _cfg(), 1, "p"
     )
-    assert s.offsets == [2] and [r["id"] for r in part1] == ["q2", "q3"]
-    with pytest.raises(InputError, match=r"shard 0 \(questions 0-1\), 2 \(questions 4-4\)"):
-        generate(moved, QUESTIONS, _cfg(), seed=3, shard_dir=shards, merge_only=True)
-    (shards / ".shard-00000.jsonl.x.tmp").write_text("another worker writing")
-    s = spy()
-    part0, _ = generate(moved, QUESTIONS, _cfg(), seed=3, shard_dir=shards, worker=0, num_workers=2)
-    assert s.offsets == [0, 4]  # shards 0 and 2
-    assert (shards / ".shard-00000.jsonl.x.tmp").exists()  # a worker leaves others' writes
-
-    def no_model(*a, **k):
-        raise AssertionError("merge must not sample")
-
-    monkeypatch.setattr(gen_mod, "make_sampler", no_model)
-    merged, stats = generate(
-        model_dir, QUESTIONS, _cfg(), seed=3, shard_dir=shards, merge_only=True
-    )
-    assert merged == single and stats["shards_reused"] == 3
-    with pytest.raises(InputError, match="worker=2, num_workers=2"):
-        generate(model_dir, QUESTIONS, _cfg(), seed=3, shard_dir=shards, worker=2, num_workers=2)
-    with pytest.raises(InputError, match="shard_dir"):
-        generate(model_dir, QUESTIONS, _cfg(), seed=3, num_workers=2)
 
 
-def test_stage_workers_then_merge_write_identical_samples(model_dir, tmp_path):
-    """The generate stage split over 2 worker processes + merge == one process, byte for byte."""
-    import os
-    import subprocess
+def test_missing_ray_is_one_line_and_not_needed_when_all_shards_exist(
+    model_dir, spy, tmp_path, monkeypatch
+):
     import sys
-    from pathlib import Path
 
-    import yaml
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with pytest.raises(InputError, match=r"pip install 'selfimprove\[ray\]'$") as e:
+        generate(model_dir, QUESTIONS, _cfg(ray_address="127.0.0.1:6379"), seed=3)
+    assert "\n" not in str(e.value)
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")  # params null: the environment decides
+    with pytest.raises(InputError, match="Ray is not installed"):
+        generate(model_dir, QUESTIONS, _cfg(), seed=3)
 
-    root = Path(__file__).resolve().parents[2]
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["generate"] |= {
-        "num_paths": 2,
-        "max_new_tokens": 6,
-        "n_shots": 1,
-        "batch_size": 4,
-        "shard_size": 2,
-        "dtype": "float32",
-    }
-    env = dict(os.environ, PYTHONPATH=str(root), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    projects = []
-    for name in ("single", "split"):
-        proj = tmp_path / name
-        (proj / "data" / "prepared").mkdir(parents=True)
-        (proj / "params.yaml").write_text(yaml.safe_dump(params))
-        (proj / "data" / "prepared" / "train.jsonl").write_text(
-            "".join(json.dumps(q) + "\n" for q in QUESTIONS)
-        )
-        projects.append(proj)
-    single, split = projects
-    cmd = [sys.executable, "-m", "stages.generate", "--round", "r1", "--model", str(model_dir)]
-
-    def run(proj, *extra):
-        return subprocess.Popen(
-            [*cmd, *extra], cwd=proj, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
-
-    procs = [run(single)] + [
-        run(split, "--worker-index", str(i), "--num-workers", "2") for i in (0, 1)
-    ]
-    for p in procs:
-        _, err = p.communicate(timeout=120)
-        assert p.returncode == 0, err.decode()[-2000:]
-    out = split / "data" / "rounds" / "r1"
-    assert not (out / "samples.jsonl").exists()
-    assert len(list((out / "samples.shards").glob("shard-*.json"))) == 3
-    merge = run(split, "--merge-only")
-    _, err = merge.communicate(timeout=120)
-    assert merge.returncode == 0, err.decode()[-2000:]
-    want = (single / "data" / "rounds" / "r1" / "samples.jsonl").read_bytes()
-    assert (out / "samples.jsonl").read_bytes() == want
-    assert not (out / "samples.shards").exists()
-
-    # a merge with a shard missing fails with exit code 2 and names the shard
-    fail = run(single, "--merge-only")
-    _, err = fail.communicate(timeout=120)
-    assert fail.returncode == 2 and "shard 0 (questions 0-1)" in err.decode()
+    # every shard already on disk: nothing to sample, so Ray is never imported
+    monkeypatch.delenv("RAY_ADDRESS")
+    spy()
+    shards = tmp_path / "shards"
+    local, _ = generate(model_dir, QUESTIONS, _cfg(), seed=3, shard_dir=shards)
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
+    again, stats = generate(model_dir, QUESTIONS, _cfg(), seed=3, shard_dir=shards)
+    assert again == local and stats["shards_reused"] == 3 and "ray" not in stats

@@ -54,6 +54,29 @@ class GenerateConfig(Section):
         description="Questions per shard; each finished shard is saved, so a killed run resumes "
         "after the last finished shard (smaller = less work lost, slightly emptier batches).",
     )
+    ray_address: str | None = Field(
+        None,
+        min_length=1,
+        description="Ray cluster to sample the shards on (pip install 'selfimprove[ray]'), as "
+        "ray.init(address=...) takes it: 'auto' (the cluster `ray start` joined this machine "
+        "to), 'HOST:6379' (a head node's address), 'ray://HOST:10001' (Ray Client) or 'local' "
+        "(a new Ray instance on this machine only, e.g. one sampler per GPU). null: the "
+        "RAY_ADDRESS environment variable if it is set, else no Ray (sample in this process). "
+        "The samples are the same either way; the shard manifests leave it out.",
+    )
+    ray_workers: int = Field(
+        0,
+        ge=0,
+        description="With Ray: sampler actors (each loads the model once and samples whole "
+        "shards). 0 = one per GPU of the cluster, or on a cluster without GPUs one per "
+        "ray_cpus_per_worker CPUs; never more than the shards left to sample.",
+    )
+    ray_cpus_per_worker: int = Field(
+        1,
+        ge=1,
+        description="With Ray on a cluster without GPUs: CPUs each actor reserves (= its torch "
+        "threads). On a cluster with GPUs every actor takes one GPU instead.",
+    )
 
 
 # ---------------------------------------------------------------------- refine

