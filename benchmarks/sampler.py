@@ -14,6 +14,9 @@ same questions, ``m`` samples per question, the same token budget and temperatur
 * **greedy check**: greedy (temperature 0) outputs of ours vs ``generate(do_sample=False)`` on
   ``--greedy-n`` questions, in ``--greedy-dtype`` (float32 by default: identical text expected,
   barring a near-tie flip from the different summation order).
+* **vLLM**: if ``vllm`` imports (the ``.venv-vllm`` environment on CPU, ``make setup-vllm``),
+  ``VLLMSampler`` on the same prompts, m samples per question, in the same dtype as ours, on the
+  first ``--vllm-n`` questions; its engine start-up is reported apart from its tokens/s.
 * **llama.cpp**: if ``llama_cpp`` (llama-cpp-python) imports, the same prompts through the
   GGUF file the base model was converted from (extracted from the cached wheel, or ``--gguf``),
   ``m`` completions per question, one at a time (its prompt cache reuses the shared prefix).
@@ -26,6 +29,11 @@ Full run (2-core CPU, roughly 5-10 min; the naive loop is most of it):
 
     OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 python benchmarks/sampler.py --model data/models/base \\
         --n 32 --naive-n 4 > benchmarks/sampler-result.json
+
+Ours vs vLLM on CPU (in the vLLM environment; ``--vllm-n`` = ``--n`` for a like-for-like ratio):
+
+    OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 .venv-vllm/bin/python benchmarks/sampler.py \
+        --model data/models/base --n 16 --naive-n 0 --llama-n 0 --vllm-n 16
 """
 
 from __future__ import annotations
@@ -309,6 +317,41 @@ def run_llama_cpp(args, prefix, questions, params) -> dict:
     }
 
 
+def run_vllm(args, prefix, questions, params, dtype: str) -> dict:
+    """Our VLLMSampler on the same prompts: engine start-up and sampling timed apart."""
+    try:
+        import vllm
+    except ImportError:
+        return {"skipped": "vllm not installed (on CPU: make setup-vllm, run in .venv-vllm)"}
+    from selfimprove.sampling.vllm_sampler import VLLMSampler
+
+    t = time.perf_counter()
+    s = VLLMSampler(args.model, dtype=dtype, seed=args.seed)
+    start_s = time.perf_counter() - t
+    out = s.sample(prefix, [q["suffix"] for q in questions], params, desc="vllm")
+    wall = s.last_stats["wall_s"]
+    s.close()
+    useful = sum(c.n_tokens for cs in out for c in cs)
+    reasons: dict[str, int] = {}
+    for cs in out:
+        for c in cs:
+            reasons[c.finish_reason] = reasons.get(c.finish_reason, 0) + 1
+    return {
+        "version": vllm.__version__,
+        "dtype": dtype,
+        "questions": len(questions),
+        "engine_start_s": round(start_s, 2),
+        "wall_s": round(wall, 2),
+        "wall_s_per_question": round(wall / len(questions), 3),
+        "useful_tokens": useful,
+        "useful_tok_s": round(useful / wall, 1) if wall > 0 else None,
+        "finish_reasons": reasons,
+        "answers": answer_summary(
+            [[c.text for c in cs] for cs in out], [q["gold"] for q in questions]
+        ),
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="data/models/base", help="model folder")
@@ -325,6 +368,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--greedy-n", type=int, default=4, help="questions for the greedy check")
     ap.add_argument("--greedy-dtype", default="float32")
     ap.add_argument("--llama-n", type=int, default=4, help="questions for llama.cpp (0=skip)")
+    ap.add_argument("--vllm-n", type=int, default=0, help="questions for vLLM (0=skip)")
     ap.add_argument("--gguf", help="GGUF file for llama.cpp (default: from the cached wheel)")
     ap.add_argument("--threads", type=int, default=0, help="torch/llama.cpp threads (0=default)")
     ap.add_argument("--seed", type=int, default=0)
@@ -454,11 +498,31 @@ def main(argv: list[str] | None = None) -> None:
         else {"skipped": "--llama-n 0"}
     )
 
+    # ---- vLLM (same dtype as ours)
+    kv = min(args.vllm_n, len(questions))
+    result["vllm"] = (
+        run_vllm(args, prefix, questions[:kv], params, result["machine"]["dtype"])
+        if kv > 0
+        else {"skipped": "--vllm-n 0"}
+    )
+    if result["vllm"].get("useful_tok_s"):
+        # ours on the same questions: tokens/s over all n is what ours did on them too
+        result["ratio"] = result.get("ratio", {}) | {
+            "ours_vs_vllm_useful_tok_s": round(
+                ours["useful_tok_s"] / result["vllm"]["useful_tok_s"], 2
+            )
+        }
+
     lc = result["llama_cpp"].get("tok_s")
     result["targets"] = {
         "ratio_vs_naive_>=10": result.get("ratio", {}).get("useful_tok_s", 0) >= 10 if k else None,
         "useful_tok_s_>=150": ours["useful_tok_s"] >= 150,
         "at_least_llama_cpp": ours["useful_tok_s"] >= lc if lc else None,
+        "at_least_vllm": (
+            ours["useful_tok_s"] >= result["vllm"]["useful_tok_s"]
+            if result["vllm"].get("useful_tok_s")
+            else None
+        ),
     }
     print(json.dumps(result))
 

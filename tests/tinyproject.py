@@ -133,3 +133,24 @@ def ran_stages(repro_output: str) -> list[str]:
     import re
 
     return re.findall(r"Running stage '([^']+)'", repro_output)
+
+
+def varied_model(root: Path, seed: int) -> Path:
+    """The tiny Llama with larger random weights (N(0, 0.25) matrices, torch seed ``seed``) in
+    ``root/varied``: its samples and greedy outputs vary instead of repeating one token."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from selfimprove.tiny import make_tiny_model
+
+    src = make_tiny_model(root / "model")
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.25)
+    out = root / "varied"
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(src).save_pretrained(out)
+    return out

@@ -27,6 +27,8 @@ import pytest
 import yaml
 from tinyproject import ROOT
 
+from tests.tinyproject import varied_model
+
 pytest.importorskip("ray")
 torch = pytest.importorskip("torch")
 
@@ -134,21 +136,7 @@ def cluster():
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """The tiny Llama with larger random weights, so its samples differ from each other."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from selfimprove.tiny import make_tiny_model
-
-    src = make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
-    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
-    torch.manual_seed(2)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0.0, 0.25)
-    out = tmp_path_factory.mktemp("tiny") / "varied"
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(src).save_pretrained(out)
-    return out
+    return varied_model(tmp_path_factory.mktemp("tiny"), seed=2)
 
 
 def test_killed_ray_run_resumed_by_the_stage_equals_one_process(

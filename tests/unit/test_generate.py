@@ -10,6 +10,7 @@ from selfimprove.core.io import InputError
 from selfimprove.methods import generate as gen_mod
 from selfimprove.methods.generate import generate, shard_paths
 from selfimprove.sampling.factory import make_sampler
+from tests.tinyproject import varied_model
 
 torch = pytest.importorskip("torch")
 
@@ -30,21 +31,7 @@ QUESTIONS = [
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory):
     """Tiny Llama with larger random weights, so samples differ from each other."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from selfimprove.tiny import make_tiny_model
-
-    src = make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
-    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
-    torch.manual_seed(2)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0.0, 0.25)
-    out = tmp_path_factory.mktemp("tiny") / "varied"
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(src).save_pretrained(out)
-    return out
+    return varied_model(tmp_path_factory.mktemp("tiny"), seed=2)
 
 
 @pytest.fixture(scope="session")

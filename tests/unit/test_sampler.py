@@ -9,6 +9,7 @@ from selfimprove.sampling.transformers_sampler import (
     filter_logits,
     sample_tokens,
 )
+from tests.tinyproject import varied_model
 
 torch = pytest.importorskip("torch")
 
@@ -29,21 +30,7 @@ PROMPTS = [
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory):
     """Tiny Llama with larger random weights: varied greedy outputs (not one repeated token)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from selfimprove.tiny import make_tiny_model
-
-    src = make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
-    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0.0, 0.25)
-    out = tmp_path_factory.mktemp("tiny") / "varied"
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(src).save_pretrained(out)
-    return out
+    return varied_model(tmp_path_factory.mktemp("tiny"), seed=1)
 
 
 @pytest.fixture(scope="session")

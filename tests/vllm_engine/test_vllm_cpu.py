@@ -77,7 +77,8 @@ def engine(tiny):
         max_model_len=512,
     )
     print(f"tiny engine start: {time.perf_counter() - t:.1f}s")
-    return s
+    yield s
+    s.close()
 
 
 @contextlib.contextmanager
@@ -194,7 +195,7 @@ def test_smollm2_bf16_agrees_with_transformers(smollm2):
     start_s = time.perf_counter() - t
     got = {"vllm": [cs[0].text for cs in v.sample(prefix, prompts, params)]}
     walls = {"vllm": v.last_stats.get("wall_s")}
-    del v
+    v.close()
     for name, dtype in (("transformers", "bfloat16"), ("transformers_fp32", "float32")):
         ref = ours(smollm2, dtype=dtype)
         got[name] = [cs[0].text for cs in ref.sample(prefix, prompts, params)]

@@ -167,6 +167,13 @@ class VLLMSampler:
         self._vllm = vllm
         self.llm = vllm.LLM(**kwargs)
 
+    def close(self) -> None:
+        """Stop the engine's processes now (they otherwise live until this process exits)."""
+        core = getattr(getattr(getattr(self, "llm", None), "llm_engine", None), "engine_core", None)
+        if core is not None:
+            core.shutdown()
+        self.llm = None
+
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False).input_ids if text else []
 
