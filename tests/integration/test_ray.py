@@ -25,9 +25,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tinyproject import ROOT
-
-from tests.tinyproject import varied_model
+from tinyproject import ROOT, varied_model
 
 pytest.importorskip("ray")
 torch = pytest.importorskip("torch")

@@ -4,13 +4,13 @@ import json
 import logging
 
 import pytest
+from tinyproject import varied_model
 
 from selfimprove.config.methods import GenerateConfig
 from selfimprove.core.io import InputError
 from selfimprove.methods import generate as gen_mod
 from selfimprove.methods.generate import generate, shard_paths
 from selfimprove.sampling.factory import make_sampler
-from tests.tinyproject import varied_model
 
 torch = pytest.importorskip("torch")
 

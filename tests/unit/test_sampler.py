@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+from tinyproject import varied_model
 
 from selfimprove.core.io import InputError
 from selfimprove.sampling.base import SamplingParams, find_stop, resolve_dtype, row_seed
@@ -9,7 +10,6 @@ from selfimprove.sampling.transformers_sampler import (
     filter_logits,
     sample_tokens,
 )
-from tests.tinyproject import varied_model
 
 torch = pytest.importorskip("torch")
 

@@ -13,8 +13,7 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from tests.tinyproject import dvc, new_project, ran_stages, run, tiny_params
+from tinyproject import dvc, new_project, ran_stages, run, tiny_params
 
 SAMPLING_STAGES = ("evaluate_r0", "generate@r1", "evaluate@r1")
 
