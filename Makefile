@@ -79,10 +79,13 @@ $(VLLM_VENV)/.installed: $(VLLM_LOCK) pyproject.toml
 # into a failure). VLLM_CPU_KVCACHE_SPACE: the KV cache in GiB (by default vLLM on CPU wants 92%
 # of the machine's memory free, or refuses to start). This environment's own dependency-only
 # deprecations: importing vllm imports torch.utils.mkldnn, which uses torch.jit.script_method,
-# and (after other imports, in the full run) Python's distutils through setuptools' hack.
+# and Python's distutils through setuptools' hack. SETUPTOOLS_USE_DISTUTILS=stdlib: in one pytest
+# session the unit tests import the stdlib distutils before vllm imports setuptools (through
+# torch.utils.cpp_extension), whose distutils hack then fails an assertion.
 test-vllm: setup-vllm
 	PATH=$(abspath $(VLLM_VENV))/bin:$$PATH OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 \
 	  SELFIMPROVE_REQUIRE_VLLM=1 VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-1} \
+	  SETUPTOOLS_USE_DISTUTILS=stdlib \
 	  $(VLLM_VENV)/bin/python -m pytest tests/unit src/selfimprove tests/vllm_engine --durations=5 \
 	  -W 'ignore:`torch.jit.script_method` is deprecated:DeprecationWarning' \
 	  -W 'ignore:The distutils package is deprecated:DeprecationWarning'  # exit 5 fails too

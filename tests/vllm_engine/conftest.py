@@ -11,11 +11,20 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import warnings
 
 import pytest
 
 HAVE_VLLM = importlib.util.find_spec("vllm") is not None
 REQUIRED = os.environ.get("SELFIMPROVE_REQUIRE_VLLM") == "1"
+
+if HAVE_VLLM:
+    # vLLM's own import chain raises deprecation warnings that none of our calls trigger (e.g.
+    # torch.utils.mkldnn's torch.jit.script_method; Python's distutils through setuptools'
+    # hack): import it once here, outside the tests' warnings-as-errors filter.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from vllm import LLM  # noqa: F401  (vllm imports its engine lazily)
 
 
 def pytest_collection_modifyitems(config, items):
