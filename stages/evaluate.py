@@ -18,6 +18,7 @@ def main(args, params):
         params.seed,
         refine=params.refine,
         backend=params.generate.backend,
+        vllm_engine=params.generate.vllm_engine,
     )
     with atomic_path(out / "eval", is_dir=True) as tmp:
         for name, preds in predictions.items():

@@ -27,7 +27,9 @@ def main(args, params):
         from selfimprove.methods.refine import refine_samples
         from selfimprove.sampling.factory import make_sampler
 
-        sampler = make_sampler(args.model, gen.backend, gen.dtype, gen.batch_size)
+        sampler = make_sampler(
+            args.model, gen.backend, gen.dtype, gen.batch_size, vllm_engine=gen.vllm_engine
+        )
         records, more = refine_samples(sampler, samples, cfg, seed)
         stats |= more
     elif method in LABEL_METHODS:
@@ -50,7 +52,9 @@ def main(args, params):
         if method == "star" and cfg.star_rationalization:
             from selfimprove.sampling.factory import make_sampler
 
-            sampler = make_sampler(args.model, gen.backend, gen.dtype, gen.batch_size)
+            sampler = make_sampler(
+                args.model, gen.backend, gen.dtype, gen.batch_size, vllm_engine=gen.vllm_engine
+            )
             stats |= star_rationalize(sampler, records, cfg, gen.n_shots, seed)
     else:  # lmsi: nothing to add
         records = samples

@@ -107,3 +107,60 @@ def test_bad_paths_and_missing_vllm(tiny_dir, tmp_path):
         make_sampler(tiny_dir, "vllm", "auto", 32)
     assert str(e.value) == INSTALL_HINT
     assert "pip install 'selfimprove[vllm]'" in INSTALL_HINT
+
+
+def _fake_vllm(created: list):
+    """A stand-in ``vllm`` module: LLM records its keyword arguments; EngineArgs a dataclass."""
+    import dataclasses
+
+    @dataclasses.dataclass
+    class EngineArgs:
+        model: str = ""
+        dtype: str = "auto"
+        seed: int = 0
+        enable_prefix_caching: bool = False
+        enforce_eager: bool = False
+
+    class LLM:
+        def __init__(self, model, **kwargs):
+            created.append({"model": model, **kwargs})
+
+    return O(LLM=LLM, EngineArgs=EngineArgs, __version__="0.0-fake")
+
+
+def test_vllm_engine_arguments_reach_the_engine(tiny_dir, monkeypatch):
+    from selfimprove.sampling import vllm_sampler
+    from selfimprove.sampling.factory import make_sampler
+
+    created: list = []
+    monkeypatch.setattr(vllm_sampler, "_import_vllm", lambda: _fake_vllm(created))
+    make_sampler(tiny_dir, "vllm", "float32", 8, vllm_engine={"enforce_eager": True})
+    assert created == [
+        {
+            "model": str(tiny_dir),
+            "dtype": "float32",
+            "seed": 0,
+            "enable_prefix_caching": True,
+            "enforce_eager": True,
+        }
+    ]
+    # a misspelt argument fails before any engine starts, naming the key and the fix
+    with pytest.raises(InputError, match=r"'enforce_eagr' not an argument of vllm\.LLM"):
+        make_sampler(tiny_dir, "vllm", "float32", 8, vllm_engine={"enforce_eagr": True})
+    assert len(created) == 1
+    # the transformers backend ignores them
+    assert make_sampler(tiny_dir, "transformers", "float32", 8, vllm_engine={"x": 1}) is not None
+
+
+def test_vllm_engine_keys_selfimprove_sets_are_refused():
+    from pydantic import ValidationError
+
+    from selfimprove.config.methods import GenerateConfig
+
+    assert GenerateConfig().vllm_engine == {}
+    with pytest.raises(ValidationError) as e:
+        GenerateConfig(vllm_engine={"dtype": "float16", "seed": 3, "enforce_eager": True})
+    msg = str(e.value)
+    assert "'dtype' is set by selfimprove: set the stage's dtype key" in msg
+    assert "'seed' is set by selfimprove: set the top-level seed" in msg
+    assert "enforce_eager" not in msg.split("input_value")[0]

@@ -23,6 +23,10 @@ from selfimprove.core.answers import STOP_SEQUENCES, answers_match, extract_answ
 from selfimprove.core.prompts import build_prompt
 from selfimprove.sampling.base import SamplingParams
 
+# No torch.compile of the model: the engine starts ~2x faster (measured with an empty compile
+# cache: 140 s vs 285 s for the tiny model on the busy 2 cores); what is tested is the same.
+EAGER = True
+
 PREFIX = "Q: 1 + 1?\nA: 1 + 1 = 2. The answer is 2.\n\n"
 PROMPTS = [
     "Q: Jack has 5 stamps. He buys 1 more. How many?\nA:",
@@ -75,6 +79,7 @@ def engine(tiny):
         lora_path=tiny["adapter"],
         max_lora_rank=8,
         max_model_len=512,
+        enforce_eager=EAGER,
     )
     print(f"tiny engine start: {time.perf_counter() - t:.1f}s")
     yield s
@@ -191,7 +196,7 @@ def test_smollm2_bf16_agrees_with_transformers(smollm2):
     prompts = [build_prompt(q["question"], "fewshot_cot", 4)[1] for q in qs]
     params = SamplingParams(max_new_tokens=128, stop=STOP_SEQUENCES)
     t = time.perf_counter()
-    v = VLLMSampler(smollm2, dtype="bfloat16", max_model_len=2048)
+    v = VLLMSampler(smollm2, dtype="bfloat16", max_model_len=2048, enforce_eager=EAGER)
     start_s = time.perf_counter() - t
     got = {"vllm": [cs[0].text for cs in v.sample(prefix, prompts, params)]}
     walls = {"vllm": v.last_stats.get("wall_s")}

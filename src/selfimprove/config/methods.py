@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from selfimprove.config.base import Section
 from selfimprove.config.training import nested_finetune
@@ -24,8 +24,9 @@ class GenerateConfig(Section):
 
     backend: Literal["transformers", "vllm"] = Field(
         "transformers",
-        description="Sampling backend: transformers (CPU/GPU, offline) or vllm (CUDA GPU only; "
-        "pip install 'selfimprove[vllm]').",
+        description="Sampling backend of every sampling stage (generate, evaluate, refine, "
+        "meta_skill): transformers (CPU/GPU, offline) or vllm (GPU: pip install "
+        "'selfimprove[vllm]'; CPU: make setup-vllm).",
     )
     num_paths: int = Field(8, ge=1, description="m: paths sampled per question (paper: 32).")
     temperature: float = Field(0.7, gt=0, description="Sampling temperature (paper: 0.7).")
@@ -54,6 +55,13 @@ class GenerateConfig(Section):
         description="Questions per shard; each finished shard is saved, so a killed run resumes "
         "after the last finished shard (smaller = less work lost, slightly emptier batches).",
     )
+    vllm_engine: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extra vllm.LLM (EngineArgs) arguments for every vLLM sampling stage, e.g. "
+        "{enforce_eager: true} (no torch.compile: the engine starts ~2x faster, decodes slower; "
+        "the tests use it), {tensor_parallel_size: 4} or {gpu_memory_utilization: 0.8}. "
+        "Ignored by the transformers backend.",
+    )
     ray_address: str | None = Field(
         None,
         min_length=1,
@@ -77,6 +85,27 @@ class GenerateConfig(Section):
         description="With Ray on a cluster without GPUs: CPUs each actor reserves (= its torch "
         "threads). On a cluster with GPUs every actor takes one GPU instead.",
     )
+
+    @field_validator("vllm_engine")
+    @classmethod
+    def _engine_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+        owned = {k: VLLM_OWNED_KEYS[k] for k in value if k in VLLM_OWNED_KEYS}
+        if owned:
+            raise ValueError(
+                "; ".join(f"{k!r} is set by selfimprove: {fix}" for k, fix in owned.items())
+            )
+        return value
+
+
+#: vllm.LLM arguments the sampler sets itself (generate.vllm_engine must not), and where instead
+VLLM_OWNED_KEYS = {
+    "model": "each stage passes its round's model folder",
+    "dtype": "set the stage's dtype key (generate.dtype, evaluate.dtype, meta_skill.dtype)",
+    "seed": "set the top-level seed",
+    "enable_prefix_caching": "always on (every prompt shares the few-shot prefix)",
+    "enable_lora": "on when a LoRA adapter is served",
+    "max_lora_rank": "taken from the adapter",
+}
 
 
 # ---------------------------------------------------------------------- refine

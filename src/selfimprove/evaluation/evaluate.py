@@ -221,6 +221,7 @@ def evaluate(
     seed: int,
     refine: RefineConfig | None = None,
     backend: str | None = None,
+    vllm_engine: dict | None = None,
 ) -> tuple[dict, dict[str, list[dict]]]:
     """Evaluate one model on every set; return (metrics, predictions by "<set>__<style>").
 
@@ -228,7 +229,7 @@ def evaluate(
     (``cfg.refine_iterations`` > 0) the prompt format and token budgets the model was taught
     (``n_shots``, ``feedback_max_new_tokens``, ``refine_max_new_tokens``, ``temperature``);
     ``None`` = its defaults. ``backend``: the sampling backend (``generate.backend``; ``None`` =
-    that key's default).
+    that key's default); ``vllm_engine``: ``generate.vllm_engine``.
 
     ``metrics[set][style]`` is ``{n, strict, flexible, no_answer}`` for a GSM8K-format set and
     ``{n, em, f1, no_answer}`` for a DROP-format one; ``metrics[set]["sc"]`` holds maj@k
@@ -250,7 +251,7 @@ def evaluate(
         )
     formats = {name: set_format(records, name) for name, records in eval_sets.items()}
     backend = backend or GenerateConfig.model_fields["backend"].default
-    sampler = make_sampler(model_dir, backend, cfg.dtype, cfg.batch_size)
+    sampler = make_sampler(model_dir, backend, cfg.dtype, cfg.batch_size, vllm_engine=vllm_engine)
     metrics: dict = {}
     predictions: dict[str, list[dict]] = {}
     for name, records in eval_sets.items():

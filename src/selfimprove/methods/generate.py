@@ -307,7 +307,9 @@ def generate(
     address = resolve_address(cfg)
     ray_stats = None
     if pending and address is None:
-        sampler = make_sampler(model_dir, cfg.backend, cfg.dtype, cfg.batch_size)
+        sampler = make_sampler(
+            model_dir, cfg.backend, cfg.dtype, cfg.batch_size, vllm_engine=cfg.vllm_engine
+        )
         for shard in pending:
             finished(shard, *sample_shard(sampler, prefix, shard, params, len(starts)))
     elif pending:

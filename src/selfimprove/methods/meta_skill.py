@@ -232,6 +232,7 @@ def meta_skill(
     teacher=None,
     sampler=None,
     backend: str | None = None,
+    vllm_engine: dict | None = None,
 ) -> tuple[list[dict], dict]:
     """Round 0's model in ``out_dir``: ``model_dir`` fine-tuned on the meta-skill corpus
     (method self/lmsi_self), else a copy. Returns ``(corpus, info)``.
@@ -239,7 +240,8 @@ def meta_skill(
     ``n_shots`` / ``feedback_max_new_tokens`` are the refine step's (``refine.n_shots``,
     ``refine.feedback_max_new_tokens``): the corpus uses the prompts the rounds use.
     ``teacher`` / ``sampler`` override the configured ones (tests). ``backend``: the sampling
-    backend (``generate.backend``; ``None`` = that key's default).
+    backend (``generate.backend``; ``None`` = that key's default); ``vllm_engine``:
+    ``generate.vllm_engine``.
     """
     from selfimprove.methods.table import SELF_METHODS
 
@@ -264,7 +266,9 @@ def meta_skill(
         from selfimprove.sampling.factory import make_sampler
 
         backend = backend or GenerateConfig.model_fields["backend"].default
-        sampler = make_sampler(model_dir, backend, cfg.dtype, cfg.batch_size)
+        sampler = make_sampler(
+            model_dir, backend, cfg.dtype, cfg.batch_size, vllm_engine=vllm_engine
+        )
     initial = sample_initial(sampler, seed_records, cfg, seed)
     if own_sampler:
         del sampler

@@ -89,7 +89,9 @@ class ShardWorker:
     def sample(self, prefix: str, shard: Shard, params, n_shards: int) -> tuple[list, dict]:
         cfg = self.cfg
         if self.sampler is None:
-            self.sampler = make_sampler(self.model_dir, cfg.backend, cfg.dtype, cfg.batch_size)
+            self.sampler = make_sampler(
+                self.model_dir, cfg.backend, cfg.dtype, cfg.batch_size, vllm_engine=cfg.vllm_engine
+            )
         return sample_shard(self.sampler, prefix, shard, params, n_shards)
 
 

@@ -13,11 +13,13 @@ def make_sampler(
     dtype: str,
     batch_size: int,
     lora_path: str | Path | None = None,
+    vllm_engine: dict | None = None,
 ):
     """The sampler for ``backend`` (an ``if``, not a registry).
 
     ``lora_path`` (vllm only) applies a LoRA adapter on top of ``model_dir``; the transformers
-    backend samples from merged round models.
+    backend samples from merged round models. ``vllm_engine`` (``generate.vllm_engine``): extra
+    ``vllm.LLM`` arguments; the transformers backend ignores them.
     """
     if backend == "transformers":
         from selfimprove.sampling.transformers_sampler import TransformersSampler
@@ -31,5 +33,5 @@ def make_sampler(
     if backend == "vllm":
         from selfimprove.sampling.vllm_sampler import VLLMSampler
 
-        return VLLMSampler(model_dir, dtype=dtype, lora_path=lora_path)
+        return VLLMSampler(model_dir, dtype=dtype, lora_path=lora_path, **(vllm_engine or {}))
     raise InputError(f"unknown backend {backend!r}; use 'transformers' or 'vllm'")

@@ -102,6 +102,17 @@ def vllm_sampling_params(params: SamplingParams, seed: int) -> dict:
     }
 
 
+def engine_arg_names(vllm: Any) -> set[str]:
+    """The keyword arguments ``vllm.LLM`` accepts: its own and those of ``vllm.EngineArgs``."""
+    import dataclasses
+    import inspect
+
+    names = set(inspect.signature(vllm.LLM.__init__).parameters) - {"self", "kwargs"}
+    if dataclasses.is_dataclass(vllm.EngineArgs):
+        names |= {f.name for f in dataclasses.fields(vllm.EngineArgs)}
+    return names
+
+
 def _import_vllm():
     try:
         import vllm
@@ -163,6 +174,13 @@ class VLLMSampler:
 
             kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank)
             self.lora_request = LoRARequest("adapter", 1, str(lora_path))
+        unknown = sorted(set(engine_kwargs) - engine_arg_names(vllm))
+        if unknown:
+            raise InputError(
+                f"generate.vllm_engine: {', '.join(map(repr, unknown))} not an argument of "
+                f"vllm.LLM / vllm.EngineArgs (vllm {vllm.__version__}); fix the spelling or "
+                "remove it (see `python -c 'import vllm; help(vllm.EngineArgs)'`)"
+            )
         kwargs.update(engine_kwargs)
         self._vllm = vllm
         self.llm = vllm.LLM(**kwargs)
