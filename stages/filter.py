@@ -9,7 +9,6 @@ import sys
 from selfimprove.core.paths import round_dir, round_seed
 from selfimprove.pipeline import add_round_arg, stage_main
 
-
 #: filter.json's collapse monitors that vote.json repeats
 COLLAPSE_KEYS = ("answer_entropy", "distinct_answers", "mean_path_tokens")
 

@@ -315,9 +315,9 @@ def filter_format_only(
     (seeded by ``seed``), one path each drawn at random among the question's usable paths (an
     answer was extracted and :func:`finalize_path` keeps it; its own answer is the direct
     formats' completion). Which questions won the vote never matters, only how many did; a
-    question without a usable path is passed over for the next drawn one (``n_short`` counts
-    the draws the pool could not fill). ``majority`` / ``agreement`` in the rationales are for
-    analysis only.
+    question without a usable path is passed over for the next drawn one (every question LMSI
+    keeps has one, so the pool always suffices; ``n_short``, the draws left unfilled, is a
+    check that stays 0). ``majority`` / ``agreement`` in the rationales are analysis only.
 
     >>> recs = [{"id": f"q{i}", "question": f"What is {i} + 1?",
     ...          "paths": [f"{i} + 1 = {i + 1}.", "It is 0."], "answers": [str(i + 1), "0"]}
