@@ -151,3 +151,40 @@ def test_compare_with_intervals(tmp_path, capsys, monkeypatch):
     assert lines[1].startswith("r0     0.30 [") and lines[1].count("[") == 2
     assert cli_main(args) == 0  # without --ci: plain numbers, as before
     assert "[" not in capsys.readouterr().out
+
+
+def _benchmark(name: str):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_compare_runs_over_seeds(tmp_path, capsys):
+    """Two systems with two runs each: means with intervals over runs and questions, and the
+    paired difference; a system against itself differs by exactly 0."""
+    folders = {}
+    for system, acc in (("a", 0.3), ("b", 0.6)):
+        for seed in (0, 1):
+            rounds = tmp_path / f"{system}{seed}"
+            preds = _predictions(acc + 0.05 * seed, 0.5, seed)
+            metrics = annotate_metrics(_metrics(preds), preds, FAST)
+            write_json(rounds / "r1" / "metrics.json", metrics)
+            for key, p in preds.items():
+                write_jsonl(rounds / "r1" / "eval" / f"{key}.jsonl", p)
+            folders.setdefault(system, []).append(str(rounds))
+    bench = _benchmark("compare_runs")
+    args = ["--a", *folders["a"], "--b", *folders["b"], "--round", "r1", "--resamples", "200"]
+    assert bench.main(args) == 0
+    rows = {(r["style"], r["metric"]): r for r in json.loads(capsys.readouterr().out)["rows"]}
+    strict = rows[("cot", "strict")]
+    assert strict["n_questions"] == N and strict["a"]["n_runs"] == 2
+    assert abs(strict["a"]["mean"] - 0.325) < 1e-12 and abs(strict["diff"] - 0.3) < 1e-12
+    assert 0.0 < strict["lo"] < 0.3 < strict["hi"]
+    assert strict["a"]["lo"] < strict["a"]["mean"] < strict["a"]["hi"]
+    assert bench.main(["--a", *folders["a"], "--b", *folders["a"], "--round", "r1"]) == 0
+    same = json.loads(capsys.readouterr().out)["rows"]
+    assert all(r["diff"] == 0.0 for r in same)

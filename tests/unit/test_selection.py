@@ -147,6 +147,11 @@ def test_best_alias_by_metric_is_unchanged_and_label_free_is_beside_it(fake_vers
         ({"stats": {"n_resamples": True}}, "stats.n_resamples: a boolean is not a number"),
         ({"stats": {"seeds": 1}}, "stats.seeds: unknown key (value 1); did you mean 'seed'?"),
         ({"method": "format"}, "method"),
+        (
+            {"tracking": {"best_by": "label_free"}, "evaluate": {"sc_paths": 0, "sc_k": []}},
+            "tracking.best_by: label_free ranks rounds by the agreement of evaluate.sc_paths "
+            "sampled answers, but sc_paths is 0; set evaluate.sc_paths >= 2",
+        ),
     ],
 )
 def test_new_keys_are_validated(raw, where):

@@ -128,6 +128,12 @@ class Params(Section):
                 "warmstart.enabled: true needs labeled seed examples; set data.seed_set "
                 "(e.g. {source: arith, n: 64}) or set warmstart.enabled: false"
             )
+        if self.tracking.best_by == "label_free" and self.evaluate.sc_paths < 2:
+            problems.append(
+                f"tracking.best_by: label_free ranks rounds by the agreement of "
+                f"evaluate.sc_paths sampled answers, but sc_paths is {self.evaluate.sc_paths}; "
+                "set evaluate.sc_paths >= 2 (e.g. 8) or tracking.best_by: metric"
+            )
         unknown = [s for s in self.evaluate.sets or [] if s not in self.data.eval]
         if unknown:
             have = ", ".join(self.data.eval)

@@ -81,7 +81,7 @@ def plot_accuracy(
         ax.axis("off")
     title = "held-out accuracy by round"
     if bands:
-        title += " (bands: confidence interval, bootstrap over questions)"
+        title += "\n(bands: confidence intervals, bootstrap over questions)"
     fig.suptitle(title)
     fig.tight_layout()
     _save(fig, path)
