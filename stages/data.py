@@ -8,7 +8,7 @@ from selfimprove.pipeline import stage_main
 def main(args, params):
     from selfimprove.data.prepare import prepare
 
-    stats = prepare(params.data, PREPARED, params.seed)
+    stats = prepare(params.data, PREPARED, params.data_seed)  # data.seed, or the global seed
     print(f"data ready in {PREPARED}: {stats}")
 
 

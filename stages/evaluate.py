@@ -1,4 +1,5 @@
-"""evaluate stage: held-out accuracy of a round's model (greedy per style, maj@k), predictions."""
+"""evaluate stage: held-out accuracy of a round's model (greedy per style, maj@k) with 95%
+bootstrap intervals and the label-free self-consistency agreement, and the predictions."""
 
 from selfimprove.core.paths import round_dir
 from selfimprove.pipeline import add_round_arg, load_eval_sets, stage_main
@@ -8,6 +9,7 @@ from selfimprove.pipeline import add_round_arg, load_eval_sets, stage_main
 def main(args, params):
     from selfimprove.core.io import atomic_path, write_json, write_jsonl
     from selfimprove.evaluation.evaluate import evaluate
+    from selfimprove.evaluation.intervals import annotate_metrics
 
     out = round_dir(args.round)
     sets = load_eval_sets(params.evaluate.sets)
@@ -20,6 +22,8 @@ def main(args, params):
         backend=params.generate.backend,
         vllm_engine=params.generate.vllm_engine,
     )
+    # 95% intervals next to every accuracy, the label-free sc agreement (from the predictions)
+    metrics = annotate_metrics(metrics, predictions, params.stats)
     with atomic_path(out / "eval", is_dir=True) as tmp:
         for name, preds in predictions.items():
             write_jsonl(tmp / f"{name}.jsonl", preds)

@@ -1,12 +1,16 @@
 """filter stage: select the round's training paths by method (lmsi: self-consistency vote; self:
-the model's own verdict; lmsi_self: both; star/rest_em: the gold) from refined.jsonl; write
+the model's own verdict; lmsi_self: both; star/rest_em: the gold; format_only: as many random
+questions as the vote keeps, one random path each) from refined.jsonl; write
 rationales, the training set, its statistics (filter.json) and the vote's summary (vote.json,
 the DVC metric compared across experiments)."""
 
 import sys
 
-from selfimprove.core.paths import round_dir
+from selfimprove.core.paths import round_dir, round_seed
 from selfimprove.pipeline import add_round_arg, stage_main
+
+#: filter.json's collapse monitors that vote.json repeats
+COLLAPSE_KEYS = ("answer_entropy", "distinct_answers", "mean_path_tokens")
 
 
 def vote_summary(stats: dict) -> dict:
@@ -14,11 +18,18 @@ def vote_summary(stats: dict) -> dict:
 
     >>> vote_summary({"selected_fraction": 0.5, "mean_agreement": 0.75, "n_kept_paths": 6})
     {'kept_fraction': 0.5, 'mean_agreement': 0.75, 'n_kept': 6}
+    >>> vote_summary({"selected_fraction": 0.5, "mean_agreement": 0.75, "n_kept_paths": 6,
+    ...               "answer_entropy": 0.4, "distinct_answers": 1.5, "mean_path_tokens": 40.0})
+    ... # doctest: +NORMALIZE_WHITESPACE
+    {'kept_fraction': 0.5, 'mean_agreement': 0.75, 'n_kept': 6, 'answer_entropy': 0.4,
+     'distinct_answers': 1.5, 'mean_path_tokens': 40.0}
     """
     return {
         "kept_fraction": stats["selected_fraction"],  # questions whose vote passed
         "mean_agreement": stats["mean_agreement"],  # majority share, averaged over questions
         "n_kept": stats["n_kept_paths"],  # paths that became training data
+        # collapse monitors (methods.filter.collapse_monitors), where filter.json has them
+        **{k: stats[k] for k in COLLAPSE_KEYS if k in stats},
     }
 
 
@@ -35,6 +46,7 @@ def main(args, params):
         params.method,
         require_consistency=params.refine.require_consistency,
         rest_em_max_per_question=params.refine.rest_em_max_per_question,
+        seed=round_seed(params.seed, args.round),  # format_only's draws
     )
     write_jsonl(out / "rationales.jsonl", rationales)
     write_jsonl(out / "train.jsonl", train)

@@ -1,8 +1,9 @@
 """refine stage: per method, what the round's filter selects from.
 
-lmsi: the samples unchanged. self / lmsi_self: the model's own feedback and refinement of every
-sampled path (no labels). star / rest_em: which paths match the gold (these baselines, and only
-they, read data/prepared/train_labels.jsonl); star also rationalizes unsolved questions."""
+lmsi, format_only: the samples unchanged. self / lmsi_self: the model's own feedback and
+refinement of every sampled path (no labels). star / rest_em: which paths match the gold (these
+baselines, and only they, read data/prepared/train_labels.jsonl); star also rationalizes
+unsolved questions."""
 
 from selfimprove.core.paths import TRAIN_LABELS, round_dir, round_seed
 from selfimprove.pipeline import add_round_arg, stage_main
@@ -56,7 +57,7 @@ def main(args, params):
                 args.model, gen.backend, gen.dtype, gen.batch_size, vllm_engine=gen.vllm_engine
             )
             stats |= star_rationalize(sampler, records, cfg, gen.n_shots, seed)
-    else:  # lmsi: nothing to add
+    else:  # lmsi, format_only: nothing to add
         records = samples
     write_jsonl(out / "refined.jsonl", records)
     write_json(out / "refine.json", stats)

@@ -1,6 +1,7 @@
-"""report stage: accuracy / vote-agreement / kept-fraction tables and plots over every round,
-plus self-feedback verdict precision per round when method self / lmsi_self ran (against
-data/prepared/train_labels.jsonl: analysis only)."""
+"""report stage: accuracy (with confidence bands) / vote-agreement / kept-fraction / collapse
+monitor tables and plots over every round, paired differences between rounds, the label-free
+choice of round and its cost, plus self-feedback verdict precision per round when method self /
+lmsi_self ran (against data/prepared/train_labels.jsonl: analysis only)."""
 
 from selfimprove.core.paths import REPORT, ROUNDS, TRAIN_LABELS
 from selfimprove.pipeline import stage_main
@@ -12,7 +13,9 @@ def main(args, params):
     from selfimprove.tracking.runs import log_report
 
     rounds = ["r0", *params.rounds]
-    files = build_report(ROUNDS, rounds, REPORT, params.report, labels_path=TRAIN_LABELS)
+    files = build_report(
+        ROUNDS, rounds, REPORT, params.report, labels_path=TRAIN_LABELS, stats=params.stats
+    )
     print(f"report: {len(files)} files in {REPORT} for rounds {', '.join(rounds)}")
     if (REPORT / "feedback.png").exists():
         print(f"report: self-feedback verdict precision in {REPORT / 'feedback.json'}")

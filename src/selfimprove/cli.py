@@ -43,6 +43,7 @@ def _compare(args: argparse.Namespace) -> int:
         compare_table,
         dvc_round_metrics,
         format_table,
+        with_intervals,
     )
 
     if args.mlflow:
@@ -74,6 +75,8 @@ def _compare(args: argparse.Namespace) -> int:
             )
         source = f"dvc:{args.rounds_dir}"
     table = compare_table(metrics, args.metrics or DEFAULT_COLUMNS)
+    if args.ci:
+        table = with_intervals(table, metrics, args.digits)
     if args.json:
         print(json.dumps({"source": source, **table}, indent=2))
     else:
@@ -126,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds-dir", default="data/rounds", help="where the round folders are")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--digits", type=int, default=3, help="decimals in the text table")
+    p.add_argument(
+        "--ci",
+        action="store_true",
+        help="show each value with its confidence interval, 'value [lo, hi]' (where the "
+        "evaluate stage wrote one: metrics.json's ci)",
+    )
     p.set_defaults(func=_compare)
 
     p = sub.add_parser("tiny-model", help="write a tiny random model (for smoke tests)")

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from selfimprove.config.base import Section, clip, short
 from selfimprove.config.data import DataConfig
-from selfimprove.config.evaluation import EvaluateConfig, ReportConfig
+from selfimprove.config.evaluation import EvaluateConfig, ReportConfig, StatsConfig
 from selfimprove.config.methods import FilterConfig, GenerateConfig, MetaSkillConfig, RefineConfig
 from selfimprove.config.tracking import TrackingConfig
 from selfimprove.config.training import BaseModelConfig, FinetuneConfig, WarmstartConfig
@@ -48,7 +48,8 @@ class Params(Section):
         0,
         ge=0,
         le=MAX_SEED,
-        description=f"Global seed: data, sampling, training (round k adds k); 0..{MAX_SEED}.",
+        description=f"Global seed: data (unless data.seed is set), sampling, training (round k "
+        f"adds k); 0..{MAX_SEED}.",
     )
     method: Literal[METHOD_NAMES] = Field(  # type: ignore[valid-type]
         METHOD_NAMES[0],
@@ -93,6 +94,11 @@ class Params(Section):
     report: ReportConfig = Field(
         default_factory=ReportConfig, description="The report stage's tables and plots."
     )
+    stats: StatsConfig = Field(
+        default_factory=StatsConfig,
+        description="Confidence intervals (bootstrap over questions) in metrics.json and the "
+        "report.",
+    )
     rounds: dict[str, RoundConfig] = Field(
         default_factory=lambda: {"r1": RoundConfig(prev="r0"), "r2": RoundConfig(prev="r1")},
         description="Rounds r1..rN, each naming its predecessor (r0 = the starting model).",
@@ -122,6 +128,12 @@ class Params(Section):
                 "warmstart.enabled: true needs labeled seed examples; set data.seed_set "
                 "(e.g. {source: arith, n: 64}) or set warmstart.enabled: false"
             )
+        if self.tracking.best_by == "label_free" and self.evaluate.sc_paths < 2:
+            problems.append(
+                f"tracking.best_by: label_free ranks rounds by the agreement of "
+                f"evaluate.sc_paths sampled answers, but sc_paths is {self.evaluate.sc_paths}; "
+                "set evaluate.sc_paths >= 2 (e.g. 8) or tracking.best_by: metric"
+            )
         unknown = [s for s in self.evaluate.sets or [] if s not in self.data.eval]
         if unknown:
             have = ", ".join(self.data.eval)
@@ -132,6 +144,15 @@ class Params(Section):
 
     def round_index(self, name: str) -> int:
         return round_index(name)
+
+    @property
+    def data_seed(self) -> int:
+        """The seed of the questions: ``data.seed``, or the global ``seed`` when it is null.
+
+        >>> Params(seed=3).data_seed, Params(seed=3, data={"seed": 7}).data_seed
+        (3, 7)
+        """
+        return self.seed if self.data.seed is None else self.data.seed
 
 
 def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:

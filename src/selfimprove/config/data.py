@@ -155,6 +155,14 @@ class DataConfig(Section):
         description="A small labeled warm-start set (e.g. few-shot exemplars or an SFT warm "
         "start); null = no warm start.",
     )
+    seed: int | None = Field(
+        None,
+        ge=0,
+        le=2**31 - 1,
+        description="Seed of the questions (which problems the generators make, which records "
+        "a subset takes); null = the global seed. Fix it to vary the global seed (sampling, "
+        "training) over the same questions.",
+    )
 
     @field_validator("train", "seed_set")
     @classmethod

@@ -103,3 +103,34 @@ class ReportConfig(Section):
         description="Also log the report files to the pipeline's MLflow parent run "
         "(artifact folder report/) when tracking.enabled.",
     )
+
+
+# ---------------------------------------------------------------------- stats
+
+
+class StatsConfig(Section):
+    """Confidence intervals (``stats:`` in params.yaml): the evaluate stage's per-metric
+    intervals in metrics.json and the report's paired differences between rounds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    level: float = Field(
+        0.95,
+        gt=0.0,
+        lt=1.0,
+        description="Confidence level of every interval (0.95 = 95%; percentile bootstrap).",
+    )
+    n_resamples: int = Field(
+        1000,
+        ge=100,
+        le=1_000_000,
+        description="Bootstrap resamples per interval (over questions; over runs too when "
+        "several seeds are compared). More = steadier interval ends, linear in time.",
+    )
+    seed: int = Field(
+        0,
+        ge=0,
+        le=2**31 - 1,
+        description="Seed of the bootstrap resampling (separate from the global seed, so "
+        "runs with different seeds are resampled alike); same inputs + seed = same bytes.",
+    )

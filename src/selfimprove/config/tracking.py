@@ -42,7 +42,14 @@ class TrackingConfig(Section):
         "arith_1step.fewshot_cot.strict",
         description="Flattened metrics key (as in `dvc metrics show`, e.g. "
         "<eval set>.<style>.strict) whose highest value gets the registered model's alias "
-        "'best' (ties: the earlier round).",
+        "'best' (ties: the earlier round). Used when best_by is metric.",
+    )
+    best_by: Literal["metric", "label_free"] = Field(
+        "metric",
+        description="How the alias 'best' is chosen: metric = the highest best_metric (a "
+        "labeled held-out score); label_free = the highest self-consistency agreement on the "
+        "eval sets' sampled paths (the mean over sets of <set>.sc.label_free.agreement, the "
+        "majority share of evaluate.sc_paths answers: no labels used; needs sc_paths >= 2).",
     )
 
     @field_validator("experiment", "pipeline")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 
@@ -59,3 +60,33 @@ def agreement_histogram(agreements: Sequence[float], bins: int = 10) -> list[int
             raise ValueError(f"agreement_histogram: agreement {a!r} is outside [0, 1]")
         counts[min(int(a * bins + 1e-9), bins - 1)] += 1
     return counts
+
+
+def answer_entropy(answers: Sequence[str | None]) -> float:
+    """Shannon entropy (bits) of the answers a question's paths give, ``None`` left out: 0 when
+    every path that answers gives the same answer (or none answers), log2(m) when m paths give
+    m different answers. A collapse monitor (falling entropy = less diverse answers).
+
+    >>> answer_entropy(["4", "4", "4", None]), answer_entropy(["1", "2", "3", "4"])
+    (0.0, 2.0)
+    >>> answer_entropy(["4", "4", "5", "6"])
+    1.5
+    """
+    counts: dict[str, int] = {}
+    for a in answers:
+        if a is not None:
+            counts[a] = counts.get(a, 0) + 1
+    total = sum(counts.values())
+    if not total:
+        return 0.0
+    h = -sum(c / total * math.log2(c / total) for c in counts.values())
+    return abs(h)  # -0.0 -> 0.0
+
+
+def distinct_answers(answers: Sequence[str | None]) -> int:
+    """How many different answers a question's paths give (``None`` not counted).
+
+    >>> distinct_answers(["4", "4", "5", None]), distinct_answers([None])
+    (2, 0)
+    """
+    return len({a for a in answers if a is not None})

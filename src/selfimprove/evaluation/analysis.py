@@ -8,22 +8,38 @@ from selfimprove.core.answers import answers_match, gold_answer
 
 
 def majority_precision(rationales: list[dict], labels: dict[str, str]) -> dict:
-    """How often the self-consistency majority is right, over all and over selected questions.
+    """How often the self-consistency majority is right, over all and over selected questions;
+    with per-path ``kept`` flags, also ``kept_precision``: the share of the paths kept for
+    training whose own answer is right (``final_answers`` where the method has them). For
+    method format_only, which trains on random paths, that is the number to compare.
 
     >>> rats = [{"id": "a", "majority": "4", "selected": True},
     ...         {"id": "b", "majority": "7", "selected": True},
     ...         {"id": "c", "majority": "1", "selected": False}]
     >>> majority_precision(rats, {"a": "#### 4", "b": "#### 8", "c": "#### 1"})
     {'majority_accuracy': 0.6666666666666666, 'selected_precision': 0.5, 'n_labeled': 3}
+    >>> rats[0] |= {"answers": ["4", "5"], "kept": [True, True]}
+    >>> majority_precision(rats, {"a": "#### 4", "b": "#### 8"})["kept_precision"]
+    0.5
     """
     scored = [(r, labels[r["id"]]) for r in rationales if r["id"] in labels]
     right = [answers_match(r["majority"], gold_answer(g)) for r, g in scored]
     sel = [ok for (r, _), ok in zip(scored, right, strict=True) if r["selected"]]
-    return {
+    out = {
         "majority_accuracy": sum(right) / len(right) if right else 0.0,
         "selected_precision": sum(sel) / len(sel) if sel else 0.0,
         "n_labeled": len(scored),
     }
+    if any("kept" in r for r, _ in scored):
+        kept = [
+            answers_match(a, gold_answer(g))
+            for r, g in scored
+            if "kept" in r
+            for a, k in zip(r.get("final_answers", r["answers"]), r["kept"], strict=True)
+            if k
+        ]
+        out["kept_precision"] = sum(kept) / len(kept) if kept else 0.0
+    return out
 
 
 def flatten_metrics(d: dict, prefix: str = "") -> dict[str, float]:

@@ -15,7 +15,15 @@ self / lmsi_self), also ``feedback.json`` (verdict precision / recall per round 
 training pool labels, ``data/prepared/train_labels.jsonl`` -- analysis only),
 and ``feedback.png``; otherwise ``feedback.json`` is an empty list. ``plots/feedback.csv`` is
 always written (header only without SELF rounds).
-matplotlib is imported lazily (Agg backend).
+Uncertainty and monitors (added files): ``intervals.csv``/``.json`` (every accuracy's
+interval per round, from metrics.json's ``ci``; drawn as bands in ``accuracy.png``),
+``differences.csv``/``.json`` (each round minus the first round, and minus the previous one:
+paired bootstrap over the questions both scored, from the rounds' ``eval/`` predictions),
+``selection.json`` (the label-free choice of round and the accuracy it loses against the truly
+best round), ``monitors.csv``/``.json``, ``plots/monitors.csv`` and ``monitors.png`` (per
+round: agreement, no-answer rate, answer entropy, distinct answers, path length; with the
+training labels, analysis only, how often kept majorities and kept paths are right).
+The figures are drawn by :mod:`selfimprove.evaluation.plots` (matplotlib, lazily, Agg).
 """
 
 from __future__ import annotations
@@ -23,15 +31,21 @@ from __future__ import annotations
 import csv
 import fnmatch
 import json
-import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from selfimprove.config.evaluation import ReportConfig
+from selfimprove.config.evaluation import ReportConfig, StatsConfig
 from selfimprove.core.io import InputError, atomic_path, iter_jsonl, read_jsonl, write_json
 from selfimprove.core.paths import is_round, round_index, sort_rounds
 from selfimprove.evaluation.analysis import flatten_metrics as flatten
+from selfimprove.evaluation.plots import (
+    plot_accuracy,
+    plot_agreement,
+    plot_feedback,
+    plot_kept,
+    plot_monitors,
+)
 
 #: step files folded into a round's flat metrics, with their key prefix (as the track stage does)
 STEP_FILES = (
@@ -164,6 +178,35 @@ def format_table(table: Mapping, digits: int = 3) -> str:
     return "\n".join(lines)
 
 
+def with_intervals(
+    table: Mapping, metrics_by_round: Mapping[str, Mapping[str, float]], digits: int = 3
+) -> dict:
+    """``table`` with each cell that has an interval (flat keys ``<set>.<style>.ci.<metric>.lo``
+    / ``.hi`` in that round's metrics, written by the evaluate stage) shown as
+    ``"value [lo, hi]"``; other cells are unchanged.
+
+    >>> m = {"r1": {"a.cot.strict": 0.5, "a.cot.ci.strict.lo": 0.25, "a.cot.ci.strict.hi": 0.75}}
+    >>> with_intervals({"columns": ["a.cot.strict"], "rows": [{"round": "r1",
+    ...                 "a.cot.strict": 0.5}]}, m)["rows"]
+    [{'round': 'r1', 'a.cot.strict': '0.500 [0.250, 0.750]'}]
+    """
+    rows = []
+    for row in table["rows"]:
+        flat = metrics_by_round.get(row["round"], {})
+        out = dict(row)
+        for col in table["columns"]:
+            head, _, metric = col.rpartition(".")
+            keys = [f"{head}.ci.{metric}.{end}" for end in ("lo", "hi")]
+            if not all(k in flat for k in keys):  # MLflow spells maj@8 as maj_8
+                keys = [f"{head}.ci.{metric.replace('@', '_')}.{end}" for end in ("lo", "hi")]
+            value = row.get(col)
+            if isinstance(value, float) and all(k in flat for k in keys):
+                lo, hi = (flat[k] for k in keys)
+                out[col] = f"{value:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+        rows.append(out)
+    return {"columns": list(table["columns"]), "rows": rows}
+
+
 # --------------------------------------------------------------------------- report data
 
 
@@ -231,6 +274,26 @@ def plot_series(rows: Sequence[Mapping], metric: str = "strict") -> dict[str, di
             series = r["style"] if chosen == metric else f"{r['style']} {chosen}"
         out.setdefault(r["set"], {}).setdefault(series, []).append((r["round_index"], r["value"]))
     return out
+
+
+def interval_bands(rows: Sequence[Mapping], metric: str = "strict") -> dict[str, dict[str, dict]]:
+    """:func:`plot_series`'s sets and series with each round's interval: per set, per series,
+    ``{round_index: (lo, hi)}``, from :func:`~selfimprove.evaluation.intervals.interval_rows`.
+
+    >>> rows = [{"round_index": 1, "set": "a", "style": "cot", "metric": "strict",
+    ...          "value": 0.5, "lo": 0.25, "hi": 0.75}]
+    >>> interval_bands(rows)
+    {'a': {'cot': {1: (0.25, 0.75)}}}
+    """
+    lo = plot_series([{**r, "value": r["lo"]} for r in rows], metric)
+    hi = plot_series([{**r, "value": r["hi"]} for r in rows], metric)
+    return {
+        set_name: {
+            label: {x: (a, hi[set_name][label][j][1]) for j, (x, a) in enumerate(points)}
+            for label, points in by_series.items()
+        }
+        for set_name, by_series in lo.items()
+    }
 
 
 def agreement_stats(
@@ -394,175 +457,6 @@ def _safe(name: str) -> str:
     return re.sub(r"[^\w.@\-]", "_", name)
 
 
-# --------------------------------------------------------------------------- plots
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _round_axis(ax, indices: Sequence[int]) -> None:
-    ticks = sorted(set(indices))
-    ax.set_xticks(ticks, [f"r{i}" for i in ticks])
-    ax.set_xlabel("round")
-    if len(ticks) == 1:
-        ax.set_xlim(ticks[0] - 0.5, ticks[0] + 0.5)
-
-
-def plot_accuracy(series: Mapping[str, Mapping[str, list]], path: Path, metric: str) -> None:
-    """One panel per eval set: accuracy per round, a line per prompt style (and maj@k)."""
-    plt = _pyplot()
-    sets = sorted(series) or ["(no eval sets)"]
-    ncols = min(3, len(sets))
-    nrows = math.ceil(len(sets) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.6 * nrows), squeeze=False)
-    for ax, set_name in zip(axes.flat, sets, strict=False):
-        indices: list[int] = []
-        for label, points in sorted(series.get(set_name, {}).items()):
-            xs, ys = zip(*sorted(points), strict=True)
-            style = "--" if label.startswith("sc ") else "-"
-            ax.plot(xs, ys, style, marker="o", label=label)
-            indices += xs
-        ax.set_title(set_name)
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_ylabel(f"accuracy ({metric})" if set_name == sets[0] else "")
-        ax.grid(alpha=0.3)
-        _round_axis(ax, indices or [0])
-        if indices:
-            ax.legend(fontsize=8)
-    for ax in list(axes.flat)[len(sets) :]:
-        ax.axis("off")
-    fig.suptitle("held-out accuracy by round")
-    fig.tight_layout()
-    _save(fig, path)
-
-
-def plot_agreement(stats: Mapping[str, Mapping], path: Path) -> None:
-    """One panel per round: share of training questions per vote-agreement bin."""
-    plt = _pyplot()
-    names = sort_rounds(stats)
-    n = max(1, len(names))
-    ncols = min(4, n)
-    nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(
-        nrows, ncols, figsize=(3.6 * ncols, 3.0 * nrows), squeeze=False, sharey=True
-    )
-    for ax, name in zip(axes.flat, names, strict=False):
-        s = stats[name]
-        edges, counts = s["edges"], s["counts"]
-        total = sum(counts) or 1
-        widths = [b - a for a, b in zip(edges[:-1], edges[1:], strict=True)]
-        ax.bar(
-            edges[:-1],
-            [c / total for c in counts],
-            width=widths,
-            align="edge",
-            edgecolor="white",
-            color="tab:blue",
-        )
-        ax.axvline(
-            s["mean_agreement"],
-            color="tab:red",
-            ls="--",
-            lw=1,
-            label=f"mean {s['mean_agreement']:.2f}",
-        )
-        ax.set_title(f"{name} ({s['n_questions']} questions)")
-        ax.set_xlim(0, 1)
-        ax.set_xlabel("majority share of the paths")
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3, axis="y")
-    axes.flat[0].set_ylabel("share of questions")
-    if not names:
-        axes.flat[0].text(0.5, 0.5, "no filtered rounds", ha="center", va="center")
-    for ax in list(axes.flat)[len(names) :]:
-        if names:
-            ax.axis("off")
-    fig.suptitle("vote agreement per round")
-    fig.tight_layout()
-    _save(fig, path)
-
-
-def plot_kept(rows: Sequence[Mapping], path: Path) -> None:
-    """Per round: share of questions and of paths kept for training, and mean agreement."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    xs = [r["round"] for r in rows]
-    for key, label in (
-        ("kept_fraction", "questions kept"),
-        ("path_fraction", "paths kept"),
-        ("mean_agreement", "mean agreement"),
-    ):
-        ax.plot(xs, [r[key] for r in rows], marker="o", label=label)
-    notes = [
-        (
-            r["round"],
-            r["kept_fraction"],
-            "skipped" if r.get("skipped") else f"{r['n_train_examples']} ex.",
-        )
-        for r in rows
-    ]
-    _finish_fraction_plot(
-        fig, ax, path, xs, notes, "fraction", "training data kept by the vote filter"
-    )
-
-
-def plot_feedback(rows: Sequence[Mapping], path: Path) -> None:
-    """Per round with self-feedback: precision and recall of the model's "correct" verdicts
-    against the gold, on the sampled answers (solid) and after refinement (dashed)."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    xs = [r["round"] for r in rows]
-    for key, label, style, marker, color in (
-        ("precision", "precision (sampled)", "-", "o", "tab:blue"),
-        ("recall", "recall (sampled)", "-", "o", "tab:orange"),
-        ("final_precision", "precision (refined)", "--", "x", "tab:blue"),
-        ("final_recall", "recall (refined)", "--", "x", "tab:orange"),
-    ):
-        ax.plot(xs, [r[key] for r in rows], style, color=color, marker=marker, label=label)
-    notes = [(r["round"], r["precision"], f"{r['n_judged']} paths") for r in rows]
-    _finish_fraction_plot(
-        fig,
-        ax,
-        path,
-        xs,
-        notes,
-        "verdict 'correct' vs gold",
-        "self-feedback precision / recall per round",
-    )
-
-
-def _finish_fraction_plot(
-    fig, ax, path: Path, xs: Sequence[int], notes: Sequence[tuple], ylabel: str, title: str
-) -> None:
-    """Annotate ``(x, y, text)`` notes, label a [0, 1] per-round axis, save the figure."""
-    for x, y, text in notes:
-        ax.annotate(
-            text, (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7
-        )
-    ax.set_ylim(-0.02, 1.08)
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    _round_axis(ax, xs or [1])
-    if notes:
-        ax.legend(fontsize=8)
-    ax.set_title(title)
-    fig.tight_layout()
-    _save(fig, path)
-
-
-def _save(fig, path: Path) -> None:
-    plt = _pyplot()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-
-
 # --------------------------------------------------------------------------- the stage
 
 
@@ -572,11 +466,18 @@ def build_report(
     out_dir: str | Path,
     cfg: ReportConfig | None = None,
     labels_path: str | Path | None = None,
+    stats: StatsConfig | None = None,
 ) -> list[Path]:
     """Write every report file for ``rounds`` (each needs its metrics.json) into ``out_dir``
     (replaced whole); return the files written. ``labels_path`` (the training pool labels) is
-    read only when some round carries self-feedback verdicts; None skips the feedback plot."""
-    cfg = cfg or ReportConfig()
+    read when some round carries self-feedback verdicts (None skips the feedback plot) and,
+    when the file exists, for the monitors' analysis-only precisions. ``stats``: the intervals
+    of the paired differences between rounds (``differences.*``) and of the label-free
+    selection's loss (``selection.json``)."""
+    from selfimprove.evaluation.intervals import difference_rows, interval_rows, read_scores
+    from selfimprove.evaluation.summaries import MONITOR_FIELDS, monitor_rows, selection_report
+
+    cfg, stats = cfg or ReportConfig(), stats or StatsConfig()
     rounds_dir, out_dir = Path(rounds_dir), Path(out_dir)
     rounds = sort_rounds(rounds)
     missing = [r for r in rounds if not (rounds_dir / r / "metrics.json").exists()]
@@ -595,6 +496,13 @@ def build_report(
         refined = read_refined(rounds_dir, rounds)
         if refined:
             feedback = feedback_rows(refined, read_labels(labels_path))
+    intervals = interval_rows(nested)
+    bands = interval_bands(intervals, cfg.metric)
+    scores = {r: read_scores(rounds_dir / r, nested[r]) for r in rounds}
+    differences = difference_rows(scores, stats)
+    selection = selection_report(nested, scores, stats)
+    labels = read_labels(labels_path) if labels_path and Path(labels_path).exists() else None
+    monitors = monitor_rows(rounds_dir, rounds, labels)
 
     with atomic_path(out_dir, is_dir=True) as tmp:
         fields = ["round", "round_index", "set", "style", "metric", "value"]
@@ -632,7 +540,19 @@ def build_report(
         _write_csv(
             plots / "kept.csv", kept, ["round", "kept_fraction", "path_fraction", "mean_agreement"]
         )
-        plot_accuracy(series, tmp / "accuracy.png", cfg.metric)
+        # uncertainty: intervals per round, paired differences between rounds, selection
+        ifields = [*fields, "lo", "hi", "level"]
+        _write_csv(tmp / "intervals.csv", intervals, ifields)
+        write_json(tmp / "intervals.json", intervals)
+        dfields = ["round", "round_index", "vs", "set", "style", "metric", "diff", "lo", "hi"]
+        _write_csv(tmp / "differences.csv", differences, [*dfields, "n", "level"])
+        write_json(tmp / "differences.json", differences)
+        write_json(tmp / "selection.json", selection)
+        _write_csv(tmp / "monitors.csv", monitors, MONITOR_FIELDS)
+        write_json(tmp / "monitors.json", monitors)
+        _write_csv(plots / "monitors.csv", monitors, MONITOR_FIELDS)
+        plot_monitors(monitors, tmp / "monitors.png")
+        plot_accuracy(series, tmp / "accuracy.png", cfg.metric, bands)
         plot_agreement(agreement, tmp / "agreement.png")
         plot_kept(kept, tmp / "kept.png")
         write_json(tmp / "feedback.json", feedback)

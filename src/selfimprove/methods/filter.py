@@ -11,13 +11,19 @@ was found without that sentence gets " The answer is N." appended.
 
 from __future__ import annotations
 
+import random
 import re
 
 from selfimprove.config.methods import FilterConfig
 from selfimprove.core.answers import cut_at_stop, extract_answer, strict_answer_span
 from selfimprove.core.io import InputError
 from selfimprove.core.prompts import STYLES, build_prompt, direct_completion, is_cot
-from selfimprove.core.voting import agreement_histogram, majority_vote
+from selfimprove.core.voting import (
+    agreement_histogram,
+    answer_entropy,
+    distinct_answers,
+    majority_vote,
+)
 from selfimprove.methods.table import METHODS, SELF_METHODS
 
 _ANSWER_TAIL = re.compile(r"[*}]*\.?")
@@ -169,6 +175,31 @@ def _stats(
     }
 
 
+def collapse_monitors(samples: list[dict]) -> dict:
+    """Collapse monitors of a round's sampled paths (every method; no labels): the mean over
+    questions of the answer entropy in bits and of the distinct answers
+    (:func:`~selfimprove.core.voting.answer_entropy`, ``None`` answers left out), and the mean
+    path length in generated tokens (``mean_path_tokens``, only when every sample carries
+    ``n_tokens``, as generate writes them).
+
+    >>> collapse_monitors([{"answers": ["4", "4", "5", "6"], "n_tokens": [10, 20, 30, 40]},
+    ...                    {"answers": ["7", "7", None, "7"], "n_tokens": [5, 5, 5, 5]}])
+    {'answer_entropy': 0.75, 'distinct_answers': 2.0, 'mean_path_tokens': 15.0}
+    """
+    n = len(samples)
+    if not n:
+        return {"answer_entropy": 0.0, "distinct_answers": 0.0}
+    out = {
+        "answer_entropy": round(sum(answer_entropy(s["answers"]) for s in samples) / n, 4),
+        "distinct_answers": round(sum(distinct_answers(s["answers"]) for s in samples) / n, 4),
+    }
+    lengths = [(s.get("n_tokens"), len(s["answers"])) for s in samples]
+    if all(isinstance(t, list) and len(t) == m for t, m in lengths):
+        flat = [int(t) for ts, _ in lengths for t in ts]
+        out["mean_path_tokens"] = round(sum(flat) / len(flat), 4) if flat else 0.0
+    return out
+
+
 def filter_samples(samples: list[dict], cfg: FilterConfig) -> tuple[list[dict], list[dict], dict]:
     """Vote, select and format: returns ``(rationales, train_examples, stats)``.
 
@@ -266,7 +297,97 @@ def filter_samples(samples: list[dict], cfg: FilterConfig) -> tuple[list[dict], 
         n_unusable_paths=n_unusable,
         n_no_answer=n_no_answer,
     )
-    return rationales, train, stats
+    return rationales, train, stats | collapse_monitors(samples)
+
+
+# ---------------------------------------------------------------------------- format-only control
+
+
+def filter_format_only(
+    records: list[dict], cfg: FilterConfig, seed: int = 0
+) -> tuple[list[dict], list[dict], dict]:
+    """The format-only control (method ``format_only``): train on the model's own paths in the
+    same formats, *without* the vote. Like :func:`filter_samples`, returns ``(rationales,
+    train_examples, stats)``.
+
+    It trains on as many questions as LMSI would with the same ``cfg`` (the questions
+    :func:`filter_samples` keeps a path of), but draws them at random from the whole pool
+    (seeded by ``seed``), one path each drawn at random among the question's usable paths (an
+    answer was extracted and :func:`finalize_path` keeps it; its own answer is the direct
+    formats' completion). Which questions won the vote never matters, only how many did; a
+    question without a usable path is passed over for the next drawn one (every question LMSI
+    keeps has one, so the pool always suffices; ``n_short``, the draws left unfilled, is a
+    check that stays 0). ``majority`` / ``agreement`` in the rationales are analysis only.
+
+    >>> recs = [{"id": f"q{i}", "question": f"What is {i} + 1?",
+    ...          "paths": [f"{i} + 1 = {i + 1}.", "It is 0."], "answers": [str(i + 1), "0"]}
+    ...         for i in range(6)]
+    >>> recs[0]["answers"] = ["1", "1"]  # the only question whose vote passes min_agreement 1
+    >>> cfg = FilterConfig(min_agreement=1.0)
+    >>> rats, train, stats = filter_format_only(recs, cfg, seed=0)
+    >>> stats["n_lmsi_questions"], stats["n_selected"], stats["n_kept_paths"]
+    (1, 1, 1)
+    >>> [r["id"] for r in rats if r["selected"]], len(train)  # not q0: drawn from the pool
+    (['q5'], 4)
+    """
+    lmsi, _, _ = filter_samples(records, cfg)  # validates the records too
+    n_target = sum(any(r["kept"]) for r in lmsi)
+    rng = random.Random(f"format_only:{seed}")
+    order = list(range(len(records)))
+    rng.shuffle(order)
+    picks: dict[int, tuple[int, str]] = {}
+    for i in order:
+        if len(picks) == n_target:
+            break
+        usable = [
+            (j, text)
+            for j, (p, a) in enumerate(zip(records[i]["paths"], records[i]["answers"], strict=True))
+            if a is not None and (text := finalize_path(p, a)) is not None
+        ]
+        if usable:
+            picks[i] = rng.choice(usable)
+    formats = cfg.formats.enabled()
+    rationales: list[dict] = []
+    train: list[dict] = []
+    per_format = dict.fromkeys(STYLES, 0)
+    n_paths = n_no_answer = 0
+    for i, (rec, voted) in enumerate(zip(records, lmsi, strict=True)):
+        paths, answers = rec["paths"], rec["answers"]
+        n_paths += len(paths)
+        n_no_answer += sum(a is None for a in answers)
+        kept, texts = [False] * len(paths), []
+        if i in picks:
+            j, text = picks[i]
+            kept[j], texts = True, [text]
+            _add_examples(
+                train, per_format, rec["id"], rec["question"], texts, answers[j], formats,
+                cfg.n_shots,
+            )  # fmt: skip
+        rationales.append(
+            {
+                "id": rec["id"],
+                "question": rec["question"],
+                "paths": paths,
+                "answers": answers,
+                "majority": voted["majority"],
+                "agreement": voted["agreement"],
+                "kept": kept,
+                "kept_texts": texts,
+                "selected": i in picks,
+                "method": "format_only",
+            }
+        )
+    stats = _stats(
+        rationales,
+        train,
+        per_format,
+        [r["agreement"] for r in lmsi],
+        n_paths=n_paths,
+        n_kept_paths=len(picks),
+        n_no_answer=n_no_answer,
+    )
+    stats |= {"n_lmsi_questions": n_target, "n_short": n_target - len(picks)}
+    return rationales, train, stats | collapse_monitors(records)
 
 
 # ---------------------------------------------------------------------------- other methods
@@ -302,6 +423,7 @@ def filter_refined(
     method: str = "lmsi",
     require_consistency: bool = True,
     rest_em_max_per_question: int = 4,
+    seed: int = 0,
 ) -> tuple[list[dict], list[dict], dict]:
     """Select training paths by ``method`` from refine-stage records; like
     :func:`filter_samples`, returns ``(rationales, train_examples, stats)``.
@@ -315,6 +437,8 @@ def filter_refined(
       question when it reached the gold; direct formats answer with the gold.
     * ``rest_em``: paths whose answer matches the gold, at most ``rest_em_max_per_question``
       (0 = all) per question (instead of ``max_paths_per_question``).
+    * ``format_only``: :func:`filter_format_only` (the no-vote control; ``seed`` draws its
+      questions and paths).
 
     Kept paths are cleaned by :func:`finalize_path`, deduplicated and capped as in LMSI.
 
@@ -332,6 +456,8 @@ def filter_refined(
     """
     if method == "lmsi":
         return filter_samples(records, cfg)
+    if method == "format_only":
+        return filter_format_only(records, cfg, seed)
     if method not in _NEEDS:
         raise InputError(f"method {method!r} is not one of {', '.join(METHODS)}")
     formats = cfg.formats.enabled()
@@ -422,4 +548,4 @@ def filter_refined(
         stats |= {"n_verdict_correct": n_verdict_correct, "n_verdict_none": n_verdict_none}
     if method == "star":
         stats["n_rationalized"] = n_rationalized
-    return rationales, train, stats
+    return rationales, train, stats | collapse_monitors(records)

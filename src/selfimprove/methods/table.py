@@ -14,7 +14,7 @@ class Method:
     name: str
     uses_labels: bool  #: reads the training questions' gold answers (a baseline, not label-free)
     needs_seed_set: bool  #: learns meta-skills from the labeled seed set (the meta_skill stage)
-    filter: str  #: what keeps a path: "vote", "verdict", "vote+verdict" or "gold"
+    filter: str  #: what keeps a path: "vote", "verdict", "vote+verdict", "gold" or "random"
     summary: str
 
 
@@ -26,6 +26,13 @@ METHODS: dict[str, Method] = {
         Method("lmsi_self", False, True, "vote+verdict", "both filters"),
         Method("star", True, False, "gold", "STaR: correct paths + rationalization (labels)"),
         Method("rest_em", True, False, "gold", "ReST-EM: correct paths (labels)"),
+        Method(
+            "format_only",
+            False,
+            False,
+            "random",
+            "control: as many questions as lmsi keeps, at random, one own path each, no vote",
+        ),
     )
 }
 #: every method name, the default first

@@ -2,7 +2,8 @@
 
 Unless ``registered_model`` is null, every round's model is logged as an MLflow model and
 registered under one name (default ``selfimprove-<pipeline>``) with the tag ``round=<r>``; the
-alias ``best`` points at the round whose ``best_metric`` is highest. With ``log_model: merged``
+alias ``best`` points at the round whose ``best_metric`` is highest (``best_by: label_free``:
+whose self-consistency agreement is, no labels used; :mod:`.selection`). With ``log_model: merged``
 the model is an ``mlflow.transformers`` model of the merged folder (self-contained). With
 ``log_model: adapter`` it is a small pyfunc model (code: :data:`MODEL_CODE`, the file
 ``tracking/mlflow_model.py``, stored in the model as ``selfimprove_model.py``): the LoRA
@@ -240,16 +241,22 @@ def log_registered_model(
 
 
 def update_best_alias(client, cfg: TrackingConfig) -> str | None:
-    """Point the alias ``best`` at the current version with the highest ``cfg.best_metric``.
+    """Point the alias ``best`` at the current version with the highest ``cfg.best_metric``
+    (``cfg.best_by: metric``) or the highest label-free self-consistency agreement
+    (``best_by: label_free``, :func:`selfimprove.tracking.selection.label_free_score`).
 
     Versions whose round run is superseded (or not finished) are skipped and tagged
     ``selfimprove.superseded=true``. Returns the best version, or None (with a warning) when no
     current version's run has the metric.
     """
+    from selfimprove.tracking.selection import LABEL_FREE_SUFFIX, round_score
+
     name = cfg.registered_model_name()
     if name is None:
         return None
     key = clean_key(cfg.best_metric)
+    if cfg.best_by == "label_free":
+        key = f"label_free(mean of *{LABEL_FREE_SUFFIX})"
     candidates, seen = [], set()
     for mv in model_versions(client, name):
         run = get_run(client, mv.run_id) if mv.run_id else None
@@ -260,17 +267,28 @@ def update_best_alias(client, cfg: TrackingConfig) -> str | None:
                 client.set_model_version_tag(name, mv.version, TAG_SUPERSEDED, "true")
             continue
         seen.update(run.data.metrics)
-        if key in run.data.metrics:
+        value = round_score(run.data.metrics, cfg.best_by, key)
+        if value is not None:
             index = int(run.data.tags.get(TAG_ROUND_INDEX, mv.tags.get(TAG_ROUND_INDEX, "0")))
             candidates.append(
                 {
                     "version": mv.version,
                     "round_index": index,
                     "round": mv.tags.get("round", run.data.tags.get(TAG_ROUND, "")),
-                    "value": run.data.metrics[key],
+                    "value": value,
                 }
             )
     best = pick_best(candidates)
+    if best is None and cfg.best_by == "label_free":
+        log.warning(
+            "tracking.best_by=label_free: no registered round of %s has a "
+            "<set>%s metric (evaluate.sc_paths: 0 skips self-consistency; set it >= 2); "
+            "alias %r not moved",
+            name,
+            LABEL_FREE_SUFFIX,
+            BEST_ALIAS,
+        )
+        return None
     if best is None:
         close = difflib.get_close_matches(key, sorted(seen), n=3, cutoff=0.5)
         log.warning(
@@ -285,6 +303,7 @@ def update_best_alias(client, cfg: TrackingConfig) -> str | None:
     client.set_registered_model_alias(name, BEST_ALIAS, best["version"])
     for tag, value in (
         ("best_metric", key),
+        ("best_by", cfg.best_by),
         ("best_round", best["round"]),
         ("best_value", str(best["value"])),
     ):
