@@ -154,3 +154,15 @@ def varied_model(root: Path, seed: int) -> Path:
     model.save_pretrained(out)
     AutoTokenizer.from_pretrained(src).save_pretrained(out)
     return out
+
+
+def import_stage(name: str):
+    """``stages.<name>`` of this repository (``stages/`` is not an installed package: `pytest`
+    alone does not see it; ``monkeypatch.syspath_prepend(ROOT)`` is the other way)."""
+    import importlib
+
+    sys.path.insert(0, str(ROOT))
+    try:
+        return importlib.import_module(f"stages.{name}")
+    finally:
+        sys.path.remove(str(ROOT))

@@ -6,8 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
+from tinyproject import import_stage
 
-from stages import data as data_stage
+data_stage = import_stage("data")
 
 DATA = {
     "train": {"source": "arith", "n": 12, "steps": [1]},

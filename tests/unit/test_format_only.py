@@ -9,6 +9,7 @@ from collections import Counter
 
 import pytest
 import yaml
+from tinyproject import import_stage
 
 from selfimprove.config import parse_params
 from selfimprove.config.methods import FilterConfig
@@ -141,7 +142,7 @@ def test_method_table_and_dispatch():
 def test_filter_stage_runs_format_only_with_the_round_seed(tmp_path, monkeypatch):
     """The filter stage passes the round's seed (seed + k): r1 and r2 of the same samples draw
     differently; everything else is the lmsi stage's output format."""
-    from stages import filter as filter_stage
+    filter_stage = import_stage("filter")
 
     monkeypatch.chdir(tmp_path)
     params = {"seed": 7, "method": "format_only", "filter": {"min_agreement": 1.0}}

@@ -8,6 +8,7 @@ import csv
 import math
 
 import pytest
+from tinyproject import import_stage
 
 from selfimprove.config.methods import FilterConfig
 from selfimprove.core.io import write_json, write_jsonl
@@ -81,7 +82,7 @@ def test_kept_precision_is_analysis_of_the_kept_paths():
 
 
 def _round(rounds, name, samples, cfg):
-    from stages.filter import vote_summary
+    vote_summary = import_stage("filter").vote_summary
 
     rats, _, stats = filter_samples(samples, cfg)
     d = rounds / name
