@@ -169,6 +169,14 @@ class FinetuneConfig(Section):
         "to less. The training sets mix few-shot (~200-550 tokens) and zero-shot (~60-100) "
         "examples, so padding dominates with random batches. false = uniformly random batches.",
     )
+    shared_prefix: bool = Field(
+        True,
+        description="Compute a prompt prefix that a batch's rows share (the few-shot exemplars) "
+        "once per batch instead of once per row; with group_by_length, examples sharing one "
+        "are sorted into the same batches. Same loss and gradients up to float rounding (other "
+        "batches than false, so results differ within noise). The LM head runs only at "
+        "completion tokens either way.",
+    )
 
     @field_validator("lr_scheduler")
     @classmethod

@@ -53,10 +53,9 @@ from selfimprove.training.resume import (  # is_main_process: also used by the s
     seeded_trainer,
     world_size,
 )
+from selfimprove.training.shared_prefix import IGNORE_INDEX, batch_prefix, use_completion_loss
 
 log = logging.getLogger(__name__)
-
-IGNORE_INDEX = -100
 
 
 class DiskFullError(InputError):
@@ -144,7 +143,9 @@ class CompletionCollator:
 
     Padding gets ``pad_id`` in ``input_ids``, -100 in ``labels`` and 0 in ``attention_mask``.
     ``pad_fraction`` is the share of padding among all token slots collated so far (what
-    ``group_by_length`` saves).
+    ``group_by_length`` saves). ``share_prefix``: a batch whose rows share a prompt prefix
+    worth computing once also gets ``prefix_len`` (an int) and ``prefix_rows`` (bool, per row)
+    (:func:`selfimprove.training.shared_prefix.batch_prefix`).
 
     >>> c = CompletionCollator(pad_id=0)
     >>> batch = c([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]},
@@ -155,9 +156,10 @@ class CompletionCollator:
     0.333
     """
 
-    def __init__(self, pad_id: int, pad_to_multiple_of: int = 1) -> None:
+    def __init__(self, pad_id: int, pad_to_multiple_of: int = 1, share_prefix: bool = False):
         self.pad_id = pad_id
         self.pad_to_multiple_of = pad_to_multiple_of
+        self.share_prefix = share_prefix
         self.n_real = 0
         self.n_slots = 0
 
@@ -181,7 +183,14 @@ class CompletionCollator:
             mask[row, :n] = 1
         self.n_real += sum(len(f["input_ids"]) for f in features)
         self.n_slots += len(features) * width
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        batch = {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        if self.share_prefix:
+            prefix_len, rows = batch_prefix(features)
+            if prefix_len:
+                flags = torch.zeros(len(features), dtype=torch.bool)
+                flags[rows] = True
+                batch |= {"prefix_len": prefix_len, "prefix_rows": flags}
+        return batch
 
 
 # ----------------------------------------------------------------------------- model
@@ -433,6 +442,7 @@ def _finetune(model_dir, examples, out_dir, cfg, seed, ckpt_dir, save_steps, cal
     else:
         model = _load_model(model_dir, torch.float32)
     model.config.use_cache = False
+    use_completion_loss(model)  # LM head at completion tokens only, shared prefix once
     info["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     pad_id = (
@@ -482,7 +492,8 @@ def _finetune(model_dir, examples, out_dir, cfg, seed, ckpt_dir, save_steps, cal
             model=model,
             args=args,
             train_dataset=features,
-            data_collator=CompletionCollator(pad_id),
+            data_collator=CompletionCollator(pad_id, share_prefix=cfg.shared_prefix),
+            share_prefix=cfg.shared_prefix,
             callbacks=[_log_last_step_callback(), complete_marker_callback(), *(callbacks or [])],
         )
         t0 = time.perf_counter()
