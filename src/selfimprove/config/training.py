@@ -173,9 +173,9 @@ class FinetuneConfig(Section):
         True,
         description="Compute a prompt prefix that a batch's rows share (the few-shot exemplars) "
         "once per batch instead of once per row; with group_by_length, examples sharing one "
-        "are sorted into the same batches. Same loss and gradients up to float rounding (other "
-        "batches than false, so results differ within noise). The LM head runs only at "
-        "completion tokens either way.",
+        "fill batches together (length-grouped among themselves). Same loss and gradients up "
+        "to float rounding, but other batches than false (results differ within noise). The "
+        "LM head runs only at completion tokens either way.",
     )
 
     @field_validator("lr_scheduler")

@@ -76,9 +76,9 @@ def epoch_order(
 
     ``group_by_length``: transformers' length grouping (a random permutation cut into
     mega-batches of ``group_size``-sized batches, each sorted by length, the longest batch
-    first); else a uniformly random permutation. ``groups`` (with ``group_by_length``): sort
-    each mega-batch by (shared-prefix group, length) instead, so that the examples of a group
-    are consecutive (:func:`selfimprove.training.shared_prefix.prefix_groups`).
+    first); else a uniformly random permutation. ``groups`` (with ``group_by_length``): the
+    examples of a shared-prefix group fill batches together, length-grouped inside the group
+    (:func:`selfimprove.training.shared_prefix.grouped_order`).
 
     >>> lengths = [5, 1, 4, 2, 3, 6, 1, 2]
     >>> epoch_order(lengths, 2, seed=0, epoch=1, group_by_length=True) == epoch_order(
@@ -95,10 +95,10 @@ def epoch_order(
     if group_by_length:
         from transformers.trainer_pt_utils import get_length_grouped_indices
 
-        if groups is not None:
-            from selfimprove.training.shared_prefix import grouped_sort_keys
+        if groups is not None and max(groups, default=-1) >= 0:  # no group: as before
+            from selfimprove.training.shared_prefix import grouped_order
 
-            lengths = grouped_sort_keys(lengths, groups)
+            return grouped_order(lengths, groups, group_size, generator)
         order = get_length_grouped_indices(lengths, group_size, generator=generator)
         return [int(i) for i in order]
     return torch.randperm(len(lengths), generator=generator).tolist()
@@ -171,7 +171,7 @@ def seeded_trainer(*args, share_prefix: bool = False, **kwargs):
     when ``train_sampling_strategy`` is ``group_by_length``, with mega-batches of global batches
     (per-device batch x accumulation x processes: the same global batch gives the same order
     on any number of processes). ``share_prefix`` (with length grouping): examples sharing a
-    prompt prefix with a global batch's worth of others are sorted together
+    prompt prefix with a global batch's worth of others fill batches together
     (:func:`selfimprove.training.shared_prefix.prefix_groups`). The sampler is the trainer's
     ``order_sampler`` once training has started."""
     from transformers import Trainer, TrainerCallback

@@ -13,7 +13,8 @@ does not need:
   row (autograd sums the rows' gradients into the one prefix pass) and runs each row's rest
   after it; rows without that prefix run whole, with the prefix masked out. Batches have such
   a prefix because :func:`prefix_groups` keys each example by the prompt prefix it shares with
-  a global batch's worth of others and the sampler sorts those together (see
+  a global batch's worth of others and the sampler fills batches with one group's examples
+  (:func:`grouped_order`, length-grouped inside the group; used by
   :func:`selfimprove.training.resume.epoch_order`).
 
 Same loss and gradients as the plain forward up to float rounding (LoRA dropout 0; with dropout
@@ -110,21 +111,45 @@ def prefix_groups(features: list[dict], min_rows: int, min_len: int = MIN_SHARED
     return groups
 
 
-def grouped_sort_keys(lengths: list[int], groups: list[int]) -> list[int]:
-    """Sort keys that order by group, then length: what the length-grouped sampler sorts by
-    (descending) instead of the length, so that a group's rows are consecutive in a
-    mega-batch. Groups rank by their longest member (ties: group id), so the mega-batch
-    holding the longest example still puts it first.
+def grouped_order(lengths: list[int], groups: list[int], batch_size: int, generator) -> list[int]:
+    """One epoch's order in which the examples of a group (:func:`prefix_groups`) fill whole
+    batches of ``batch_size`` together.
 
-    >>> grouped_sort_keys([5, 9, 3, 4], [0, -1, 0, -1])  # group -1 holds the longest
-    [5, 19, 3, 14]
+    Each group is ordered by transformers' length grouping (a random permutation, mega-batches
+    of as many batches as for the whole set, sorted by length inside), cut into batches; the
+    groups' leftovers (fewer than a batch each) are batched together. The batches come in
+    random order, the one holding the longest example first (an out-of-memory error shows at
+    once), a partial batch last. Random draws come from ``generator`` only.
+
+    >>> import torch
+    >>> lengths, groups = [5, 9, 3, 4, 8, 2, 7], [0, -1, 0, -1, 0, 0, -1]
+    >>> order = grouped_order(lengths, groups, 2, torch.Generator().manual_seed(0))
+    >>> sorted(order) == list(range(7)), [groups[i] for i in order[:2]]
+    (True, [-1, -1])
+    >>> [sorted(groups[i] for i in order[k : k + 2]) for k in (2, 4)]
+    [[0, 0], [0, 0]]
     """
-    longest: dict[int, int] = {}
-    for n, g in zip(lengths, groups, strict=True):
-        longest[g] = max(longest.get(g, 0), n)
-    rank = {g: r for r, g in enumerate(sorted(longest, key=lambda g: (longest[g], g)))}
-    scale = max(lengths, default=0) + 1
-    return [rank[g] * scale + n for n, g in zip(lengths, groups, strict=True)]
+    import torch
+    from transformers.trainer_pt_utils import get_length_grouped_indices
+
+    mult = max(min(len(lengths) // (batch_size * 4), 50), 1)  # as transformers for the whole set
+    batches, leftovers = [], []
+    for g in sorted(set(groups)):
+        members = [i for i, x in enumerate(groups) if x == g]
+        sub = get_length_grouped_indices(
+            [lengths[i] for i in members], batch_size, mega_batch_mult=mult, generator=generator
+        )
+        order = [members[k] for k in sub]
+        full = len(order) - len(order) % batch_size
+        batches += [order[k : k + batch_size] for k in range(0, full, batch_size)]
+        leftovers += order[full:]
+    batches += [leftovers[k : k + batch_size] for k in range(0, len(leftovers), batch_size)]
+    last = batches.pop() if batches and len(batches[-1]) < batch_size else []
+    batches = [batches[k] for k in torch.randperm(len(batches), generator=generator).tolist()]
+    if batches:
+        top = max(range(len(batches)), key=lambda k: max(lengths[i] for i in batches[k]))
+        batches[0], batches[top] = batches[top], batches[0]
+    return [i for batch in batches for i in batch] + last
 
 
 def batch_prefix(features: list[dict], min_len: int = MIN_SHARED_PREFIX) -> tuple[int, list]:
@@ -159,17 +184,19 @@ def batch_prefix(features: list[dict], min_len: int = MIN_SHARED_PREFIX) -> tupl
     return length, sorted(order[first : last + 1])
 
 
-def decoder_slots(features: list[dict], share_prefix: bool = True) -> int:
+def decoder_slots(
+    features: list[dict], share_prefix: bool = True, min_len: int = MIN_SHARED_PREFIX
+) -> int:
     """Token positions the decoder runs for this batch: rows x the longest row, or with a
     shared prefix (:func:`batch_prefix`) the prefix once + rows x the longest rest.
 
     >>> ex = lambda *ids: {"input_ids": [*ids, 9, 0], "labels": [-100] * len(ids) + [9, 0]}
     >>> batch = [ex(1, 2, 3, 4, 5), ex(7, 8), ex(1, 2, 3, 4, 6)]
-    >>> decoder_slots(batch, share_prefix=False), decoder_slots(batch)  # 3 x 7, 4 + 3 x 4
+    >>> decoder_slots(batch, share_prefix=False), decoder_slots(batch, min_len=2)  # 3x7, 4 + 3x4
     (21, 16)
     """
     lengths = [len(f["input_ids"]) for f in features]
-    prefix_len, rows = batch_prefix(features) if share_prefix else (0, [])
+    prefix_len, rows = batch_prefix(features, min_len) if share_prefix else (0, [])
     rest = [n - prefix_len * (i in rows) for i, n in enumerate(lengths)]
     return prefix_len + len(lengths) * max(rest)
 
