@@ -348,10 +348,11 @@ def _files(folder):
 
 
 @pytest.mark.parametrize(
-    ("group_by_length", "forwarded"), [(True, True), (False, True), (True, False)]
+    ("group_by_length", "forwarded", "formats"),
+    [(True, True, False), (False, True, False), (True, False, False), (True, True, True)],
 )
 def test_resume_mid_second_epoch_gives_identical_files(
-    tiny_model, tmp_path, monkeypatch, group_by_length, forwarded
+    tiny_model, tmp_path, monkeypatch, group_by_length, forwarded, formats
 ):
     # A checkpoint inside epoch 2 (step 6 of 8): the resumed process iterates epoch 2 with a
     # fresh global RNG; the order must still be epoch 2's. Exact equality: same machine, same
@@ -360,13 +361,15 @@ def test_resume_mid_second_epoch_gives_identical_files(
     # forwarded=False: in the resumed run set_epoch never reaches the sampler (as under
     # accelerate's wrappers of a distributed run resumed mid-epoch); the epoch callback alone
     # must select epoch 2's order.
+    # formats: the four training formats (batches of a shared-prefix group, prefix run once)
+    examples = _formats_examples() if formats else EXAMPLES
     cfg = _cfg(epochs=2, group_by_length=group_by_length)
-    full = finetune(tiny_model, EXAMPLES, tmp_path / "full", cfg, seed=3)
+    full = finetune(tiny_model, examples, tmp_path / "full", cfg, seed=3)
     ckpt = tmp_path / "model.ckpt"
     with pytest.raises(_Crash):
         finetune(
             tiny_model,
-            EXAMPLES,
+            examples,
             tmp_path / "out",
             cfg,
             seed=3,
@@ -377,7 +380,7 @@ def test_resume_mid_second_epoch_gives_identical_files(
     assert (ckpt / "checkpoint-6").is_dir()
     if not forwarded:
         monkeypatch.setattr(EpochSeededSampler, "set_epoch", lambda self, epoch: None)
-    res = finetune(tiny_model, EXAMPLES, tmp_path / "out", cfg, seed=3, ckpt_dir=ckpt, save_steps=2)
+    res = finetune(tiny_model, examples, tmp_path / "out", cfg, seed=3, ckpt_dir=ckpt, save_steps=2)
     assert res["resumed_from_step"] == 6 and res["steps"] == full["steps"] == 8
     a, b = _files(tmp_path / "full"), _files(tmp_path / "out")
     assert a.keys() == b.keys()
