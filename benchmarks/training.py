@@ -10,9 +10,10 @@ AVX512-BF16), with AdamW, in one process::
     python benchmarks/training.py --train data/rounds/r1/train.jsonl --model data/models/base \\
         --steps 12
 
-Timing: ``--steps`` optimizer steps of each path on the same randomly drawn batch positions of
-its epoch, alternating old / new (then new / old) so that a drift of the machine's speed hits
-both alike; an epoch is estimated as the mean step time x batches per epoch. Token counts are
+Timing: ``--steps`` optimizer steps of each path (after one warm-up step) on the same randomly
+drawn batch positions of its epoch (all of them when ``--steps`` >= batches per epoch),
+alternating old / new (then new / old) so that a drift of the machine's speed hits both alike;
+an epoch is estimated as the mean step time x batches per epoch. Token counts are
 exact for the whole epoch: ``decoder_tokens`` (positions the decoder runs, padding included)
 and ``head_tokens`` (positions the LM head runs). Prints one JSON object.
 """
@@ -133,14 +134,13 @@ def main(argv: list[str] | None = None) -> dict:
         for name in ("old", "new")
     }
     autocast = bf16 and cfg.method == "full"
-    draw = random.Random(args.seed).sample(range(n_batches), min(args.steps, n_batches) + 1)
+    draw = random.Random(args.seed).sample(range(n_batches), min(args.steps, n_batches))
+    for name in ("old", "new"):  # warm-up, not timed
+        _step(*models[name], collate[name](batches[name][draw[0]]), autocast)
     times: dict[str, list[float]] = {"old": [], "new": []}
     for k, j in enumerate(draw):
-        pair = ("old", "new") if k % 2 else ("new", "old")
-        for name in pair:
-            t = _step(*models[name], collate[name](batches[name][j]), autocast)
-            if k:  # the first pair warms up
-                times[name].append(t)
+        for name in ("old", "new") if k % 2 == 0 else ("new", "old"):
+            times[name].append(_step(*models[name], collate[name](batches[name][j]), autocast))
     for name in ("old", "new"):
         step = statistics.mean(times[name])
         out[name] |= {

@@ -6,6 +6,12 @@ does), EOS is appended to the completion, only completion tokens carry a loss (p
 are labelled -100), and over-long examples lose tokens from the *left of the prompt*, never from
 the completion.
 
+No redundant work (:mod:`selfimprove.training.shared_prefix`): the model's forward computes the
+LM head and the loss only at completion tokens, and with ``shared_prefix`` (the default) a
+prompt prefix that a batch's rows share (the few-shot exemplars) runs once per batch; examples
+sharing one fill batches together. Same loss and gradients as the plain forward up to float
+rounding.
+
 The output folder is a complete Hugging Face model folder (merged float32 weights, config,
 tokenizer, generation config) plus ``adapter/`` (the peft adapter, LoRA only),
 ``train_log.jsonl`` (one record per logging step) and ``finetune_info.json``. It is written

@@ -153,35 +153,39 @@ def grouped_order(lengths: list[int], groups: list[int], batch_size: int, genera
 
 
 def batch_prefix(features: list[dict], min_len: int = MIN_SHARED_PREFIX) -> tuple[int, list]:
-    """``(prefix_len, rows)``: the prompt prefix of the batch worth computing once, and which
-    rows (by index) start with it; ``(0, [])`` when none saves anything.
+    """``(prefix_len, rows)``: the prompt prefix of the batch to compute once, and which rows
+    (by index) start with it; ``(0, [])`` when none pays.
 
-    Picks the prefix that saves the most tokens, ``(rows - 1) * length``, among the common
-    prefixes of rows that are consecutive in sorted order (every group of rows sharing a
-    prefix is such a run).
+    The decoder then runs ``prefix_len + rows x the longest rest`` positions (rows without the
+    prefix run whole) instead of ``rows x the longest row``; the prefix that minimizes that
+    count is taken, among the common prefixes (of at least ``min_len`` tokens) of rows that are
+    consecutive in sorted order (every set of rows sharing a prefix is such a run), when it
+    saves at least ``min_len`` positions per row (less does not pay for the extra pass).
 
     >>> ex = lambda *ids: {"input_ids": [*ids, 9, 0], "labels": [-100] * len(ids) + [9, 0]}
-    >>> batch_prefix([ex(1, 2, 3, 4, 5), ex(7, 8), ex(1, 2, 3, 4, 6)], min_len=2)
-    (4, [0, 2])
-    >>> batch_prefix([ex(1, 2, 3), ex(1, 5, 6)], min_len=2)
+    >>> batch = [ex(1, 2, 3, 4, 5, 6), ex(7, 8), ex(1, 2, 3, 4, 5, 7)]
+    >>> batch_prefix(batch, min_len=2)  # 5 + 3 x 4 positions instead of 3 x 8
+    (5, [0, 2])
+    >>> batch_prefix(batch + [ex(*range(20, 26))], min_len=2)  # a long row without: no gain
     (0, [])
     """
     seqs = [sharable(f) for f in features]
+    lengths = [len(f["input_ids"]) for f in features]
     order = sorted(range(len(seqs)), key=lambda i: seqs[i])
     lcp = [_common_len(seqs[a], seqs[b]) for a, b in pairwise(order)]
-    best = (0, 0, 0, 0)  # saving, length, first and last sorted position
+    plain = len(lengths) * max(lengths, default=0)
+    best = (plain - min_len * len(lengths), 0, [])  # positions, prefix length, rows
     for s in range(len(lcp)):
         length = lcp[s]
         for e in range(s, len(lcp)):
             length = min(length, lcp[e])
             if length < min_len:
                 break
-            if (e - s + 1) * length > best[0]:
-                best = ((e - s + 1) * length, length, s, e + 1)
-    _, length, first, last = best
-    if not length:
-        return 0, []
-    return length, sorted(order[first : last + 1])
+            rows = set(order[s : e + 2])
+            rest = max(n - length * (i in rows) for i, n in enumerate(lengths))
+            if length + len(lengths) * rest < best[0]:
+                best = (length + len(lengths) * rest, length, sorted(rows))
+    return best[1], best[2]
 
 
 def decoder_slots(
@@ -191,9 +195,9 @@ def decoder_slots(
     shared prefix (:func:`batch_prefix`) the prefix once + rows x the longest rest.
 
     >>> ex = lambda *ids: {"input_ids": [*ids, 9, 0], "labels": [-100] * len(ids) + [9, 0]}
-    >>> batch = [ex(1, 2, 3, 4, 5), ex(7, 8), ex(1, 2, 3, 4, 6)]
-    >>> decoder_slots(batch, share_prefix=False), decoder_slots(batch, min_len=2)  # 3x7, 4 + 3x4
-    (21, 16)
+    >>> batch = [ex(1, 2, 3, 4, 5, 6), ex(7, 8), ex(1, 2, 3, 4, 5, 7)]
+    >>> decoder_slots(batch, share_prefix=False), decoder_slots(batch, min_len=2)  # 3x8, 5 + 3x4
+    (24, 17)
     """
     lengths = [len(f["input_ids"]) for f in features]
     prefix_len, rows = batch_prefix(features, min_len) if share_prefix else (0, [])
@@ -232,8 +236,12 @@ def completion_loss(
     lm = _causal_lm(model)
     decoder, head = lm.get_decoder(), lm.get_output_embeddings()
     targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)  # what each position predicts
-    if prefix_len and getattr(lm.config, "_attn_implementation", "sdpa") not in PREFIX_ATTENTION:
-        prefix_len = 0  # e.g. flash-attention takes no 4D mask: the plain pass
+    if prefix_len and (
+        prefix_rows is None
+        or not bool(prefix_rows.any())  # e.g. a DataParallel replica's rows without the prefix
+        or getattr(lm.config, "_attn_implementation", "sdpa") not in PREFIX_ATTENTION
+    ):
+        prefix_len = 0  # the plain pass (flash-attention, for one, takes no 4D mask)
     if prefix_len:
         hidden, targets = _prefix_pass(
             lm, decoder, input_ids, attention_mask, targets, prefix_len, prefix_rows
