@@ -1,9 +1,11 @@
 """Fine-tuning wall time per epoch: the plain forward of before vs the one without redundant work.
 
 ``old``: the batches of before (length-grouped order) through ``model(input_ids,
-attention_mask, labels)``, the LM head at every position. ``new``: what ``finetune`` runs now
-(``finetune.shared_prefix``): the order sorted by shared-prefix group and length, the shared
-prompt prefix once per batch, the LM head only at completion tokens. Both are LoRA (or full)
+attention_mask, labels)``, the LM head at every position, sdpa attention. ``new``: what
+``finetune`` runs now: batches filled by shared-prefix groups, the shared prompt prefix once per
+batch, the LM head only at completion tokens (``finetune.shared_prefix``), the attention kernel
+of ``finetune.attn_implementation`` (auto: eager on CPU; ``--set attn_implementation=sdpa``
+times the rest alone). Both are LoRA (or full)
 models set up as the stage does (``finetune.dtype``; ``auto`` is bf16 on a CPU with AMX or
 AVX512-BF16), with AdamW, in one process::
 
@@ -33,19 +35,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 
 def _model(model_dir: Path, cfg, bf16: bool, fast: bool, seed: int):
-    """The model the stage trains (LoRA: bf16 base + float32 adapters), its optimizer."""
+    """The model the stage trains (LoRA: bf16 base + float32 adapters), its optimizer; the old
+    path with transformers' default attention (sdpa), the new one with the stage's."""
     import torch
 
-    from selfimprove.training.finetune import _load_model, _wrap_lora
+    from selfimprove.training.finetune import _load_model, _wrap_lora, train_attention
     from selfimprove.training.shared_prefix import use_completion_loss
 
     torch.manual_seed(seed)  # the same LoRA init for both paths
+    attn = train_attention(cfg.attn_implementation) if fast else None
     if cfg.method == "lora":
         model = _wrap_lora(
-            _load_model(model_dir, torch.bfloat16 if bf16 else torch.float32), cfg.lora
+            _load_model(model_dir, torch.bfloat16 if bf16 else torch.float32, attn), cfg.lora
         )
     else:
-        model = _load_model(model_dir, torch.float32)
+        model = _load_model(model_dir, torch.float32, attn)
     model.config.use_cache = False
     if fast:
         use_completion_loss(model)
@@ -89,11 +93,12 @@ def main(argv: list[str] | None = None) -> dict:
     from selfimprove.config.training import FinetuneConfig
     from selfimprove.core.io import read_jsonl
     from selfimprove.sampling.base import resolve_dtype
-    from selfimprove.training.finetune import CompletionCollator, encode_examples
+    from selfimprove.training.finetune import CompletionCollator, encode_examples, train_attention
     from selfimprove.training.resume import epoch_order
     from selfimprove.training.shared_prefix import IGNORE_INDEX, decoder_slots, prefix_groups
 
     cfg = FinetuneConfig(**{k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)})
+    models_attn = train_attention(cfg.attn_implementation)
     bf16 = resolve_dtype(cfg.dtype, "cpu") == torch.bfloat16
     tok = AutoTokenizer.from_pretrained(args.model)
     feats, _, _ = encode_examples(tok, read_jsonl(args.train), cfg.max_length)
@@ -119,6 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
         "batch_size": b,
         "batches_per_epoch": n_batches,
         "torch_threads": torch.get_num_threads(),
+        "attention": {"old": "sdpa", "new": models_attn},
     }
     # the decoder: padded rows (old), the shared prefix once + the rest (new); the LM head:
     # every decoder position (old), completion tokens + EOS only (new)

@@ -202,10 +202,21 @@ class CompletionCollator:
 # ----------------------------------------------------------------------------- model
 
 
-def _load_model(model_dir: Path, dtype):
+def _load_model(model_dir: Path, dtype, attn_implementation: str | None = None):
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    kw = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, **kw)
+
+
+def train_attention(setting: str) -> str:
+    """The attention kernel ``finetune.attn_implementation`` selects on this machine: ``auto``
+    is sdpa on a GPU and eager on CPU (torch's CPU sdpa backward is the slower one there)."""
+    import torch
+
+    if setting != "auto":
+        return setting
+    return "sdpa" if torch.cuda.is_available() else "eager"
 
 
 def _save_model_folder(model, tokenizer, out: Path) -> None:
@@ -442,11 +453,12 @@ def _finetune(model_dir, examples, out_dir, cfg, seed, ckpt_dir, save_steps, cal
         )
     else:
         bf16 = cfg.dtype == "bfloat16"
+    attn = train_attention(cfg.attn_implementation)
     if cfg.method == "lora":
-        model = _load_model(model_dir, torch.bfloat16 if bf16 else torch.float32)
+        model = _load_model(model_dir, torch.bfloat16 if bf16 else torch.float32, attn)
         model = _wrap_lora(model, cfg.lora)
     else:
-        model = _load_model(model_dir, torch.float32)
+        model = _load_model(model_dir, torch.float32, attn)
     model.config.use_cache = False
     use_completion_loss(model)  # LM head at completion tokens only, shared prefix once
     info["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
