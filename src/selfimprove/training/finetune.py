@@ -10,7 +10,8 @@ No redundant work (:mod:`selfimprove.training.shared_prefix`): the model's forwa
 LM head and the loss only at completion tokens, and with ``shared_prefix`` (the default) a
 prompt prefix that a batch's rows share (the few-shot exemplars) runs once per batch; examples
 sharing one fill batches together. Same loss and gradients as the plain forward up to float
-rounding.
+rounding. Attention while training: ``attn_implementation`` (auto: eager on CPU, where torch's
+sdpa backward is slow; sdpa on a GPU).
 
 The output folder is a complete Hugging Face model folder (merged float32 weights, config,
 tokenizer, generation config) plus ``adapter/`` (the peft adapter, LoRA only),

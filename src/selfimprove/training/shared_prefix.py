@@ -7,8 +7,9 @@ does not need:
   carry a loss (most tokens are prompt); :func:`completion_loss` runs the decoder to hidden
   states and applies the LM head and the cross-entropy at those positions only.
 * **a prompt prefix shared by the batch's rows, once per row.** The few-shot formats repeat the
-  same exemplars in every example. :func:`batch_prefix` finds the longest prompt prefix worth
-  sharing among a batch's rows (``finetune.shared_prefix``); :func:`completion_loss` runs it
+  same exemplars in every example. :func:`batch_prefix` picks the prompt prefix of a batch's
+  rows whose single pass saves the most decoder positions (``finetune.shared_prefix``);
+  :func:`completion_loss` runs it
   once, with gradients (LoRA on q/k/v/o changes its keys/values), copies its KV cache to every
   row (autograd sums the rows' gradients into the one prefix pass) and runs each row's rest
   after it; rows without that prefix run whole, with the prefix masked out. Batches have such
