@@ -64,14 +64,20 @@ def _free_port() -> int:
 
 
 def _examples() -> list[dict]:
-    """32 examples with completions of different lengths (uneven token counts per rank)."""
+    """32 examples with completions of different lengths (uneven token counts per rank); half
+    of them few-shot (one exemplar prefix, computed once per batch: finetune.shared_prefix)."""
+    exemplar = (
+        "Q: There are 15 trees in the grove. How many trees did the grove workers plant today?"
+        "\nA: There are 15 trees originally. The answer is 6.\n\n"
+    )
     out = []
     for i in range(32):
         a, b = i * 7 % 50, i % 3 + 1
         steps = " ".join(f"{a} + {k} = {a + k}." for k in range(1, b + 1))
         out.append(
             {
-                "prompt": f"Q: Jack has {a} stamps and buys {b} more. How many? A:",
+                "prompt": (exemplar if i % 2 else "")
+                + f"Q: Jack has {a} stamps and buys {b} more. How many? A:",
                 "completion": f" {steps} The answer is {a + b}.",
             }
         )
@@ -99,7 +105,8 @@ def runs(tiny_model, tmp_path_factory):
     examples = _examples()
     train = tmp / "train.jsonl"
     train.write_text("".join(json.dumps(e) + "\n" for e in examples))
-    env = project_env(tmp, PYTHONPATH=str(ROOT))  # `-m stages.finetune` from this repository
+    # `-m stages.finetune` and selfimprove from this checkout (also in a worktree)
+    env = project_env(tmp, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "src")]))
     out: dict[str, Path] = {"base": model}
 
     # 1 process, batch 8 (the CLI, a subprocess)

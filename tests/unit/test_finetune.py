@@ -348,10 +348,11 @@ def _files(folder):
 
 
 @pytest.mark.parametrize(
-    ("group_by_length", "forwarded"), [(True, True), (False, True), (True, False)]
+    ("group_by_length", "forwarded", "formats"),
+    [(True, True, False), (False, True, False), (True, False, False), (True, True, True)],
 )
 def test_resume_mid_second_epoch_gives_identical_files(
-    tiny_model, tmp_path, monkeypatch, group_by_length, forwarded
+    tiny_model, tmp_path, monkeypatch, group_by_length, forwarded, formats
 ):
     # A checkpoint inside epoch 2 (step 6 of 8): the resumed process iterates epoch 2 with a
     # fresh global RNG; the order must still be epoch 2's. Exact equality: same machine, same
@@ -360,13 +361,15 @@ def test_resume_mid_second_epoch_gives_identical_files(
     # forwarded=False: in the resumed run set_epoch never reaches the sampler (as under
     # accelerate's wrappers of a distributed run resumed mid-epoch); the epoch callback alone
     # must select epoch 2's order.
+    # formats: the four training formats (batches of a shared-prefix group, prefix run once)
+    examples = _formats_examples() if formats else EXAMPLES
     cfg = _cfg(epochs=2, group_by_length=group_by_length)
-    full = finetune(tiny_model, EXAMPLES, tmp_path / "full", cfg, seed=3)
+    full = finetune(tiny_model, examples, tmp_path / "full", cfg, seed=3)
     ckpt = tmp_path / "model.ckpt"
     with pytest.raises(_Crash):
         finetune(
             tiny_model,
-            EXAMPLES,
+            examples,
             tmp_path / "out",
             cfg,
             seed=3,
@@ -377,7 +380,7 @@ def test_resume_mid_second_epoch_gives_identical_files(
     assert (ckpt / "checkpoint-6").is_dir()
     if not forwarded:
         monkeypatch.setattr(EpochSeededSampler, "set_epoch", lambda self, epoch: None)
-    res = finetune(tiny_model, EXAMPLES, tmp_path / "out", cfg, seed=3, ckpt_dir=ckpt, save_steps=2)
+    res = finetune(tiny_model, examples, tmp_path / "out", cfg, seed=3, ckpt_dir=ckpt, save_steps=2)
     assert res["resumed_from_step"] == 6 and res["steps"] == full["steps"] == 8
     a, b = _files(tmp_path / "full"), _files(tmp_path / "out")
     assert a.keys() == b.keys()
@@ -471,3 +474,153 @@ def test_no_temporary_folders_left_by_a_fresh_process(tiny_model, tmp_path):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert list(scratch.iterdir()) == []
+
+
+# ------------------------------------------------------------- no redundant work (shared prefix)
+
+QUESTIONS = [
+    "Tom has 3 apples and buys 2. How many?",
+    "Ann has 4 pens and loses one. How many are left?",
+    "A bus carries 12 people and 5 get off. How many stay?",
+    "Jack has 5 stamps. Jack buys 1 more. How many stamps does Jack have now?",
+]
+
+
+def _formats_examples(questions=QUESTIONS, n_shots=2) -> list[dict]:
+    """The filter's four training formats: few-shot rows share an exemplar prefix, zero-shot
+    rows have none; CoT completions of 1-30 steps (padding; zero-shot CoT rows as long as
+    few-shot direct ones, as in real training sets)."""
+    from selfimprove.core.prompts import STYLES, build_prompt
+
+    out = []
+    for i, q in enumerate(questions):
+        for fmt in STYLES:
+            prefix, suffix = build_prompt(q, fmt, n_shots)
+            cot = " ".join(f"{i} + {k} = {i + k}." for k in range(1, 2 + i * 7 % 30))
+            done = f" {cot} The answer is 6." if "cot" in fmt else " The answer is 6."
+            out.append({"format": fmt, "prompt": prefix + suffix, "completion": done})
+    return out
+
+
+def _loss_and_grads(model, forward):
+    model.zero_grad()
+    loss = forward()
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    return loss.detach(), grads
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_shared_prefix_loss_and_gradients_equal_the_plain_forward(tiny_model, tokenizer, method):
+    # a batch mixing few-shot rows (one shared exemplar prefix) and zero-shot rows, right-padded;
+    # the plain model forward with labels is the reference (what the Trainer computed before)
+    from selfimprove.training.finetune import _load_model, _wrap_lora
+    from selfimprove.training.shared_prefix import completion_loss, use_completion_loss
+
+    feats, _, _ = encode_examples(tokenizer, _formats_examples(), max_length=768)
+    pick = [0, 2, 4, 6, 8, 3, 12]  # 4 fewshot_cot, 2 zeroshot_cot, 1 zeroshot_direct
+    batch = CompletionCollator(tokenizer.pad_token_id, share_prefix=True)([feats[i] for i in pick])
+    rows = batch["prefix_rows"].tolist()
+    assert batch["prefix_len"] >= 100 and rows == [True, False, True, False, True, False, True]
+    assert (batch["attention_mask"] == 0).any()  # padded
+    torch.manual_seed(0)
+    model = _load_model(tiny_model, torch.float32)
+    if method == "lora":
+        model = _wrap_lora(model, LoraSection(dropout=0.0))
+        with torch.no_grad():  # B = 0 at init: make the adapters change the K/V of the prefix
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0.0, 0.2)
+    model.train()
+    plain = {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
+    ref_loss, ref = _loss_and_grads(model, lambda: model(**plain).loss)
+    n_items = torch.tensor(3 * int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()))  # accum 3
+    ref_sum_loss, ref_sum = _loss_and_grads(
+        model, lambda: model(**plain, num_items_in_batch=n_items).loss
+    )
+    use_completion_loss(model)  # what finetune() does: the Trainer calls model(**batch)
+    loss, grads = _loss_and_grads(model, lambda: model(**batch).loss)
+    sum_loss, sum_grads = _loss_and_grads(
+        model, lambda: model(**batch, num_items_in_batch=n_items).loss
+    )
+    head_only, head_grads = _loss_and_grads(model, lambda: completion_loss(model, **plain))
+    assert ref_loss > 0.1 and ref_sum_loss == pytest.approx(ref_loss.item() / 3, rel=1e-5)
+    for got, want, got_g, want_g in (
+        (loss, ref_loss, grads, ref),
+        (sum_loss, ref_sum_loss, sum_grads, ref_sum),
+        (head_only, ref_loss, head_grads, ref),
+    ):
+        assert got.item() == pytest.approx(want.item(), rel=1e-5)
+        assert got_g.keys() == want_g.keys() and len(want_g) > 0
+        for name, g in want_g.items():
+            assert g.abs().max() > 0, name
+            assert torch.allclose(got_g[name], g, rtol=1e-4, atol=1e-6), (
+                name,
+                (got_g[name] - g).abs().max(),
+            )
+
+
+def test_prefix_groups_put_each_few_shot_format_in_its_own_batches(tokenizer):
+    from selfimprove.training.resume import epoch_order
+    from selfimprove.training.shared_prefix import decoder_slots, prefix_groups
+
+    questions = [f"Case {i}: {q}" for i in range(8) for q in QUESTIONS]  # 32 questions
+    examples = _formats_examples(questions)
+    feats, _, _ = encode_examples(tokenizer, examples, max_length=768)
+    groups = prefix_groups(feats, min_rows=4)
+    by_format: dict[str, set] = {}
+    for ex, g in zip(examples, groups, strict=True):
+        by_format.setdefault(ex["format"], set()).add(g)
+    assert by_format["zeroshot_cot"] == by_format["zeroshot_direct"] == {-1}
+    assert len(by_format["fewshot_cot"]) == len(by_format["fewshot_direct"]) == 1
+    assert by_format["fewshot_cot"] != by_format["fewshot_direct"] and -1 not in (
+        by_format["fewshot_cot"] | by_format["fewshot_direct"]
+    )
+    # sorted by (group, length) inside the mega-batches, the batches share their exemplars and
+    # the decoder runs far fewer positions than on the length-sorted batches of before
+    lengths = [len(f["input_ids"]) for f in feats]
+
+    def slots(order, share_prefix=True):
+        batches = [[feats[i] for i in order[k : k + 4]] for k in range(0, len(order), 4)]
+        return sum(decoder_slots(b, share_prefix) for b in batches)
+
+    grouped = epoch_order(lengths, 4, seed=0, epoch=0, group_by_length=True, groups=groups)
+    plain = epoch_order(lengths, 4, seed=0, epoch=0, group_by_length=True)
+    assert sorted(grouped) == list(range(128))
+    before = slots(plain, share_prefix=False)
+    assert slots(grouped) < 0.95 * slots(plain) and slots(grouped) < 0.8 * before
+    # no group, or grouping off: the orders of before
+    assert epoch_order(lengths, 4, 0, 0, True, groups=[-1] * 128) == plain
+    assert epoch_order(lengths, 4, 0, 0, False, groups=groups) == epoch_order(
+        lengths, 4, 0, 0, False
+    )
+
+
+def test_finetune_computes_the_shared_prefix_once(tiny_model, tmp_path, monkeypatch):
+    # through the Trainer: batches arrive with their shared prefix, training is deterministic
+    from selfimprove.training import shared_prefix
+
+    seen = []
+    real = shared_prefix._prefix_pass
+
+    def spy(*args):
+        seen.append(args[5])  # prefix_len
+        return real(*args)
+
+    monkeypatch.setattr(shared_prefix, "_prefix_pass", spy)
+    examples = _formats_examples([f"Case {i}: {q}" for i in range(2) for q in QUESTIONS])
+    cfg = _cfg(epochs=1, batch_size=4)
+    info = finetune(tiny_model, examples, tmp_path / "a", cfg, seed=0)
+    assert info["steps"] == 8 and len(seen) >= 4 and min(seen) >= 50
+    again = finetune(tiny_model, examples, tmp_path / "b", cfg, seed=0)
+    assert _files(tmp_path / "a") == _files(tmp_path / "b")
+    assert again["final_loss"] == info["final_loss"]
+    seen.clear()
+    off = finetune(
+        tiny_model,
+        examples,
+        tmp_path / "c",
+        _cfg(epochs=1, batch_size=4, shared_prefix=False),
+        seed=0,
+    )
+    assert seen == [] and off["steps"] == 8

@@ -6,6 +6,13 @@ does), EOS is appended to the completion, only completion tokens carry a loss (p
 are labelled -100), and over-long examples lose tokens from the *left of the prompt*, never from
 the completion.
 
+No redundant work (:mod:`selfimprove.training.shared_prefix`): the model's forward computes the
+LM head and the loss only at completion tokens, and with ``shared_prefix`` (the default) a
+prompt prefix that a batch's rows share (the few-shot exemplars) runs once per batch; examples
+sharing one fill batches together. Same loss and gradients as the plain forward up to float
+rounding. Attention while training: ``attn_implementation`` (auto: eager on CPU, where torch's
+sdpa backward is slow; sdpa on a GPU).
+
 The output folder is a complete Hugging Face model folder (merged float32 weights, config,
 tokenizer, generation config) plus ``adapter/`` (the peft adapter, LoRA only),
 ``train_log.jsonl`` (one record per logging step) and ``finetune_info.json``. It is written
@@ -53,10 +60,9 @@ from selfimprove.training.resume import (  # is_main_process: also used by the s
     seeded_trainer,
     world_size,
 )
+from selfimprove.training.shared_prefix import IGNORE_INDEX, batch_prefix, use_completion_loss
 
 log = logging.getLogger(__name__)
-
-IGNORE_INDEX = -100
 
 
 class DiskFullError(InputError):
@@ -144,7 +150,9 @@ class CompletionCollator:
 
     Padding gets ``pad_id`` in ``input_ids``, -100 in ``labels`` and 0 in ``attention_mask``.
     ``pad_fraction`` is the share of padding among all token slots collated so far (what
-    ``group_by_length`` saves).
+    ``group_by_length`` saves). ``share_prefix``: a batch whose rows share a prompt prefix
+    worth computing once also gets ``prefix_len`` (an int) and ``prefix_rows`` (bool, per row)
+    (:func:`selfimprove.training.shared_prefix.batch_prefix`).
 
     >>> c = CompletionCollator(pad_id=0)
     >>> batch = c([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]},
@@ -155,9 +163,10 @@ class CompletionCollator:
     0.333
     """
 
-    def __init__(self, pad_id: int, pad_to_multiple_of: int = 1) -> None:
+    def __init__(self, pad_id: int, pad_to_multiple_of: int = 1, share_prefix: bool = False):
         self.pad_id = pad_id
         self.pad_to_multiple_of = pad_to_multiple_of
+        self.share_prefix = share_prefix
         self.n_real = 0
         self.n_slots = 0
 
@@ -181,16 +190,34 @@ class CompletionCollator:
             mask[row, :n] = 1
         self.n_real += sum(len(f["input_ids"]) for f in features)
         self.n_slots += len(features) * width
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        batch = {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        if self.share_prefix:
+            prefix_len, rows = batch_prefix(features)
+            if prefix_len:
+                flags = torch.zeros(len(features), dtype=torch.bool)
+                flags[rows] = True
+                batch |= {"prefix_len": prefix_len, "prefix_rows": flags}
+        return batch
 
 
 # ----------------------------------------------------------------------------- model
 
 
-def _load_model(model_dir: Path, dtype):
+def _load_model(model_dir: Path, dtype, attn_implementation: str | None = None):
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+    kw = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, **kw)
+
+
+def train_attention(setting: str) -> str:
+    """The attention kernel ``finetune.attn_implementation`` selects on this machine: ``auto``
+    is sdpa on a GPU and eager on CPU (torch's CPU sdpa backward is the slower one there)."""
+    import torch
+
+    if setting != "auto":
+        return setting
+    return "sdpa" if torch.cuda.is_available() else "eager"
 
 
 def _save_model_folder(model, tokenizer, out: Path) -> None:
@@ -427,12 +454,14 @@ def _finetune(model_dir, examples, out_dir, cfg, seed, ckpt_dir, save_steps, cal
         )
     else:
         bf16 = cfg.dtype == "bfloat16"
+    attn = train_attention(cfg.attn_implementation)
     if cfg.method == "lora":
-        model = _load_model(model_dir, torch.bfloat16 if bf16 else torch.float32)
+        model = _load_model(model_dir, torch.bfloat16 if bf16 else torch.float32, attn)
         model = _wrap_lora(model, cfg.lora)
     else:
-        model = _load_model(model_dir, torch.float32)
+        model = _load_model(model_dir, torch.float32, attn)
     model.config.use_cache = False
+    use_completion_loss(model)  # LM head at completion tokens only, shared prefix once
     info["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     pad_id = (
@@ -482,7 +511,8 @@ def _finetune(model_dir, examples, out_dir, cfg, seed, ckpt_dir, save_steps, cal
             model=model,
             args=args,
             train_dataset=features,
-            data_collator=CompletionCollator(pad_id),
+            data_collator=CompletionCollator(pad_id, share_prefix=cfg.shared_prefix),
+            share_prefix=cfg.shared_prefix,
             callbacks=[_log_last_step_callback(), complete_marker_callback(), *(callbacks or [])],
         )
         t0 = time.perf_counter()

@@ -65,13 +65,20 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 def epoch_order(
-    lengths: list[int], group_size: int, seed: int, epoch: int, group_by_length: bool
+    lengths: list[int],
+    group_size: int,
+    seed: int,
+    epoch: int,
+    group_by_length: bool,
+    groups: list[int] | None = None,
 ) -> list[int]:
     """The example indices of one epoch, a pure function of the arguments.
 
     ``group_by_length``: transformers' length grouping (a random permutation cut into
     mega-batches of ``group_size``-sized batches, each sorted by length, the longest batch
-    first); else a uniformly random permutation.
+    first); else a uniformly random permutation. ``groups`` (with ``group_by_length``): the
+    examples of a shared-prefix group fill batches together, length-grouped inside the group
+    (:func:`selfimprove.training.shared_prefix.grouped_order`).
 
     >>> lengths = [5, 1, 4, 2, 3, 6, 1, 2]
     >>> epoch_order(lengths, 2, seed=0, epoch=1, group_by_length=True) == epoch_order(
@@ -88,6 +95,10 @@ def epoch_order(
     if group_by_length:
         from transformers.trainer_pt_utils import get_length_grouped_indices
 
+        if groups is not None and max(groups, default=-1) >= 0:  # no group: as before
+            from selfimprove.training.shared_prefix import grouped_order
+
+            return grouped_order(lengths, groups, group_size, generator)
         order = get_length_grouped_indices(lengths, group_size, generator=generator)
         return [int(i) for i in order]
     return torch.randperm(len(lengths), generator=generator).tolist()
@@ -120,23 +131,32 @@ class EpochSeededSampler(_sampler_base()):
     """A training sampler whose order is :func:`epoch_order` of the current epoch.
 
     Not a ``RandomSampler`` subclass, so accelerate does not swap it for its own
-    ``SeedableRandomSampler``; ``set_epoch`` selects the epoch (default 0).
+    ``SeedableRandomSampler``; ``set_epoch`` selects the epoch (default 0). ``groups``: see
+    :func:`epoch_order`.
     """
 
     def __init__(
-        self, lengths: list[int], group_size: int, seed: int, group_by_length: bool
+        self,
+        lengths: list[int],
+        group_size: int,
+        seed: int,
+        group_by_length: bool,
+        groups: list[int] | None = None,
     ) -> None:
         self.lengths = [int(n) for n in lengths]
         self.group_size = int(group_size)
         self.seed = int(seed)
         self.group_by_length = bool(group_by_length)
+        self.groups = None if groups is None else [int(g) for g in groups]
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def order(self, epoch: int) -> list[int]:
-        return epoch_order(self.lengths, self.group_size, self.seed, epoch, self.group_by_length)
+        return epoch_order(
+            self.lengths, self.group_size, self.seed, epoch, self.group_by_length, self.groups
+        )
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -145,13 +165,15 @@ class EpochSeededSampler(_sampler_base()):
         return iter(self.order(self.epoch))
 
 
-def seeded_trainer(*args, **kwargs):
+def seeded_trainer(*args, share_prefix: bool = False, **kwargs):
     """A ``transformers.Trainer`` (same arguments) whose training order is an
     :class:`EpochSeededSampler` seeded with ``data_seed`` (else ``seed``), grouping by length
     when ``train_sampling_strategy`` is ``group_by_length``, with mega-batches of global batches
     (per-device batch x accumulation x processes: the same global batch gives the same order
-    on any number of processes). The sampler is the trainer's ``order_sampler`` once training
-    has started."""
+    on any number of processes). ``share_prefix`` (with length grouping): examples sharing a
+    prompt prefix with a global batch's worth of others fill batches together
+    (:func:`selfimprove.training.shared_prefix.prefix_groups`). The sampler is the trainer's
+    ``order_sampler`` once training has started."""
     from transformers import Trainer, TrainerCallback
 
     class EpochSync(TrainerCallback):
@@ -176,12 +198,21 @@ def seeded_trainer(*args, **kwargs):
         def _get_train_sampler(self, train_dataset=None):
             dataset = train_dataset if train_dataset is not None else self.train_dataset
             a = self.args
+            global_batch = a.train_batch_size * a.gradient_accumulation_steps * max(a.world_size, 1)
+            by_length = getattr(a, "train_sampling_strategy", None) == "group_by_length" or bool(
+                getattr(a, "group_by_length", False)
+            )
+            groups = None
+            if share_prefix and by_length:
+                from selfimprove.training.shared_prefix import prefix_groups
+
+                groups = prefix_groups(list(dataset), min_rows=global_batch)
             sampler = EpochSeededSampler(
                 [len(f["input_ids"]) for f in dataset],
-                a.train_batch_size * a.gradient_accumulation_steps * max(a.world_size, 1),
+                global_batch,
                 a.data_seed if a.data_seed is not None else a.seed,
-                getattr(a, "train_sampling_strategy", None) == "group_by_length"
-                or bool(getattr(a, "group_by_length", False)),
+                by_length,
+                groups,
             )
             self._epoch_sync.sampler = self.order_sampler = sampler
             return sampler
