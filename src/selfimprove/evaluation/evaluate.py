@@ -17,6 +17,10 @@ Two set formats, told apart by their records (:func:`set_format`):
   :func:`selfimprove.evaluation.metrics.drop.normalize_span` and reports EM/F1 of the majority
   answer.
 
+Cost: the greedy pass of a style is one sampler call over every set of the same format (same
+prefix, stops and parameters), so the decoding batch stays full across sets; maj@k runs one call
+per set, so a path's seed stays a function of (seed, its question's index in the set, path).
+
 Metrics come back as one nested dict; the stage writes it as the DVC metrics file and the track
 stage logs the very same dict (flattened with ".") to MLflow.
 """
