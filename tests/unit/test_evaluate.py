@@ -212,6 +212,36 @@ def test_evaluate_routes_formats_with_fake_sampler(monkeypatch):
         assert rec["passage"] in prompt and prompt.endswith(f"{rec['question']}\nAnswer:")
 
 
+def test_evaluate_pools_greedy_calls_across_sets(monkeypatch):
+    """One greedy call per (format, style) holds every set of that format, in set order; each set
+    gets back its own outputs (same metrics and predictions as evaluating it alone); maj@k keeps
+    one call per set (a row's seed is its question's index in the set)."""
+    a, b, d = generate_arith(3, [1], seed=0), generate_arith(2, [2], seed=1), _drop_recs(2)
+    fake = _FakeSampler(_gold_reply([a, b, d]))
+    monkeypatch.setattr(factory_mod, "make_sampler", lambda *a, **k: fake)
+    cfg = EvaluateConfig(
+        styles=["fewshot_cot", "zeroshot_cot"], n_shots=2, sc_paths=2, sc_k=[1, 2], sc_limit=2
+    )
+    sets = {"a": a, "d": d, "b": b}
+    metrics, preds = evaluate("unused", sets, cfg, seed=0)
+    assert list(metrics) == ["a", "d", "b"]
+    greedy = [c for c in fake.calls if c[2].n == 1]
+    sampled = [c for c in fake.calls if c[2].n == 2]
+    assert len(greedy) == 4 and len(sampled) == 3 and len(fake.calls) == 7
+    gsm = [c for c in greedy if c[1][0].startswith("Q:")]
+    assert [len(c[1]) for c in gsm] == [5, 5] and [c[0] != "" for c in gsm] == [True, False]
+    for prompt, rec in zip(gsm[0][1], a + b, strict=True):
+        assert prompt == f"Q: {rec['question']}\nA:"
+    assert [len(c[1]) for c in sampled] == [2, 2, 2]  # a, d, b: one call per set
+    assert metrics["a"]["fewshot_cot"]["strict"] == pytest.approx(1 / 3)
+    assert metrics["b"]["zeroshot_cot"]["strict"] == 0.5
+    assert [p["id"] for p in preds["b__zeroshot_cot"]] == [r["id"] for r in b]
+    for name, recs in sets.items():
+        alone, alone_preds = evaluate("unused", {name: recs}, cfg, seed=0)
+        assert alone[name] == metrics[name]
+        assert all(alone_preds[k] == preds[k] for k in alone_preds)
+
+
 def test_evaluate_limit_and_bad_set(monkeypatch):
     fake = _FakeSampler(lambda p, j: " So the answer is 1.")
     monkeypatch.setattr(factory_mod, "make_sampler", lambda *a, **k: fake)
@@ -271,3 +301,25 @@ def test_evaluate_tiny_model(tiny_model):
     # greedy decoding is deterministic
     again, _ = evaluate(tiny_model, {"drop": drop}, cfg.model_copy(update={"sc_paths": 0}), 0)
     assert again["drop"]["fewshot_cot"] == metrics["drop"]["fewshot_cot"]
+
+
+def test_pooled_sets_give_the_outputs_of_each_set_alone(tiny_model):
+    """Pooling the sets into one greedy call changes nothing on the tiny model (fp32, CPU):
+    byte-identical predictions and metrics to evaluating each set by itself, maj@k included."""
+    sets = {"one": generate_arith(3, [1], seed=0), "two": generate_arith(4, [2], seed=2)}
+    cfg = EvaluateConfig(
+        styles=["fewshot_cot", "zeroshot_cot"],
+        n_shots=1,
+        max_new_tokens=8,
+        sc_paths=2,
+        sc_k=[1, 2],
+        sc_limit=2,
+        batch_size=3,
+        dtype="float32",
+    )
+    metrics, preds = evaluate(tiny_model, sets, cfg, seed=0)
+    for name, recs in sets.items():
+        alone, alone_preds = evaluate(tiny_model, {name: recs}, cfg, seed=0)
+        assert alone[name] == metrics[name]
+        same = {k: alone_preds[k] == preds[k] for k in alone_preds}
+        assert same == dict.fromkeys(alone_preds, True)

@@ -17,6 +17,10 @@ Two set formats, told apart by their records (:func:`set_format`):
   :func:`selfimprove.evaluation.metrics.drop.normalize_span` and reports EM/F1 of the majority
   answer.
 
+Cost: the greedy pass of a style is one sampler call over every set of the same format (same
+prefix, stops and parameters), so the decoding batch stays full across sets; maj@k runs one call
+per set, so a path's seed stays a function of (seed, its question's index in the set, path).
+
 Metrics come back as one nested dict; the stage writes it as the DVC metrics file and the track
 stage logs the very same dict (flattened with ".") to MLflow.
 """
@@ -252,16 +256,75 @@ def evaluate(
     formats = {name: set_format(records, name) for name, records in eval_sets.items()}
     backend = backend or GenerateConfig.model_fields["backend"].default
     sampler = make_sampler(model_dir, backend, cfg.dtype, cfg.batch_size, vllm_engine=vllm_engine)
+    limited = {n: (r[: cfg.limit] if cfg.limit else r) for n, r in eval_sets.items()}
+    # greedy passes: one sampler call per (format, style) over all the sets of that format (same
+    # prefix, stops and params), so the decoding batch stays full across sets
+    greedy: dict[str, dict[str, list]] = {n: {} for n in limited}
+    for fmt in ("gsm", "drop"):
+        names = [n for n in limited if formats[n] == fmt]
+        if names:
+            for style in cfg.styles:
+                for name, outs in _greedy_pass(sampler, fmt, names, limited, style, cfg, seed):
+                    greedy[name][style] = outs
     metrics: dict = {}
     predictions: dict[str, list[dict]] = {}
-    for name, records in eval_sets.items():
-        records = records[: cfg.limit] if cfg.limit else records
-        run = _evaluate_drop if formats[name] == "drop" else _evaluate_gsm
-        if run is _evaluate_gsm:
-            metrics[name] = run(sampler, name, records, cfg, seed, predictions, refine)
+    for name, records in limited.items():
+        if formats[name] == "gsm":
+            metrics[name] = _evaluate_gsm(
+                sampler, name, records, cfg, seed, predictions, greedy[name], refine
+            )
         else:
-            metrics[name] = run(sampler, name, records, cfg, seed, predictions)
+            metrics[name] = _evaluate_drop(
+                sampler, name, records, cfg, seed, predictions, greedy[name]
+            )
     return metrics, predictions
+
+
+def _prompts(fmt: str, records: list[dict], style: str, n_shots: int) -> tuple[str, list[str]]:
+    """The shared prefix and per-record suffixes of ``records`` in ``style``."""
+    if fmt == "drop":
+        return _drop_prompts(records, style)
+    from selfimprove.core.prompts import build_prompt
+
+    return (
+        build_prompt("", style, n_shots)[0],
+        [build_prompt(r["question"], style, n_shots)[1] for r in records],
+    )
+
+
+def split_by_sizes(items: list, sizes: list[int]) -> list[list]:
+    """``items`` cut into consecutive runs of the given sizes (their sum must be ``len(items)``).
+
+    >>> split_by_sizes([1, 2, 3, 4, 5], [2, 0, 3])
+    [[1, 2], [], [3, 4, 5]]
+    """
+    if sum(sizes) != len(items):
+        raise AssertionError(f"internal error: {len(items)} items, sizes {sizes}")
+    out, start = [], 0
+    for n in sizes:
+        out.append(items[start : start + n])
+        start += n
+    return out
+
+
+def _greedy_pass(sampler, fmt, names, sets, style, cfg, seed):
+    """Greedy outputs of every set in ``names`` (all of format ``fmt``) in ``style`` from one
+    sampler call; yields ``(name, outputs)``. Greedy rows draw no random numbers, so pooling the
+    sets changes only how full the batch stays (and, through the batch mix, the float rounding of
+    the logits: at most a rare near-tie flip, as with another ``batch_size``)."""
+    stop = tuple(DROP_STOP_SEQUENCES) if fmt == "drop" else STOP_SEQUENCES
+    prefixes, suffixes = set(), []
+    for name in names:
+        prefix, s = _prompts(fmt, sets[name], style, cfg.n_shots)
+        prefixes.add(prefix)
+        suffixes += s
+    if len(prefixes) != 1:
+        raise AssertionError(f"internal error: the {fmt} sets' {style!r} prefixes differ")
+    prefix = prefixes.pop()
+    outs = sampler.sample(
+        prefix, suffixes, _greedy(cfg, seed, stop), desc=f"eval {'+'.join(names)}/{style}"
+    )
+    yield from zip(names, split_by_sizes(outs, [len(sets[n]) for n in names]), strict=True)
 
 
 def _predictions(records: list[dict], outs: list, score) -> list[dict]:
@@ -306,18 +369,17 @@ def _evaluate_gsm(
     cfg: EvaluateConfig,
     seed: int,
     predictions: dict,
+    greedy: dict[str, list],
     refine: RefineConfig | None = None,
 ) -> dict:
-    from selfimprove.core.prompts import build_prompt
-
+    """Metrics of one GSM8K-format set from its greedy outputs per style (``greedy``), plus
+    refinement and self-consistency (sampled here, one call per set: the rows' seeds are the
+    question's index in its set)."""
     metrics: dict = {}
     for style in cfg.styles:
-        prefix = build_prompt("", style, cfg.n_shots)[0]
-        suffixes = [build_prompt(r["question"], style, cfg.n_shots)[1] for r in records]
-        outs = sampler.sample(
-            prefix, suffixes, _greedy(cfg, seed, STOP_SEQUENCES), desc=f"eval {name}/{style}"
+        preds = _predictions(
+            records, greedy[style], lambda text, r: score_prediction(text, r["answer"])
         )
-        preds = _predictions(records, outs, lambda text, r: score_prediction(text, r["answer"]))
         predictions[f"{name}__{style}"] = preds
         metrics[style] = summarize(preds)
         if cfg.refine_iterations and style.endswith("_cot"):
@@ -339,8 +401,7 @@ def _evaluate_gsm(
             metrics[f"{style}_refined"] = summarize(rpreds) | {"refine": rstats}
     if cfg.sc_paths:
         sc_records = records[: cfg.sc_limit] if cfg.sc_limit else records
-        prefix = build_prompt("", cfg.sc_style, cfg.n_shots)[0]
-        suffixes = [build_prompt(r["question"], cfg.sc_style, cfg.n_shots)[1] for r in sc_records]
+        prefix, suffixes = _prompts("gsm", sc_records, cfg.sc_style, cfg.n_shots)
         outs = sampler.sample(
             prefix,
             suffixes,
@@ -370,17 +431,20 @@ def _drop_prompts(records: list[dict], style: str) -> tuple[str, list[str]]:
 
 
 def _evaluate_drop(
-    sampler, name: str, records: list[dict], cfg: EvaluateConfig, seed: int, predictions: dict
+    sampler,
+    name: str,
+    records: list[dict],
+    cfg: EvaluateConfig,
+    seed: int,
+    predictions: dict,
+    greedy: dict[str, list],
 ) -> dict:
+    """Metrics of one DROP-format set from its greedy outputs per style, plus maj@k."""
     stop = tuple(DROP_STOP_SEQUENCES)
     metrics: dict = {}
     for style in cfg.styles:
-        prefix, suffixes = _drop_prompts(records, style)
-        outs = sampler.sample(
-            prefix, suffixes, _greedy(cfg, seed, stop), desc=f"eval {name}/{style}"
-        )
         preds = _predictions(
-            records, outs, lambda text, r: score_drop_prediction(text, r["answers"])
+            records, greedy[style], lambda text, r: score_drop_prediction(text, r["answers"])
         )
         predictions[f"{name}__{style}"] = preds
         metrics[style] = summarize_drop(preds)
