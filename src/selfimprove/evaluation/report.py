@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import csv
 import fnmatch
-import json
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -46,6 +45,7 @@ from selfimprove.evaluation.plots import (
     plot_kept,
     plot_monitors,
 )
+from selfimprove.evaluation.summaries import read_json_object as _read_json
 
 #: step files folded into a round's flat metrics, with their key prefix (as the track stage does)
 STEP_FILES = (
@@ -61,18 +61,6 @@ _NOT_SCORES = {"n"}
 
 
 # --------------------------------------------------------------------------- rounds & metrics
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise InputError(
-            f"{path}: not valid JSON ({e.msg}); rerun the stage that writes it"
-        ) from None
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: expected a JSON object; rerun the stage that writes it")
-    return data
 
 
 def list_rounds(rounds_dir: str | Path) -> list[str]:

@@ -13,7 +13,8 @@ from selfimprove.core.paths import round_index, sort_rounds
 from selfimprove.evaluation.analysis import flatten_metrics
 
 
-def _read_json(path: Path) -> dict:
+def read_json_object(path: Path) -> dict:
+    """A step's JSON file as a dict; bad JSON or another type is an InputError naming the file."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
@@ -53,7 +54,7 @@ def monitor_rows(
         path = rounds_dir / name / "filter.json"
         if not path.exists():
             continue
-        s = _read_json(path)
+        s = read_json_object(path)
         row: dict = {"round": round_index(name), "round_name": name}
         row |= {k: s.get(k) for k in MONITOR_FIELDS[2:7]}
         row |= {"selected_precision": None, "kept_precision": None}
