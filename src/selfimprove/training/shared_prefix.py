@@ -263,6 +263,8 @@ def completion_loss(
 def _prefix_pass(lm, decoder, input_ids, attention_mask, targets, prefix_len, prefix_rows):
     """Run the shared prefix once and every row's rest after it: ``(hidden, targets)`` of the
     rest, [B, S, H] and [B, S] (S: the longest rest; padding targets -100)."""
+    import inspect
+
     import torch
     from transformers import DynamicCache
 
@@ -272,11 +274,18 @@ def _prefix_pass(lm, decoder, input_ids, attention_mask, targets, prefix_len, pr
     rows = prefix_rows.to(dev).bool()
     first = int(rows.nonzero()[0, 0])
     cache = DynamicCache(config=lm.config)
+    # the KV cache's keyword: `cache` (transformers >= 5.2x), `past_key_values` before (5.19, the
+    # vLLM environment's); an unknown keyword would be swallowed by **kwargs and the cache unused
+    kw = (
+        "cache"
+        if "cache" in inspect.signature(type(decoder).forward).parameters
+        else "past_key_values"
+    )
     decoder(
         input_ids=input_ids[first : first + 1, :p],
         position_ids=torch.arange(p, device=dev).unsqueeze(0),
-        cache=cache,
         use_cache=True,
+        **{kw: cache},
     )
     cache.batch_repeat_interleave(b)  # one copy per row; its backward sums over the rows
 
@@ -299,7 +308,9 @@ def _prefix_pass(lm, decoder, input_ids, attention_mask, targets, prefix_len, pr
         dtype = torch.get_autocast_dtype(dev.type)
     mask = torch.zeros(allowed.shape, dtype=dtype, device=dev)
     mask.masked_fill_(~allowed, torch.finfo(dtype).min)
-    out = decoder(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
+    out = decoder(
+        input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **{kw: cache}
+    )
     return out.last_hidden_state, tgt
 
 
