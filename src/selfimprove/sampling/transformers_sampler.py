@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from selfimprove.core.cache import cache_kwarg
 from selfimprove.core.io import InputError
 from selfimprove.sampling.base import (
     Completion,
@@ -159,23 +160,6 @@ def _prefix_attention(
         out_pre = torch.matmul(w_pre.transpose(0, 1).reshape(hkv, b * rep * q, p), pv)
         out = out_pre.view(hkv, b, rep * q, d).transpose(0, 1) + torch.matmul(w_tail, value)
     return out.reshape(b, hq, q, d).transpose(1, 2).contiguous(), None
-
-
-def cache_kwarg(model) -> str:
-    """The name ``model.forward`` takes the KV cache under: ``cache`` (transformers >= 5.2x;
-    ``past_key_values`` is deprecated there and goes in 5.40) or ``past_key_values`` (older).
-
-    >>> class New:
-    ...     def forward(self, input_ids, cache=None): ...
-    >>> class Old:
-    ...     def forward(self, input_ids, past_key_values=None): ...
-    >>> cache_kwarg(New()), cache_kwarg(Old())
-    ('cache', 'past_key_values')
-    """
-    import inspect
-
-    params = inspect.signature(type(model).forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
 
 
 def _register_attention() -> None:

@@ -263,10 +263,10 @@ def completion_loss(
 def _prefix_pass(lm, decoder, input_ids, attention_mask, targets, prefix_len, prefix_rows):
     """Run the shared prefix once and every row's rest after it: ``(hidden, targets)`` of the
     rest, [B, S, H] and [B, S] (S: the longest rest; padding targets -100)."""
-    import inspect
-
     import torch
     from transformers import DynamicCache
+
+    from selfimprove.core.cache import cache_kwarg
 
     dev = input_ids.device
     b = input_ids.shape[0]
@@ -274,13 +274,9 @@ def _prefix_pass(lm, decoder, input_ids, attention_mask, targets, prefix_len, pr
     rows = prefix_rows.to(dev).bool()
     first = int(rows.nonzero()[0, 0])
     cache = DynamicCache(config=lm.config)
-    # the KV cache's keyword: `cache` (transformers >= 5.2x), `past_key_values` before (5.19, the
-    # vLLM environment's); an unknown keyword would be swallowed by **kwargs and the cache unused
-    kw = (
-        "cache"
-        if "cache" in inspect.signature(type(decoder).forward).parameters
-        else "past_key_values"
-    )
+    # `cache` (transformers >= 5.2x) or `past_key_values` (5.19, the vLLM environment's): an
+    # unknown keyword would be swallowed by **kwargs and the cache silently unused
+    kw = cache_kwarg(decoder)
     decoder(
         input_ids=input_ids[first : first + 1, :p],
         position_ids=torch.arange(p, device=dev).unsqueeze(0),
