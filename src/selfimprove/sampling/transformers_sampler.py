@@ -10,9 +10,15 @@ prefix. :class:`TransformersSampler` avoids the waste of a naive
   are merged in one softmax), so the prefix is neither recomputed nor copied per row;
 * each question's suffix (``"Q: ...\\nA:"``) is prefilled once and its cache is shared by its
   ``n`` sample rows;
-* rows stop at the first stop string, at EOS or at ``max_new_tokens`` and leave the batch at once;
-  freed slots are refilled with the next (length-sorted) questions (continuous batching), so the
-  batch stays full and no compute is spent on padding rows.
+* rows stop at the first stop string, at EOS or at ``max_new_tokens``; freed slots are refilled
+  with the next (length-sorted) questions (continuous batching), so the batch stays full;
+* the rows' tail keys/values live in per-layer buffers with spare columns, so a decode step
+  writes its new column in place instead of copying the whole cache (``torch.cat``); finished
+  rows are dropped lazily - the cache is compacted (one copy) only when enough slots are free for
+  new questions, or when a quarter of the batch is finished rows - since a copy of the cache
+  costs about as much as a decode step;
+* a stop string is looked for only in the text of a row's last few tokens (enough tokens to hold
+  the longest stop string's bytes), not in its whole decoded text at every step.
 
 The cache of the active rows holds only their tails (suffix + generated tokens), right-aligned:
 ``[pad ... pad | suffix | generated]``; pad columns are masked out. Every row carries its own
@@ -33,6 +39,7 @@ rest (sampling, stop checks, cache bookkeeping).
 from __future__ import annotations
 
 import contextvars
+import functools
 import sys
 import time
 from pathlib import Path
@@ -130,6 +137,10 @@ def _prefix_attention(
     query [B, Hq, q, D]; key/value [B, Hkv, T, D] (the rows' tails); attention_mask
     [B, 1, q, T] bool (True = attend) for the tail part; the prefix is visible to every query.
     Returns [B, q, Hq, D] like the other transformers attention functions.
+
+    On CPU the two parts run through torch's fused flash-attention kernel, which also returns
+    each query's log-sum-exp, and are merged exactly (``_flash_cascade``); it reads the tail
+    keys/values through their strides (bmm would first copy a view of the tail store).
     """
     import torch
 
@@ -137,6 +148,11 @@ def _prefix_attention(
     hkv, t = key.shape[1], key.shape[2]
     rep = hq // hkv
     scale = scaling if scaling is not None else d**-0.5
+    if query.device.type == "cpu":
+        out = _flash_cascade(
+            module, query.reshape(b, hkv, rep * q, d), key, value, attention_mask, scale, rep, q
+        )
+        return out.reshape(b, hq, q, d).transpose(1, 2).contiguous(), None
     qg = (query * scale).reshape(b, hkv, rep * q, d)  # query heads are grouped per kv head
     s_tail = torch.matmul(qg, key.transpose(-1, -2))  # [B, Hkv, rep*q, T]
     if attention_mask is not None:
@@ -160,6 +176,41 @@ def _prefix_attention(
         out_pre = torch.matmul(w_pre.transpose(0, 1).reshape(hkv, b * rep * q, p), pv)
         out = out_pre.view(hkv, b, rep * q, d).transpose(0, 1) + torch.matmul(w_tail, value)
     return out.reshape(b, hq, q, d).transpose(1, 2).contiguous(), None
+
+
+# the additive form of the last bool mask seen: every layer of a forward gets the same mask
+_MASK_MEMO: list = [None, None]
+
+
+def _flash_cascade(module, qg, key, value, attention_mask, scale: float, rep: int, q: int):
+    """CPU attention of grouped queries qg [B, Hkv, rep*q, D] over prefix + tail, merged exactly.
+
+    softmax over the concatenation = the two partial attentions weighted by their shares of
+    the total exp-mass: w = sigmoid(lse_prefix - lse_tail) for the prefix part.
+    """
+    import torch
+
+    flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    b, hkv, rows, d = qg.shape
+    add = None
+    if attention_mask is not None:
+        if _MASK_MEMO[0] is not attention_mask:
+            zero = torch.zeros((), dtype=qg.dtype, device=qg.device)
+            _MASK_MEMO[:] = [attention_mask, zero.masked_fill(~attention_mask, float("-inf"))]
+        add = _MASK_MEMO[1]  # [B, 1, q, T]
+        if q > 1 and rep > 1:  # row (r, i) of a kv head's group sees query i's mask row
+            t = add.shape[-1]
+            add = add.unsqueeze(2).expand(b, 1, rep, q, t).reshape(b, 1, rows, t)
+    out, lse = flash(qg, key, value, attn_mask=add, scale=scale)[:2]
+    prefix = _ACTIVE_PREFIX.get()
+    if prefix is None:
+        return out
+    pk, pv = prefix[module.layer_idx]  # [Hkv, P, D]
+    qp = qg.transpose(0, 1).reshape(1, hkv, b * rows, d)
+    out_p, lse_p = flash(qp, pk.unsqueeze(0), pv.unsqueeze(0), scale=scale)[:2]
+    out_p = out_p.view(hkv, b, rows, d).transpose(0, 1)
+    w = torch.sigmoid(lse_p.view(hkv, b, rows).transpose(0, 1) - lse).unsqueeze(-1)
+    return (out.float() + w * (out_p.float() - out.float())).to(qg.dtype)
 
 
 def _register_attention() -> None:
@@ -371,82 +422,134 @@ class TransformersSampler:
 
             torch.cuda.synchronize()
 
+    def _tail_text(self, gen: list[int], chars: int) -> str:
+        """The decoded text of the last tokens of ``gen``: at least ``chars`` characters, or all.
+
+        Enough to find a stop string completed by the newest token (the caller then cuts the
+        whole text), without decoding the whole row at every step.
+        """
+        w = chars
+        text = self.tokenizer.decode(gen[-w:], skip_special_tokens=True)
+        while len(text) < chars and w < len(gen):
+            w *= 2
+            text = self.tokenizer.decode(gen[-w:], skip_special_tokens=True)
+        return text
+
     def _run(self, suffixes, start, prefix_kv, params: SamplingParams, bar, offset, timers):
         import torch
 
         n, bs = params.n, self.batch_size
-        decode_steps = decode_rows = prefills = 0
+        decode_steps = decode_rows = prefills = compactions = 0
         # work units: (prompt index, sample indices); a prompt is split only if n > batch_size
         order = sorted(range(len(suffixes)), key=lambda i: (len(suffixes[i]), i))
         units = [(qi, list(range(j, min(j + bs, n)))) for qi in order for j in range(0, n, bs)]
         units.reverse()  # pop() from the end = shortest first
         results: list[list[Completion | None]] = [[None] * n for _ in suffixes]
         left = [n] * len(suffixes)
+        # new rows join when this many slots are free (one unit at least): each join copies the
+        # cache once, so at a large batch_size several questions join together
+        join_at = max(1, bs // 4)
+        waiting = sum(len(u[1]) for u in units)  # rows not yet admitted
+        # a stop string is searched for in the text of a row's last `window` tokens: a token
+        # holds at least one byte, so this covers the longest stop string's bytes and one more
+        longest_stop = max((len(x.encode()) for x in params.stop), default=0)
+        stop_chars = longest_stop + 2
 
-        # active rows (python side, aligned with the batch dimension)
+        # batch rows (python side, aligned with the batch dimension); finished rows stay until
+        # the next compaction (alive[r] False), computed but ignored
         rows_q: list[int] = []
         rows_s: list[int] = []
         rows_gen: list[list[int]] = []
         rows_rng: list = []
+        alive: list[bool] = []
+        n_alive = 0
         cache = None
         valid = pos = logits = None
         generated = 0
         t0 = time.perf_counter()
 
-        while units or rows_q:
-            # 1. admit new work while it fits in the batch
+        while units or n_alive:
+            # 1. admit new work once enough slots are free; drop finished rows on the way
+            free = bs - n_alive
             admit = []
-            while units and len(rows_q) + sum(len(u[1]) for u in admit) + len(units[-1][1]) <= bs:
-                admit.append(units.pop())
-            if admit:
+            if units and free >= min(max(join_at, len(units[-1][1])), waiting):
+                taken = 0
+                while units and taken + len(units[-1][1]) <= free:
+                    taken += len(units[-1][1])
+                    admit.append(units.pop())
+                waiting -= taken
+            dead = len(rows_q) - n_alive
+            if admit or (dead and 4 * dead >= len(rows_q)):
                 t = time.perf_counter()
-                prefills += 1
-                qs = sorted({u[0] for u in admit})
-                where = {q: i for i, q in enumerate(qs)}
-                c_new, v_new, p_new, l_new = self._prefill(
-                    [suffixes[q] for q in qs], start, prefix_kv
-                )
-                pick = [where[q] for q, samples in admit for _ in samples]
-                idx = torch.tensor(pick, device=self.device)
-                c_new.batch_select_indices(idx)
-                v_new, p_new, l_new = v_new[idx], p_new[idx], l_new[idx]
-                for q, samples in admit:
-                    for s in samples:
-                        rows_q.append(q)
-                        rows_s.append(s)
-                        rows_gen.append([])
-                        g = torch.Generator().manual_seed(row_seed(params.seed, offset + q, s))
-                        rows_rng.append(g)
-                if cache is None:
-                    cache, valid, pos, logits = c_new, v_new, p_new, l_new
-                else:
-                    cache, valid = _merge(cache, valid, c_new, v_new)
-                    pos = torch.cat([pos, p_new])
-                    logits = torch.cat([logits, l_new])
+                keep = [r for r in range(len(rows_q)) if alive[r]]
+                rows_q = [rows_q[r] for r in keep]
+                rows_s = [rows_s[r] for r in keep]
+                rows_gen = [rows_gen[r] for r in keep]
+                rows_rng = [rows_rng[r] for r in keep]
+                alive = [True] * len(keep)
+                new = None
+                if admit:
+                    prefills += 1
+                    qs = sorted({u[0] for u in admit})
+                    where = {q: i for i, q in enumerate(qs)}
+                    new = self._prefill([suffixes[q] for q in qs], start, prefix_kv)
+                    pick = [where[q] for q, samples in admit for _ in samples]
+                    new = (new, torch.tensor(pick, device=self.device))
+                    for q, samples in admit:
+                        for s in samples:
+                            rows_q.append(q)
+                            rows_s.append(s)
+                            rows_gen.append([])
+                            g = torch.Generator().manual_seed(row_seed(params.seed, offset + q, s))
+                            rows_rng.append(g)
+                            alive.append(True)
+                old = None
+                if cache is not None and keep:
+                    old = (cache, valid, pos, logits, torch.tensor(keep, device=self.device))
+                compactions += cache is not None
+                cache, valid, pos, logits = _rebuild(old, new, self._new_cache, _HEADROOM)
+                n_alive = len(rows_q)
                 self._sync()
-                timers["suffix_prefill_s"] += time.perf_counter() - t
+                key = "suffix_prefill_s" if admit else "decode_s"
+                timers[key] += time.perf_counter() - t
+                if cache is None:
+                    continue
 
-            # 2. sample one token per active row
-            tokens = sample_tokens(logits, rows_rng, params).tolist()
-            keep = []
-            for r, tok in enumerate(tokens):
+            # 2. sample one token per live row
+            live = [r for r in range(len(rows_q)) if alive[r]]
+            if len(live) < len(rows_q):
+                idx = torch.tensor(live, device=self.device)
+                picked = sample_tokens(logits[idx], [rows_rng[r] for r in live], params).tolist()
+                tokens = [self._pad_id] * len(rows_q)
+                for r, tok in zip(live, picked, strict=True):
+                    tokens[r] = tok
+            else:
+                tokens = sample_tokens(logits, rows_rng, params).tolist()
+            for r in live:
                 gen = rows_gen[r]
+                tok = tokens[r]
                 gen.append(tok)
                 generated += 1
                 done = None
                 if tok in self.eos_ids:  # the text before it was checked for stops already
                     text = self.tokenizer.decode(gen[:-1], skip_special_tokens=True)
                     done = Completion(text, len(gen), "eos")
-                elif params.stop or len(gen) >= params.max_new_tokens:
-                    text = self.tokenizer.decode(gen, skip_special_tokens=True)
-                    cut = find_stop(text, params.stop)
-                    if cut is not None:
-                        done = Completion(text[:cut], len(gen), "stop")
-                    elif len(gen) >= params.max_new_tokens:
-                        done = Completion(text, len(gen), "length")
+                else:
+                    hit = (
+                        bool(params.stop)
+                        and find_stop(self._tail_text(gen, stop_chars), params.stop) is not None
+                    )
+                    if hit or len(gen) >= params.max_new_tokens:
+                        text = self.tokenizer.decode(gen, skip_special_tokens=True)
+                        cut = find_stop(text, params.stop) if hit else None
+                        if cut is not None:
+                            done = Completion(text[:cut], len(gen), "stop")
+                        elif len(gen) >= params.max_new_tokens:
+                            done = Completion(text, len(gen), "length")
                 if done is None:
-                    keep.append(r)
                     continue
+                alive[r] = False
+                n_alive -= 1
                 q = rows_q[r]
                 results[q][rows_s[r]] = done
                 left[q] -= 1
@@ -454,70 +557,141 @@ class TransformersSampler:
                     bar.update(1)
                     elapsed = max(time.perf_counter() - t0, 1e-9)
                     bar.set_postfix(tok_s=f"{generated / elapsed:.1f}", refresh=False)
+            if not n_alive and not units:
+                break
+            if not n_alive:
+                continue  # every row finished: the next pass admits new work
 
-            # 3. drop finished rows, then run one decode step for the rest
-            if len(keep) < len(tokens):
-                rows_q = [rows_q[r] for r in keep]
-                rows_s = [rows_s[r] for r in keep]
-                rows_gen = [rows_gen[r] for r in keep]
-                rows_rng = [rows_rng[r] for r in keep]
-                if not keep:
-                    cache = valid = pos = logits = None
-                    continue
-                idx = torch.tensor(keep, device=self.device)
-                cache.batch_select_indices(idx)
-                valid, pos = valid[idx], pos[idx]
-                cache, valid = _trim(cache, valid)
-                tokens = [tokens[r] for r in keep]
-            x = torch.tensor(tokens, device=self.device).unsqueeze(1)
-            valid = torch.cat([valid, valid.new_ones(len(keep), 1)], dim=1)
-            mask = valid.view(len(keep), 1, 1, -1)
+            # 3. one decode step for every row (finished ones too, until they are dropped)
             t = time.perf_counter()
+            x = torch.tensor(tokens, device=self.device).unsqueeze(1)
+            valid = torch.cat([valid, valid.new_ones(len(tokens), 1)], dim=1)
+            mask = valid.view(len(tokens), 1, 1, -1)
             logits = self._forward(x, pos.unsqueeze(1), mask, cache, prefix_kv)
             self._sync()
             timers["decode_s"] += time.perf_counter() - t
             decode_steps += 1
-            decode_rows += len(keep)
-            pos = pos + 1
+            decode_rows += len(tokens)
+            step = torch.tensor(alive, device=self.device)  # finished rows keep their position
+            pos = pos + step
         counts = {
             "generated_tokens": generated,
             "suffix_prefill_calls": prefills,
             "decode_steps": decode_steps,
             "mean_decode_batch": round(decode_rows / decode_steps, 2) if decode_steps else 0.0,
+            "cache_compactions": compactions,
         }
         return results, counts
 
 
-def _merge(cache_a, valid_a, cache_b, valid_b):
-    """Stack two tail caches along the batch, left-padding the shorter one (masked columns)."""
+# spare tail columns a rebuilt cache gets: decode steps that write in place before a realloc
+_HEADROOM = 32
+
+
+@functools.cache
+def _tail_layer_class():
+    """A transformers ``DynamicLayer`` whose keys/values are views of buffers with spare columns.
+
+    ``keys``/``values`` are ``buffer[:, :, :end]``; a decode step writes its column at ``end``
+    in place (``DynamicLayer`` concatenates, copying the whole cache every step). When the
+    buffer is full, or ``keys`` was replaced from outside, the next update reallocates with
+    ``_HEADROOM`` spare columns.
+    """
+    from transformers.cache_utils import DynamicLayer
+
+    class TailLayer(DynamicLayer):
+        _kb = _vb = None
+        _end = 0
+
+        def store(self, keys, values, headroom: int) -> None:
+            b, h, t, d = keys.shape
+            self._kb = keys.new_empty(b, h, t + headroom, d)
+            self._vb = values.new_empty(b, h, t + headroom, values.shape[-1])
+            self._kb[:, :, :t] = keys
+            self._vb[:, :, :t] = values
+            self._end = t
+            self.keys, self.values = self._kb[:, :, :t], self._vb[:, :, :t]
+            self.is_initialized = True
+            self.dtype, self.device = keys.dtype, keys.device
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            add = key_states.shape[-2]
+            kb = self._kb
+            if not self.is_initialized or self.keys is None or self.keys.numel() == 0:
+                self.store(key_states, value_states, _HEADROOM)
+            elif (
+                kb is None
+                or self.keys.data_ptr() != kb.data_ptr()
+                or self.keys.shape[:2] != kb.shape[:2]
+                or self.keys.shape[2] != self._end
+                or self._end + add > kb.shape[2]
+            ):
+                keys = torch_cat(self.keys, key_states)
+                self.store(keys, torch_cat(self.values, value_states), _HEADROOM)
+            else:
+                end = self._end + add
+                kb[:, :, self._end : end] = key_states
+                self._vb[:, :, self._end : end] = value_states
+                self._end = end
+                self.keys, self.values = kb[:, :, :end], self._vb[:, :, :end]
+            return self.keys, self.values
+
+    return TailLayer
+
+
+def torch_cat(a, b):
     import torch
 
-    ta, tb = valid_a.shape[1], valid_b.shape[1]
-    if ta < tb:
-        cache_a, valid_a = _left_pad(cache_a, valid_a, tb - ta)
-    elif tb < ta:
-        cache_b, valid_b = _left_pad(cache_b, valid_b, ta - tb)
-    for la, lb in zip(cache_a.layers, cache_b.layers, strict=True):
-        la.keys = torch.cat([la.keys, lb.keys])
-        la.values = torch.cat([la.values, lb.values])
-    return cache_a, torch.cat([valid_a, valid_b])
+    return torch.cat([a, b], dim=-2)
 
 
-def _left_pad(cache, valid, cols: int):
+def _rebuild(old, new, new_cache, headroom: int):
+    """One cache for the kept old rows + the new rows, right-aligned, in fresh buffers.
+
+    old: (cache, valid, pos, logits, keep index) or None; new: ((cache, valid, pos, logits),
+    pick index: the prefill row of every new sample row) or None. Returns (cache, valid, pos,
+    logits); each tensor is copied once (pad columns zeroed: masked scores times a value must
+    stay finite).
+    """
+    import torch
+
+    parts = []
+    if old is not None:
+        c, v, p, lg, idx = old
+        parts.append((c, v[idx], p[idx], lg[idx], idx))
+    if new is not None:
+        (c, v, p, lg), idx = new
+        parts.append((c, v[idx], p[idx], lg[idx], idx))
+    if not parts:
+        return None, None, None, None
+    width = max(v.shape[1] for _, v, _, _, _ in parts)
+    rows = sum(v.shape[0] for _, v, _, _, _ in parts)
+    ref = parts[0][0].layers
+    cache = new_cache()
+    layer_cls = _tail_layer_class()
+    cache.layers = [layer_cls() for _ in ref]
+    for li, layer in enumerate(cache.layers):
+        k0 = parts[0][0].layers[li].keys
+        b_h, d_k = k0.shape[1], k0.shape[-1]
+        d_v = parts[0][0].layers[li].values.shape[-1]
+        kb = k0.new_empty(rows, b_h, width + headroom, d_k)
+        vb = k0.new_empty(rows, b_h, width + headroom, d_v)
+        r = 0
+        for c, _, _, _, idx in parts:
+            k, val = c.layers[li].keys, c.layers[li].values
+            t, nb = k.shape[2], len(idx)
+            kb[r : r + nb, :, : width - t].zero_()
+            vb[r : r + nb, :, : width - t].zero_()
+            kb[r : r + nb, :, width - t : width] = k[idx]
+            vb[r : r + nb, :, width - t : width] = val[idx]
+            r += nb
+        layer._kb, layer._vb, layer._end = kb, vb, width
+        layer.keys, layer.values = kb[:, :, :width], vb[:, :, :width]
+        layer.is_initialized = True
+        layer.dtype, layer.device = kb.dtype, kb.device
     import torch.nn.functional as F
 
-    for layer in cache.layers:
-        layer.keys = F.pad(layer.keys, (0, 0, cols, 0))
-        layer.values = F.pad(layer.values, (0, 0, cols, 0))
-    return cache, F.pad(valid, (cols, 0), value=False)
-
-
-def _trim(cache, valid):
-    """Drop leading tail columns that are padding in every remaining row."""
-    first = int(valid.any(0).int().argmax())
-    if first > 0:
-        for layer in cache.layers:
-            layer.keys = layer.keys[:, :, first:]
-            layer.values = layer.values[:, :, first:]
-        valid = valid[:, first:]
-    return cache, valid
+    valid = torch.cat([F.pad(v, (width - v.shape[1], 0), value=False) for _, v, _, _, _ in parts])
+    pos = torch.cat([p for _, _, p, _, _ in parts])
+    logits = torch.cat([lg for _, _, _, lg, _ in parts])
+    return cache, valid, pos, logits
