@@ -131,9 +131,11 @@ class _FakeSampler:
     def __init__(self, reply):
         self.reply = reply
         self.calls: list[tuple[str, list[str], object]] = []
+        self.offsets: list = []  # index_offset of every call
 
-    def sample(self, prefix, prompts, params, desc=""):
+    def sample(self, prefix, prompts, params, desc="", index_offset=0):
         self.calls.append((prefix, list(prompts), params))
+        self.offsets.append(index_offset)
         return [[_Completion(self.reply(p, j)) for j in range(params.n)] for p in prompts]
 
 
@@ -214,8 +216,8 @@ def test_evaluate_routes_formats_with_fake_sampler(monkeypatch):
 
 def test_evaluate_pools_greedy_calls_across_sets(monkeypatch):
     """One greedy call per (format, style) holds every set of that format, in set order; each set
-    gets back its own outputs (same metrics and predictions as evaluating it alone); maj@k keeps
-    one call per set (a row's seed is its question's index in the set)."""
+    gets back its own outputs (same metrics and predictions as evaluating it alone); maj@k is
+    pooled the same way, each question keeping the seeds of its index in its own set."""
     a, b, d = generate_arith(3, [1], seed=0), generate_arith(2, [2], seed=1), _drop_recs(2)
     fake = _FakeSampler(_gold_reply([a, b, d]))
     monkeypatch.setattr(factory_mod, "make_sampler", lambda *a, **k: fake)
@@ -227,12 +229,14 @@ def test_evaluate_pools_greedy_calls_across_sets(monkeypatch):
     assert list(metrics) == ["a", "d", "b"]
     greedy = [c for c in fake.calls if c[2].n == 1]
     sampled = [c for c in fake.calls if c[2].n == 2]
-    assert len(greedy) == 4 and len(sampled) == 3 and len(fake.calls) == 7
+    assert len(greedy) == 4 and len(sampled) == 2 and len(fake.calls) == 6
     gsm = [c for c in greedy if c[1][0].startswith("Q:")]
     assert [len(c[1]) for c in gsm] == [5, 5] and [c[0] != "" for c in gsm] == [True, False]
     for prompt, rec in zip(gsm[0][1], a + b, strict=True):
         assert prompt == f"Q: {rec['question']}\nA:"
-    assert [len(c[1]) for c in sampled] == [2, 2, 2]  # a, d, b: one call per set
+    assert [len(c[1]) for c in sampled] == [4, 2]  # a + b (GSM format), then d
+    offsets = [o for o, c in zip(fake.offsets, fake.calls, strict=True) if c[2].n == 2]
+    assert offsets == [[0, 1, 0, 1], [0, 1]]  # each question's index in its own set
     assert metrics["a"]["fewshot_cot"]["strict"] == pytest.approx(1 / 3)
     assert metrics["b"]["zeroshot_cot"]["strict"] == 0.5
     assert [p["id"] for p in preds["b__zeroshot_cot"]] == [r["id"] for r in b]

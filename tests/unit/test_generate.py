@@ -81,7 +81,7 @@ def _cfg(**kw) -> GenerateConfig:
 
 def test_config_defaults_and_backend_literal():
     cfg = GenerateConfig()
-    assert cfg.shard_size == 32 and cfg.backend == "transformers"
+    assert cfg.shard_size == 64 and cfg.backend == "transformers"
     assert GenerateConfig(backend="vllm").backend == "vllm"
     with pytest.raises(ValueError):
         GenerateConfig(backend="tgi")

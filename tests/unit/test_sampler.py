@@ -151,18 +151,49 @@ def test_greedy_matches_generate(sampler, ref_model, prefix):
             assert c.text == tok.decode(ref, skip_special_tokens=True)
 
 
+def test_greedy_matches_generate_through_reallocations_and_compactions(
+    model_dir, ref_model, monkeypatch
+):
+    """Tail buffers with 2 spare columns (reallocated every 2 steps); rows that finish at
+    different steps (a common token made an end token) stay until the cache is compacted, while
+    new questions join: every row still gets generate's tokens."""
+    from collections import Counter
+
+    from selfimprove.sampling import transformers_sampler as ts
+
+    monkeypatch.setattr(ts, "_HEADROOM", 2)
+    s = TransformersSampler(model_dir, dtype="float32", batch_size=4, device="cpu")
+    prompts = [p for p in PROMPTS if p] * 2
+    refs = [_greedy_ref(ref_model, s.input_ids(PREFIX, p), 25) for p in prompts]
+    end = Counter(t for r in refs for t in set(r[2:20])).most_common(1)[0][0]
+    s.eos_ids = s.eos_ids | {end}
+    out = s.sample(PREFIX, prompts, SamplingParams(max_new_tokens=25, stop=()))
+    lengths = set()
+    for ref, (c,) in zip(refs, out, strict=True):
+        cut = next((i for i, t in enumerate(ref) if t in s.eos_ids), None)
+        want = ref if cut is None else ref[: cut + 1]
+        lengths.add(len(want))
+        assert c.n_tokens == len(want)
+        text = want[:-1] if want[-1] in s.eos_ids else want
+        assert c.text == s.tokenizer.decode(text, skip_special_tokens=True)
+    assert len(lengths) >= 3  # rows of different ages shared the batch
+    assert s.last_stats["cache_compactions"] >= 2
+
+
 def test_input_ids_are_prefix_then_prompt(sampler):
     tok = sampler.tokenizer
     ids = sampler.input_ids(PREFIX, PROMPTS[1])
     assert ids == tok(PREFIX, add_special_tokens=False).input_ids + tok(PROMPTS[1]).input_ids
 
 
-def test_stop_string_cuts_output(sampler, ref_model):
+@pytest.mark.parametrize("span", [(8, 10), (3, 24)])
+def test_stop_string_cuts_output(sampler, ref_model, span):
+    """A short and a long stop string (the sampler looks for them in the last tokens' text)."""
     tok = sampler.tokenizer
     prompt = PROMPTS[0]
     ref = _greedy_ref(ref_model, sampler.input_ids(PREFIX, prompt), 30)
     full = tok.decode(ref, skip_special_tokens=True)
-    stop = full[8:10]  # a stop string from the middle of the greedy continuation
+    stop = full[span[0] : span[1]]  # a stop string from the middle of the greedy continuation
     cut = full.find(stop)
     k = next(j for j in range(1, len(ref) + 1) if stop in tok.decode(ref[:j]))
     (c,), (c2,) = sampler.sample(PREFIX, [prompt, prompt], SamplingParams(stop=(stop, "zzzz")))
@@ -229,6 +260,11 @@ def test_index_offset_keeps_global_seeds(sampler):
     assert sampler.sample(PREFIX, PROMPTS[2:], params) != full[2:]
     with pytest.raises(InputError, match="index_offset=-1"):
         sampler.sample(PREFIX, PROMPTS, params, index_offset=-1)
+    # one index per prompt: two sets pooled in one call, each question keeping its own seeds
+    pooled = sampler.sample(PREFIX, PROMPTS[:2] + PROMPTS[:3], params, index_offset=[0, 1, 0, 1, 2])
+    assert pooled[:2] == full[:2] and pooled[2:] == full[:3]
+    with pytest.raises(InputError, match="1 indices for 2 prompts"):
+        sampler.sample(PREFIX, PROMPTS[:2], params, index_offset=[0])
 
 
 def test_last_stats_split_the_time(sampler):

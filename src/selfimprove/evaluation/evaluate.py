@@ -266,18 +266,63 @@ def evaluate(
             for style in cfg.styles:
                 for name, outs in _greedy_pass(sampler, fmt, names, limited, style, cfg, seed):
                     greedy[name][style] = outs
+    # self-consistency samples: likewise one call per format over every set's first sc_limit
+    # questions; each question keeps the seeds of its index in its own set
+    sampled: dict[str, list] = {}
+    for fmt in ("gsm", "drop") if cfg.sc_paths else ():
+        names = [n for n in limited if formats[n] == fmt]
+        if names:
+            sampled |= _sampled_pass(sampler, fmt, names, limited, cfg, seed)
     metrics: dict = {}
     predictions: dict[str, list[dict]] = {}
     for name, records in limited.items():
         if formats[name] == "gsm":
             metrics[name] = _evaluate_gsm(
-                sampler, name, records, cfg, seed, predictions, greedy[name], refine
+                sampler,
+                name,
+                records,
+                cfg,
+                seed,
+                predictions,
+                greedy[name],
+                sampled.get(name),
+                refine,
             )
         else:
             metrics[name] = _evaluate_drop(
-                sampler, name, records, cfg, seed, predictions, greedy[name]
+                name, records, cfg, predictions, greedy[name], sampled.get(name)
             )
     return metrics, predictions
+
+
+def _sc_records(records: list[dict], cfg: EvaluateConfig) -> list[dict]:
+    return records[: cfg.sc_limit] if cfg.sc_limit else records
+
+
+def _sampled_pass(sampler, fmt, names, sets, cfg, seed) -> dict[str, list]:
+    """maj@k samples of every set in ``names`` (format ``fmt``) from one sampler call, by set.
+
+    Question ``i`` of a set samples with the seeds of index ``i`` (``index_offset`` per prompt),
+    so a set's samples do not depend on the other sets; pooling keeps the batch full."""
+    stop = tuple(DROP_STOP_SEQUENCES) if fmt == "drop" else STOP_SEQUENCES
+    prefixes, suffixes, where, sizes = set(), [], [], []
+    for name in names:
+        records = _sc_records(sets[name], cfg)
+        prefix, s = _prompts(fmt, records, cfg.sc_style, cfg.n_shots)
+        prefixes.add(prefix)
+        suffixes += s
+        where += range(len(records))
+        sizes.append(len(records))
+    if len(prefixes) != 1:
+        raise AssertionError(f"internal error: the {fmt} sets' {cfg.sc_style!r} prefixes differ")
+    outs = sampler.sample(
+        prefixes.pop(),
+        suffixes,
+        _sampled(cfg, seed, stop),
+        desc=f"eval {'+'.join(names)}/maj@{cfg.sc_paths}",
+        index_offset=where,
+    )
+    return dict(zip(names, split_by_sizes(outs, sizes), strict=True))
 
 
 def _prompts(fmt: str, records: list[dict], style: str, n_shots: int) -> tuple[str, list[str]]:
@@ -370,11 +415,12 @@ def _evaluate_gsm(
     seed: int,
     predictions: dict,
     greedy: dict[str, list],
+    sampled: list | None,
     refine: RefineConfig | None = None,
 ) -> dict:
     """Metrics of one GSM8K-format set from its greedy outputs per style (``greedy``), plus
-    refinement and self-consistency (sampled here, one call per set: the rows' seeds are the
-    question's index in its set)."""
+    refinement and self-consistency (from ``sampled``: the maj@k samples of its first
+    ``sc_limit`` questions, see ``_sampled_pass``)."""
     metrics: dict = {}
     for style in cfg.styles:
         preds = _predictions(
@@ -399,16 +445,9 @@ def _evaluate_gsm(
             ]
             predictions[f"{name}__{style}_refined"] = rpreds
             metrics[f"{style}_refined"] = summarize(rpreds) | {"refine": rstats}
-    if cfg.sc_paths:
-        sc_records = records[: cfg.sc_limit] if cfg.sc_limit else records
-        prefix, suffixes = _prompts("gsm", sc_records, cfg.sc_style, cfg.n_shots)
-        outs = sampler.sample(
-            prefix,
-            suffixes,
-            _sampled(cfg, seed, STOP_SEQUENCES),
-            desc=f"eval {name}/maj@{cfg.sc_paths}",
-        )
-        answers = [[extract_answer(c.text) for c in o] for o in outs]
+    if sampled is not None:
+        sc_records = _sc_records(records, cfg)
+        answers = [[extract_answer(c.text) for c in o] for o in sampled]
         golds = [_gold(r["answer"]) for r in sc_records]
         metrics["sc"] = {"n": len(sc_records)} | self_consistency(answers, golds, cfg.sc_k)
         predictions[f"{name}__sc"] = [
@@ -431,16 +470,15 @@ def _drop_prompts(records: list[dict], style: str) -> tuple[str, list[str]]:
 
 
 def _evaluate_drop(
-    sampler,
     name: str,
     records: list[dict],
     cfg: EvaluateConfig,
-    seed: int,
     predictions: dict,
     greedy: dict[str, list],
+    sampled: list | None,
 ) -> dict:
-    """Metrics of one DROP-format set from its greedy outputs per style, plus maj@k."""
-    stop = tuple(DROP_STOP_SEQUENCES)
+    """Metrics of one DROP-format set from its greedy outputs per style, plus maj@k from
+    ``sampled`` (see ``_sampled_pass``)."""
     metrics: dict = {}
     for style in cfg.styles:
         preds = _predictions(
@@ -448,13 +486,9 @@ def _evaluate_drop(
         )
         predictions[f"{name}__{style}"] = preds
         metrics[style] = summarize_drop(preds)
-    if cfg.sc_paths:
-        sc_records = records[: cfg.sc_limit] if cfg.sc_limit else records
-        prefix, suffixes = _drop_prompts(sc_records, cfg.sc_style)
-        outs = sampler.sample(
-            prefix, suffixes, _sampled(cfg, seed, stop), desc=f"eval {name}/maj@{cfg.sc_paths}"
-        )
-        answers = [[extract_drop_answer(c.text) for c in o] for o in outs]
+    if sampled is not None:
+        sc_records = _sc_records(records, cfg)
+        answers = [[extract_drop_answer(c.text) for c in o] for o in sampled]
         golds = [r["answers"] for r in sc_records]
         metrics["sc"] = {"n": len(sc_records)} | drop_self_consistency(answers, golds, cfg.sc_k)
         predictions[f"{name}__sc"] = [

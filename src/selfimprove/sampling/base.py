@@ -77,6 +77,33 @@ def find_stop(text: str, stops: Sequence[str]) -> int | None:
     return best
 
 
+def seed_indices(index_offset: int | Sequence[int], n_prompts: int) -> list[int]:
+    """The global index of each prompt, whose seeds its rows use: ``index_offset + i``, or one
+    index per prompt (a caller pooling several sets keeps each question's index in its set).
+
+    >>> seed_indices(3, 2), seed_indices([0, 1, 0], 3)
+    ([3, 4], [0, 1, 0])
+    >>> seed_indices([0], 2)
+    Traceback (most recent call last):
+    ...
+    selfimprove.core.io.InputError: index_offset: 1 indices for 2 prompts; give one per prompt
+    """
+    from selfimprove.core.io import InputError
+
+    if isinstance(index_offset, int):
+        if index_offset < 0:
+            raise InputError(f"index_offset={index_offset} must be >= 0")
+        return [index_offset + i for i in range(n_prompts)]
+    out = [int(i) for i in index_offset]
+    if len(out) != n_prompts:
+        raise InputError(
+            f"index_offset: {len(out)} indices for {n_prompts} prompts; give one per prompt"
+        )
+    if any(i < 0 for i in out):
+        raise InputError("index_offset: indices must be >= 0")
+    return out
+
+
 def row_seed(seed: int, prompt_index: int, sample_index: int) -> int:
     """Seed of the random stream of one row: a hash of (seed, prompt index, sample index).
 
@@ -148,5 +175,5 @@ class Sampler(Protocol):
         prompts: list[str],
         params: SamplingParams,
         desc: str = "sampling",
-        index_offset: int = 0,
+        index_offset: int | Sequence[int] = 0,
     ) -> list[list[Completion]]: ...

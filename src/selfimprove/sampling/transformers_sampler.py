@@ -54,6 +54,7 @@ from selfimprove.sampling.base import (
     find_stop,
     resolve_dtype,
     row_seed,
+    seed_indices,
 )
 
 _ATTN_NAME = "selfimprove_prefix"
@@ -350,13 +351,15 @@ class TransformersSampler:
         prompts: list[str],
         params: SamplingParams,
         desc: str = "sampling",
-        index_offset: int = 0,
+        index_offset: int | list[int] = 0,
     ) -> list[list[Completion]]:
         """For each prompt, ``params.n`` completions of ``prefix + prompt`` (in prompt order).
 
         Prompt ``i`` samples with the seeds of global index ``index_offset + i``: sampling
         prompts ``[k:]`` with ``index_offset=k`` gives the completions of sampling all prompts
         (up to rounding flips from the different batch mix), so callers can work in shards.
+        A list gives each prompt its own global index (a caller pooling several sets keeps
+        each question's index in its set).
         """
         self.last_stats = {}
         if not prompts:
@@ -366,8 +369,7 @@ class TransformersSampler:
 
         if not isinstance(params, SamplingParams):
             raise InputError(f"params must be a SamplingParams, got {type(params).__name__}")
-        if index_offset < 0:
-            raise InputError(f"index_offset={index_offset} must be >= 0")
+        seed_index = seed_indices(index_offset, len(prompts))
         t_start = time.perf_counter()
         timers = dict.fromkeys(_TIMERS, 0.0)
         with torch.inference_mode():
@@ -398,7 +400,7 @@ class TransformersSampler:
             bar = tqdm(total=len(prompts), desc=desc, unit="q", file=sys.stderr, mininterval=1.0)
             try:
                 results, counts = self._run(
-                    suffixes, len(shared), prefix_kv, params, bar, index_offset, timers
+                    suffixes, len(shared), prefix_kv, params, bar, seed_index, timers
                 )
             finally:
                 bar.close()
@@ -435,7 +437,7 @@ class TransformersSampler:
             text = self.tokenizer.decode(gen[-w:], skip_special_tokens=True)
         return text
 
-    def _run(self, suffixes, start, prefix_kv, params: SamplingParams, bar, offset, timers):
+    def _run(self, suffixes, start, prefix_kv, params: SamplingParams, bar, seed_index, timers):
         import torch
 
         n, bs = params.n, self.batch_size
@@ -500,8 +502,8 @@ class TransformersSampler:
                             rows_q.append(q)
                             rows_s.append(s)
                             rows_gen.append([])
-                            g = torch.Generator().manual_seed(row_seed(params.seed, offset + q, s))
-                            rows_rng.append(g)
+                            seed = row_seed(params.seed, seed_index[q], s)
+                            rows_rng.append(torch.Generator().manual_seed(seed))
                             alive.append(True)
                 old = None
                 if cache is not None and keep:

@@ -33,7 +33,13 @@ from pathlib import Path
 from typing import Any
 
 from selfimprove.core.io import InputError
-from selfimprove.sampling.base import Completion, SamplingParams, bos_ids, row_seed
+from selfimprove.sampling.base import (
+    Completion,
+    SamplingParams,
+    bos_ids,
+    row_seed,
+    seed_indices,
+)
 
 log = logging.getLogger(__name__)
 
@@ -217,9 +223,11 @@ class VLLMSampler:
         prompts: list[str],
         params: SamplingParams,
         desc: str = "sampling",
-        index_offset: int = 0,
+        index_offset: int | list[int] = 0,
     ) -> list[list[Completion]]:
-        """For each prompt, ``params.n`` completions of ``prefix + prompt`` (in prompt order)."""
+        """For each prompt, ``params.n`` completions of ``prefix + prompt`` (in prompt order);
+        prompt ``i`` samples with the seeds of global index ``index_offset + i`` (or
+        ``index_offset[i]``), as in ``TransformersSampler``."""
         import time
 
         self.last_stats = {}
@@ -227,6 +235,7 @@ class VLLMSampler:
             return []
         if not isinstance(params, SamplingParams):
             raise InputError(f"params must be a SamplingParams, got {type(params).__name__}")
+        where = seed_indices(index_offset, len(prompts))
         prefix_ids = self._bos + self._encode(prefix)
         requests = []
         for i, p in enumerate(prompts):
@@ -239,7 +248,7 @@ class VLLMSampler:
             requests.extend({"prompt_token_ids": ids} for _ in range(params.n))
         sps = [
             self._vllm.SamplingParams(
-                **vllm_sampling_params(params, row_seed(params.seed, index_offset + i, j))
+                **vllm_sampling_params(params, row_seed(params.seed, where[i], j))
             )
             for i in range(len(prompts))
             for j in range(params.n)
