@@ -226,9 +226,9 @@ def greedy_check(main_sampler, prefix, questions, args) -> dict:
                         {"id": q["id"], "first_diff_char": k, "ours": c.text, "generate": text}
                     )
     finally:
-        from selfimprove.sampling.transformers_sampler import _ATTN_NAME
+        from selfimprove.sampling.cascade import ATTN_NAME
 
-        s.model.set_attn_implementation(_ATTN_NAME)
+        s.model.set_attn_implementation(ATTN_NAME)
     return {
         "dtype": args.greedy_dtype,
         "questions": len(questions),

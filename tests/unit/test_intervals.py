@@ -45,7 +45,7 @@ class _NoisySampler:
     def __init__(self, golds: dict[str, str]):
         self.golds = golds  # question text -> gold answer text
 
-    def sample(self, prefix, prompts, params, desc=""):
+    def sample(self, prefix, prompts, params, desc="", index_offset=0):
         out = []
         for p in prompts:
             key = next(k for k in self.golds if k in p)

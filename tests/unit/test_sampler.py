@@ -159,9 +159,9 @@ def test_greedy_matches_generate_through_reallocations_and_compactions(
     new questions join: every row still gets generate's tokens."""
     from collections import Counter
 
-    from selfimprove.sampling import transformers_sampler as ts
+    from selfimprove.sampling import cascade
 
-    monkeypatch.setattr(ts, "_HEADROOM", 2)
+    monkeypatch.setattr(cascade, "_HEADROOM", 2)
     s = TransformersSampler(model_dir, dtype="float32", batch_size=4, device="cpu")
     prompts = [p for p in PROMPTS if p] * 2
     refs = [_greedy_ref(ref_model, s.input_ids(PREFIX, p), 25) for p in prompts]
