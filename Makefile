@@ -71,7 +71,7 @@ repro: setup
 	dvc repro
 
 # One pytest worker per core (pytest-xdist), one thread each: measured here (2 cores) 961 tests in
-# 11 min 14 s, where one process took ~28 min. `pytest -n 0` runs them in one process (debugging).
+# 11-16 min, where one process took ~28 min. `pytest -n 0` runs them in one process (debugging).
 test: setup
 	ruff check src stages tests benchmarks
 	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 pytest -n auto  # exit 5 (no tests collected) fails too

@@ -9,7 +9,8 @@ few-shot chain of thought (3 exemplars), DROP EM and F1.
 The sets are made by :func:`selfimprove.data.prepare.make_set` (the same subset the data stage
 writes for an eval set of the same name, path and seed) and scored by
 :func:`selfimprove.evaluation.evaluate.evaluate`; nothing is copied. Prints one JSON object: the
-scores, n, the truncation rate (outputs that hit the token budget), wall times and the command.
+scores with 95% bootstrap intervals over the questions (``ci``), n, the truncation rate
+(outputs that hit the token budget), wall times and the command.
 
     python benchmarks/shared_eval.py                          # the full run (data/models/base)
     python benchmarks/shared_eval.py --gsm8k-n 10 --drop-n 10 # a quick check
@@ -45,9 +46,11 @@ def _truncated(preds: list[dict]) -> float:
 def _score(model: str, name: str, records: list[dict], cfg, seed: int, out: Path | None) -> dict:
     from selfimprove.core.io import write_jsonl
     from selfimprove.evaluation.evaluate import evaluate
+    from selfimprove.evaluation.intervals import annotate_metrics
 
     t = time.perf_counter()
     metrics, preds = evaluate(model, {name: records}, cfg, seed)
+    metrics = annotate_metrics(metrics, preds)  # 95% bootstrap intervals over the questions
     result = {"wall_s": round(time.perf_counter() - t, 1)}
     for style, m in metrics[name].items():
         result[style] = m | {"truncated": _truncated(preds[f"{name}__{style}"])}
