@@ -263,16 +263,36 @@ def evaluate(
     for fmt in ("gsm", "drop"):
         names = [n for n in limited if formats[n] == fmt]
         if names:
+            stop = tuple(DROP_STOP_SEQUENCES) if fmt == "drop" else STOP_SEQUENCES
             for style in cfg.styles:
-                for name, outs in _greedy_pass(sampler, fmt, names, limited, style, cfg, seed):
-                    greedy[name][style] = outs
+                outs = _pooled_pass(
+                    sampler,
+                    fmt,
+                    {n: limited[n] for n in names},
+                    style,
+                    cfg,
+                    _greedy(cfg, seed, stop),
+                    style,
+                )
+                for name in names:
+                    greedy[name][style] = outs[name]
     # self-consistency samples: likewise one call per format over every set's first sc_limit
     # questions; each question keeps the seeds of its index in its own set
     sampled: dict[str, list] = {}
     for fmt in ("gsm", "drop") if cfg.sc_paths else ():
         names = [n for n in limited if formats[n] == fmt]
         if names:
-            sampled |= _sampled_pass(sampler, fmt, names, limited, cfg, seed)
+            stop = tuple(DROP_STOP_SEQUENCES) if fmt == "drop" else STOP_SEQUENCES
+            sc_sets = {n: _sc_records(limited[n], cfg) for n in names}
+            sampled |= _pooled_pass(
+                sampler,
+                fmt,
+                sc_sets,
+                cfg.sc_style,
+                cfg,
+                _sampled(cfg, seed, stop),
+                f"maj@{cfg.sc_paths}",
+            )
     metrics: dict = {}
     predictions: dict[str, list[dict]] = {}
     for name, records in limited.items():
@@ -299,30 +319,31 @@ def _sc_records(records: list[dict], cfg: EvaluateConfig) -> list[dict]:
     return records[: cfg.sc_limit] if cfg.sc_limit else records
 
 
-def _sampled_pass(sampler, fmt, names, sets, cfg, seed) -> dict[str, list]:
-    """maj@k samples of every set in ``names`` (format ``fmt``) from one sampler call, by set.
+def _pooled_pass(sampler, fmt, sets: dict[str, list[dict]], style, cfg, params, label):
+    """Outputs of every set in ``sets`` (all of format ``fmt``) in ``style``, from one sampler
+    call (the same prefix and stops: the decoding batch stays full across sets), by set name.
 
     Question ``i`` of a set samples with the seeds of index ``i`` (``index_offset`` per prompt),
-    so a set's samples do not depend on the other sets; pooling keeps the batch full."""
-    stop = tuple(DROP_STOP_SEQUENCES) if fmt == "drop" else STOP_SEQUENCES
-    prefixes, suffixes, where, sizes = set(), [], [], []
-    for name in names:
-        records = _sc_records(sets[name], cfg)
-        prefix, s = _prompts(fmt, records, cfg.sc_style, cfg.n_shots)
+    so a set's samples do not depend on the other sets; greedy rows draw no random numbers at
+    all. Pooling changes only the float rounding of the logits through the batch mix (at most a
+    rare near-tie flip, as with another ``batch_size``)."""
+    prefixes, suffixes, where = set(), [], []
+    for records in sets.values():
+        prefix, s = _prompts(fmt, records, style, cfg.n_shots)
         prefixes.add(prefix)
         suffixes += s
         where += range(len(records))
-        sizes.append(len(records))
     if len(prefixes) != 1:
-        raise AssertionError(f"internal error: the {fmt} sets' {cfg.sc_style!r} prefixes differ")
+        raise AssertionError(f"internal error: the {fmt} sets' {style!r} prefixes differ")
     outs = sampler.sample(
         prefixes.pop(),
         suffixes,
-        _sampled(cfg, seed, stop),
-        desc=f"eval {'+'.join(names)}/maj@{cfg.sc_paths}",
+        params,
+        desc=f"eval {'+'.join(sets)}/{label}",
         index_offset=where,
     )
-    return dict(zip(names, split_by_sizes(outs, sizes), strict=True))
+    sizes = [len(records) for records in sets.values()]
+    return dict(zip(sets, split_by_sizes(outs, sizes), strict=True))
 
 
 def _prompts(fmt: str, records: list[dict], style: str, n_shots: int) -> tuple[str, list[str]]:
@@ -350,26 +371,6 @@ def split_by_sizes(items: list, sizes: list[int]) -> list[list]:
         out.append(items[start : start + n])
         start += n
     return out
-
-
-def _greedy_pass(sampler, fmt, names, sets, style, cfg, seed):
-    """Greedy outputs of every set in ``names`` (all of format ``fmt``) in ``style`` from one
-    sampler call; yields ``(name, outputs)``. Greedy rows draw no random numbers, so pooling the
-    sets changes only how full the batch stays (and, through the batch mix, the float rounding of
-    the logits: at most a rare near-tie flip, as with another ``batch_size``)."""
-    stop = tuple(DROP_STOP_SEQUENCES) if fmt == "drop" else STOP_SEQUENCES
-    prefixes, suffixes = set(), []
-    for name in names:
-        prefix, s = _prompts(fmt, sets[name], style, cfg.n_shots)
-        prefixes.add(prefix)
-        suffixes += s
-    if len(prefixes) != 1:
-        raise AssertionError(f"internal error: the {fmt} sets' {style!r} prefixes differ")
-    prefix = prefixes.pop()
-    outs = sampler.sample(
-        prefix, suffixes, _greedy(cfg, seed, stop), desc=f"eval {'+'.join(names)}/{style}"
-    )
-    yield from zip(names, split_by_sizes(outs, [len(sets[n]) for n in names]), strict=True)
 
 
 def _predictions(records: list[dict], outs: list, score) -> list[dict]:
@@ -420,7 +421,7 @@ def _evaluate_gsm(
 ) -> dict:
     """Metrics of one GSM8K-format set from its greedy outputs per style (``greedy``), plus
     refinement and self-consistency (from ``sampled``: the maj@k samples of its first
-    ``sc_limit`` questions, see ``_sampled_pass``)."""
+    ``sc_limit`` questions, see ``_pooled_pass``)."""
     metrics: dict = {}
     for style in cfg.styles:
         preds = _predictions(
@@ -478,7 +479,7 @@ def _evaluate_drop(
     sampled: list | None,
 ) -> dict:
     """Metrics of one DROP-format set from its greedy outputs per style, plus maj@k from
-    ``sampled`` (see ``_sampled_pass``)."""
+    ``sampled`` (see ``_pooled_pass``)."""
     metrics: dict = {}
     for style in cfg.styles:
         preds = _predictions(

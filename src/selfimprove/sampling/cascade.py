@@ -126,8 +126,7 @@ def tail_layer_class():
 
     ``keys``/``values`` are ``buffer[:, :, :end]``; a decode step writes its column at ``end``
     in place (``DynamicLayer`` concatenates, copying the whole cache every step). When the
-    buffer is full, or ``keys`` was replaced from outside, the next update reallocates with
-    ``_HEADROOM`` spare columns.
+    buffer is full, the next update reallocates with ``_HEADROOM`` spare columns.
     """
     from transformers.cache_utils import DynamicLayer
 
@@ -135,46 +134,34 @@ def tail_layer_class():
         _kb = _vb = None
         _end = 0
 
-        def store(self, keys, values, headroom: int) -> None:
-            b, h, t, d = keys.shape
-            self._kb = keys.new_empty(b, h, t + headroom, d)
-            self._vb = values.new_empty(b, h, t + headroom, values.shape[-1])
-            self._kb[:, :, :t] = keys
-            self._vb[:, :, :t] = values
-            self._end = t
-            self.keys, self.values = self._kb[:, :, :t], self._vb[:, :, :t]
+        def adopt(self, kb, vb, end: int) -> None:
+            """Take buffers ``kb``/``vb`` [B, H, capacity, D] holding data in columns ``:end``."""
+            self._kb, self._vb, self._end = kb, vb, end
+            self.keys, self.values = kb[:, :, :end], vb[:, :, :end]
             self.is_initialized = True
-            self.dtype, self.device = keys.dtype, keys.device
+            self.dtype, self.device = kb.dtype, kb.device
 
         def update(self, key_states, value_states, *args, **kwargs):
-            add = key_states.shape[-2]
-            kb = self._kb
-            if not self.is_initialized or self.keys is None or self.keys.numel() == 0:
-                self.store(key_states, value_states, _HEADROOM)
-            elif (
-                kb is None
-                or self.keys.data_ptr() != kb.data_ptr()
-                or self.keys.shape[:2] != kb.shape[:2]
-                or self.keys.shape[2] != self._end
-                or self._end + add > kb.shape[2]
-            ):
-                keys = torch_cat(self.keys, key_states)
-                self.store(keys, torch_cat(self.values, value_states), _HEADROOM)
+            import torch
+
+            end = self._end + key_states.shape[-2]
+            if self._kb is None or end > self._kb.shape[2]:  # first update, or the buffer is full
+                keys, values = key_states, value_states
+                if self._kb is not None:
+                    keys = torch.cat([self.keys, key_states], dim=-2)
+                    values = torch.cat([self.values, value_states], dim=-2)
+                b, h, t, d = keys.shape
+                kb = keys.new_empty(b, h, t + _HEADROOM, d)
+                vb = values.new_empty(b, h, t + _HEADROOM, values.shape[-1])
+                kb[:, :, :t], vb[:, :, :t] = keys, values
+                self.adopt(kb, vb, t)
             else:
-                end = self._end + add
-                kb[:, :, self._end : end] = key_states
+                self._kb[:, :, self._end : end] = key_states
                 self._vb[:, :, self._end : end] = value_states
-                self._end = end
-                self.keys, self.values = kb[:, :, :end], self._vb[:, :, :end]
+                self.adopt(self._kb, self._vb, end)
             return self.keys, self.values
 
     return TailLayer
-
-
-def torch_cat(a, b):
-    import torch
-
-    return torch.cat([a, b], dim=-2)
 
 
 def rebuild(old, new, new_cache, headroom: int | None = None):
@@ -186,6 +173,7 @@ def rebuild(old, new, new_cache, headroom: int | None = None):
     stay finite).
     """
     import torch
+    import torch.nn.functional as F
 
     headroom = _HEADROOM if headroom is None else headroom
     parts = []
@@ -199,16 +187,13 @@ def rebuild(old, new, new_cache, headroom: int | None = None):
         return None, None, None, None
     width = max(v.shape[1] for _, v, _, _, _ in parts)
     rows = sum(v.shape[0] for _, v, _, _, _ in parts)
-    ref = parts[0][0].layers
     cache = new_cache()
     layer_cls = tail_layer_class()
-    cache.layers = [layer_cls() for _ in ref]
+    cache.layers = [layer_cls() for _ in parts[0][0].layers]
     for li, layer in enumerate(cache.layers):
-        k0 = parts[0][0].layers[li].keys
-        b_h, d_k = k0.shape[1], k0.shape[-1]
-        d_v = parts[0][0].layers[li].values.shape[-1]
-        kb = k0.new_empty(rows, b_h, width + headroom, d_k)
-        vb = k0.new_empty(rows, b_h, width + headroom, d_v)
+        k0, v0 = parts[0][0].layers[li].keys, parts[0][0].layers[li].values
+        kb = k0.new_empty(rows, k0.shape[1], width + headroom, k0.shape[-1])
+        vb = v0.new_empty(rows, v0.shape[1], width + headroom, v0.shape[-1])
         r = 0
         for c, _, _, _, idx in parts:
             k, val = c.layers[li].keys, c.layers[li].values
@@ -218,12 +203,7 @@ def rebuild(old, new, new_cache, headroom: int | None = None):
             kb[r : r + nb, :, width - t : width] = k[idx]
             vb[r : r + nb, :, width - t : width] = val[idx]
             r += nb
-        layer._kb, layer._vb, layer._end = kb, vb, width
-        layer.keys, layer.values = kb[:, :, :width], vb[:, :, :width]
-        layer.is_initialized = True
-        layer.dtype, layer.device = kb.dtype, kb.device
-    import torch.nn.functional as F
-
+        layer.adopt(kb, vb, width)
     valid = torch.cat([F.pad(v, (width - v.shape[1], 0), value=False) for _, v, _, _, _ in parts])
     pos = torch.cat([p for _, _, p, _, _ in parts])
     logits = torch.cat([lg for _, _, _, lg, _ in parts])
