@@ -1,0 +1,45 @@
+"""Where the sampler's time goes: torch.profiler over one ``TransformersSampler.sample`` call.
+
+Same workload as ``benchmarks/sampler.py`` (gsm_symbolic questions, the 8-shot CoT prompt, m = 8,
+T = 0.7, 128 new tokens); prints the sampler's own time split (``last_stats``) and the operator
+table (self CPU time). The README's profile figures came from:
+
+    python benchmarks/sampler_profile.py --n 16 --batch-size 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+
+
+def main(argv: list[str] | None = None) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    from selfimprove.config.methods import GenerateConfig
+    from selfimprove.core.prompts import build_prompt
+    from selfimprove.data.sources import gsm_symbolic_stream
+    from selfimprove.sampling.base import SamplingParams
+    from selfimprove.sampling.transformers_sampler import TransformersSampler
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="data/models/base", help="model folder")
+    ap.add_argument("--n", type=int, default=16, help="questions")
+    ap.add_argument("--batch-size", type=int, default=GenerateConfig().batch_size)
+    ap.add_argument("--rows", type=int, default=30, help="operator rows to print")
+    args = ap.parse_args(argv)
+
+    rows = list(itertools.islice(gsm_symbolic_stream(0, 4 * args.n + 16), args.n))
+    prefix = build_prompt("", "fewshot_cot", 8)[0]
+    suffixes = [build_prompt(r["question"], "fewshot_cot", 8)[1] for r in rows]
+    params = SamplingParams(n=8, temperature=0.7, max_new_tokens=128, stop=("\n\nQ:", "\nQ:"))
+    sampler = TransformersSampler(args.model, batch_size=args.batch_size)
+    sampler.sample(prefix, suffixes[:2], params)  # warm-up
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        sampler.sample(prefix, suffixes, params)
+    print(sampler.last_stats)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
+
+
+if __name__ == "__main__":
+    main()
