@@ -10,10 +10,11 @@ all sharing one DVC cache (``<root>/cache``, so its run cache too), each running
 ``dvc exp run -S method=<m> -S seed=<k> -S data.seed=<data-seed>`` (+ the method's usual
 settings: ``star``/``rest_em`` retrain from the base model each round, as the papers do). The
 data seed is fixed, so every run trains and evaluates on the same questions and only sampling and
-training vary. The first method of each seed runs before the others: round 0's evaluation and
-round 1's sampling (which no method changes) are then restored from the run cache instead of
-recomputed. ``--jobs`` runs that many at once, each with ``OMP_NUM_THREADS=--threads``. A run
-that was killed resumes where DVC left it (rerun the command); a finished one is skipped.
+training vary. The first method of each seed runs before the others of that seed: round 0's
+evaluation and round 1's sampling (which no method changes) are then restored from the run cache
+instead of recomputed. ``--jobs`` runs that many at once, each with
+``OMP_NUM_THREADS=--threads``. A run that was killed resumes where DVC left it (rerun the
+command); a finished one is skipped.
 
 ``table``: per method, the round's accuracy averaged over seeds with a 95% interval (bootstrap
 over seeds and questions), and each method minus the first with a paired interval (same
@@ -82,13 +83,21 @@ def _run_one(root: Path, method: str, seed: int, data_seed: int, threads: int) -
 
 def run(args) -> int:
     args.root.mkdir(parents=True, exist_ok=True)
-    first, rest = args.methods[:1], args.methods[1:]
-    results = []
-    for phase in (first, rest):
-        jobs = [(m, k) for k in args.seeds for m in phase]
-        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            results += list(pool.map(
-                lambda mk: _run_one(args.root, mk[0], mk[1], args.data_seed, args.threads), jobs))
+    first, rest = args.methods[0], args.methods[1:]
+    # The first method of every seed is queued first; each other method of a seed waits for it
+    # (so it finds round 0's evaluation and round 1's sampling in the run cache) while the pool
+    # keeps every worker busy. Waiting never deadlocks: a seed's first run is queued, so
+    # started, before any run that waits for it.
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        firsts = {k: pool.submit(_run_one, args.root, first, k, args.data_seed, args.threads)
+                  for k in args.seeds}
+
+        def after_first(method: str, seed: int) -> dict:
+            firsts[seed].result()
+            return _run_one(args.root, method, seed, args.data_seed, args.threads)
+
+        others = [pool.submit(after_first, m, k) for k in args.seeds for m in rest]
+        results = [f.result() for f in [*firsts.values(), *others]]
     print(json.dumps({"runs": results}))
     return 0 if all(r["rc"] == 0 for r in results) else 1
 

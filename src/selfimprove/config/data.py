@@ -129,7 +129,7 @@ def _default_train() -> SourceConfig:
 def _default_eval() -> dict[str, SourceConfig]:
     """``data.eval`` of params.yaml (tests/unit/test_defaults.py keeps the two equal)."""
     return {
-        "arith_1step": SourceConfig(source="arith", n=100, steps=[1]),
+        "arith_1step": SourceConfig(source="arith", n=240, steps=[1]),
         "arith_2step": SourceConfig(source="arith", n=60, steps=[2]),
         "gsm_symbolic": SourceConfig(source="gsm_symbolic", n=30),
         "drop_gen": SourceConfig(source="drop_gen", n=30),
