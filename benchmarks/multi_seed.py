@@ -18,8 +18,12 @@ command); a finished one is skipped.
 
 ``table``: per method, the round's accuracy averaged over seeds with a 95% interval (bootstrap
 over seeds and questions), and each method minus the first with a paired interval (same
-questions); rounds r0 (the no-training control) and ``--round``. Markdown on stdout, the JSON
-(``compare_runs.py``'s rows) in ``--json``.
+questions); rounds r0 (the no-training control) and ``--round``. Then, per method and paired
+within each run (a seed's two rounds): ``--round`` minus the round before it (the most a stop
+rule before the last round could have gained, negated) and the accuracy the label-free choice of
+round (``tracking.best_by: label_free``) loses against the round truly best on that metric, both
+averaged over seeds with an interval that resamples seeds and questions. Markdown on stdout, the
+JSON (``compare_runs.py``'s rows, ``last_minus_prev``, ``label_free_loss``) in ``--json``.
 """
 
 from __future__ import annotations
@@ -106,6 +110,71 @@ def _fmt(side: dict) -> str:
     return f"{side['mean']:.3f} [{side['lo']:.3f}, {side['hi']:.3f}]"
 
 
+def _fmt_diff(row: dict) -> str:
+    return f"{row['diff']:+.3f} [{row['lo']:+.3f}, {row['hi']:+.3f}]"
+
+
+def _rounds(folder: Path) -> dict[str, dict]:
+    """Every round's nested metrics of one run, by round name."""
+    from selfimprove.core.paths import round_index
+
+    found = sorted(folder.glob("r*/metrics.json"), key=lambda p: round_index(p.parent.name))
+    return {p.parent.name: json.loads(p.read_text()) for p in found}
+
+
+def _within_runs(pairs: list[tuple[tuple, tuple]], cfg: StatsConfig) -> dict:
+    """``b - a`` where a and b come from the same run (two rounds of one seed): the per-question
+    differences of each run, averaged over runs, with an interval that resamples runs and
+    questions (questions every run scored)."""
+    from selfimprove.evaluation.stats import seeds_bootstrap_ci
+
+    sides = [side for pair in pairs for side in pair]
+    common = [q for q in sides[0][0] if all(q in set(ids) for ids, _ in sides[1:])]
+
+    def pick(ids, scores):
+        pos = {q: i for i, q in enumerate(ids)}
+        return [float(scores[pos[q]]) for q in common]
+
+    diffs = [[b - a for a, b in zip(pick(*sa), pick(*sb), strict=True)] for sa, sb in pairs]
+    iv = seeds_bootstrap_ci(diffs, cfg.seed, cfg.n_resamples, cfg.level)
+    return {"diff": iv.estimate, "lo": iv.lo, "hi": iv.hi, "n_questions": len(common),
+            "n_runs": len(pairs)}
+
+
+def _within_rows(folders: list[Path], choose, cfg: StatsConfig) -> list[dict]:
+    """Per shown (set, style, metric): ``choose(rounds_metrics, flat_key) -> (round_a, round_b)``
+    for every run, then :func:`_within_runs` of b - a."""
+    from selfimprove.evaluation.intervals import read_scores
+
+    runs = [(f, _rounds(f)) for f in folders]
+    scores = [{r: read_scores(f / r, m) for r, m in rounds.items()} for f, rounds in runs]
+    keys = set.intersection(*({(st, sy, m) for by_style in sc.values()
+                               for (st, sy), (_, per) in by_style.items() for m in per}
+                              for sc in scores))
+    rows = []
+    for set_name, style, metric in sorted(k for k in keys if k[2] in SHOWN):
+        picks = [choose(rounds, f"{set_name}.{style}.{metric}") for _, rounds in runs]
+        if any(p is None for p in picks):
+            continue
+        pairs = []
+        for (a, b), sc in zip(picks, scores, strict=True):
+            (ids_a, per_a), (ids_b, per_b) = sc[a][(set_name, style)], sc[b][(set_name, style)]
+            pairs.append(((ids_a, per_a[metric]), (ids_b, per_b[metric])))
+        rows.append({"set": set_name, "style": style, "metric": metric,
+                     "rounds": [list(p) for p in picks], **_within_runs(pairs, cfg)})
+    return rows
+
+
+def _label_free_vs_best(rounds: dict[str, dict], key: str) -> tuple[str, str] | None:
+    """(the label-free choice of round, the round truly best on ``key``) of one run."""
+    from selfimprove.evaluation.analysis import flatten_metrics
+    from selfimprove.tracking.selection import choose_round
+
+    flat = {r: flatten_metrics(m) for r, m in rounds.items()}
+    chosen, best = choose_round(flat, "label_free"), choose_round(flat, "metric", key)
+    return None if chosen is None or best is None else (chosen, best)
+
+
 def table(args) -> int:
     cfg = StatsConfig(level=args.level, n_resamples=args.resamples, seed=args.stats_seed)
     folders = {m: [args.root / f"{m}_s{k}" / "data" / "rounds" for k in args.seeds]
@@ -118,9 +187,9 @@ def table(args) -> int:
         return 2
     base = args.methods[0]
     out = {"seeds": args.seeds, "round": args.round, "level": cfg.level, "rows": {}}
-    lines = ["| set / style / metric | r0 (no training) | "
-             + " | ".join(f"{m} {args.round}" for m in args.methods)
-             + " | " + " | ".join(f"{m} − {base}" for m in args.methods[1:]) + " |",
+    lines = ["| " + " | ".join(["set / style / metric", "r0 (no training)",
+                                 *(f"{m} {args.round}" for m in args.methods),
+                                 *(f"{m} − {base}" for m in args.methods[1:])]) + " |",
              "|---" * (2 + 2 * len(args.methods) - 1) + "|"]
     r0 = compare(_load(folders[base], "r0"), _load(folders[base], args.round), cfg)
     by_method = {m: compare(_load(folders[base], args.round), _load(folders[m], args.round), cfg)
@@ -134,8 +203,32 @@ def table(args) -> int:
         others = [next(r for r in by_method[m] if (r["set"], r["style"], r["metric"]) == key)
                   for m in args.methods[1:]]
         cells = [_fmt(row["a"]), _fmt(row["b"]), *(_fmt(o["b"]) for o in others),
-                 *(f"{o['diff']:+.3f} [{o['lo']:+.3f}, {o['hi']:+.3f}]" for o in others)]
+                 *(_fmt_diff(o) for o in others)]
         lines.append(f"| {' / '.join(key)} (n={row['n_questions']}) | " + " | ".join(cells) + " |")
+    # Would a stop rule have helped? With these rounds it can only ever give back the previous
+    # round's model, so the most it can gain is r_prev - r_last, paired within each run.
+    from selfimprove.core.paths import round_index
+
+    prev = f"r{round_index(args.round) - 1}"
+    lines += ["", f"{args.round} − {prev} within each run (what a stop rule before "
+              f"{args.round} could gain, negated), and the accuracy the label-free choice of "
+              "round loses against the truly best round of each run:", "",
+              "| method | set / style / metric | " + f"{args.round} − {prev} | "
+              "label-free loss (best − chosen) | chosen / best rounds per seed |",
+              "|---|---|---|---|---|"]
+    out["last_minus_prev"], out["label_free_loss"] = {}, {}
+    for m in args.methods:
+        steps = _within_rows(folders[m], lambda rounds, _k: (prev, args.round)
+                             if prev in rounds else None, cfg)
+        loss = _within_rows(folders[m], _label_free_vs_best, cfg)  # best - chosen
+        out["last_minus_prev"][m], out["label_free_loss"][m] = steps, loss
+        by_key = {(r["set"], r["style"], r["metric"]): r for r in loss}
+        for row in steps:
+            key = (row["set"], row["style"], row["metric"])
+            lf = by_key.get(key)
+            picks = ", ".join(f"{a}/{b}" for a, b in lf["rounds"]) if lf else "-"
+            lines.append(f"| {m} | {' / '.join(key)} | {_fmt_diff(row)} | "
+                         f"{_fmt_diff(lf) if lf else '-'} | {picks} |")
     print("\n".join(lines))
     if args.json:
         args.json.write_text(json.dumps(out, indent=1) + "\n")

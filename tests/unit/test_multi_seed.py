@@ -15,13 +15,15 @@ def multi_seed(monkeypatch):
     return importlib.import_module("multi_seed")
 
 
-def _round(folder: Path, correct: list[bool]) -> None:
+def _round(folder: Path, correct: list[bool], agreement: float | None = None) -> None:
     (folder / "eval").mkdir(parents=True)
     preds = [{"id": f"q{i}", "correct_strict": c} for i, c in enumerate(correct)]
     (folder / "eval" / "arith__fewshot_cot.jsonl").write_text(
         "".join(json.dumps(p) + "\n" for p in preds)
     )
     metrics = {"arith": {"fewshot_cot": {"n": len(correct), "strict": sum(correct) / len(correct)}}}
+    if agreement is not None:  # what the label-free choice of round ranks by
+        metrics["arith"]["sc"] = {"label_free": {"agreement": agreement, "n": len(correct)}}
     (folder / "metrics.json").write_text(json.dumps(metrics))
 
 
@@ -48,3 +50,27 @@ def test_table_names_missing_runs(tmp_path, multi_seed, capsys):
     rc = multi_seed.main(["table", "--root", str(tmp_path), "--methods", "lmsi", "--seeds", "0"])
     assert rc == 2
     assert "lmsi_s0" in capsys.readouterr().err
+
+
+def test_table_last_round_gain_and_label_free_loss_are_paired_within_runs(
+    tmp_path, multi_seed, capsys
+):
+    n = 40
+    for seed in (0, 1, 2):
+        rounds = tmp_path / f"lmsi_s{seed}/data/rounds"
+        _round(rounds / "r0", [i < 10 for i in range(n)], agreement=0.5)
+        # label-free picks r1 (highest agreement), r2 is truly best: +0.1 in every seed
+        _round(rounds / "r1", [i < 16 for i in range(n)], agreement=0.9)
+        _round(rounds / "r2", [i < 20 for i in range(n)], agreement=0.7)
+    out = tmp_path / "t.json"
+    rc = multi_seed.main(["table", "--root", str(tmp_path), "--methods", "lmsi", "--seeds", "0",
+                          "1", "2", "--json", str(out), "--resamples", "200"])
+    assert rc == 0
+    assert "| lmsi | arith / fewshot_cot / strict | +0.100" in capsys.readouterr().out
+    got = json.loads(out.read_text())
+    (step,) = got["last_minus_prev"]["lmsi"]
+    (loss,) = got["label_free_loss"]["lmsi"]
+    assert step["diff"] == pytest.approx(0.1) and step["n_runs"] == 3
+    # the same gain in every seed: resampling seeds adds nothing, questions still do
+    assert 0 < step["lo"] < 0.1 < step["hi"]
+    assert loss["rounds"] == [["r1", "r2"]] * 3 and loss["diff"] == pytest.approx(0.1)
