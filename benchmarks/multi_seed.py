@@ -165,6 +165,32 @@ def _within_rows(folders: list[Path], choose, cfg: StatsConfig) -> list[dict]:
     return rows
 
 
+# Collapse monitors summarized over seeds (filter.json; precision: analysis only, training labels).
+MONITORS = ("selected_fraction", "mean_agreement", "answer_entropy", "distinct_answers",
+            "mean_path_tokens", "selected_precision")
+
+
+def _monitors(folders: list[Path]) -> dict[str, dict[str, list]]:
+    """Per round, per monitor: the values of every run (seed) that has them."""
+    from selfimprove.core.paths import round_index
+    from selfimprove.evaluation.report import read_labels
+    from selfimprove.evaluation.summaries import monitor_rows
+
+    out: dict[str, dict[str, list]] = {}
+    for folder in folders:
+        rounds = sorted({p.parent.name for p in folder.glob("r*/filter.json")}, key=round_index)
+        labels_path = folder.parent / "prepared" / "train_labels.jsonl"
+        labels = read_labels(labels_path) if labels_path.exists() else None
+        for row in monitor_rows(folder, rounds, labels):
+            name = row["round_name"]
+            stats = json.loads((folder / name / "filter.json").read_text())
+            row["selected_fraction"] = stats.get("selected_fraction")
+            for key in MONITORS:
+                if row.get(key) is not None:
+                    out.setdefault(name, {}).setdefault(key, []).append(row[key])
+    return out
+
+
 def _label_free_vs_best(rounds: dict[str, dict], key: str) -> tuple[str, str] | None:
     """(the label-free choice of round, the round truly best on ``key``) of one run."""
     from selfimprove.evaluation.analysis import flatten_metrics
@@ -229,6 +255,17 @@ def table(args) -> int:
             picks = ", ".join(f"{a}/{b}" for a, b in lf["rounds"]) if lf else "-"
             lines.append(f"| {m} | {' / '.join(key)} | {_fmt_diff(row)} | "
                          f"{_fmt_diff(lf) if lf else '-'} | {picks} |")
+    lines += ["", "Collapse monitors of each round's sampled paths, mean over seeds (min–max); "
+              "precision of the kept majorities uses the training labels (analysis only):", "",
+              "| method | round | " + " | ".join(MONITORS) + " |",
+              "|---|---|" + "---|" * len(MONITORS)]
+    out["monitors"] = {}
+    for m in args.methods:
+        out["monitors"][m] = mon = _monitors(folders[m])
+        for name, values in mon.items():
+            cells = [f"{sum(v) / len(v):.3g} ({min(v):.3g}–{max(v):.3g})" if (v := values.get(k))
+                     else "-" for k in MONITORS]
+            lines.append(f"| {m} | {name} | " + " | ".join(cells) + " |")
     print("\n".join(lines))
     if args.json:
         args.json.write_text(json.dumps(out, indent=1) + "\n")

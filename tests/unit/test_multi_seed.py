@@ -62,6 +62,10 @@ def test_table_last_round_gain_and_label_free_loss_are_paired_within_runs(
         # label-free picks r1 (highest agreement), r2 is truly best: +0.1 in every seed
         _round(rounds / "r1", [i < 16 for i in range(n)], agreement=0.9)
         _round(rounds / "r2", [i < 20 for i in range(n)], agreement=0.7)
+        for name, frac in (("r1", 0.1), ("r2", 0.5 + seed / 10)):
+            (rounds / name / "filter.json").write_text(
+                json.dumps({"selected_fraction": frac, "answer_entropy": 1.0})
+            )
     out = tmp_path / "t.json"
     rc = multi_seed.main(["table", "--root", str(tmp_path), "--methods", "lmsi", "--seeds", "0",
                           "1", "2", "--json", str(out), "--resamples", "200"])
@@ -74,3 +78,6 @@ def test_table_last_round_gain_and_label_free_loss_are_paired_within_runs(
     # the same gain in every seed: resampling seeds adds nothing, questions still do
     assert 0 < step["lo"] < 0.1 < step["hi"]
     assert loss["rounds"] == [["r1", "r2"]] * 3 and loss["diff"] == pytest.approx(0.1)
+    monitors = got["monitors"]["lmsi"]
+    assert monitors["r2"]["selected_fraction"] == [0.5, 0.6, 0.7]
+    assert monitors["r1"]["answer_entropy"] == [1.0] * 3
