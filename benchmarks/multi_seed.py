@@ -11,8 +11,10 @@ all sharing one DVC cache (``<root>/cache``, so its run cache too), each running
 settings: ``star``/``rest_em`` retrain from the base model each round, as the papers do). The
 data seed is fixed, so every run trains and evaluates on the same questions and only sampling and
 training vary. The first method of each seed runs before the others of that seed: round 0's
-evaluation and round 1's sampling (which no method changes) are then restored from the run cache
-instead of recomputed. ``--jobs`` runs that many at once, each with
+evaluation (which no method changes) is then restored from the run cache instead of recomputed.
+(Round 1's sampling is the same too, but in the runs of the README it was recomputed: its run
+cache key differed between clones with identical ``dvc.lock`` entries; not yet understood.)
+``--jobs`` runs that many at once, each with
 ``OMP_NUM_THREADS=--threads``. A run that was killed resumes where DVC left it (rerun the
 command); a finished one is skipped.
 
@@ -167,7 +169,7 @@ def _within_rows(folders: list[Path], choose, cfg: StatsConfig) -> list[dict]:
 
 # Collapse monitors summarized over seeds (filter.json; precision: analysis only, training labels).
 MONITORS = ("selected_fraction", "mean_agreement", "answer_entropy", "distinct_answers",
-            "mean_path_tokens", "selected_precision")
+            "mean_path_tokens", "selected_precision", "kept_precision")
 
 
 def _monitors(folders: list[Path]) -> dict[str, dict[str, list]]:
