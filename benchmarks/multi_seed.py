@@ -143,13 +143,19 @@ def _within_runs(pairs: list[tuple[tuple, tuple]], cfg: StatsConfig) -> dict:
             "n_runs": len(pairs)}
 
 
-def _within_rows(folders: list[Path], choose, cfg: StatsConfig) -> list[dict]:
-    """Per shown (set, style, metric): ``choose(rounds_metrics, flat_key) -> (round_a, round_b)``
-    for every run, then :func:`_within_runs` of b - a."""
+def _read_runs(folders: list[Path]) -> tuple[list, list]:
+    """Every run's rounds' metrics and per-question scores, read once."""
     from selfimprove.evaluation.intervals import read_scores
 
     runs = [(f, _rounds(f)) for f in folders]
     scores = [{r: read_scores(f / r, m) for r, m in rounds.items()} for f, rounds in runs]
+    return runs, scores
+
+
+def _within_rows(read: tuple[list, list], choose, cfg: StatsConfig) -> list[dict]:
+    """Per shown (set, style, metric): ``choose(rounds_metrics, flat_key) -> (round_a, round_b)``
+    for every run (``read``: :func:`_read_runs`), then :func:`_within_runs` of b - a."""
+    runs, scores = read
     keys = set.intersection(*({(st, sy, m) for by_style in sc.values()
                                for (st, sy), (_, per) in by_style.items() for m in per}
                               for sc in scores))
@@ -246,9 +252,10 @@ def table(args) -> int:
               "|---|---|---|---|---|"]
     out["last_minus_prev"], out["label_free_loss"] = {}, {}
     for m in args.methods:
-        steps = _within_rows(folders[m], lambda rounds, _k: (prev, args.round)
+        read = _read_runs(folders[m])
+        steps = _within_rows(read, lambda rounds, _k: (prev, args.round)
                              if prev in rounds else None, cfg)
-        loss = _within_rows(folders[m], _label_free_vs_best, cfg)  # best - chosen
+        loss = _within_rows(read, _label_free_vs_best, cfg)  # best - chosen
         out["last_minus_prev"][m], out["label_free_loss"][m] = steps, loss
         by_key = {(r["set"], r["style"], r["metric"]): r for r in loss}
         for row in steps:
