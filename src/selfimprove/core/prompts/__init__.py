@@ -1,4 +1,6 @@
-"""Prompts for GSM8K-style questions: one code path for sampling, training and evaluation.
+"""Prompts of every task live in this package (GSM8K-style here; one module per other task).
+
+Prompts for GSM8K-style questions: one code path for sampling, training and evaluation.
 
 A prompt is ``prefix + suffix``. The prefix (few-shot exemplars, or nothing) never depends on
 the question, so a sampler can encode it once and reuse its KV cache for every question; the
