@@ -1,6 +1,7 @@
-"""filter stage: select the round's training paths by method (lmsi: self-consistency vote; self:
-the model's own verdict; lmsi_self: both; star/rest_em: the gold; format_only: as many random
-questions as the vote keeps, one random path each) from refined.jsonl; write
+"""filter stage: select the round's training paths from refined.jsonl as the method's recipe says
+(selfimprove.recipes; lmsi: self-consistency vote; self: the model's own verdict; lmsi_self: both;
+star/rest_em: the gold; format_only: as many random questions as the vote keeps, one random path
+each); write
 rationales, the training set, its statistics (filter.json) and the vote's summary (vote.json,
 the DVC metric compared across experiments)."""
 
@@ -9,43 +10,21 @@ import sys
 from selfimprove.core.paths import round_dir, round_seed
 from selfimprove.pipeline import add_round_arg, stage_main
 
-#: filter.json's collapse monitors that vote.json repeats
-COLLAPSE_KEYS = ("answer_entropy", "distinct_answers", "mean_path_tokens")
-
-
-def vote_summary(stats: dict) -> dict:
-    """The few numbers of filter.json worth comparing across experiments (`dvc metrics show`).
-
-    >>> vote_summary({"selected_fraction": 0.5, "mean_agreement": 0.75, "n_kept_paths": 6})
-    {'kept_fraction': 0.5, 'mean_agreement': 0.75, 'n_kept': 6}
-    >>> vote_summary({"selected_fraction": 0.5, "mean_agreement": 0.75, "n_kept_paths": 6,
-    ...               "answer_entropy": 0.4, "distinct_answers": 1.5, "mean_path_tokens": 40.0})
-    ... # doctest: +NORMALIZE_WHITESPACE
-    {'kept_fraction': 0.5, 'mean_agreement': 0.75, 'n_kept': 6, 'answer_entropy': 0.4,
-     'distinct_answers': 1.5, 'mean_path_tokens': 40.0}
-    """
-    return {
-        "kept_fraction": stats["selected_fraction"],  # questions whose vote passed
-        "mean_agreement": stats["mean_agreement"],  # majority share, averaged over questions
-        "n_kept": stats["n_kept_paths"],  # paths that became training data
-        # collapse monitors (methods.filter.collapse_monitors), where filter.json has them
-        **{k: stats[k] for k in COLLAPSE_KEYS if k in stats},
-    }
-
 
 @stage_main(__doc__, add_round_arg)
 def main(args, params):
     from selfimprove.core.io import read_jsonl, write_json, write_jsonl
-    from selfimprove.methods.filter import filter_refined
+    from selfimprove.methods.filter import select, vote_summary
+    from selfimprove.recipes import get_recipe
 
     out = round_dir(args.round)
     records = read_jsonl(out / "refined.jsonl", required=["id", "question", "paths", "answers"])
-    rationales, train, stats = filter_refined(
+    recipe = get_recipe(params.method)
+    rationales, train, stats = select(
         records,
+        recipe,
         params.filter,
-        params.method,
-        require_consistency=params.refine.require_consistency,
-        rest_em_max_per_question=params.refine.rest_em_max_per_question,
+        recipe.knobs(params),
         seed=round_seed(params.seed, args.round),  # format_only's draws
     )
     write_jsonl(out / "rationales.jsonl", rationales)

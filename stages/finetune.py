@@ -1,4 +1,6 @@
 """finetune stage: LoRA (or full) fine-tuning on the round's training set; adapter + merged.
+The method's recipe (selfimprove.recipes) names the objective (sft) and what the train step reads
+(default: the filter's train.jsonl; a recipe may read the round's refined.jsonl itself).
 
 A round with nothing to train on (the filter kept nothing, or every example is too long) is
 recorded as skipped: finetune.json gets `skipped: true`, `skipped_flag: 1` (an MLflow metric) and
@@ -42,13 +44,24 @@ def _relaunch() -> None:
 
 @stage_main(__doc__, _args)
 def main(args, params):
-    from selfimprove.core.io import InputError, read_jsonl, write_json
+    from selfimprove.core.io import InputError, write_json
+    from selfimprove.recipes import get_recipe
     from selfimprove.training.finetune import finetune, is_main_process
 
-    cfg = params.finetune
+    cfg, recipe = params.finetune, get_recipe(params.method)
     start = round_dir("r0" if cfg.init == "base" else args.prev) / "model"
     out = round_dir(args.round)
-    examples = read_jsonl(out / "train.jsonl", required=["prompt", "completion"])
+    if recipe.objective != "sft":
+        raise InputError(
+            f"method {recipe.name}: training objective {recipe.objective!r} is not implemented "
+            "(finetune runs sft)"
+        )
+    examples = recipe.train_inputs(out)  # default: the filter's train.jsonl
+    if any(ex.get("weight", 1) != 1 for ex in examples):
+        raise InputError(
+            f"method {recipe.name}: its examples carry weights, but sft trains every example "
+            "with weight 1; weighted training is not implemented"
+        )
     save_steps = os.environ.get("SELFIMPROVE_SAVE_STEPS", "50")
     if not save_steps.isdigit() or int(save_steps) < 1:
         raise InputError(f"SELFIMPROVE_SAVE_STEPS={save_steps!r}: expected a positive integer")

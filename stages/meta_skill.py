@@ -9,10 +9,10 @@ from selfimprove.pipeline import stage_main
 def main(args, params):
     from selfimprove.core.io import read_jsonl, write_json, write_jsonl
     from selfimprove.methods.meta_skill import meta_skill
-    from selfimprove.methods.table import SELF_METHODS
+    from selfimprove.recipes import get_recipe
 
     seed_records = []
-    if params.method in SELF_METHODS:
+    if get_recipe(params.method).needs_seed_set:
         seed_records = read_jsonl(SEED, required=["id", "question", "answer"])
     out = round_dir("r0")
     corpus, info = meta_skill(

@@ -1,9 +1,10 @@
-"""refine stage: per method, what the round's filter selects from.
+"""refine stage: what the round's filter selects from, as the method's recipe says
+(selfimprove.recipes, `Recipe.refine`).
 
-lmsi, format_only: the samples unchanged. self / lmsi_self: the model's own feedback and
-refinement of every sampled path (no labels). star / rest_em: which paths match the gold (these
-baselines, and only they, read data/prepared/train_labels.jsonl); star also rationalizes
-unsolved questions."""
+none (lmsi, format_only): the samples unchanged. self_refine (self, lmsi_self): the model's own
+feedback and refinement of every sampled path (no labels). gold (star, rest_em): which paths match
+the gold (these baselines, and only they, read data/prepared/train_labels.jsonl); star also
+rationalizes unsolved questions (star.rationalization)."""
 
 from selfimprove.core.paths import TRAIN_LABELS, round_dir, round_seed
 from selfimprove.pipeline import add_round_arg, stage_main
@@ -16,49 +17,47 @@ def _args(p):
 
 @stage_main(__doc__, _args)
 def main(args, params):
+    import logging
+
     from selfimprove.core.io import read_jsonl, write_json, write_jsonl
-    from selfimprove.methods.table import LABEL_METHODS, SELF_METHODS
+    from selfimprove.methods.refine import labels_by_id, refine_round
+    from selfimprove.recipes import get_recipe
 
     out = round_dir(args.round)
     samples = read_jsonl(out / "samples.jsonl", required=["id", "question", "paths", "answers"])
-    method, cfg, seed = params.method, params.refine, round_seed(params.seed, args.round)
-    gen = params.generate
-    stats: dict = {"method": method}
-    if method in SELF_METHODS:
-        from selfimprove.methods.refine import refine_samples
+    recipe, gen = get_recipe(params.method), params.generate
+    if recipe.init is not None and params.finetune.init != recipe.init:
+        logging.getLogger("stages.refine").warning(
+            "method %s: the paper fine-tunes the %s model every round; set "
+            "finetune.init: %s to match it (kept as configured: %s)",
+            recipe.name,
+            recipe.init,
+            recipe.init,
+            params.finetune.init,
+        )
+
+    def sampler():
         from selfimprove.sampling.factory import make_sampler
 
-        sampler = make_sampler(
+        return make_sampler(
             args.model, gen.backend, gen.dtype, gen.batch_size, vllm_engine=gen.vllm_engine
         )
-        records, more = refine_samples(sampler, samples, cfg, seed)
-        stats |= more
-    elif method in LABEL_METHODS:
-        import logging
 
-        from selfimprove.methods.refine import label_records, labels_by_id, star_rationalize
+    def golds() -> dict:
+        return labels_by_id(read_jsonl(TRAIN_LABELS, required=["id", "answer"]), str(TRAIN_LABELS))
 
-        if params.finetune.init != "base":
-            logging.getLogger("stages.refine").warning(
-                "method %s: the paper fine-tunes the base model every round; set "
-                "finetune.init: base to match it (kept as configured: %s)",
-                method,
-                params.finetune.init,
-            )
-
-        labels_path = TRAIN_LABELS
-        golds = labels_by_id(read_jsonl(labels_path, required=["id", "answer"]), str(labels_path))
-        records, more = label_records(samples, golds)
-        stats |= more
-        if method == "star" and cfg.star_rationalization:
-            from selfimprove.sampling.factory import make_sampler
-
-            sampler = make_sampler(
-                args.model, gen.backend, gen.dtype, gen.batch_size, vllm_engine=gen.vllm_engine
-            )
-            stats |= star_rationalize(sampler, records, cfg, gen.n_shots, seed)
-    else:  # lmsi, format_only: nothing to add
-        records = samples
+    knobs = recipe.knobs(params)
+    records, more = refine_round(
+        recipe.refine,
+        samples,
+        params.refine,
+        round_seed(params.seed, args.round),
+        sampler=sampler,
+        golds=golds,
+        rationalize=recipe.rationalize is not None and recipe.rationalize(knobs),
+        n_shots=gen.n_shots,
+    )
+    stats = {"method": recipe.name} | more
     write_jsonl(out / "refined.jsonl", records)
     write_json(out / "refine.json", stats)
     print(f"{args.round}: {stats}")

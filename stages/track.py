@@ -25,7 +25,7 @@ def main(args, params):
         majority_precision,
         verdict_precision,
     )
-    from selfimprove.methods.table import LABEL_METHODS, SELF_METHODS
+    from selfimprove.recipes import get_recipe
     from selfimprove.tracking.health import check_tracking
     from selfimprove.tracking.provenance import dvc_lock_digest, git_info, provenance_tags
     from selfimprove.tracking.runs import DatasetSpec, log_round
@@ -50,8 +50,8 @@ def main(args, params):
             DatasetSpec(out / "train.jsonl", f"{args.round}-train", "training"),
         ]
         refined = out / "refined.jsonl"
-        # lmsi, format_only: refined.jsonl = samples.jsonl (nothing of their own to log)
-        if params.method in SELF_METHODS + LABEL_METHODS and refined.exists():
+        # refine step none (lmsi, format_only): refined.jsonl = samples.jsonl (nothing to log)
+        if get_recipe(params.method).refine != "none" and refined.exists():
             # per path: the model's feedback, verdicts and refined answers (or gold marks)
             datasets.append(DatasetSpec(refined, f"{args.round}-refined", "refinement"))
             refined_records = read_jsonl(refined)

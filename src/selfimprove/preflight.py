@@ -116,11 +116,11 @@ def _looks_local(name: str) -> bool:
 
 def teacher_problems(params: Params, root: Path) -> list[str]:
     """A local ``meta_skill.teacher_model`` (teacher lm, self methods) that is no model folder."""
-    from selfimprove.methods.table import SELF_METHODS
+    from selfimprove.recipes import get_recipe
 
     cfg = params.meta_skill
     name = cfg.teacher_model
-    if params.method not in SELF_METHODS or cfg.teacher != "lm" or not name:
+    if not get_recipe(params.method).needs_seed_set or cfg.teacher != "lm" or not name:
         return []
     p = root / Path(name).expanduser()
     if p.is_dir():
@@ -259,7 +259,7 @@ def _gib(n: float) -> str:
 def _steps(params: Params, root: Path) -> list[tuple]:
     """The sampling steps of the run: (paths key, paths, prompts, prompts per shard, batch key,
     batch size, prompt tokens, max_new_tokens, dtype, backend)."""
-    from selfimprove.methods.table import SELF_METHODS
+    from selfimprove.recipes import get_recipe
 
     g, e, ms = params.generate, params.evaluate, params.meta_skill
     n_train = _n_questions(params.data.train, root)
@@ -278,7 +278,7 @@ def _steps(params: Params, root: Path) -> list[tuple]:
         tokens = _prompt_tokens(e.sc_style, e.n_shots)
         steps.append(("evaluate.sc_paths", e.sc_paths, n_sc, n_sc, "evaluate.batch_size",
                       e.batch_size, tokens, e.max_new_tokens, e.dtype, "transformers"))  # fmt: skip
-    if params.method in SELF_METHODS and params.data.seed_set is not None:
+    if get_recipe(params.method).needs_seed_set and params.data.seed_set is not None:
         n_seed = _n_questions(params.data.seed_set, root)
         tokens = _prompt_tokens("fewshot_cot", ms.n_shots)
         steps.append(("meta_skill.n_initial", ms.n_initial, n_seed, n_seed,

@@ -16,7 +16,7 @@ from selfimprove.config.methods import FilterConfig
 from selfimprove.core.io import read_jsonl, write_jsonl
 from selfimprove.core.prompts import STYLES
 from selfimprove.methods.filter import filter_format_only, filter_refined, filter_samples
-from selfimprove.methods.table import LABEL_METHODS, METHODS, SELF_METHODS
+from selfimprove.recipes import get_recipe
 
 
 def _pool(n: int, unanimous: set[int], m: int = 4) -> list[dict]:
@@ -131,9 +131,8 @@ def test_unusable_questions_are_passed_over():
 
 
 def test_method_table_and_dispatch():
-    m = METHODS["format_only"]
-    assert not m.uses_labels and not m.needs_seed_set and m.filter == "random"
-    assert "format_only" not in SELF_METHODS + LABEL_METHODS
+    m = get_recipe("format_only")
+    assert not m.uses_labels and not m.needs_seed_set and m.refine == "none"
     assert parse_params({"method": "format_only"}).method == "format_only"
     recs = _pool(12, unanimous={0, 1})
     assert filter_refined(recs, CFG, "format_only", seed=5) == filter_format_only(recs, CFG, 5)

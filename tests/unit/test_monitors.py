@@ -8,7 +8,6 @@ import csv
 import math
 
 import pytest
-from tinyproject import import_stage
 
 from selfimprove.config.methods import FilterConfig
 from selfimprove.core.io import write_json, write_jsonl
@@ -16,7 +15,12 @@ from selfimprove.core.voting import answer_entropy, distinct_answers
 from selfimprove.evaluation.analysis import majority_precision
 from selfimprove.evaluation.report import build_report
 from selfimprove.evaluation.summaries import MONITOR_FIELDS, monitor_rows
-from selfimprove.methods.filter import collapse_monitors, filter_refined, filter_samples
+from selfimprove.methods.filter import (
+    collapse_monitors,
+    filter_refined,
+    filter_samples,
+    vote_summary,
+)
 
 
 @pytest.mark.parametrize(
@@ -82,7 +86,6 @@ def test_kept_precision_is_analysis_of_the_kept_paths():
 
 
 def _round(rounds, name, samples, cfg):
-    vote_summary = import_stage("filter").vote_summary
 
     rats, _, stats = filter_samples(samples, cfg)
     d = rounds / name

@@ -19,6 +19,8 @@ from selfimprove.methods.refine import (
     refine_samples,
     star_rationalize,
 )
+from selfimprove.recipes.lmsi_self import LmsiSelfParams
+from selfimprove.recipes.rest_em import RestEmParams
 from selfimprove.sampling.base import Completion
 
 QUESTIONS = {
@@ -237,7 +239,9 @@ def test_lmsi_self_requires_agreement_with_refined_majority():
     _, train, _ = filter_refined(recs, _cfg(), "lmsi_self")
     cot = [t["completion"] for t in train if t["format"] == "fewshot_cot"]
     assert cot == [" Path 1. The answer is 5.", " Path 3. The answer is 5."]
-    _, train, _ = filter_refined(recs, _cfg(), "lmsi_self", require_consistency=False)
+    _, train, _ = filter_refined(
+        recs, _cfg(), "lmsi_self", LmsiSelfParams(require_consistency=False)
+    )
     assert len([t for t in train if t["format"] == "fewshot_cot"]) == 3
     # agreement 0.75 < min_agreement 0.8: nothing kept
     rats, train, _ = filter_refined(recs, _cfg(min_agreement=0.8), "lmsi_self")
@@ -278,7 +282,7 @@ def test_star_and_rest_em():
         " The answer is 3.",
     ]
     assert stats["n_rationalized"] == 1
-    _, train, stats = filter_refined(recs, _cfg(), "rest_em", rest_em_max_per_question=2)
+    _, train, stats = filter_refined(recs, _cfg(), "rest_em", RestEmParams(max_per_question=2))
     cot = [t["id"] for t in train if t["format"] == "zeroshot_cot"]
     assert cot == ["a", "a"]  # capped at 2, no rationalization
     assert stats["n_candidate_paths"] == 3 and stats["n_kept_paths"] == 2

@@ -14,7 +14,7 @@ import difflib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from selfimprove.config.base import Section, clip, short
 from selfimprove.config.data import DataConfig
@@ -24,10 +24,18 @@ from selfimprove.config.tracking import TrackingConfig
 from selfimprove.config.training import BaseModelConfig, FinetuneConfig, WarmstartConfig
 from selfimprove.core.io import InputError
 from selfimprove.core.paths import is_round, round_index
-from selfimprove.methods.table import METHOD_NAMES, SELF_METHODS, method_help
+from selfimprove.recipes import RECIPES, get_recipe, method_help
 
 #: numpy's seeds are 0..2**32-1 and round k adds k to the seed
 MAX_SEED = 2**31 - 1
+#: every method name, the default first (selfimprove.recipes)
+METHOD_NAMES: tuple[str, ...] = tuple(r.name for r in RECIPES)
+#: keys that moved: old dotted key -> new dotted key (an old key is an error naming the new one)
+MOVED_KEYS = {
+    "refine.require_consistency": "lmsi_self.require_consistency",
+    "refine.star_rationalization": "star.rationalization",
+    "refine.rest_em_max_per_question": "rest_em.max_per_question",
+}
 
 
 class ConfigError(InputError):
@@ -39,8 +47,8 @@ class RoundConfig(Section):
     prev: str = Field(description="Round whose model this round starts from: r0 (base) or rK.")
 
 
-class Params(Section):
-    """The whole params.yaml."""
+class _Params(Section):
+    """The whole params.yaml (:class:`Params` adds each method's own section)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -53,7 +61,7 @@ class Params(Section):
     )
     method: Literal[METHOD_NAMES] = Field(  # type: ignore[valid-type]
         METHOD_NAMES[0],
-        description="Self-improvement method (methods.table): "
+        description="Self-improvement method (selfimprove.recipes): "
         + "; ".join(method_help().splitlines()),
     )
     base_model: BaseModelConfig = Field(
@@ -105,7 +113,7 @@ class Params(Section):
     )
 
     @model_validator(mode="after")
-    def _check_cross_section(self) -> Params:
+    def _check_cross_section(self) -> _Params:
         problems = []
         for name, rnd in self.rounds.items():
             if not is_round(name) or name == "r0":
@@ -117,7 +125,7 @@ class Params(Section):
                 )
             elif rnd.prev != "r0" and round_index(rnd.prev) >= round_index(name):
                 problems.append(f"rounds.{name}.prev: {rnd.prev!r} must be an earlier round")
-        if self.method in SELF_METHODS and self.data.seed_set is None:
+        if get_recipe(self.method).needs_seed_set and self.data.seed_set is None:
             problems.append(
                 f"method: {self.method} learns its feedback/refinement meta-skills from labeled "
                 "seed questions; set data.seed_set (e.g. {source: arith, n: 64}) or use "
@@ -155,6 +163,27 @@ class Params(Section):
         return self.seed if self.data.seed is None else self.data.seed
 
 
+#: the whole params.yaml: the shared sections, then each method's own section (named after the
+#: method, e.g. ``star:``), from the recipe list
+Params = create_model(
+    "Params",
+    __base__=_Params,
+    __module__=__name__,
+    **{
+        r.name: (
+            r.params,
+            Field(
+                default_factory=r.params,
+                description=f"Method {r.name}'s own settings (read only when method: {r.name}).",
+            ),
+        )
+        for r in RECIPES
+        if r.params is not None
+    },
+)
+Params.__doc__ = _Params.__doc__
+
+
 def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
     """Field names valid at ``loc`` (for 'did you mean' hints)."""
     for part in loc[:-1]:
@@ -182,7 +211,9 @@ def format_errors(exc: ValidationError, source: str = "params.yaml") -> str:
         key = ".".join(clip(str(p)) for p in err["loc"]) or "(top level)"
         value = err.get("input")
         shown = short(value) if not isinstance(value, dict) else "{…}"
-        if err["type"] == "extra_forbidden":
+        if err["type"] == "extra_forbidden" and key in MOVED_KEYS:
+            lines.append(f"  - {key}: moved to {MOVED_KEYS[key]}; write it there")
+        elif err["type"] == "extra_forbidden":
             known = _known_keys(Params, err["loc"])
             hint = difflib.get_close_matches(str(err["loc"][-1]), known, n=1)
             fix = f"did you mean {hint[0]!r}?" if hint else f"valid keys: {', '.join(known)}"

@@ -114,7 +114,7 @@ VLLM_OWNED_KEYS = {
 
 
 class RefineConfig(Section):
-    """The per-round refine step (self-feedback + self-refinement, or STaR/ReST-EM labels)."""
+    """The per-round refine step (self-feedback + self-refinement, or STaR's rationalization)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -149,20 +149,6 @@ class RefineConfig(Section):
         ge=0,
         description="Give feedback on only the first N sampled paths of each question (cost); the "
         "others get no verdict and are never kept by self/lmsi_self. 0 = all paths.",
-    )
-    require_consistency: bool = Field(
-        True,
-        description="lmsi_self: keep a path only if its refined answer is also the majority "
-        "answer of the question's refined paths (agreement >= filter.min_agreement); false "
-        "keeps every path judged correct (as self does).",
-    )
-    star_rationalization: bool = Field(
-        True,
-        description="star: for a question with no correct path, sample a rationale with the gold "
-        "answer as a hint and keep it if it reaches the gold (the hint is removed in training).",
-    )
-    rest_em_max_per_question: int = Field(
-        4, ge=0, description="rest_em: keep at most this many correct paths per question (0 = all)."
     )
 
 

@@ -1,21 +1,18 @@
-"""The LMSI filter step: majority-vote each question's sampled paths, keep the agreeing ones,
-and turn them into training examples in several prompt formats (pure, deterministic).
+"""The filter step: one selection loop (:func:`select`) for every method -- the method's recipe
+(:mod:`selfimprove.recipes`) says which paths of a question are eligible -- turning the kept
+paths into training examples in several prompt formats (pure, deterministic).
 
-Huang et al. 2022 ("Large Language Models Can Self-Improve") keep every path whose answer is
-the majority answer (``min_agreement: 0``) and train on four formats: few-shot and zero-shot
-prompts with a chain-of-thought completion, and the same with a direct "The answer is N."
-completion. A rationale is trained on as generated, only cleaned up so that it ends with its
-answer sentence: text after the last "The answer is N" is dropped, and a path whose answer
-was found without that sentence gets " The answer is N." appended.
+For lmsi, Huang et al. 2022 ("Large Language Models Can Self-Improve") keep every path whose
+answer is the majority answer (``min_agreement: 0``) and train on four formats: few-shot and
+zero-shot prompts with a chain-of-thought completion, and the same with a direct "The answer is
+N." completion. A rationale is trained on as generated, only cleaned up so that it ends with its
+answer sentence: text after the last "The answer is N" is dropped, and a path whose answer was
+found without that sentence gets " The answer is N." appended.
 """
 
 from __future__ import annotations
 
-import random
-import re
-
 from selfimprove.config.methods import FilterConfig
-from selfimprove.core.answers import cut_at_stop, extract_answer, strict_answer_span
 from selfimprove.core.io import InputError
 from selfimprove.core.prompts import STYLES, build_prompt, direct_completion, is_cot
 from selfimprove.core.voting import (
@@ -24,79 +21,10 @@ from selfimprove.core.voting import (
     distinct_answers,
     majority_vote,
 )
-from selfimprove.methods.table import METHODS, SELF_METHODS
+from selfimprove.recipes import format_only, get_recipe, lmsi
+from selfimprove.recipes.base import Recipe, Round, finalize_path, keep_paths, rationale_record
 
-_ANSWER_TAIL = re.compile(r"[*}]*\.?")
-
-
-def finalize_path(path: str, answer: str) -> str | None:
-    """A kept path as a training rationale ending in its answer sentence, or ``None`` if it is
-    empty or its own "The answer is ..." contradicts ``answer``.
-
-    The path is cut at stop sequences and stripped; text after the last "The answer is N" is
-    dropped (its "." is kept or added); a path with no such sentence gets one appended.
-
-    >>> finalize_path("9 * 2 = 18. The answer is $18. Janet is happy.\\n\\nQ: ...", "18")
-    '9 * 2 = 18. The answer is $18.'
-    >>> finalize_path("She makes 9 * 2 = 18 dollars", "18")
-    'She makes 9 * 2 = 18 dollars. The answer is 18.'
-    >>> finalize_path("The answer is 17.", "18") is None
-    True
-    """
-    text = cut_at_stop(path).strip()
-    if not text:
-        return None
-    span = strict_answer_span(text)
-    if span is not None:
-        _, end, stated = span
-        if stated != answer:
-            return None
-        end = _ANSWER_TAIL.match(text, end).end()
-        text = text[:end]
-        return text if text.endswith(".") else text + "."
-    if text[-1] not in ".!?":
-        text += "."
-    return f"{text} The answer is {answer}."
-
-
-def keep_paths(
-    paths: list[str], answers: list, eligible: list[bool], cap: int, dedupe: bool
-) -> tuple[list[bool], list[str], list[str], dict[str, int]]:
-    """Which eligible paths become training rationales: in order, at most ``cap`` (0 = all),
-    each cleaned by :func:`finalize_path` (unusable ones dropped), duplicates dropped when
-    ``dedupe``. Returns ``(kept flags, texts, their answers, counts)``, counts of the
-    ``candidates`` (eligible paths), ``unusable`` and ``duplicates`` paths.
-
-    >>> kept, texts, _, counts = keep_paths(
-    ...     ["3 + 2 = 5.", "3 + 2 = 5.", "The answer is 4.", "2 + 3 = 5."],
-    ...     ["5", "5", "5", "5"], [True, True, True, False], cap=0, dedupe=True)
-    >>> kept, texts, counts
-    ([True, False, False, False], ['3 + 2 = 5. The answer is 5.'], {'candidates': 3, \
-'unusable': 1, 'duplicates': 1})
-    """
-    kept = [False] * len(paths)
-    texts: list[str] = []
-    kept_answers: list[str] = []
-    counts = {"candidates": 0, "unusable": 0, "duplicates": 0}
-    seen: set[str] = set()
-    for j, (path, answer) in enumerate(zip(paths, answers, strict=True)):
-        if not eligible[j]:
-            continue
-        counts["candidates"] += 1
-        if cap and len(texts) >= cap:
-            continue
-        text = finalize_path(path, answer)
-        if text is None:
-            counts["unusable"] += 1
-            continue
-        if dedupe and text in seen:
-            counts["duplicates"] += 1
-            continue
-        seen.add(text)
-        kept[j] = True
-        texts.append(text)
-        kept_answers.append(answer)
-    return kept, texts, kept_answers, counts
+__all__ = ["finalize_path", "keep_paths", "select", "filter_samples", "filter_format_only"]
 
 
 def _check_sample(i: int, s: object) -> tuple[str | int, str, list[str], list[str | None]]:
@@ -136,15 +64,18 @@ def _add_examples(
     answer: str,
     formats: list[str],
     n_shots: int,
+    weight: float = 1.0,
 ) -> None:
     """Append one question's training examples: every kept path in each CoT format, one
-    "The answer is N." completion in each direct format."""
+    "The answer is N." completion in each direct format (``weight``: written when not 1)."""
+    extra = {} if weight == 1 else {"weight": weight}
     for fmt in formats:
         prefix, suffix = build_prompt(question, fmt, n_shots)
         completions = [" " + t for t in texts] if is_cot(fmt) else [direct_completion(answer)]
         for completion in completions:
             train.append(
                 {"id": qid, "format": fmt, "prompt": prefix + suffix, "completion": completion}
+                | extra
             )
         per_format[fmt] += len(completions)
 
@@ -200,19 +131,139 @@ def collapse_monitors(samples: list[dict]) -> dict:
     return out
 
 
-def filter_samples(samples: list[dict], cfg: FilterConfig) -> tuple[list[dict], list[dict], dict]:
-    """Vote, select and format: returns ``(rationales, train_examples, stats)``.
+#: filter.json's collapse monitors that vote.json repeats
+COLLAPSE_KEYS = ("answer_entropy", "distinct_answers", "mean_path_tokens")
 
-    ``samples``: ``{"id", "question", "paths": [str], "answers": [str | None]}`` per question.
+
+def vote_summary(stats: dict) -> dict:
+    """The few numbers of filter.json worth comparing across experiments (`dvc metrics show`).
+
+    >>> vote_summary({"selected_fraction": 0.5, "mean_agreement": 0.75, "n_kept_paths": 6})
+    {'kept_fraction': 0.5, 'mean_agreement': 0.75, 'n_kept': 6}
+    >>> vote_summary({"selected_fraction": 0.5, "mean_agreement": 0.75, "n_kept_paths": 6,
+    ...               "answer_entropy": 0.4, "distinct_answers": 1.5, "mean_path_tokens": 40.0})
+    ... # doctest: +NORMALIZE_WHITESPACE
+    {'kept_fraction': 0.5, 'mean_agreement': 0.75, 'n_kept': 6, 'answer_entropy': 0.4,
+     'distinct_answers': 1.5, 'mean_path_tokens': 40.0}
+    """
+    return {
+        "kept_fraction": stats["selected_fraction"],  # questions whose vote passed
+        "mean_agreement": stats["mean_agreement"],  # majority share, averaged over questions
+        "n_kept": stats["n_kept_paths"],  # paths that became training data
+        # collapse monitors (methods.filter.collapse_monitors), where filter.json has them
+        **{k: stats[k] for k in COLLAPSE_KEYS if k in stats},
+    }
+
+
+def _check_records(records: list[dict], recipe: Recipe) -> None:
+    """Every record well-formed, ids unique, and the keys the recipe reads present."""
+    seen_ids: set[str | int] = set()
+    for i, rec in enumerate(records):
+        qid, _, paths, _ = _check_sample(i, rec)
+        if qid in seen_ids:
+            raise InputError(
+                f"sample {i + 1}: id {qid!r} appears twice; each question needs a unique id"
+            )
+        seen_ids.add(qid)
+        for key in recipe.needs_keys:
+            if key not in rec:
+                raise InputError(
+                    f"record {i + 1} (id={rec.get('id')!r}): missing key {key!r} needed by "
+                    f"method {recipe.name!r}; refined.jsonl was written for another method, rerun "
+                    "the refine stage (dvc repro)"
+                )
+            value = rec[key]
+            if key not in recipe.scalar_keys and (
+                not isinstance(value, list) or len(value) != len(paths)
+            ):
+                raise InputError(
+                    f"record {i + 1} (id={rec.get('id')!r}): {key!r} must be a list with one "
+                    f"entry per path ({len(paths)}); rerun the refine stage"
+                )
+
+
+def select(
+    records: list[dict], recipe: Recipe, cfg: FilterConfig, knobs=None, seed: int = 0
+) -> tuple[list[dict], list[dict], dict]:
+    """The one selection loop of every method: returns ``(rationales, train_examples, stats)``.
+
+    ``records``: refined.jsonl (``{"id", "question", "paths": [str], "answers": [str | None]}``
+    plus what the recipe's refine step adds). Per question the recipe's ``choose`` says which
+    paths are eligible, the vote and the direct-format answer; the eligible paths are kept in
+    order, at most ``recipe.max_paths`` (0 = all), cleaned by :func:`finalize_path` (unusable ones
+    dropped) and deduplicated (``cfg.dedupe``). A selected question becomes training examples:
+    each kept path in every enabled CoT format, one direct answer in every enabled direct format.
+    ``knobs``: the method's own params section (None: its defaults); ``seed``: the round's seed
+    (random draws of a recipe). Order follows the input.
+
+    ``stats``: n_questions, n_selected, selected_fraction, n_paths, the recipe's path counters
+    (``recipe.path_stats``) and own counters, n_train_examples, n_train_<format>,
+    mean_agreement, no_answer_rate, agreement_histogram, and the collapse monitors
+    (:func:`collapse_monitors`).
+
+    >>> recs = [{"id": "q1", "question": "Tom has 3 apples and buys 2. How many?",
+    ...          "paths": ["3 + 2 = 6.", "3 + 2 = 5."], "answers": ["6", "5"],
+    ...          "refined_paths": ["3 + 2 = 5.", "3 + 2 = 5."], "refined_answers": ["5", "5"],
+    ...          "final_verdicts": [True, None]}]
+    >>> cfg = FilterConfig(formats={"fewshot_cot": False, "fewshot_direct": False,
+    ...                             "zeroshot_cot": True, "zeroshot_direct": True})
+    >>> rats, train, stats = select(recs, get_recipe("self"), cfg)
+    >>> [(t["format"], t["completion"]) for t in train]
+    [('zeroshot_cot', ' 3 + 2 = 5. The answer is 5.'), ('zeroshot_direct', ' The answer is 5.')]
+    >>> rats[0]["kept"], stats["n_verdict_correct"], stats["n_verdict_none"]
+    ([True, False], 1, 1)
+    """
+    if knobs is None and recipe.params is not None:
+        knobs = recipe.params()
+    _check_records(records, recipe)
+    rnd = Round(cfg, knobs, seed, select_with=lambda other: select(records, other, cfg, None, seed))
+    plan = recipe.plan(records, rnd) if recipe.plan is not None else None
+    rnd = Round(cfg, knobs, seed, plan, rnd.select_with)
+    formats = cfg.formats.enabled()
+    cap = recipe.max_paths(cfg, knobs)
+    rationales: list[dict] = []
+    train: list[dict] = []
+    per_format = dict.fromkeys(STYLES, 0)
+    agreements: list[float] = []
+    paths_total = {"candidates": 0, "kept": 0, "duplicates": 0, "unusable": 0}
+    extra = dict.fromkeys(recipe.extra_stats, 0)
+    n_paths = n_no_answer = 0
+    for i, rec in enumerate(records):
+        choice = recipe.choose(i, rec, rnd)
+        n_paths += len(rec["paths"])
+        n_no_answer += sum(a is None for a in choice.answers[: len(rec["paths"])])
+        agreements.append(choice.agreement)
+        for key, n in choice.counts.items():
+            extra[key] = extra.get(key, 0) + n
+        kept, texts, kept_answers, counts = keep_paths(
+            choice.paths, choice.answers, choice.eligible, cap, cfg.dedupe
+        )
+        for key in ("candidates", "unusable", "duplicates"):
+            paths_total[key] += counts[key]
+        paths_total["kept"] += len(texts)
+        selected = bool(texts) if choice.selected is None else choice.selected
+        if selected:
+            direct = choice.direct if choice.direct is not None else majority_vote(kept_answers)[0]
+            _add_examples(train, per_format, rec["id"], rec["question"], texts, direct, formats,
+                          cfg.n_shots, choice.weight)  # fmt: skip
+        rationales.append(rationale_record(recipe, rec, choice, kept, texts, selected))
+    counters = {name: paths_total[key] for key, name in recipe.path_stats.items()}
+    stats = _stats(rationales, train, per_format, agreements, n_paths=n_paths,
+                   n_no_answer=n_no_answer, **counters)  # fmt: skip
+    stats |= extra
+    if isinstance(plan, dict):
+        stats |= plan.get("stats", {})
+    return rationales, train, stats | collapse_monitors(records)
+
+
+def filter_samples(samples: list[dict], cfg: FilterConfig) -> tuple[list[dict], list[dict], dict]:
+    """lmsi's filter (:mod:`selfimprove.recipes.lmsi`): vote, select and format.
+
     ``rationales``: one record per question with ``majority``, ``agreement``, ``kept`` (per
     path: it went into the training set) and ``selected`` (``agreement >= min_agreement``
-    and a majority exists). ``train_examples``: ``{"id", "format", "prompt", "completion"}``:
-    per selected question, each kept path in every enabled CoT format and one direct answer
-    in every enabled direct format. Order follows the input; nothing is random.
-    ``stats``: n_questions, n_selected, selected_fraction, n_paths, n_agreeing_paths (agree
-    with the majority of a selected question), n_kept_paths, n_duplicate_paths,
-    n_unusable_paths (empty, or their "The answer is" states another number), n_train_examples,
-    n_train_<format> for each format, mean_agreement, no_answer_rate, agreement_histogram.
+    and a majority exists). ``stats`` as :func:`select`'s, with n_agreeing_paths (agree with the
+    majority of a selected question), n_kept_paths, n_duplicate_paths, n_unusable_paths (empty,
+    or their "The answer is" states another number).
 
     >>> samples = [
     ...     {"id": "q1", "question": "Tom has 3 apples and buys 2. How many?",
@@ -236,88 +287,14 @@ def filter_samples(samples: list[dict], cfg: FilterConfig) -> tuple[list[dict], 
     >>> stats["n_selected"], stats["n_kept_paths"], stats["no_answer_rate"]
     (2, 2, 0.1667)
     """
-    formats = cfg.formats.enabled()
-    cap = cfg.max_paths_per_question
-    rationales: list[dict] = []
-    train: list[dict] = []
-    per_format = dict.fromkeys(STYLES, 0)
-    seen_ids: set[str | int] = set()
-    agreements: list[float] = []
-    n_paths = n_no_answer = n_agreeing = n_kept = n_duplicates = n_unusable = 0
-
-    for i, sample in enumerate(samples):
-        qid, question, paths, answers = _check_sample(i, sample)
-        if qid in seen_ids:
-            raise InputError(
-                f"sample {i + 1}: id {qid!r} appears twice; each question needs a unique id"
-            )
-        seen_ids.add(qid)
-        majority, agreement = majority_vote(answers)
-        selected = majority is not None and agreement >= cfg.min_agreement
-        n_paths += len(paths)
-        n_no_answer += sum(a is None for a in answers)
-        agreements.append(agreement)
-
-        kept = [False] * len(paths)
-        rationales_kept: list[str] = []
-        if selected:
-            eligible = [a == majority for a in answers]
-            kept, rationales_kept, _, counts = keep_paths(paths, answers, eligible, cap, cfg.dedupe)
-            n_agreeing += counts["candidates"]
-            n_unusable += counts["unusable"]
-            n_duplicates += counts["duplicates"]
-            n_kept += len(rationales_kept)
-
-            _add_examples(
-                train, per_format, qid, question, rationales_kept, majority, formats, cfg.n_shots
-            )
-
-        rationales.append(
-            {
-                "id": qid,
-                "question": question,
-                "paths": paths,
-                "answers": answers,
-                "majority": majority,
-                "agreement": agreement,
-                "kept": kept,
-                "selected": selected,
-            }
-        )
-
-    stats = _stats(
-        rationales,
-        train,
-        per_format,
-        agreements,
-        n_paths=n_paths,
-        n_agreeing_paths=n_agreeing,
-        n_kept_paths=n_kept,
-        n_duplicate_paths=n_duplicates,
-        n_unusable_paths=n_unusable,
-        n_no_answer=n_no_answer,
-    )
-    return rationales, train, stats | collapse_monitors(samples)
-
-
-# ---------------------------------------------------------------------------- format-only control
+    return select(samples, lmsi.RECIPE, cfg)
 
 
 def filter_format_only(
     records: list[dict], cfg: FilterConfig, seed: int = 0
 ) -> tuple[list[dict], list[dict], dict]:
-    """The format-only control (method ``format_only``): train on the model's own paths in the
-    same formats, *without* the vote. Like :func:`filter_samples`, returns ``(rationales,
-    train_examples, stats)``.
-
-    It trains on as many questions as LMSI would with the same ``cfg`` (the questions
-    :func:`filter_samples` keeps a path of), but draws them at random from the whole pool
-    (seeded by ``seed``), one path each drawn at random among the question's usable paths (an
-    answer was extracted and :func:`finalize_path` keeps it; its own answer is the direct
-    formats' completion). Which questions won the vote never matters, only how many did; a
-    question without a usable path is passed over for the next drawn one (every question LMSI
-    keeps has one, so the pool always suffices; ``n_short``, the draws left unfilled, is a
-    check that stays 0). ``majority`` / ``agreement`` in the rationales are analysis only.
+    """The format-only control (:mod:`selfimprove.recipes.format_only`); ``seed`` draws its
+    questions and paths.
 
     >>> recs = [{"id": f"q{i}", "question": f"What is {i} + 1?",
     ...          "paths": [f"{i} + 1 = {i + 1}.", "It is 0."], "answers": [str(i + 1), "0"]}
@@ -330,222 +307,11 @@ def filter_format_only(
     >>> [r["id"] for r in rats if r["selected"]], len(train)  # not q0: drawn from the pool
     (['q5'], 4)
     """
-    lmsi, _, _ = filter_samples(records, cfg)  # validates the records too
-    n_target = sum(any(r["kept"]) for r in lmsi)
-    rng = random.Random(f"format_only:{seed}")
-    order = list(range(len(records)))
-    rng.shuffle(order)
-    picks: dict[int, tuple[int, str]] = {}
-    for i in order:
-        if len(picks) == n_target:
-            break
-        usable = [
-            (j, text)
-            for j, (p, a) in enumerate(zip(records[i]["paths"], records[i]["answers"], strict=True))
-            if a is not None and (text := finalize_path(p, a)) is not None
-        ]
-        if usable:
-            picks[i] = rng.choice(usable)
-    formats = cfg.formats.enabled()
-    rationales: list[dict] = []
-    train: list[dict] = []
-    per_format = dict.fromkeys(STYLES, 0)
-    n_paths = n_no_answer = 0
-    for i, (rec, voted) in enumerate(zip(records, lmsi, strict=True)):
-        paths, answers = rec["paths"], rec["answers"]
-        n_paths += len(paths)
-        n_no_answer += sum(a is None for a in answers)
-        kept, texts = [False] * len(paths), []
-        if i in picks:
-            j, text = picks[i]
-            kept[j], texts = True, [text]
-            _add_examples(
-                train, per_format, rec["id"], rec["question"], texts, answers[j], formats,
-                cfg.n_shots,
-            )  # fmt: skip
-        rationales.append(
-            {
-                "id": rec["id"],
-                "question": rec["question"],
-                "paths": paths,
-                "answers": answers,
-                "majority": voted["majority"],
-                "agreement": voted["agreement"],
-                "kept": kept,
-                "kept_texts": texts,
-                "selected": i in picks,
-                "method": "format_only",
-            }
-        )
-    stats = _stats(
-        rationales,
-        train,
-        per_format,
-        [r["agreement"] for r in lmsi],
-        n_paths=n_paths,
-        n_kept_paths=len(picks),
-        n_no_answer=n_no_answer,
-    )
-    stats |= {"n_lmsi_questions": n_target, "n_short": n_target - len(picks)}
-    return rationales, train, stats | collapse_monitors(records)
-
-
-# ---------------------------------------------------------------------------- other methods
-
-
-_NEEDS = {
-    "self": ("refined_paths", "refined_answers", "final_verdicts"),
-    "lmsi_self": ("refined_paths", "refined_answers", "final_verdicts"),
-    "star": ("gold", "correct"),
-    "rest_em": ("gold", "correct"),
-}
-
-
-def _check_method_keys(i: int, rec: dict, method: str, n_paths: int) -> None:
-    for key in _NEEDS[method]:
-        if key not in rec:
-            raise InputError(
-                f"record {i + 1} (id={rec.get('id')!r}): missing key {key!r} needed by method "
-                f"{method!r}; refined.jsonl was written for another method, rerun the refine "
-                "stage (dvc repro)"
-            )
-        value = rec[key]
-        if key != "gold" and (not isinstance(value, list) or len(value) != n_paths):
-            raise InputError(
-                f"record {i + 1} (id={rec.get('id')!r}): {key!r} must be a list with one entry "
-                f"per path ({n_paths}); rerun the refine stage"
-            )
+    return select(records, format_only.RECIPE, cfg, seed=seed)
 
 
 def filter_refined(
-    records: list[dict],
-    cfg: FilterConfig,
-    method: str = "lmsi",
-    require_consistency: bool = True,
-    rest_em_max_per_question: int = 4,
-    seed: int = 0,
+    records: list[dict], cfg: FilterConfig, method: str = "lmsi", knobs=None, seed: int = 0
 ) -> tuple[list[dict], list[dict], dict]:
-    """Select training paths by ``method`` from refine-stage records; like
-    :func:`filter_samples`, returns ``(rationales, train_examples, stats)``.
-
-    * ``lmsi``: exactly :func:`filter_samples` (majority vote over the sampled answers).
-    * ``self``: refined paths whose final self-verdict is "correct"; direct formats answer with
-      the most common kept answer.
-    * ``lmsi_self``: the majority vote over the *refined* answers (``min_agreement``) and, with
-      ``require_consistency``, only verdict-correct paths that agree with it.
-    * ``star``: paths whose answer matches the gold, plus the rationalization of an unsolved
-      question when it reached the gold; direct formats answer with the gold.
-    * ``rest_em``: paths whose answer matches the gold, at most ``rest_em_max_per_question``
-      (0 = all) per question (instead of ``max_paths_per_question``).
-    * ``format_only``: :func:`filter_format_only` (the no-vote control; ``seed`` draws its
-      questions and paths).
-
-    Kept paths are cleaned by :func:`finalize_path`, deduplicated and capped as in LMSI.
-
-    >>> recs = [{"id": "q1", "question": "Tom has 3 apples and buys 2. How many?",
-    ...          "paths": ["3 + 2 = 6.", "3 + 2 = 5."], "answers": ["6", "5"],
-    ...          "refined_paths": ["3 + 2 = 5.", "3 + 2 = 5."], "refined_answers": ["5", "5"],
-    ...          "final_verdicts": [True, None]}]
-    >>> cfg = FilterConfig(formats={"fewshot_cot": False, "fewshot_direct": False,
-    ...                             "zeroshot_cot": True, "zeroshot_direct": True})
-    >>> rats, train, stats = filter_refined(recs, cfg, "self")
-    >>> [(t["format"], t["completion"]) for t in train]
-    [('zeroshot_cot', ' 3 + 2 = 5. The answer is 5.'), ('zeroshot_direct', ' The answer is 5.')]
-    >>> rats[0]["kept"], stats["n_verdict_correct"], stats["n_verdict_none"]
-    ([True, False], 1, 1)
-    """
-    if method == "lmsi":
-        return filter_samples(records, cfg)
-    if method == "format_only":
-        return filter_format_only(records, cfg, seed)
-    if method not in _NEEDS:
-        raise InputError(f"method {method!r} is not one of {', '.join(METHODS)}")
-    formats = cfg.formats.enabled()
-    cap = rest_em_max_per_question if method == "rest_em" else cfg.max_paths_per_question
-    rationales: list[dict] = []
-    train: list[dict] = []
-    per_format = dict.fromkeys(STYLES, 0)
-    seen_ids: set[str | int] = set()
-    agreements: list[float] = []
-    n_paths = n_no_answer = n_candidates = n_kept = n_duplicates = n_unusable = 0
-    n_verdict_correct = n_verdict_none = n_rationalized = 0
-
-    for i, rec in enumerate(records):
-        qid, question, paths, answers = _check_sample(i, rec)
-        if qid in seen_ids:
-            raise InputError(
-                f"record {i + 1}: id {qid!r} appears twice; each question needs a unique id"
-            )
-        seen_ids.add(qid)
-        _check_method_keys(i, rec, method, len(paths))
-        n_paths += len(paths)
-        if method in SELF_METHODS:
-            final_paths, final_answers = rec["refined_paths"], rec["refined_answers"]
-            verdicts = rec["final_verdicts"]
-            n_verdict_correct += sum(v is True for v in verdicts)
-            n_verdict_none += sum(v is None for v in verdicts)
-            ok = [v is True for v in verdicts]
-            majority, agreement = majority_vote(final_answers)
-            if method == "lmsi_self" and require_consistency:
-                agree = majority is not None and agreement >= cfg.min_agreement
-                ok = [o and agree and a == majority for o, a in zip(ok, final_answers, strict=True)]
-            direct = majority if method == "lmsi_self" else None
-        else:
-            final_paths, final_answers = list(paths), list(answers)
-            ok = [bool(c) for c in rec["correct"]]
-            majority, agreement = majority_vote(answers)
-            direct = rec["gold"]
-            if method == "star" and rec.get("rationalization_correct"):
-                final_paths.append(rec["rationalization"])
-                final_answers.append(extract_answer(rec["rationalization"]))
-                ok.append(True)
-                n_rationalized += 1
-        n_no_answer += sum(a is None for a in final_answers[: len(paths)])
-        agreements.append(agreement)
-
-        eligible = [o and a is not None for o, a in zip(ok, final_answers, strict=True)]
-        kept, texts, kept_answers, counts = keep_paths(
-            final_paths, final_answers, eligible, cap, cfg.dedupe
-        )
-        n_candidates += counts["candidates"]
-        n_unusable += counts["unusable"]
-        n_duplicates += counts["duplicates"]
-        n_kept += len(texts)
-        selected = bool(texts)
-        if selected:
-            if direct is None:
-                direct = majority_vote(kept_answers)[0]
-            _add_examples(train, per_format, qid, question, texts, direct, formats, cfg.n_shots)
-        rationales.append(
-            {
-                "id": qid,
-                "question": question,
-                "paths": paths,
-                "answers": answers,
-                "final_answers": final_answers,
-                "majority": majority,
-                "agreement": agreement,
-                "kept": kept,
-                "kept_texts": texts,
-                "selected": selected,
-                "method": method,
-            }
-        )
-
-    stats = _stats(
-        rationales,
-        train,
-        per_format,
-        agreements,
-        n_paths=n_paths,
-        n_candidate_paths=n_candidates,
-        n_kept_paths=n_kept,
-        n_duplicate_paths=n_duplicates,
-        n_unusable_paths=n_unusable,
-        n_no_answer=n_no_answer,
-    )
-    if method in SELF_METHODS:
-        stats |= {"n_verdict_correct": n_verdict_correct, "n_verdict_none": n_verdict_none}
-    if method == "star":
-        stats["n_rationalized"] = n_rationalized
-    return rationales, train, stats | collapse_monitors(records)
+    """:func:`select` with method ``method``'s recipe (``knobs``: its params section)."""
+    return select(records, get_recipe(method), cfg, knobs, seed)

@@ -243,10 +243,10 @@ def meta_skill(
     backend (``generate.backend``; ``None`` = that key's default); ``vllm_engine``:
     ``generate.vllm_engine``.
     """
-    from selfimprove.methods.table import SELF_METHODS
+    from selfimprove.recipes import get_recipe
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
-    if method not in SELF_METHODS:
+    if not get_recipe(method).needs_seed_set:
         copy_model(model_dir, out_dir)
         return [], {"enabled": False, "method": method, "n_corpus": 0}
     if not seed_records:

@@ -337,3 +337,34 @@ def star_rationalize(
         r["rationalization_correct"] = good
         ok += good
     return {"n_rationalization_tried": len(todo), "n_rationalized": ok}
+
+
+def refine_round(
+    step: str,
+    samples: list[dict],
+    cfg: RefineConfig,
+    seed: int,
+    sampler,
+    golds,
+    rationalize: bool = False,
+    n_shots: int = 4,
+) -> tuple[list[dict], dict]:
+    """A round's refine step, as the method's recipe names it (``Recipe.refine``): ``none``
+    (the samples unchanged), ``self_refine`` (:func:`refine_samples`) or ``gold``
+    (:func:`label_records`, and with ``rationalize`` :func:`star_rationalize`). ``sampler()`` /
+    ``golds()`` make the sampler / read the gold answers, called only when the step needs them.
+    Returns ``(records, stats)``.
+
+    >>> refine_round("none", [{"id": 1}], None, 0, sampler=None, golds=None)
+    ([{'id': 1}], {})
+    """
+    if step == "self_refine":
+        return refine_samples(sampler(), samples, cfg, seed)
+    if step == "gold":
+        records, stats = label_records(samples, golds())
+        if rationalize:
+            stats |= star_rationalize(sampler(), records, cfg, n_shots, seed)
+        return records, stats
+    if step != "none":
+        raise ValueError(f"unknown refine step {step!r}; use none, self_refine or gold")
+    return samples, {}
