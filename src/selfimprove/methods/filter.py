@@ -21,8 +21,10 @@ from selfimprove.core.voting import (
     distinct_answers,
     majority_vote,
 )
-from selfimprove.recipes import format_only, get_recipe, lmsi
+from selfimprove.recipes import get_recipe
 from selfimprove.recipes.base import Recipe, Round, finalize_path, keep_paths, rationale_record
+from selfimprove.recipes.format_only import RECIPE as FORMAT_ONLY
+from selfimprove.recipes.lmsi import RECIPE as LMSI
 
 __all__ = ["finalize_path", "keep_paths", "select", "filter_samples", "filter_format_only"]
 
@@ -287,7 +289,7 @@ def filter_samples(samples: list[dict], cfg: FilterConfig) -> tuple[list[dict], 
     >>> stats["n_selected"], stats["n_kept_paths"], stats["no_answer_rate"]
     (2, 2, 0.1667)
     """
-    return select(samples, lmsi.RECIPE, cfg)
+    return select(samples, LMSI, cfg)
 
 
 def filter_format_only(
@@ -307,7 +309,7 @@ def filter_format_only(
     >>> [r["id"] for r in rats if r["selected"]], len(train)  # not q0: drawn from the pool
     (['q5'], 4)
     """
-    return select(records, format_only.RECIPE, cfg, seed=seed)
+    return select(records, FORMAT_ONLY, cfg, seed=seed)
 
 
 def filter_refined(

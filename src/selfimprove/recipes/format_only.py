@@ -16,13 +16,13 @@ from __future__ import annotations
 import random
 
 from selfimprove.core.voting import majority_vote
-from selfimprove.recipes import lmsi
 from selfimprove.recipes.base import Choice, Recipe, Round, finalize_path
+from selfimprove.recipes.lmsi import RECIPE as LMSI
 
 
 def plan(records: list[dict], rnd: Round) -> dict:
     """The drawn questions and their path: ``{"picks": {index: path index}, "stats": ...}``."""
-    voted, _, _ = rnd.select_with(lmsi.RECIPE)
+    voted, _, _ = rnd.select_with(LMSI)
     n_target = sum(any(r["kept"]) for r in voted)
     rng = random.Random(f"format_only:{rnd.seed}")
     order = list(range(len(records)))
