@@ -1,0 +1,110 @@
+"""The recipe list is the one place a method lives: no method-name comparison outside
+src/selfimprove/recipes, and the views and stages ask the recipes."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from selfimprove.config import METHOD_NAMES, ConfigError, parse_params
+from selfimprove.recipes import RECIPES, get_recipe
+
+ROOT = Path(__file__).resolve().parents[2]
+#: names that stand for lists of methods (comparing against them is a method-name comparison)
+METHOD_LISTS = {"SELF_METHODS", "LABEL_METHODS", "METHOD_NAMES", "METHODS"}
+
+
+def _is_method_name(node: ast.AST) -> bool:
+    if isinstance(node, ast.Constant):
+        return node.value in METHOD_NAMES
+    if isinstance(node, ast.Tuple | ast.List | ast.Set):
+        return any(_is_method_name(e) for e in node.elts)
+    if isinstance(node, ast.Name | ast.Attribute):
+        return (node.id if isinstance(node, ast.Name) else node.attr) in METHOD_LISTS
+    if isinstance(node, ast.BinOp):
+        return _is_method_name(node.left) or _is_method_name(node.right)
+    return False
+
+
+def method_comparisons(source: str, where: str = "") -> list[str]:
+    """``file:line`` of every comparison (==, !=, in, not in, match case) with a method name or a
+    list of them in ``source``.
+
+    >>> method_comparisons("if method == 'star': pass\\nif m in SELF_METHODS: pass\\n")
+    [':1', ':2']
+    >>> method_comparisons("x = {'self', 'kwargs'}\\nif key == 'gold': pass\\n")
+    []
+    """
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        operands: list[ast.AST] = []
+        if isinstance(node, ast.Compare):
+            operands = [node.left, *node.comparators]
+        elif isinstance(node, ast.MatchValue):
+            operands = [node.value]
+        if any(_is_method_name(o) for o in operands):
+            found.append(f"{where}:{node.lineno}")
+    return found
+
+
+def test_no_method_name_comparison_outside_the_recipes():
+    files = [
+        p
+        for top in ("src", "stages")
+        for p in sorted((ROOT / top).rglob("*.py"))
+        if "recipes" not in p.relative_to(ROOT).parts
+    ]
+    assert len(files) > 20
+    found = [
+        hit for p in files for hit in method_comparisons(p.read_text(), str(p.relative_to(ROOT)))
+    ]
+    assert not found, (
+        "method-name comparisons outside src/selfimprove/recipes (ask the method's recipe "
+        f"instead: selfimprove.recipes.get_recipe(name).<field>): {found}"
+    )
+
+
+def test_the_checker_catches_a_planted_comparison():
+    planted = "def f(params):\n    return params.method in ('star', 'rest_em')\n"
+    assert method_comparisons(planted, "x.py") == ["x.py:2"]
+
+
+def test_recipes_are_unique_and_the_default_first():
+    names = [r.name for r in RECIPES]
+    assert names[0] == "lmsi" == parse_params({}).method
+    assert len(set(names)) == len(names) and tuple(names) == METHOD_NAMES
+    assert {r.objective for r in RECIPES} == {"sft"}
+    assert [r.name for r in RECIPES if r.uses_labels] == ["star", "rest_em"]
+    assert [r.name for r in RECIPES if r.needs_seed_set] == ["self", "lmsi_self"]
+    assert [r.name for r in RECIPES if r.init == "base"] == ["star", "rest_em"]
+
+
+def test_old_method_keys_name_their_new_place():
+    raw = {"refine": {"require_consistency": False, "rest_em_max_per_question": 2,
+                      "star_rationalization": False}}  # fmt: skip
+    with pytest.raises(ConfigError) as e:
+        parse_params(raw)
+    msg = str(e.value)
+    for old, new in (("refine.require_consistency", "lmsi_self.require_consistency"),
+                     ("refine.rest_em_max_per_question", "rest_em.max_per_question"),
+                     ("refine.star_rationalization", "star.rationalization")):  # fmt: skip
+        assert f"{old}: moved to {new}" in msg
+
+
+def test_method_sections_are_validated():
+    params = parse_params({"method": "rest_em", "rest_em": {"max_per_question": 2}})
+    assert get_recipe(params.method).knobs(params).max_per_question == 2
+    assert get_recipe("lmsi").knobs(params) is None
+    bad_sections = [
+        {"rest_em": {"max_per_question": True}},
+        {"rest_em": {"max_per_question": -1}},
+        {"star": {"rationalization": 1}},
+        {"lmsi_self": {"consistency": True}},
+    ]
+    for bad in bad_sections:
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            parse_params(bad)
+    with pytest.raises(Exception, match="not one of"):
+        get_recipe("magic")
