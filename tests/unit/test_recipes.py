@@ -108,3 +108,23 @@ def test_method_sections_are_validated():
             parse_params(bad)
     with pytest.raises(Exception, match="not one of"):
         get_recipe("magic")
+
+
+def test_a_method_added_to_the_list_is_selectable(monkeypatch):
+    """A recipe added to the list is what get_recipe (and so the filter) finds by name."""
+    import selfimprove.recipes as recipes
+    from selfimprove.config.methods import FilterConfig
+    from selfimprove.core.voting import majority_vote
+    from selfimprove.methods.filter import filter_refined
+    from selfimprove.recipes.base import Choice, Recipe
+
+    def choose(i, rec, rnd):
+        answers = [a if a is not None else "0" for a in rec["answers"]]
+        return Choice(rec["paths"], answers, [True] * len(answers), *majority_vote(answers))
+
+    toy = Recipe(name="toy", summary="every path", choose=choose, cap=lambda cfg, knobs: 0)
+    monkeypatch.setattr(recipes, "RECIPES", (*recipes.RECIPES, toy))
+    recs = [{"id": "a", "question": "Q?", "paths": ["1 + 1 = 2.", "hm"], "answers": ["2", None]}]
+    rats, train, stats = filter_refined(recs, FilterConfig(), "toy")
+    assert rats[0]["kept"] == [True, True] and rats[0]["method"] == "toy"
+    assert stats["n_kept_paths"] == 2 and len(train) == 2 * 2 + 2
