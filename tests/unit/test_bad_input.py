@@ -170,8 +170,8 @@ def test_documented_zeros_are_kept():
     params = parse_params(
         {
             "generate": {"top_k": 0, "n_shots": 0},
-            "refine": {"max_iterations": 0, "n_shots": 0, "temperature": 0, "max_paths": 0,
-                       "rest_em_max_per_question": 0},
+            "refine": {"max_iterations": 0, "n_shots": 0, "temperature": 0, "max_paths": 0},
+            "rest_em": {"max_per_question": 0},
             "filter": {"min_agreement": 0, "max_paths_per_question": 0, "n_shots": 0},
             "evaluate": {"sc_paths": 0, "refine_iterations": 0, "n_shots": 0},
             "meta_skill": {"qa_formats": [], "teacher_n_shots": 0},
@@ -179,7 +179,7 @@ def test_documented_zeros_are_kept():
         }
     )  # fmt: skip
     assert params.generate.top_k == 0 and params.evaluate.sc_paths == 0
-    assert params.refine.rest_em_max_per_question == 0 and params.filter.min_agreement == 0
+    assert params.rest_em.max_per_question == 0 and params.filter.min_agreement == 0
 
 
 def test_empty_sets_refused_in_params():
