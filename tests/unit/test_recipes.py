@@ -4,6 +4,7 @@ src/selfimprove/recipes, and the views and stages ask the recipes."""
 from __future__ import annotations
 
 import ast
+import json
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,28 @@ def test_a_method_added_to_the_list_is_selectable(monkeypatch):
     rats, train, stats = filter_refined(recs, FilterConfig(), "toy")
     assert rats[0]["kept"] == [True, True] and rats[0]["method"] == "toy"
     assert stats["n_kept_paths"] == 2 and len(train) == 2 * 2 + 2
+
+
+def test_refine_stage_asks_the_recipe(tmp_path, monkeypatch, caplog):
+    """lmsi: the samples unchanged; rest_em: gold marks, and the warning that its paper starts
+    every round from the base model (finetune.init kept as configured)."""
+    import yaml
+    from tinyproject import import_stage
+
+    from selfimprove.core.io import read_jsonl, write_jsonl
+
+    refine_stage = import_stage("refine")
+    monkeypatch.chdir(tmp_path)
+    samples = [{"id": "a", "question": "Q?", "paths": ["x", "y"], "answers": ["4", "5"]}]
+    write_jsonl(tmp_path / "data/rounds/r1/samples.jsonl", samples)
+    write_jsonl(tmp_path / "data/prepared/train_labels.jsonl", [{"id": "a", "answer": "#### 4"}])
+    out = tmp_path / "data/rounds/r1"
+    for method in ("lmsi", "rest_em"):
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump({"method": method}))
+        with caplog.at_level("WARNING"):
+            refine_stage.main(["--round", "r1", "--model", "unused"])
+        stats = json.loads((out / "refine.json").read_text())
+        assert stats["method"] == method
+    assert read_jsonl(out / "refined.jsonl")[0]["correct"] == [True, False]
+    assert stats["n_correct_paths"] == 1
+    assert "method rest_em: the paper fine-tunes the base model every round" in caplog.text
