@@ -11,20 +11,10 @@ from selfimprove.core.paths import TRAIN_LABELS, round_dir
 from selfimprove.pipeline import add_round_arg, stage_main
 
 
-def _read_json(path: Path) -> dict:
-    import json
-
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
 @stage_main(__doc__, add_round_arg)
 def main(args, params):
     from selfimprove.core.io import read_jsonl, write_json
-    from selfimprove.evaluation.analysis import (
-        flatten_metrics,
-        majority_precision,
-        verdict_precision,
-    )
+    from selfimprove.evaluation.analysis import round_analysis
     from selfimprove.recipes import get_recipe
     from selfimprove.tracking.health import check_tracking
     from selfimprove.tracking.provenance import dvc_lock_digest, git_info, provenance_tags
@@ -37,30 +27,11 @@ def main(args, params):
         write_json(out / "mlflow.json", {"enabled": False})
         return
     check_tracking(cfg)
-    metrics = flatten_metrics(_read_json(out / "metrics.json"))
-    for step in ("generate", "refine", "filter", "finetune", "warmstart", "meta_skill"):
-        metrics |= flatten_metrics(_read_json(out / f"{step}.json"), f"{step}.")
-    datasets, tables = [], {}
-    if (out / "rationales.jsonl").exists():
-        rationales = read_jsonl(out / "rationales.jsonl")
-        labels = {r["id"]: r["answer"] for r in read_jsonl(TRAIN_LABELS)}
-        metrics |= flatten_metrics(majority_precision(rationales, labels), "analysis.")
-        datasets = [
-            DatasetSpec(out / "rationales.jsonl", f"{args.round}-rationales", "rationales"),
-            DatasetSpec(out / "train.jsonl", f"{args.round}-train", "training"),
-        ]
-        refined = out / "refined.jsonl"
-        # refine step none (lmsi, format_only): refined.jsonl = samples.jsonl (nothing to log)
-        if get_recipe(params.method).refine != "none" and refined.exists():
-            # per path: the model's feedback, verdicts and refined answers (or gold marks)
-            datasets.append(DatasetSpec(refined, f"{args.round}-refined", "refinement"))
-            refined_records = read_jsonl(refined)
-            metrics |= flatten_metrics(
-                verdict_precision(refined_records, labels), "analysis.verdict."
-            )
-    corpus = out / "meta_skill.jsonl"
-    if corpus.exists() and corpus.stat().st_size > 0:  # r0 of self/lmsi_self
-        datasets.append(DatasetSpec(corpus, f"{args.round}-meta_skill", "meta_skill"))
+    # refine step none (lmsi, format_only): refined.jsonl = samples.jsonl (nothing to log)
+    has_refined = get_recipe(params.method).refine != "none"
+    metrics, found = round_analysis(out, TRAIN_LABELS, has_refined)
+    datasets = [DatasetSpec(p, f"{args.round}-{p.stem}", ctx) for p, ctx in found]
+    tables = {}
     for pred_file in sorted((out / "eval").glob("*.jsonl")):
         tables[f"predictions/{pred_file.stem}.json"] = read_jsonl(pred_file)
     model_dir = out / "model"

@@ -154,3 +154,22 @@ def test_refine_stage_asks_the_recipe(tmp_path, monkeypatch, caplog):
     assert read_jsonl(out / "refined.jsonl")[0]["correct"] == [True, False]
     assert stats["n_correct_paths"] == 1
     assert "method rest_em: the paper fine-tunes the base model every round" in caplog.text
+
+
+def test_round_analysis_logs_refined_records_only_for_a_refine_step(tmp_path):
+    from selfimprove.core.io import write_json, write_jsonl
+    from selfimprove.evaluation.analysis import round_analysis
+
+    out = tmp_path / "r1"
+    rat = {"id": "a", "majority": "4", "selected": True, "answers": ["4"], "kept": [True]}
+    write_jsonl(out / "rationales.jsonl", [rat])
+    write_jsonl(out / "train.jsonl", [])
+    write_jsonl(out / "refined.jsonl", [{"id": "a", "paths": ["x"], "answers": ["4"]}])
+    write_json(out / "filter.json", {"n_kept_paths": 1})
+    write_jsonl(tmp_path / "labels.jsonl", [{"id": "a", "answer": "#### 4"}])
+    metrics, datasets = round_analysis(out, tmp_path / "labels.jsonl", has_refined=False)
+    assert metrics["filter.n_kept_paths"] == 1
+    assert [c for _, c in datasets] == ["rationales", "training"]
+    assert any(k.startswith("analysis.") for k in metrics)
+    _, datasets = round_analysis(out, tmp_path / "labels.jsonl", has_refined=True)
+    assert [(p.name, c) for p, c in datasets][-1] == ("refined.jsonl", "refinement")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from selfimprove.core.answers import answers_match, gold_answer
 
@@ -131,3 +132,49 @@ def verdict_precision(refined: list[dict], labels: dict[str, str]) -> dict:
         "fixed": fixed,
         "broken": broken,
     }
+
+
+#: the step records of a round whose numbers go to MLflow, each under ``<step>.``
+STEP_FILES = ("generate", "refine", "filter", "finetune", "warmstart", "meta_skill")
+
+
+def _read_json(path: Path) -> dict:
+    import json
+
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def round_analysis(
+    out: Path, labels_path: Path, has_refined: bool
+) -> tuple[dict[str, float], list[tuple[Path, str]]]:
+    """What the track stage logs of round folder ``out``: ``(metrics, datasets)``.
+
+    ``metrics``: metrics.json and every step record (``<step>.<key>``), flattened; with
+    rationales, the kept majority's precision against the training labels (``analysis.``, for
+    analysis only: no step reads labels from here) and, when ``has_refined`` (the method's refine
+    step writes records of its own), the verdicts' precision (``analysis.verdict.``).
+    ``datasets``: ``(path, context)`` of the rationales, the training set, the refined records
+    and the meta-skill corpus, where they exist.
+    """
+    from selfimprove.core.io import read_jsonl
+
+    metrics = flatten_metrics(_read_json(out / "metrics.json"))
+    for step in STEP_FILES:
+        metrics |= flatten_metrics(_read_json(out / f"{step}.json"), f"{step}.")
+    datasets: list[tuple[Path, str]] = []
+    if (out / "rationales.jsonl").exists():
+        rationales = read_jsonl(out / "rationales.jsonl")
+        labels = {r["id"]: r["answer"] for r in read_jsonl(labels_path)}
+        metrics |= flatten_metrics(majority_precision(rationales, labels), "analysis.")
+        datasets = [(out / "rationales.jsonl", "rationales"), (out / "train.jsonl", "training")]
+        refined = out / "refined.jsonl"
+        if has_refined and refined.exists():
+            # per path: the model's feedback, verdicts and refined answers (or gold marks)
+            datasets.append((refined, "refinement"))
+            metrics |= flatten_metrics(
+                verdict_precision(read_jsonl(refined), labels), "analysis.verdict."
+            )
+    corpus = out / "meta_skill.jsonl"
+    if corpus.exists() and corpus.stat().st_size > 0:  # r0 of self/lmsi_self
+        datasets.append((corpus, "meta_skill"))
+    return metrics, datasets
