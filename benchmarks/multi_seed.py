@@ -42,10 +42,18 @@ from pathlib import Path
 from compare_runs import _load, compare  # same folder
 
 from selfimprove.config.evaluation import StatsConfig
+from selfimprove.recipes import get_recipe
 
 REPO = Path(__file__).resolve().parents[1]
-# The methods' usual settings, as the README runs them (STaR/ReST-EM: from base each round).
-METHOD_SETTINGS = {"star": ["finetune.init=base"], "rest_em": ["finetune.init=base"]}
+
+
+def method_settings(method: str) -> list[str]:
+    """A method's usual settings, as its paper runs it: the recipe's ``init`` (STaR/ReST-EM: from
+    base each round)."""
+    init = get_recipe(method).init
+    return [f"finetune.init={init}"] if init else []
+
+
 # Accuracies shown in the Markdown table (the JSON has every metric).
 SHOWN = {"strict", "f1", "maj@8"}
 
@@ -72,7 +80,7 @@ def _run_one(root: Path, method: str, seed: int, data_seed: int, threads: int) -
     name = f"{method}_s{seed}"
     path = _clone(root, name)
     sets = [f"method={method}", f"seed={seed}", f"data.seed={data_seed}",
-            *METHOD_SETTINGS.get(method, [])]
+            *method_settings(method)]
     cmd = [sys.executable, "-m", "dvc", "exp", "run", *(a for s in sets for a in ("-S", s))]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1",
                MLFLOW_DISABLE_TELEMETRY="true", PYTHONPATH=str(path / "src"),
