@@ -74,11 +74,12 @@ def add_method(src: Path, name: str, code: str) -> None:
     text = init.read_text()
     anchor = "RECIPES: tuple[Recipe, ...] = (\n"
     assert anchor in text
-    text = text.replace(anchor, f"from selfimprove.recipes import {name}  # noqa: E402\n\n{anchor}")
-    text = text.replace(
-        "    format_only.RECIPE,\n)", f"    format_only.RECIPE,\n    {name}.RECIPE,\n)"
+    head, _, rest = text.partition(anchor)
+    entries, _, tail = rest.partition("\n)\n")
+    init.write_text(
+        f"{head}from selfimprove.recipes import {name}  # noqa: E402\n\n"
+        f"{anchor}{entries}\n    {name}.RECIPE,\n)\n{tail}"  # the one list entry
     )
-    init.write_text(text)
 
 
 def _jsonl(path: Path) -> list[dict]:
