@@ -80,6 +80,9 @@ def test_recipes_are_unique_and_the_default_first():
     assert [r.name for r in RECIPES if r.uses_labels] == ["star", "rest_em"]
     assert [r.name for r in RECIPES if r.needs_seed_set] == ["self", "lmsi_self"]
     assert [r.name for r in RECIPES if r.init == "base"] == ["star", "rest_em"]
+    # only the gold step reads labels; only the self-refine step needs the meta-skill stage
+    assert all(r.uses_labels == (r.refine == "gold") for r in RECIPES)
+    assert all(r.needs_seed_set == (r.refine == "self_refine") for r in RECIPES)
 
 
 def test_old_method_keys_name_their_new_place():
