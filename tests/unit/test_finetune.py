@@ -7,15 +7,10 @@ import pytest
 
 from selfimprove.config.training import FinetuneConfig, LoraSection
 from selfimprove.core.io import InputError, read_jsonl
-from selfimprove.training.finetune import (
-    IGNORE_INDEX,
-    RUN_KEYS,
-    CompletionCollator,
-    build_example,
-    encode_examples,
-    finetune,
-)
+from selfimprove.training.encode import CompletionCollator, build_example, encode_examples
+from selfimprove.training.finetune import RUN_KEYS, finetune
 from selfimprove.training.resume import EpochSeededSampler
+from selfimprove.training.shared_prefix import IGNORE_INDEX
 
 torch = pytest.importorskip("torch")
 
