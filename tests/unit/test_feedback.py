@@ -9,21 +9,25 @@ from fractions import Fraction
 import pytest
 
 from selfimprove.config.methods import MAX_FEEDBACK_SHOTS
-from selfimprove.data.arith import generate_arith
-from selfimprove.methods.feedback import (
-    build_feedback_prompt,
-    build_refine_prompt,
+from selfimprove.core.arith_check import (
     check_solution,
-    clean_refined,
     evaluate_expression,
-    feedback_completion,
-    feedback_prefix,
     find_steps,
     format_value,
-    parse_verdict,
-    split_feedback,
     value_matches,
 )
+from selfimprove.core.prompts.feedback import (
+    build_feedback_prompt,
+    build_refine_prompt,
+    feedback_prefix,
+)
+from selfimprove.core.verdict import (
+    clean_refined,
+    feedback_completion,
+    parse_verdict,
+    split_feedback,
+)
+from selfimprove.data.arith import generate_arith
 from selfimprove.training.warmstart import solution_to_rationale
 
 # ---------------------------------------------------------------------------- arithmetic

@@ -8,9 +8,10 @@ import pytest
 
 from selfimprove.config import ConfigError, parse_params
 from selfimprove.config.methods import MetaSkillConfig
+from selfimprove.core.arith_check import check_solution
 from selfimprove.core.io import InputError
+from selfimprove.core.verdict import Feedback, parse_verdict
 from selfimprove.data.arith import generate_arith
-from selfimprove.methods.feedback import Feedback, check_solution, parse_verdict
 from selfimprove.methods.meta_skill import build_corpus, corpus_examples, meta_skill
 
 SEED = generate_arith(3, steps=[1], seed=5)

@@ -7,6 +7,7 @@ the folder digest; these tests keep both promises.
 from __future__ import annotations
 
 import ast
+import shutil
 from pathlib import Path
 
 import pytest
@@ -144,3 +145,53 @@ def test_resolve_base_relative_path(tmp_path, monkeypatch):
         )
     assert got == "h/x"
     assert "base_root" in mlflow_model.PASS_DOWN  # a chain of models resolves every base there
+
+
+# ------------------------------------------------------------------ models logged before now
+
+#: an adapter model logged by an older selfimprove (tests/fixtures/make_mlflow_adapter_model.py)
+OLD_MODEL = Path(__file__).resolve().parents[1] / "fixtures" / "mlflow_adapter_model"
+
+
+def test_model_logged_before_references_no_selfimprove_module():
+    """A logged adapter model carries its own code (MLflow "models from code": no pickled class,
+    no code_paths), so moving or renaming selfimprove's modules cannot break loading it."""
+    import yaml
+
+    mlmodel = yaml.safe_load((OLD_MODEL / "MLmodel").read_text())
+    assert set(mlmodel["flavors"]) == {"python_function"}
+    pyfunc = mlmodel["flavors"]["python_function"]
+    assert pyfunc["loader_module"] == "mlflow.pyfunc.loaders.code_model"
+    assert Path(pyfunc["model_code_path"]).name == MODEL_CODE_NAME
+    assert "python_model" not in pyfunc and not pyfunc["code"]
+    assert not [p for p in OLD_MODEL.rglob("*") if p.suffix in (".pkl", ".pickle")]
+    assert _selfimprove_imports((OLD_MODEL / MODEL_CODE_NAME).read_text()) == []
+    # a model logged now may be trained on it: it passes these load-time keys down the chain
+    assert set(mlflow_model.PASS_DOWN) <= set(pyfunc["config"])
+
+
+def test_model_logged_before_loads(tmp_path):
+    import mlflow
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from selfimprove.tiny import make_tiny_model
+
+    model_dir = tmp_path / "old_model"
+    shutil.copytree(OLD_MODEL, model_dir)
+    base = make_tiny_model(tmp_path / "base", seed=0, hidden_size=16)
+    loaded = mlflow.pyfunc.load_model(str(model_dir), model_config={"base_override": str(base)})
+    got = loaded.unwrap_python_model().model.state_dict()
+    start = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    plain = {k: v.clone() for k, v in start.state_dict().items()}
+    want = PeftModel.from_pretrained(start, model_dir / "artifacts" / "adapter").merge_and_unload()
+    want = want.state_dict()
+    assert got.keys() == want.keys()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert any(not torch.equal(got[k], plain[k]) for k in plain)  # the adapter was applied
+    out = loaded.predict(["Q: 5 + 6 ="])
+    assert len(out) == 1 and isinstance(out[0], str)
+    # the recorded base (relative path + digest) is still looked up as before
+    with pytest.raises(RuntimeError, match="base model folder data/models/base not found"):
+        mlflow.pyfunc.load_model(str(model_dir), model_config={"base_root": str(tmp_path)})

@@ -7,9 +7,10 @@ import copy
 import pytest
 
 from selfimprove.config.methods import FilterConfig, RefineConfig
+from selfimprove.core.arith_check import check_solution
 from selfimprove.core.io import InputError
+from selfimprove.core.verdict import feedback_completion
 from selfimprove.evaluation.analysis import verdict_precision
-from selfimprove.methods.feedback import check_solution, feedback_completion
 from selfimprove.methods.filter import filter_refined, filter_samples
 from selfimprove.methods.refine import (
     label_records,

@@ -393,6 +393,10 @@ def test_registry_adapter_chain_and_best_alias(uri, chain):
     r0_conf = _pyfunc_config(f"models:/{name}/{by_round['r0'].version}")
     # the base folder is recorded relative to the project root (the cwd), never absolute
     assert not Path(r0_conf["base_path"]).is_absolute() and r0_conf["base_digest"]
+    # models from code: no pickled class whose module path a rename could break (see
+    # test_mlflow_model.py's model logged before now)
+    flavor = mlflow.models.get_model_info(f"models:/{name}/{best.version}").flavors
+    assert flavor["python_function"]["loader_module"] == "mlflow.pyfunc.loaders.code_model"
     assert (Path.cwd() / r0_conf["base_path"]).resolve() == chain["r0"].resolve()
     # the model carries its code: a copy of tracking/mlflow_model.py, under its old file name
     code = mlflow.artifacts.download_artifacts(f"models:/{name}/{best.version}/{MODEL_CODE_NAME}")
@@ -435,6 +439,8 @@ def test_registry_merged_roundtrip(uri, chain):
     assert client.get_model_version_by_alias(name, "best").tags["round"] == "r0"
     # weights are in the MLflow model, not duplicated as run artifacts
     assert not any(p.startswith("model/") for p in _artifact_paths(client, r1))
+    flavors = mlflow.models.get_model_info(f"models:/{name}@best").flavors
+    assert flavors["python_function"]["loader_module"] == "mlflow.transformers"  # no own code
     comp = mlflow.transformers.load_model(f"models:/{name}@best", return_type="components")
     torch.testing.assert_close(_logits(comp["model"]), _source_logits(chain["r0"]), rtol=0, atol=0)
     comp = mlflow.transformers.load_model(f"models:/{name}/2", return_type="components")

@@ -9,10 +9,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 from selfimprove.config.base import Section
 from selfimprove.config.training import nested_finetune
 from selfimprove.core.prompts import STYLES
-
-#: exemplars available to the feedback/refinement prompts (methods.feedback checks it has them)
-MAX_FEEDBACK_SHOTS = 4
-
+from selfimprove.core.prompts.feedback import MAX_FEEDBACK_SHOTS  # bounds refine/meta_skill n_shots
 
 # ---------------------------------------------------------------------- generate
 

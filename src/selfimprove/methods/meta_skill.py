@@ -27,13 +27,8 @@ from pathlib import Path
 from selfimprove.config.methods import MetaSkillConfig
 from selfimprove.core.answers import answers_match, extract_answer, gold_answer
 from selfimprove.core.io import InputError
-from selfimprove.methods.feedback import (
-    Feedback,
-    build_feedback_prompt,
-    build_refine_prompt,
-    feedback_completion,
-    one_line,
-)
+from selfimprove.core.prompts.feedback import build_feedback_prompt, build_refine_prompt
+from selfimprove.core.verdict import Feedback, feedback_completion, one_line
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +47,7 @@ def build_corpus(
     teacher's feedback on them (``None`` = no feedback, counted in ``n_no_feedback``).
     Identical answers of one question are kept once (``n_duplicates``).
 
-    >>> from selfimprove.methods.feedback import check_solution
+    >>> from selfimprove.core.arith_check import check_solution
     >>> seed = [{"id": "s0", "question": "Tom has 3 apples and buys 2. How many?",
     ...          "answer": "Tom has 3 + 2 = <<3+2=5>>5 apples.\\n#### 5"}]
     >>> answers = [["3 + 2 = 6. The answer is 6.", "3 + 2 = 5. The answer is 5.", "x"]]

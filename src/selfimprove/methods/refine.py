@@ -26,11 +26,10 @@ from selfimprove.config.methods import RefineConfig
 from selfimprove.core.answers import answers_match, extract_answer, gold_answer
 from selfimprove.core.io import InputError
 from selfimprove.core.prompts import GSM8K_EXEMPLARS
-from selfimprove.methods.feedback import (
+from selfimprove.core.prompts.feedback import build_feedback_prompt, build_refine_prompt
+from selfimprove.core.verdict import (
     FEEDBACK_STOP,
     REFINE_STOP,
-    build_feedback_prompt,
-    build_refine_prompt,
     clean_refined,
     one_line,
     split_feedback,

@@ -5,7 +5,7 @@ Three kinds, one interface: ``teacher.feedback(items) -> list[Feedback | None]``
 usable: an error, an empty reply, no parsable verdict line). Callers count those; they never
 become training examples and are never guessed.
 
-* :class:`RuleTeacher` (default, offline): :func:`selfimprove.methods.feedback.check_solution`.
+* :class:`RuleTeacher` (default, offline): :func:`selfimprove.core.arith_check.check_solution`.
 * :class:`LMTeacher`: any causal LM (a local model folder or a hub id), prompted with the
   few-shot feedback prompt in its teacher form (each block shows the gold as "Reference
   answer:"), greedy, through :class:`selfimprove.sampling.transformers_sampler.TransformersSampler`.
@@ -27,14 +27,10 @@ import urllib.request
 from pathlib import Path
 
 from selfimprove.core.answers import gold_answer
+from selfimprove.core.arith_check import check_solution
 from selfimprove.core.io import InputError
-from selfimprove.methods.feedback import (
-    FEEDBACK_STOP,
-    Feedback,
-    build_feedback_prompt,
-    check_solution,
-    split_feedback,
-)
+from selfimprove.core.prompts.feedback import build_feedback_prompt
+from selfimprove.core.verdict import FEEDBACK_STOP, Feedback, split_feedback
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +70,7 @@ def _parse_generated(text: str | None) -> Feedback | None:
 
 
 class RuleTeacher:
-    """The offline rule-based checker (:func:`~selfimprove.methods.feedback.check_solution`)."""
+    """The offline rule-based checker (:func:`~selfimprove.core.arith_check.check_solution`)."""
 
     name = "rule"
 

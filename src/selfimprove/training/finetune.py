@@ -1,10 +1,12 @@
 """Fine-tuning step: LoRA (peft) or full fine-tuning of a causal LM on (prompt, completion) pairs.
 
-Training runs through transformers' ``Trainer`` (accelerate underneath) with a collator written
-here: prompt and completion are tokenized separately and their ids concatenated (as the sampler
-does), EOS is appended to the completion, only completion tokens carry a loss (prompt and padding
-are labelled -100), and over-long examples lose tokens from the *left of the prompt*, never from
-the completion.
+Training runs through transformers' ``Trainer`` (accelerate underneath) with the collator of
+:mod:`selfimprove.training.encode`: prompt and completion are tokenized separately and their ids
+concatenated (as the sampler does), EOS is appended to the completion, only completion tokens
+carry a loss (prompt and padding are labelled -100), and over-long examples lose tokens from the
+*left of the prompt*, never from the completion. A run is four named steps: ``encode``
+(:func:`selfimprove.training.encode.encode`), :func:`build_model`, :func:`train` and
+:func:`export` (:func:`export_unchanged` when there is nothing to train on).
 
 No redundant work (:mod:`selfimprove.training.shared_prefix`): the model's forward computes the
 LM head and the loss only at completion tokens, and with ``shared_prefix`` (the default) a
@@ -45,10 +47,12 @@ import math
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from selfimprove.config.training import FinetuneConfig, LoraSection
 from selfimprove.core.io import InputError, atomic_path, write_json, write_jsonl
+from selfimprove.training.encode import CompletionCollator, encode
 from selfimprove.training.resume import (  # is_main_process: also used by the stage, CLI
     CKPT_SETTINGS,
     complete_marker_callback,
@@ -60,144 +64,13 @@ from selfimprove.training.resume import (  # is_main_process: also used by the s
     seeded_trainer,
     world_size,
 )
-from selfimprove.training.shared_prefix import IGNORE_INDEX, batch_prefix, use_completion_loss
+from selfimprove.training.shared_prefix import use_completion_loss
 
 log = logging.getLogger(__name__)
 
 
 class DiskFullError(InputError):
     """The disk filled up while saving; nothing was replaced."""
-
-
-# ----------------------------------------------------------------------------- data
-
-
-def build_example(
-    prompt_ids: list[int],
-    completion_ids: list[int],
-    eos_id: int,
-    max_length: int,
-    bos_id: int | None = None,
-) -> tuple[dict[str, list[int]] | None, bool]:
-    """Concatenate prompt + completion + EOS; labels are -100 on the prompt.
-
-    Too long: drop tokens from the left of the prompt (keeping a leading ``bos_id``). If the
-    completion + EOS alone leave no room for one prompt token, return ``None`` (drop it).
-    Returns ``(example or None, truncated)``.
-
-    >>> ex, cut = build_example([1, 2, 3], [7, 8], eos_id=0, max_length=5)
-    >>> ex["input_ids"], ex["labels"], cut
-    ([2, 3, 7, 8, 0], [-100, -100, 7, 8, 0], True)
-    >>> build_example([1, 2], [7, 8, 9], eos_id=0, max_length=4)
-    (None, True)
-    """
-    completion = list(completion_ids) + [eos_id]
-    prompt = list(prompt_ids)
-    budget = max_length - len(completion)
-    keep_bos = bos_id is not None and len(prompt) > 0 and prompt[0] == bos_id
-    if budget < 1 + int(keep_bos):
-        return None, True
-    truncated = len(prompt) > budget
-    if truncated:
-        prompt = prompt[:1] + prompt[len(prompt) - budget + 1 :] if keep_bos else prompt[-budget:]
-    return {
-        "input_ids": prompt + completion,
-        "labels": [IGNORE_INDEX] * len(prompt) + completion,
-    }, truncated
-
-
-def encode_examples(
-    tokenizer, examples: list[dict], max_length: int
-) -> tuple[list[dict[str, list[int]]], int, int]:
-    """Tokenize (prompt, completion) pairs; return ``(features, n_truncated, n_dropped)``.
-
-    The prompt is tokenized as the sampler does (with the tokenizer's special tokens, e.g. a
-    BOS), the completion without special tokens, and the ids concatenated.
-    """
-    eos_id = tokenizer.eos_token_id
-    if eos_id is None:
-        raise InputError("tokenizer has no eos_token; set eos_token in the model's tokenizer files")
-    bos_id = tokenizer.bos_token_id if tokenizer.bos_token_id != eos_id else None
-    for i, ex in enumerate(examples):
-        if not isinstance(ex, dict):
-            raise InputError(f"examples[{i}]: expected a dict, got {type(ex).__name__}")
-        for key in ("prompt", "completion"):
-            if not isinstance(ex.get(key), str):
-                raise InputError(
-                    f"examples[{i}]: key {key!r} must be a string, got {ex.get(key)!r:.60} "
-                    f"(has: {', '.join(ex) or 'none'}); each example needs 'prompt' and "
-                    "'completion' strings"
-                )
-    if not examples:
-        return [], 0, 0
-    prompts = tokenizer([ex["prompt"] for ex in examples])["input_ids"]
-    completions = tokenizer([ex["completion"] for ex in examples], add_special_tokens=False)[
-        "input_ids"
-    ]
-    features, n_truncated, n_dropped = [], 0, 0
-    for p, c in zip(prompts, completions, strict=True):
-        feat, cut = build_example(p, c, eos_id, max_length, bos_id)
-        n_truncated += int(cut and feat is not None)
-        if feat is None:
-            n_dropped += 1
-        else:
-            features.append(feat)
-    return features, n_truncated, n_dropped
-
-
-class CompletionCollator:
-    """Pad a list of ``{"input_ids", "labels"}`` features on the right, per batch.
-
-    Padding gets ``pad_id`` in ``input_ids``, -100 in ``labels`` and 0 in ``attention_mask``.
-    ``pad_fraction`` is the share of padding among all token slots collated so far (what
-    ``group_by_length`` saves). ``share_prefix``: a batch whose rows share a prompt prefix
-    worth computing once also gets ``prefix_len`` (an int) and ``prefix_rows`` (bool, per row)
-    (:func:`selfimprove.training.shared_prefix.batch_prefix`).
-
-    >>> c = CompletionCollator(pad_id=0)
-    >>> batch = c([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]},
-    ...            {"input_ids": [5], "labels": [5]}])
-    >>> batch["attention_mask"].tolist()
-    [[1, 1, 1], [1, 0, 0]]
-    >>> round(c.pad_fraction, 3)
-    0.333
-    """
-
-    def __init__(self, pad_id: int, pad_to_multiple_of: int = 1, share_prefix: bool = False):
-        self.pad_id = pad_id
-        self.pad_to_multiple_of = pad_to_multiple_of
-        self.share_prefix = share_prefix
-        self.n_real = 0
-        self.n_slots = 0
-
-    @property
-    def pad_fraction(self) -> float:
-        return 1.0 - self.n_real / self.n_slots if self.n_slots else 0.0
-
-    def __call__(self, features: list[dict]) -> dict:
-        import torch
-
-        m = self.pad_to_multiple_of
-        width = max(len(f["input_ids"]) for f in features)
-        width = -(-width // m) * m
-        ids = torch.full((len(features), width), self.pad_id, dtype=torch.long)
-        labels = torch.full((len(features), width), IGNORE_INDEX, dtype=torch.long)
-        mask = torch.zeros((len(features), width), dtype=torch.long)
-        for row, f in enumerate(features):
-            n = len(f["input_ids"])
-            ids[row, :n] = torch.tensor(f["input_ids"], dtype=torch.long)
-            labels[row, :n] = torch.tensor(f["labels"], dtype=torch.long)
-            mask[row, :n] = 1
-        self.n_real += sum(len(f["input_ids"]) for f in features)
-        self.n_slots += len(features) * width
-        batch = {"input_ids": ids, "labels": labels, "attention_mask": mask}
-        if self.share_prefix:
-            prefix_len, rows = batch_prefix(features)
-            if prefix_len:
-                flags = torch.zeros(len(features), dtype=torch.bool)
-                flags[rows] = True
-                batch |= {"prefix_len": prefix_len, "prefix_rows": flags}
-        return batch
 
 
 # ----------------------------------------------------------------------------- model
@@ -393,17 +266,10 @@ def finetune(
 
 
 def _finetune(model_dir, examples, out_dir, cfg, seed, ckpt_dir, save_steps, callbacks) -> dict:
-    import torch
-    from transformers import AutoTokenizer, TrainingArguments, set_seed
+    from transformers import set_seed
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
-    if not (model_dir / "config.json").exists():
-        raise InputError(
-            f"{model_dir}: not a model folder (no config.json); check the model path "
-            "or run the stage that makes it"
-        )
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    features, n_truncated, n_dropped = encode_examples(tokenizer, examples, cfg.max_length)
+    tokenizer, features, n_truncated, n_dropped = encode(model_dir, examples, cfg.max_length)
     info: dict = {
         "method": cfg.method,
         "n_examples": len(examples),
@@ -420,14 +286,6 @@ def _finetune(model_dir, examples, out_dir, cfg, seed, ckpt_dir, save_steps, cal
         "skip_reason": None,
         "resumed_from_step": None,
     }
-    if n_truncated:
-        log.info("finetune: %d example(s) truncated from the left of the prompt", n_truncated)
-    if n_dropped:
-        log.warning(
-            "finetune: %d example(s) dropped: completion longer than max_length=%d",
-            n_dropped,
-            cfg.max_length,
-        )
 
     def folder_info() -> dict:
         return {k: v for k, v in info.items() if k not in RUN_KEYS}
@@ -438,35 +296,12 @@ def _finetune(model_dir, examples, out_dir, cfg, seed, ckpt_dir, save_steps, cal
         log.warning("finetune: skipped (%s); saving %s unchanged to %s", reason, model_dir, out_dir)
         info |= {"skipped": True, "skipped_flag": 1, "skip_reason": reason}
         if is_main_process():
-            start = _load_model(model_dir, torch.float32)
-            with _atomic_model_dir(out_dir) as tmp:
-                _save_model_folder(start, tokenizer, tmp)
-                write_jsonl(tmp / "train_log.jsonl", [])
-                write_json(tmp / "finetune_info.json", folder_info())
+            export_unchanged(model_dir, tokenizer, out_dir, folder_info())
         return info
 
-    use_cpu = not torch.cuda.is_available()
-    if cfg.dtype == "auto":
-        from selfimprove.sampling.base import resolve_dtype
-
-        bf16 = (
-            resolve_dtype("auto", "cuda" if torch.cuda.is_available() else "cpu") == torch.bfloat16
-        )
-    else:
-        bf16 = cfg.dtype == "bfloat16"
-    attn = train_attention(cfg.attn_implementation)
-    if cfg.method == "lora":
-        model = _load_model(model_dir, torch.bfloat16 if bf16 else torch.float32, attn)
-        model = _wrap_lora(model, cfg.lora)
-    else:
-        model = _load_model(model_dir, torch.float32, attn)
-    model.config.use_cache = False
-    use_completion_loss(model)  # LM head at completion tokens only, shared prefix once
+    bf16 = train_bf16(cfg.dtype)
+    model = build_model(model_dir, cfg, bf16)
     info["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-    pad_id = (
-        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    )
     resume = None
     if ckpt_dir is not None:
         ckpt_dir = Path(ckpt_dir)
@@ -482,77 +317,10 @@ def _finetune(model_dir, examples, out_dir, cfg, seed, ckpt_dir, save_steps, cal
         final = work / "final" if world_size() > 1 else None
         if final is not None and is_main_process():
             stack.callback(shutil.rmtree, final, ignore_errors=True)
-        args = TrainingArguments(
-            output_dir=str(work),
-            per_device_train_batch_size=cfg.batch_size,
-            gradient_accumulation_steps=cfg.grad_accum,
-            num_train_epochs=cfg.epochs,
-            learning_rate=cfg.learning_rate,
-            warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio of the total steps
-            weight_decay=cfg.weight_decay,
-            lr_scheduler_type=cfg.lr_scheduler,
-            # full fine-tuning: bf16 autocast over float32 weights; LoRA: the base is bf16 already
-            bf16=bf16 and cfg.method == "full",
-            logging_steps=cfg.logging_steps,
-            save_strategy="steps" if ckpt_dir is not None else "no",
-            save_steps=save_steps,
-            save_total_limit=1,
-            eval_strategy="no",
-            report_to="none",
-            use_cpu=use_cpu,
-            seed=seed,
-            data_seed=seed,
-            remove_unused_columns=False,
-            label_names=["labels"],
-            dataloader_num_workers=0,
-            train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
-        )
-        trainer = seeded_trainer(
-            model=model,
-            args=args,
-            train_dataset=features,
-            data_collator=CompletionCollator(pad_id, share_prefix=cfg.shared_prefix),
-            share_prefix=cfg.shared_prefix,
-            callbacks=[_log_last_step_callback(), complete_marker_callback(), *(callbacks or [])],
-        )
-        t0 = time.perf_counter()
-        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-        runtime = time.perf_counter() - t0
-        history = list(trainer.state.log_history)
-        if final is not None:
-            # A collective save: under FSDP / DeepSpeed ZeRO-3 the ranks gather the full
-            # weights for rank 0 (plain DDP: rank 0 holds them anyway). Only rank 0 writes.
-            trainer.save_model(str(final))
-
-        records = [
-            {
-                "step": h["step"],
-                "epoch": h.get("epoch"),
-                "loss": h["loss"],
-                "lr": h.get("learning_rate"),
-                "grad_norm": h.get("grad_norm"),
-            }
-            for h in history
-            if "loss" in h
-        ]
-        train_loss = float(result.training_loss)
-        if resume is not None and records:
-            # the Trainer averages only the steps run after resuming; the log covers all of them
-            train_loss = _step_weighted_mean(records)
-        # padding of the planned batches (the same after a resume, unlike counting what the
-        # collator saw): every epoch's order, cut into the per-step batches
-        sampler = trainer.order_sampler
-        orders = [sampler.order(e) for e in range(epochs_planned(cfg.epochs))]
-        batch = trainer.args.train_batch_size
-        info.update(
-            steps=int(result.global_step),
-            train_loss=train_loss,
-            final_loss=records[-1]["loss"] if records else float(result.training_loss),
-            runtime_s=round(runtime, 3),
-            pad_fraction=round(planned_pad_fraction(sampler.lengths, orders, batch), 4),
-        )
-        if any(not math.isfinite(r["loss"]) for r in records):
-            log.warning("finetune: non-finite loss logged; check learning_rate and dtype")
+        args = training_args(cfg, work, seed, bf16, save_steps if ckpt_dir is not None else None)
+        run = train(model, tokenizer, features, cfg, args, resume, final, callbacks)
+        del model  # the run's trainer holds it; export frees it before merging
+        info.update(run.stats)
         if not is_main_process():
             if ckpt_dir is not None and not (ckpt_dir / CKPT_SETTINGS).exists():
                 # a machine that does not share rank 0's filesystem (rank 0 wrote the settings
@@ -560,32 +328,7 @@ def _finetune(model_dir, examples, out_dir, cfg, seed, ckpt_dir, save_steps, cal
                 # run resumes from (see prepare_resume); rank 0 removes its own folder
                 shutil.rmtree(ckpt_dir, ignore_errors=True)
             return info
-
-        with _atomic_model_dir(out_dir) as tmp:
-            if cfg.method == "lora":
-                (tmp / "adapter").mkdir()
-                if final is not None:
-                    for name in ("adapter_config.json", "adapter_model.safetensors"):
-                        shutil.copy2(final / name, tmp / "adapter" / name)
-                else:
-                    model.save_pretrained(tmp / "adapter")
-                normalize_adapter_config(tmp / "adapter" / "adapter_config.json")
-                del trainer, model
-                gc.collect()
-                # Merge on float32 weights so small deltas are not lost to bf16 rounding.
-                from peft import PeftModel
-
-                base = _load_model(model_dir, torch.float32)
-                merged = PeftModel.from_pretrained(base, tmp / "adapter").merge_and_unload()
-                _save_model_folder(merged, tokenizer, tmp)
-            elif final is not None:
-                del trainer, model
-                gc.collect()
-                _save_model_folder(_load_model(final, torch.float32), tokenizer, tmp)
-            else:
-                _save_model_folder(trainer.model, tokenizer, tmp)
-            write_jsonl(tmp / "train_log.jsonl", records)
-            write_json(tmp / "finetune_info.json", folder_info())
+        export(run, model_dir, tokenizer, out_dir, cfg.method, final, folder_info())
     if ckpt_dir is not None:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
     log.info(
@@ -595,6 +338,198 @@ def _finetune(model_dir, examples, out_dir, cfg, seed, ckpt_dir, save_steps, cal
         info["steps"],
         info["train_loss"],
         info["final_loss"],
-        runtime,
+        info["runtime_s"],
     )
     return info
+
+
+# ----------------------------------------------------------------------------- steps
+
+
+def train_bf16(dtype: str) -> bool:
+    """Whether training runs in bfloat16: ``finetune.dtype``, ``auto`` = where the sampler's
+    ``auto`` picks bfloat16 on this machine (:func:`selfimprove.sampling.base.resolve_dtype`).
+
+    >>> train_bf16("bfloat16"), train_bf16("float32")
+    (True, False)
+    """
+    if dtype != "auto":
+        return dtype == "bfloat16"
+    import torch
+
+    from selfimprove.sampling.base import resolve_dtype
+
+    return resolve_dtype("auto", "cuda" if torch.cuda.is_available() else "cpu") == torch.bfloat16
+
+
+def build_model(model_dir: Path, cfg: FinetuneConfig, bf16: bool):
+    """Step 2: the model to train. LoRA: the start model (bfloat16 when ``bf16``) with a fresh
+    adapter (its init draws from the global RNG: seed it first); full: float32 weights. No KV
+    cache; the LM head and loss at completion tokens only, a shared prompt prefix run once."""
+    import torch
+
+    attn = train_attention(cfg.attn_implementation)
+    if cfg.method == "lora":
+        model = _load_model(model_dir, torch.bfloat16 if bf16 else torch.float32, attn)
+        model = _wrap_lora(model, cfg.lora)
+    else:
+        model = _load_model(model_dir, torch.float32, attn)
+    model.config.use_cache = False
+    use_completion_loss(model)  # LM head at completion tokens only, shared prefix once
+    return model
+
+
+def training_args(cfg: FinetuneConfig, work: Path, seed: int, bf16: bool, save_steps: int | None):
+    """The Trainer's arguments: scratch and checkpoints in ``work``, a checkpoint every
+    ``save_steps`` optimizer steps (None: no checkpoints)."""
+    import torch
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(work),
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        num_train_epochs=cfg.epochs,
+        learning_rate=cfg.learning_rate,
+        warmup_steps=cfg.warmup_ratio,  # a float < 1 is a ratio of the total steps
+        weight_decay=cfg.weight_decay,
+        lr_scheduler_type=cfg.lr_scheduler,
+        # full fine-tuning: bf16 autocast over float32 weights; LoRA: the base is bf16 already
+        bf16=bf16 and cfg.method == "full",
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps" if save_steps is not None else "no",
+        save_steps=save_steps if save_steps is not None else 50,
+        save_total_limit=1,
+        eval_strategy="no",
+        report_to="none",
+        use_cpu=not torch.cuda.is_available(),
+        seed=seed,
+        data_seed=seed,
+        remove_unused_columns=False,
+        label_names=["labels"],
+        dataloader_num_workers=0,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
+    )
+
+
+@dataclass
+class TrainRun:
+    """What :func:`train` leaves: the trainer (the trained model is ``trainer.model``; None
+    once :func:`export` freed it), the loss log and the result's keys of the info."""
+
+    trainer: object | None
+    records: list[dict]
+    stats: dict
+
+
+def loss_records(history: list[dict]) -> list[dict]:
+    """``train_log.jsonl``'s records: the Trainer's log entries that have a loss.
+
+    >>> loss_records([{"step": 1, "loss": 2.0, "learning_rate": 0.1}, {"step": 1, "x": 0}])
+    [{'step': 1, 'epoch': None, 'loss': 2.0, 'lr': 0.1, 'grad_norm': None}]
+    """
+    return [
+        {
+            "step": h["step"],
+            "epoch": h.get("epoch"),
+            "loss": h["loss"],
+            "lr": h.get("learning_rate"),
+            "grad_norm": h.get("grad_norm"),
+        }
+        for h in history
+        if "loss" in h
+    ]
+
+
+def train(
+    model, tokenizer, features, cfg: FinetuneConfig, args, resume=None, final=None, callbacks=None
+):
+    """Step 3: train ``model`` on the encoded ``features`` (resuming from the checkpoint folder
+    ``resume`` when given); ``final``: a folder for a distributed run's collective save.
+    Returns a :class:`TrainRun` whose ``stats`` are steps, train_loss, final_loss, runtime_s
+    and pad_fraction (of the planned batches: the same after a resume)."""
+    pad_id = (
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    )
+    trainer = seeded_trainer(
+        model=model,
+        args=args,
+        train_dataset=features,
+        data_collator=CompletionCollator(pad_id, share_prefix=cfg.shared_prefix),
+        share_prefix=cfg.shared_prefix,
+        callbacks=[_log_last_step_callback(), complete_marker_callback(), *(callbacks or [])],
+    )
+    t0 = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    runtime = time.perf_counter() - t0
+    history = list(trainer.state.log_history)
+    if final is not None:
+        # A collective save: under FSDP / DeepSpeed ZeRO-3 the ranks gather the full
+        # weights for rank 0 (plain DDP: rank 0 holds them anyway). Only rank 0 writes.
+        trainer.save_model(str(final))
+    records = loss_records(history)
+    train_loss = float(result.training_loss)
+    if resume is not None and records:
+        # the Trainer averages only the steps run after resuming; the log covers all of them
+        train_loss = _step_weighted_mean(records)
+    # padding of the planned batches (the same after a resume, unlike counting what the
+    # collator saw): every epoch's order, cut into the per-step batches
+    sampler = trainer.order_sampler
+    orders = [sampler.order(e) for e in range(epochs_planned(cfg.epochs))]
+    batch = trainer.args.train_batch_size
+    stats = dict(
+        steps=int(result.global_step),
+        train_loss=train_loss,
+        final_loss=records[-1]["loss"] if records else float(result.training_loss),
+        runtime_s=round(runtime, 3),
+        pad_fraction=round(planned_pad_fraction(sampler.lengths, orders, batch), 4),
+    )
+    if any(not math.isfinite(r["loss"]) for r in records):
+        log.warning("finetune: non-finite loss logged; check learning_rate and dtype")
+    return TrainRun(trainer, records, stats)
+
+
+def export(run: TrainRun, model_dir, tokenizer, out_dir: Path, method: str, final, info) -> None:
+    """Step 4: write the model folder ``out_dir`` atomically: merged float32 weights (LoRA: the
+    adapter in ``adapter/``, merged into the float32 start model), tokenizer, the loss log and
+    ``finetune_info.json`` (``info``). ``final``: a distributed run's collective save, read
+    instead of the trainer's model. Frees ``run.trainer`` before loading another model."""
+    import torch
+
+    with _atomic_model_dir(out_dir) as tmp:
+        if method == "lora":
+            (tmp / "adapter").mkdir()
+            if final is not None:
+                for name in ("adapter_config.json", "adapter_model.safetensors"):
+                    shutil.copy2(final / name, tmp / "adapter" / name)
+            else:
+                run.trainer.model.save_pretrained(tmp / "adapter")
+            normalize_adapter_config(tmp / "adapter" / "adapter_config.json")
+            run.trainer = None
+            gc.collect()
+            # Merge on float32 weights so small deltas are not lost to bf16 rounding.
+            from peft import PeftModel
+
+            base = _load_model(model_dir, torch.float32)
+            merged = PeftModel.from_pretrained(base, tmp / "adapter").merge_and_unload()
+            _save_model_folder(merged, tokenizer, tmp)
+        elif final is not None:
+            run.trainer = None
+            gc.collect()
+            _save_model_folder(_load_model(final, torch.float32), tokenizer, tmp)
+        else:
+            _save_model_folder(run.trainer.model, tokenizer, tmp)
+        write_jsonl(tmp / "train_log.jsonl", run.records)
+        write_json(tmp / "finetune_info.json", info)
+
+
+def export_unchanged(model_dir: Path, tokenizer, out_dir: Path, info: dict) -> None:
+    """Step 4 of a run with nothing to train on: the start model saved as the output (float32),
+    an empty loss log and ``finetune_info.json``, so later rounds chain."""
+    import torch
+
+    start = _load_model(model_dir, torch.float32)
+    with _atomic_model_dir(out_dir) as tmp:
+        _save_model_folder(start, tokenizer, tmp)
+        write_jsonl(tmp / "train_log.jsonl", [])
+        write_json(tmp / "finetune_info.json", info)
