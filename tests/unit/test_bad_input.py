@@ -481,3 +481,158 @@ def test_data_stage_counts_and_escapes_delimiters(tmp_path):
     assert ev[1]["question"] == rows[1]["question"]
     saved = json.loads((tmp_path / "out" / "stats.json").read_text())
     assert saved["prompt_delimiter_escaped"] == stats["prompt_delimiter_escaped"]
+
+
+# ----------------------------------------------------------------------------- CLI options
+
+#: every option of every subcommand, by what its value is: a new option must be classified here
+#: (the test fails otherwise), so that it gets the bad values of its kind
+OPTION_KINDS = {
+    ("check", "params"): "file_in",
+    ("score", "kind"): "choice",
+    ("score", "path"): "file_in",
+    ("score", "output"): "file_out",
+    ("compare", "metrics"): "text",
+    ("compare", "mlflow"): "flag",
+    ("compare", "pipeline"): "text",
+    ("compare", "experiment"): "text",
+    ("compare", "params"): "file_in",
+    ("compare", "rounds_dir"): "dir_in",
+    ("compare", "json"): "flag",
+    ("compare", "digits"): "int",
+    ("compare", "ci"): "flag",
+    ("tiny-model", "out"): "dir_out",
+    ("tiny-model", "seed"): "int",
+    ("tiny-model", "force"): "flag",
+}
+#: (subcommand, option) whose value the base command line does not read: any value passes
+UNUSED = {("compare", "params"): "read only with --mlflow and no --experiment/--pipeline"}
+
+
+def _cli_options() -> list[tuple[str, object]]:
+    import argparse
+
+    from selfimprove.cli import build_parser
+
+    out = []
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, parser in sub.choices.items():
+        for action in parser._actions:
+            if not isinstance(action, argparse._HelpAction):
+                out.append((name, action))
+    return out
+
+
+def _cli(argv: list[str], capsys) -> tuple[int, str]:
+    from selfimprove.cli import main
+
+    try:
+        rc = main(argv)
+    except SystemExit as e:
+        rc = e.code
+    return rc, capsys.readouterr().err
+
+
+def _cli_workspace(tmp_path: Path) -> dict:
+    preds = tmp_path / "preds.jsonl"
+    preds.write_text('{"prediction": "The answer is 7.", "answer": 7}\n')
+    rounds = tmp_path / "rounds"
+    (rounds / "r0").mkdir(parents=True)
+    (rounds / "r0" / "metrics.json").write_text('{"arith": {"fewshot_cot": {"strict": 0.5}}}\n')
+    (rounds / "r0" / "filter.json").write_text('{"selected_fraction": 1, "mean_agreement": 1}\n')
+    a_file = tmp_path / "a_file.txt"
+    a_file.write_text("x")
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "keep.txt").write_text("keep")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    (tmp_path / "link.jsonl").symlink_to(preds)
+    os.link(preds, tmp_path / "hard.jsonl")
+    base = {
+        "check": ["check"],
+        "score": ["score", "gsm8k", str(preds)],
+        "compare": ["compare", "--rounds-dir", str(rounds)],
+        "tiny-model": ["tiny-model", str(tmp_path / "new_model")],
+    }
+    return {"preds": preds, "a_file": a_file, "full": full, "base": base}
+
+
+def _bad_values(kind: str, ws: dict, tmp_path: Path) -> list[str]:
+    under_a_file = str(ws["a_file"] / "x")
+    loop = str(tmp_path / "loop")
+    return {
+        "int": ["x", "8.0", "1e3", "-1", "9" * 40, ""],
+        "choice": ["bogus", ""],
+        "file_in": [str(tmp_path), under_a_file, loop, str(tmp_path / "missing.jsonl")],
+        "file_out": [str(tmp_path), under_a_file, loop, str(ws["preds"]),
+                     str(tmp_path / "link.jsonl"), str(tmp_path / "hard.jsonl")],
+        "dir_in": [str(ws["a_file"]), under_a_file, loop],
+        "dir_out": [str(ws["a_file"]), str(ws["full"]), under_a_file, loop],
+    }.get(kind, [])  # fmt: skip
+
+
+def _argv(base: list[str], action, value: str) -> list[str]:
+    if not action.option_strings:  # positional: replace it in the base command line
+        import argparse
+
+        from selfimprove.cli import build_parser
+
+        sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+        positionals = [a.dest for a in sub.choices[base[0]]._actions if not a.option_strings]
+        argv = list(base)
+        argv[1 + positionals.index(action.dest)] = value
+        return argv
+    return [*base, f"{action.option_strings[-1]}={value}"]
+
+
+def test_every_cli_option_refuses_bad_values_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    ws = _cli_workspace(tmp_path)
+    options = _cli_options()
+    unclassified = [(c, a.dest) for c, a in options if (c, a.dest) not in OPTION_KINDS]
+    assert not unclassified, f"classify these options in OPTION_KINDS: {unclassified}"
+    tried = 0
+    for cmd, action in options:
+        kind = OPTION_KINDS[(cmd, action.dest)]
+        base = ws["base"][cmd]
+        if kind == "flag":
+            rc, err = _cli([*base, f"{action.option_strings[-1]}=x"], capsys)
+            assert rc == 2, (cmd, action.dest)
+            _one_error_line(err)
+            tried += 1
+            continue
+        for value in _bad_values(kind, ws, tmp_path):
+            if cmd == "tiny-model" and not action.option_strings and value == str(ws["full"]):
+                assert (ws["full"] / "keep.txt").read_text() == "keep"
+            rc, err = _cli(_argv(base, action, value), capsys)
+            assert "Traceback" not in err
+            tried += 1
+            if (cmd, action.dest) in UNUSED and rc == 0:
+                continue
+            assert rc == 2, (cmd, action.dest, value, err)
+            line = _one_error_line(err)
+            if value == str(tmp_path / "loop"):
+                assert "symlink loop" in line, line
+        for value in ("", "x" * 5000, "\u0435\u00e9\x7f"):  # any text: no traceback
+            if kind in ("text",):
+                rc, err = _cli([*base, f"{action.option_strings[-1]}={value}"], capsys)
+                assert "Traceback" not in err and rc in (0, 2), (cmd, action.dest, value, err)
+                if rc == 2:
+                    _one_error_line(err)
+                tried += 1
+    assert ws["preds"].read_text().startswith('{"prediction"')  # no input was replaced
+    assert (ws["full"] / "keep.txt").read_text() == "keep"
+    assert tried > 50
+
+
+def test_tiny_model_refuses_an_existing_folder_unless_forced(tmp_path, capsys):
+    out = tmp_path / "base"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    rc, err = _cli(["tiny-model", str(out)], capsys)
+    assert rc == 2 and "--force" in _one_error_line(err)
+    assert (out / "config.json").read_text() == "{}"
+    rc, err = _cli(["tiny-model", str(out), "--force"], capsys)
+    assert rc == 0, err
+    assert (out / "model.safetensors").is_file() and (out / "config.json").read_text() != "{}"
+    assert [p.name for p in tmp_path.iterdir()] == ["base"]  # nothing left aside

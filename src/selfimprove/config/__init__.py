@@ -233,7 +233,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     from selfimprove.config.yaml_file import read_yaml_file
 
     path = Path(path)
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():  # a symlink loop: read_yaml_file names it
         raise ConfigError(f"{path}: not found; run from the project root (where dvc.yaml is)")
     try:
         raw = read_yaml_file(path)

@@ -130,7 +130,9 @@ def read_yaml_file(path: str | Path) -> Any:
             )
         data = path.read_bytes()
     except OSError as e:
-        raise InputError(f"{path}: cannot read it ({e.strerror or e}); check the path and its "
+        from selfimprove.core.io import os_reason
+
+        raise InputError(f"{path}: cannot read it ({os_reason(e)}); check the path and its "
                          "permissions") from None  # fmt: skip
     try:
         text = data.decode("utf-8-sig")
