@@ -636,3 +636,49 @@ def test_tiny_model_refuses_an_existing_folder_unless_forced(tmp_path, capsys):
     assert rc == 0, err
     assert (out / "model.safetensors").is_file() and (out / "config.json").read_text() != "{}"
     assert [p.name for p in tmp_path.iterdir()] == ["base"]  # nothing left aside
+
+
+# ----------------------------------------------------------------------------- scoring scale
+
+
+def test_drop_alignment_compares_only_pairs_that_can_score():
+    from selfimprove.evaluation.metrics.drop import alignment_scores
+
+    distinct = [{f"w{i}"} for i in range(10_000)]
+    pairs, compared = alignment_scores(distinct, [{f"g{i}"} for i in range(10_000)])
+    assert (pairs, compared) == ({}, 0)  # no shared word: nothing compared (was 10^8 pairs)
+    pairs, compared = alignment_scores(distinct, distinct)
+    assert compared == 10_000 and len(pairs) == 10_000  # each span meets its own only
+    shared = [{"x", f"w{i}"} for i in range(300)]
+    _, compared = alignment_scores(shared, shared[:7])
+    assert compared == 300 * 7  # the bound: predicted x gold spans, never more
+
+
+def test_drop_spans_per_record_capped(tmp_path):
+    from selfimprove.evaluation.metrics.drop import MAX_SPANS, drop_em_f1
+
+    spans = [f"w{i}" for i in range(10_000)]
+    p = tmp_path / "preds.jsonl"
+    p.write_text(json.dumps({"prediction": spans, "answers": ["w1"]}) + "\n")
+    with pytest.raises(InputError, match=rf"line 1: 'prediction' .*at most {MAX_SPANS}.*a list of"):
+        score_file("drop", p)
+    p.write_text(json.dumps({"prediction": "7", "answers": [spans]}) + "\n")
+    with pytest.raises(InputError, match=rf"line 1: 'answers' .*at most {MAX_SPANS} span"):
+        score_file("drop", p)
+    with pytest.raises(ValueError, match="10000 spans"):
+        drop_em_f1(spans, ["w1"])
+    assert drop_em_f1(spans[:MAX_SPANS], [spans[:MAX_SPANS]]) == (1.0, 1.0)
+
+
+def test_line_without_end_is_refused_at_the_cap(tmp_path, monkeypatch):
+    import selfimprove.core.io as io
+
+    monkeypatch.setattr(io, "MAX_LINE_BYTES", 1000)
+    p = tmp_path / "stream.jsonl"
+    p.write_text('{"a": 1}\n' + '{"a": "' + "x" * 5000)
+    with pytest.raises(InputError, match=r"line 2: longer than 1000 bytes"):
+        read_jsonl(p)
+    p.write_text('{"a": "' + "x" * 990 + '"}\n')  # at the cap, with its newline: read
+    assert len(read_jsonl(p)) == 1
+    with pytest.raises(InputError, match=r"line 1: longer than 1000 bytes"):
+        score_file("gsm8k", "/dev/zero")  # a device that never ends a line

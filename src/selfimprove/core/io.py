@@ -26,6 +26,9 @@ class InputError(Exception):
 
 #: longest quoted value in an error message (characters)
 MAX_SHOWN = 80
+#: longest line a jsonl reader accepts (bytes): a record is a few kB; a file with no newline (a
+#: device, a stream) is refused at this length instead of growing in memory
+MAX_LINE_BYTES = 1 << 23
 
 
 def shorten(value: object, limit: int = MAX_SHOWN) -> str:
@@ -59,7 +62,13 @@ def _raw_lines(path: Path) -> Iterator[tuple[int, bytes]]:
     lineno = 0
     try:
         with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
-            for lineno, raw in enumerate(f, start=1):  # noqa: B007 (used after the loop)
+            while raw := f.readline(MAX_LINE_BYTES + 1):  # a stream with no newline: bounded
+                lineno += 1
+                if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                    raise InputError(
+                        f"{path} line {lineno}: longer than {MAX_LINE_BYTES} bytes (a line with "
+                        "no end, or not a .jsonl file); one JSON record per line is expected"
+                    )
                 yield lineno, raw
     except (EOFError, gzip.BadGzipFile, zlib.error) as e:
         raise InputError(
