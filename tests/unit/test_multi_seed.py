@@ -34,23 +34,8 @@ def test_table_means_over_seeds_and_paired_difference(tmp_path, multi_seed, caps
         _round(tmp_path / f"lmsi_s{seed}/data/rounds/r2", [i < 20 + seed * 4 for i in range(n)])
         _round(tmp_path / f"format_only_s{seed}/data/rounds/r2", [i < 12 for i in range(n)])
     out = tmp_path / "t.json"
-    rc = multi_seed.main(
-        [
-            "table",
-            "--root",
-            str(tmp_path),
-            "--methods",
-            "lmsi",
-            "format_only",
-            "--seeds",
-            "0",
-            "1",
-            "--json",
-            str(out),
-            "--resamples",
-            "200",
-        ]
-    )
+    rc = multi_seed.main(["table", "--root", str(tmp_path), "--methods", "lmsi", "format_only",
+                          "--seeds", "0", "1", "--json", str(out), "--resamples", "200"])
     assert rc == 0
     table = capsys.readouterr().out
     row = next(line for line in table.splitlines() if line.startswith("| arith"))
@@ -82,23 +67,8 @@ def test_table_last_round_gain_and_label_free_loss_are_paired_within_runs(
                 json.dumps({"selected_fraction": frac, "answer_entropy": 1.0})
             )
     out = tmp_path / "t.json"
-    rc = multi_seed.main(
-        [
-            "table",
-            "--root",
-            str(tmp_path),
-            "--methods",
-            "lmsi",
-            "--seeds",
-            "0",
-            "1",
-            "2",
-            "--json",
-            str(out),
-            "--resamples",
-            "200",
-        ]
-    )
+    rc = multi_seed.main(["table", "--root", str(tmp_path), "--methods", "lmsi", "--seeds", "0",
+                          "1", "2", "--json", str(out), "--resamples", "200"])
     assert rc == 0
     assert "| lmsi | arith / fewshot_cot / strict | +0.100" in capsys.readouterr().out
     got = json.loads(out.read_text())
