@@ -44,7 +44,7 @@ def _check(args: argparse.Namespace) -> int:
     from selfimprove.tracking.health import mask_uri, tracking_uri
 
     params = load_params(args.params)
-    problems = preflight(params)
+    problems = preflight(params, params_file=args.params)
     if problems:
         print(f"{args.params}: {len(problems)} problem(s) before the run:", file=sys.stderr)
         for problem in problems:
