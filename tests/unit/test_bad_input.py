@@ -152,6 +152,48 @@ def test_bool_is_not_a_number_and_a_number_not_a_bool():
         assert f"  - {key}: must be true or false, not" in msg
 
 
+def test_no_silent_coercion_of_strings_floats_and_sets():
+    with pytest.raises(ConfigError) as e:
+        parse_params(
+            {
+                "seed": "8",
+                "generate": {"num_paths": 8.0, "temperature": "0.7", "max_new_tokens": "1e3"},
+                "data": {"train": {"source": "arith", "n": 5, "steps": [1, 2.0]}},
+                "evaluate": {"sc_k": {1, 8}, "styles": frozenset({"fewshot_cot"})},
+            }
+        )
+    msg = str(e.value)
+    assert "7 problem(s)" in msg, msg
+    assert "  - seed: must be a number, not the string '8'; write it without quotes" in msg
+    assert "  - generate.num_paths: must be an integer, not 8.0" in msg
+    assert "  - generate.temperature: must be a number, not the string '0.7'" in msg
+    assert "  - generate.max_new_tokens: must be a number, not the string '1e3'" in msg
+    assert "  - data.train.steps: must be an integer, not 2.0" in msg
+    for key in ("evaluate.sc_k", "evaluate.styles"):
+        assert f"  - {key}: a YAML set (!!set or {{a, b}} without values) is not a list" in msg
+    # what stays valid: an integer for a float, a float for a float
+    p = parse_params({"generate": {"temperature": 1, "top_p": 0.5}, "seed": 3})
+    assert p.generate.temperature == 1 and p.seed == 3
+
+
+def test_params_are_read_as_dvc_reads_them(tmp_path):
+    """PyYAML (YAML 1.1) reads 1e-4 as a string, yes as true, 010 as 8; DVC (YAML 1.2,
+    ruamel.yaml) records 0.0001, 'yes', 10: params get DVC's values, so no value DVC records as
+    a number is refused and a 1.1-only boolean is not silently true."""
+    from dvc.utils.serialize import parse_yaml
+
+    p = tmp_path / "params.yaml"
+    p.write_text("finetune:\n  learning_rate: 1e-4\ngenerate:\n  num_paths: 010\n")
+    params = load_params(p)
+    assert params.finetune.learning_rate == 1e-4 and params.generate.num_paths == 10
+    p.write_text("filter:\n  dedupe: yes\n")
+    with pytest.raises(ConfigError, match="filter.dedupe: must be true or false, not 'yes'"):
+        load_params(p)
+    from selfimprove.config.yaml_file import read_yaml_file
+
+    assert read_yaml_file(ROOT / "params.yaml") == parse_yaml(SHIPPED, "params.yaml")
+
+
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf"), "nan", "inf"])
 def test_numbers_must_be_finite(value):
     with pytest.raises(ConfigError, match=r"generate.temperature: .*finite.*nan and inf"):
