@@ -104,13 +104,21 @@ def data_problems(params: Params, root: Path) -> list[str]:
         if sc.source not in FILE_SOURCES or not sc.path:
             continue
         p = root / Path(sc.path).expanduser()
-        if not p.exists():
+        from selfimprove.core.io import folder_problem
+
+        problem = folder_problem(p)
+        if problem not in (None, "not found", "is a file, expected a folder"):
+            out.append(f"{key}.path {sc.path!r}: {problem}; point it at the {sc.source} file")
+        elif not p.exists():
             out.append(
                 f"{key}.path {sc.path!r}: file not found (relative to {root.absolute()}); "
                 f"point it at the {sc.source} file or choose another source"
             )
         elif not p.is_file():
-            out.append(f"{key}.path {sc.path!r}: not a file; point it at the {sc.source} file")
+            out.append(
+                f"{key}.path {sc.path!r}: not a file (is a directory, expected a file); point it "
+                f"at the {sc.source} file"
+            )
     return out
 
 

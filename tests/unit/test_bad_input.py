@@ -152,6 +152,30 @@ def test_bool_is_not_a_number_and_a_number_not_a_bool():
         assert f"  - {key}: must be true or false, not" in msg
 
 
+def test_look_alike_key_is_shown_escaped(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text("s\u0435ed: 1\n", encoding="utf-8")  # Cyrillic e
+    rc, err, _ = _check(p, tmp_path)
+    line = _one_error_line(err)
+    assert rc == 2 and "s\\u0435ed: unknown key" in line and "did you mean 'seed'?" in line
+    assert "U+0435 CYRILLIC SMALL LETTER IE at position 2" in line
+    with pytest.raises(ConfigError, match=r"U\+200B ZERO WIDTH SPACE"):
+        parse_params({"generate": {"num_paths\u200b": 4}})
+
+
+def test_symlink_loop_named_as_such(tmp_path):
+    loop = tmp_path / "loop.yaml"
+    loop.symlink_to(loop)
+    rc, err, _ = _check(loop, tmp_path)
+    assert rc == 2 and "symlink loop" in _one_error_line(err)
+    with pytest.raises(InputError, match="symlink loop"):
+        read_jsonl(loop)
+    from selfimprove.preflight import data_problems
+
+    params = parse_params({"data": {"train": {"source": "jsonl", "path": str(loop)}}})
+    assert "symlink loop" in data_problems(params, tmp_path)[0]
+
+
 def test_no_silent_coercion_of_strings_floats_and_sets():
     with pytest.raises(ConfigError) as e:
         parse_params(
