@@ -748,3 +748,30 @@ def test_line_without_end_is_refused_at_the_cap(tmp_path, monkeypatch):
     assert len(read_jsonl(p)) == 1
     with pytest.raises(InputError, match=r"line 1: longer than 1000 bytes"):
         score_file("gsm8k", "/dev/zero")  # a device that never ends a line
+
+
+# ----------------------------------------------------------------------------- atomic writes
+
+
+def test_atomic_writes_fsync_and_swap_a_folder_in_one_step(tmp_path, monkeypatch):
+    """Files and folders are fsynced before the rename and the folder after it; an existing
+    folder is exchanged with the new one (renameat2), never moved aside first."""
+    import selfimprove.core.io as io
+
+    synced, replaced = [], []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(io.os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    monkeypatch.setattr(io.os, "replace", lambda a, b: replaced.append(b) or real_replace(a, b))
+    io.write_json(tmp_path / "a.json", {"x": 1})
+    assert len(synced) >= 2  # the file and its folder
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "old.txt").write_text("old")
+    synced.clear()
+    with io.atomic_path(model, is_dir=True) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert [p.name for p in model.iterdir()] == ["new.txt"]
+    assert len(synced) >= 3  # new.txt, the new folder, the parent
+    if sys.platform == "linux":
+        assert model not in replaced  # exchanged in one step, never missing
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "model"]

@@ -129,7 +129,13 @@ def read_yaml_file(path: str | Path) -> Any:
                 f"{path}: {size} bytes, more than a params file needs ({MAX_BYTES} at most); "
                 "check that this is the right file"
             )
-        data = path.read_bytes()
+        with open(path, "rb") as f:  # a device or a stream has no size: read at most the cap
+            data = f.read(MAX_BYTES + 1)
+        if len(data) > MAX_BYTES:
+            raise InputError(
+                f"{path}: more than {MAX_BYTES} bytes, more than a params file needs; check "
+                "that this is the right file"
+            )
     except OSError as e:
         from selfimprove.core.io import os_reason
 
