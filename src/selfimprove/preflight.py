@@ -408,10 +408,22 @@ def _dvc_param_keys(dvc_yaml: Path, params_name: str) -> list[str]:
 
 
 def _model_folder(params: Params, root: Path) -> Path:
+    """The base model's folder: ``base_model.local_path``, else ``data/models/base``, else (a
+    hub model not fetched yet) its snapshot in the local Hugging Face cache, when there."""
     from selfimprove.core.paths import BASE_MODEL
 
     cfg = params.base_model
-    return root / (cfg.local_path if cfg.source == "local" and cfg.local_path else BASE_MODEL)
+    folder = root / (cfg.local_path if cfg.source == "local" and cfg.local_path else BASE_MODEL)
+    if cfg.source == "hub" and not (folder / "config.json").is_file():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            hit = try_to_load_from_cache(cfg.hub_id, "config.json", revision=cfg.revision)
+        except Exception:  # a malformed id (hub_id_problems names it), a broken cache
+            hit = None
+        if isinstance(hit, str):
+            return Path(hit).parent
+    return folder
 
 
 def _model_config(folder: Path) -> dict | None:
@@ -507,8 +519,12 @@ def metric_name_problems(params: Params) -> list[str]:
     """``tracking.best_metric`` that names no metric ``evaluate`` writes (checked when
     tracking registers models and ranks by it)."""
     t = params.tracking
-    if not t.enabled or t.best_by != "metric":
+    if not t.enabled or t.best_by != "metric" or t.registered_model is None:
         return []
+    from selfimprove.evaluation.report import STEP_FILES
+
+    if t.best_metric.startswith(tuple(prefix for _, prefix in STEP_FILES if prefix)):
+        return []  # another step's metrics (filter.mean_agreement, ...): logged too
     sets, seconds = evaluate_metric_names(params)
     parts = t.best_metric.split(".")
     last = {"strict", "flexible", "em", "f1", "no_answer"}

@@ -251,6 +251,10 @@ def test_best_metric_must_name_an_evaluate_metric(project):
         assert pf.metric_name_problems(_params(tracking={"best_metric": name})) == [], name
     label_free = _params(tracking={"best_metric": "x", "best_by": "label_free"})
     assert pf.metric_name_problems(label_free) == []  # not used
+    unused = _params(tracking={"best_metric": "x", "registered_model": None})
+    assert pf.metric_name_problems(unused) == []
+    other = _params(tracking={"best_metric": "filter.mean_agreement"})
+    assert pf.metric_name_problems(other) == []  # another step's logged metric
 
 
 def test_hub_ids_must_be_well_formed(project):
@@ -275,3 +279,20 @@ def test_model_folder_that_is_a_file_or_a_symlink_loop(project):
     seed = {"source": "arith", "n": 8}
     problems = preflight(_params(method="self", data={"seed_set": seed}, meta_skill=ms))
     assert any("is a file, expected a folder" in p for p in problems), problems
+
+
+def test_hub_model_checked_from_the_local_cache(project, monkeypatch):
+    """A hub base model not fetched into data/models/base yet: its cached config.json and
+    safetensors header are read (no download, no weights)."""
+    import huggingface_hub
+
+    snap = _fake_model(project / "cache" / "snap", ["self_attn.q_proj"], 1024)
+    monkeypatch.setattr(
+        huggingface_hub, "try_to_load_from_cache", lambda *a, **k: str(snap / "config.json")
+    )
+    params = _params(
+        base_model={"source": "hub", "hub_id": "org/model"},
+        finetune={"lora": {"target_modules": ["q_proj", "up_proj"]}},
+    )
+    problems = pf.model_fit_problems(params, project)
+    assert len(problems) == 1 and "['up_proj']" in problems[0], problems
