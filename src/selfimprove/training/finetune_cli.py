@@ -20,11 +20,10 @@ import sys
 def parse_sets(items: list[str]) -> dict:
     """``["epochs=1", "lora.r=8"]`` -> ``{"epochs": 1, "lora": {"r": 8}}`` (values as YAML).
 
-    >>> parse_sets(["epochs=1", "lora.r=8", "lora.target_modules=[q_proj]"])
-    {'epochs': 1, 'lora': {'r': 8, 'target_modules': ['q_proj']}}
+    >>> parse_sets(["epochs=1", "lora.r=8", "lora.target_modules=[q_proj]", "learning_rate=1e-4"])
+    {'epochs': 1, 'lora': {'r': 8, 'target_modules': ['q_proj']}, 'learning_rate': 0.0001}
     """
-    import yaml
-
+    from selfimprove.config.yaml_file import as_dvc_reads
     from selfimprove.core.io import InputError
 
     out: dict = {}
@@ -36,7 +35,7 @@ def parse_sets(items: list[str]) -> dict:
         *parents, leaf = key.split(".")
         for part in parents:
             node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value)
+        node[leaf] = as_dvc_reads(value, None, f"--set {key}")  # YAML 1.2: 1e-4 is a number
     return out
 
 
