@@ -69,11 +69,20 @@ def _tiny_model(args: argparse.Namespace) -> int:
         raise InputError(f"{out}: {os_reason(e)}") from None
     if out.is_file():
         raise InputError(f"{out}: is a file, expected a folder; give a new folder's path")
-    if out.is_dir() and any(out.iterdir()) and not args.force:
-        raise InputError(
-            f"{out}: the folder exists and is not empty; give a new folder, or --force to "
-            "replace it"
-        )
+    if out.is_dir() and any(out.iterdir()):
+        cwd = Path.cwd().resolve()
+        if out.resolve() in (cwd, *cwd.parents):
+            raise InputError(f"{out}: is the working folder or above it; give a new folder")
+        if not args.force:
+            raise InputError(
+                f"{out}: the folder exists and is not empty; give a new folder, or --force to "
+                "replace it"
+            )
+        if not (out / "config.json").is_file():
+            raise InputError(
+                f"{out}: not a model folder (no config.json); --force replaces model folders "
+                "only, give a new folder"
+            )
     problem = output_problem(out)
     if problem and not out.is_dir():
         raise InputError(f"{out}: {problem}")

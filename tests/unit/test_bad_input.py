@@ -631,7 +631,7 @@ def _bad_values(kind: str, ws: dict, tmp_path: Path) -> list[str]:
         "choice": ["bogus", ""],
         "file_in": [str(tmp_path), under_a_file, loop, str(tmp_path / "missing.jsonl")],
         "file_out": [str(tmp_path), under_a_file, loop, str(ws["preds"]),
-                     str(tmp_path / "link.jsonl"), str(tmp_path / "hard.jsonl")],
+                     str(tmp_path / "link.jsonl"), str(tmp_path / "hard.jsonl"), os.devnull],
         "dir_in": [str(ws["a_file"]), under_a_file, loop],
         "dir_out": [str(ws["a_file"]), str(ws["full"]), under_a_file, loop],
     }.get(kind, [])  # fmt: skip
@@ -691,7 +691,7 @@ def test_every_cli_option_refuses_bad_values_in_one_line(tmp_path, monkeypatch, 
     assert tried > 50
 
 
-def test_tiny_model_refuses_an_existing_folder_unless_forced(tmp_path, capsys):
+def test_tiny_model_refuses_an_existing_folder_unless_forced(tmp_path, capsys, monkeypatch):
     out = tmp_path / "base"
     out.mkdir()
     (out / "config.json").write_text("{}")
@@ -702,6 +702,16 @@ def test_tiny_model_refuses_an_existing_folder_unless_forced(tmp_path, capsys):
     assert rc == 0, err
     assert (out / "model.safetensors").is_file() and (out / "config.json").read_text() != "{}"
     assert [p.name for p in tmp_path.iterdir()] == ["base"]  # nothing left aside
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.jsonl").write_text("{}\n")
+    rc, err = _cli(["tiny-model", str(data), "--force"], capsys)
+    assert rc == 2 and "not a model folder" in _one_error_line(err)
+    monkeypatch.chdir(data)
+    for here in (".", ".."):
+        rc, err = _cli(["tiny-model", here, "--force"], capsys)
+        assert rc == 2 and "is the working folder or above it" in _one_error_line(err)
+    assert (data / "train.jsonl").read_text() == "{}\n"
 
 
 # ----------------------------------------------------------------------------- scoring scale

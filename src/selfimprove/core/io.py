@@ -288,6 +288,10 @@ def output_problem(out: Path, inputs: tuple[Path, ...] = ()) -> str | None:
                 return f"is the input {str(inp)!r} (same file); write the output elsewhere"
         if os.path.isdir(out):
             return "is a directory; give a file path"
+        import stat
+
+        if not stat.S_ISREG(st.st_mode):  # /dev/null, a pipe: a rename would replace the node
+            return "is a device or a pipe, not a file; give a file path"
     parent = Path(os.path.abspath(out)).parent
     if not parent.exists():
         ancestor = parent
