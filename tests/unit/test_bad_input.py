@@ -698,6 +698,13 @@ def test_tiny_model_refuses_an_existing_folder_unless_forced(tmp_path, capsys, m
     rc, err = _cli(["tiny-model", str(out)], capsys)
     assert rc == 2 and "--force" in _one_error_line(err)
     assert (out / "config.json").read_text() == "{}"
+    import selfimprove.tiny
+
+    def fake_model(folder, seed=0):  # the CLI's replacement is under test, not the model
+        (Path(folder) / "config.json").write_text('{"model_type": "llama"}')
+        (Path(folder) / "model.safetensors").write_bytes(b"x")
+
+    monkeypatch.setattr(selfimprove.tiny, "make_tiny_model", fake_model)
     rc, err = _cli(["tiny-model", str(out), "--force"], capsys)
     assert rc == 0, err
     assert (out / "model.safetensors").is_file() and (out / "config.json").read_text() != "{}"
