@@ -201,6 +201,12 @@ def test_check_params_file_must_build_a_round(tmp_path):
     assert len(problems) == 1 and "generate" in problems[0] and "missing param" in problems[0]
     (tmp_path / "params.yaml").write_text((root / "params.yaml").read_text())
     assert pf.params_file_problems(tmp_path / "params.yaml", tmp_path) == []
+    # a passing check creates nothing: not the sqlite database's folders, no probe file
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/a/b/m.db"}
+    cmd = [sys.executable, "-m", "selfimprove.cli", "check"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dvc.yaml", "params.yaml"]
 
 
 def _fake_model(folder: Path, modules: list[str], context: int = 256) -> Path:
