@@ -34,6 +34,8 @@ import math
 import os
 from pathlib import Path
 
+from pydantic import BaseModel
+
 from selfimprove.config import Params
 from selfimprove.config.data import FILE_SOURCES
 from selfimprove.core.io import InputError
@@ -486,7 +488,15 @@ def model_fit_problems(params: Params, root: Path) -> list[str]:
     text = conf.get("text_config", conf)
     context = text.get("max_position_embeddings") if isinstance(text, dict) else None
     if isinstance(context, int) and not isinstance(context, bool) and context > 0:
+        out += [
+            f"{key}={value} exceeds the model's context of {context} tokens "
+            f"(max_position_embeddings in {folder}); use {key} <= {context}"
+            for key, value in _token_budgets(params)
+            if value > context
+        ]
         for key, _, _, _, _, _, (prefix, suffix), mnt, *_ in _steps(params, root):
+            if mnt > context:
+                continue  # named above
             # the prompt at 8 characters a token at most: a floor, so a refusal is sure
             prompt = (prefix + suffix) * CHARS_PER_TOKEN // MAX_CHARS_PER_TOKEN
             section = key.split(".", 1)[0]
@@ -496,6 +506,23 @@ def model_fit_problems(params: Params, root: Path) -> list[str]:
                     f"exceeds the model's context of {context} tokens (max_position_embeddings "
                     f"in {folder}); use {section}.max_new_tokens <= {max(context - prompt, 1)}"
                 )
+    return out
+
+
+def _token_budgets(params: Params) -> list[tuple[str, int]]:
+    """Every ``*max_new_tokens`` of every section, and ``finetune.max_length``: tokens that must
+    fit the model's context (a new section's budgets are found by their name)."""
+    out = []
+    for name in type(params).model_fields:
+        section = getattr(params, name)
+        if not isinstance(section, BaseModel):
+            continue
+        for field in type(section).model_fields:
+            value = getattr(section, field)
+            if (
+                field.endswith("max_new_tokens") or (name, field) == ("finetune", "max_length")
+            ) and (isinstance(value, int) and not isinstance(value, bool)):
+                out.append((f"{name}.{field}", value))
     return out
 
 

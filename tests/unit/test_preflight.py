@@ -239,6 +239,11 @@ def test_lora_targets_and_token_budget_checked_against_the_model(project):
     assert len(problems) == 1 and "generate.max_new_tokens=1000" in problems[0]
     assert "context of 1024 tokens" in problems[0]
     assert pf.model_fit_problems(_params(base_model=base, finetune=bad), project / "none") == []
+    budgets = {"refine": {"feedback_max_new_tokens": 2000}, "finetune": {**ok, "max_length": 4096}}
+    problems = pf.model_fit_problems(_params(base_model=base, **budgets), project)
+    assert len(problems) == 2, problems
+    assert "refine.feedback_max_new_tokens=2000 exceeds the model's context of 1024" in problems[0]
+    assert "finetune.max_length=4096" in problems[1] and "<= 1024" in problems[1]
 
 
 def test_best_metric_must_name_an_evaluate_metric(project):
