@@ -792,3 +792,22 @@ def test_atomic_writes_fsync_and_swap_a_folder_in_one_step(tmp_path, monkeypatch
     if sys.platform == "linux":
         assert model not in replaced  # exchanged in one step, never missing
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "model"]
+
+
+def test_finetune_cli_out_over_an_input_refused(tmp_path, capsys):
+    """``finetune_cli --out`` replaces a folder whole: the input model (or a folder holding
+    the training file, or a link to them) is refused before anything loads."""
+    from selfimprove.training.finetune_cli import main
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    train = model / "train.jsonl"
+    train.write_text('{"prompt": "q", "completion": "a"}\n')
+    (tmp_path / "link").symlink_to(model)
+    for out in (model, tmp_path / "link", tmp_path):
+        with pytest.raises(SystemExit) as e:
+            main(["--model", str(model), "--train", str(train), "--out", str(out)])
+        assert e.value.code == 2
+        assert "is or holds the input" in _one_error_line(capsys.readouterr().err)
+    assert (model / "config.json").read_text() == "{}"

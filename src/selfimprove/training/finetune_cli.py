@@ -39,6 +39,26 @@ def parse_sets(items: list[str]) -> dict:
     return out
 
 
+def _refuse_out_over_an_input(out: str, *inputs: str | None) -> None:
+    """``--out`` replaces its folder whole: it must not be (or hold) an input.
+
+    >>> import tempfile
+    >>> d = tempfile.mkdtemp()
+    >>> _refuse_out_over_an_input(d, d + "/model")
+    Traceback (most recent call last):
+    ...
+    selfimprove.core.io.InputError: --out ...: is or holds the input ...; write the model elsewhere
+    """
+    from pathlib import Path
+
+    from selfimprove.core.io import InputError
+
+    target = Path(out).resolve()
+    for inp in inputs:
+        if inp and (Path(inp).resolve() == target or target in Path(inp).resolve().parents):
+            raise InputError(f"--out {out}: is or holds the input {inp}; write the model elsewhere")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", required=True, help="model folder to start from")
@@ -64,6 +84,7 @@ def main(argv: list[str] | None = None) -> None:
             cfg = FinetuneConfig(**parse_sets(args.set))
         except ValidationError as e:
             raise InputError(f"--set: {e}") from None
+        _refuse_out_over_an_input(args.out, args.model, args.train, args.ckpt)
         examples = read_jsonl(args.train, required=["prompt", "completion"])
         info = finetune(
             args.model,
