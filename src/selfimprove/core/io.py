@@ -230,16 +230,22 @@ def _fsync_tree(path: Path) -> None:
     """fsync a file, or every file and folder under a folder, before it is renamed into place
     (else a power cut can leave the new name pointing at empty data)."""
     if not path.is_dir():
-        with open(path, "rb+") as f:
-            os.fsync(f.fileno())
+        _fsync_file(path)
         return
     for dirpath, _dirs, files in os.walk(path):
         for name in files:
             p = Path(dirpath, name)
             if p.is_file() and not p.is_symlink():
-                with open(p, "rb+") as f:
-                    os.fsync(f.fileno())
+                _fsync_file(p)
         _fsync_dir(Path(dirpath))
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)  # a read-only descriptor flushes too (a 0444 file)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 _RENAME_EXCHANGE = 2  # linux/fs.h
