@@ -3,7 +3,37 @@
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
+from pathlib import Path
+
+#: largest ``tiny-model --seed`` (torch's seeds are unsigned 64-bit)
+MAX_SEED = 2**63 - 1
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one ``error:`` line and exit code 2 (the
+    form of every other bad-input message), never the usage block."""
+
+    def error(self, message: str):  # noqa: D102 (argparse's hook)
+        self.exit(2, f"error: {self.prog}: {message}; see `{self.prog} --help`\n")
+
+
+def _int_at_least(low: int, high: int | None = None):
+    """An argparse ``type``: an integer in ``[low, high]``, as written (no "8.0", no "1e3")."""
+
+    def parse(text: str) -> int:
+        if not re.fullmatch(r"[+-]?\d{1,30}", text.strip()):
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer")
+        value = int(text)
+        if value < low or (high is not None and value > high):
+            bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+            raise argparse.ArgumentTypeError(f"{value} is out of range; use an integer {bound}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -14,7 +44,7 @@ def _check(args: argparse.Namespace) -> int:
     from selfimprove.tracking.health import mask_uri, tracking_uri
 
     params = load_params(args.params)
-    problems = preflight(params)
+    problems = preflight(params, params_file=args.params)
     if problems:
         print(f"{args.params}: {len(problems)} problem(s) before the run:", file=sys.stderr)
         for problem in problems:
@@ -27,9 +57,40 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _tiny_model(args: argparse.Namespace) -> int:
+    from selfimprove.core.io import InputError, os_reason, output_problem
     from selfimprove.tiny import make_tiny_model
 
-    path = make_tiny_model(args.out, seed=args.seed)
+    out = Path(args.out)
+    try:
+        os.stat(out)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise InputError(f"{out}: {os_reason(e)}") from None
+    if out.is_file():
+        raise InputError(f"{out}: is a file, expected a folder; give a new folder's path")
+    if out.is_dir() and any(out.iterdir()):
+        cwd = Path.cwd().resolve()
+        if out.resolve() in (cwd, *cwd.parents):
+            raise InputError(f"{out}: is the working folder or above it; give a new folder")
+        if not args.force:
+            raise InputError(
+                f"{out}: the folder exists and is not empty; give a new folder, or --force to "
+                "replace it"
+            )
+        if not (out / "config.json").is_file():
+            raise InputError(
+                f"{out}: not a model folder (no config.json); --force replaces model folders "
+                "only, give a new folder"
+            )
+    problem = output_problem(out)
+    if problem and not out.is_dir():
+        raise InputError(f"{out}: {problem}")
+    from selfimprove.core.io import atomic_path
+
+    with atomic_path(out, is_dir=True) as tmp:  # an existing folder is replaced whole
+        make_tiny_model(tmp, seed=args.seed)
+    path = out
     print(f"tiny random model written to {path}")
     return 0
 
@@ -65,6 +126,11 @@ def _compare(args: argparse.Namespace) -> int:
         metrics = round_metrics(cfg)
         source = f"mlflow:{cfg.experiment}/{cfg.pipeline}"
     else:
+        from selfimprove.core.io import InputError, folder_problem
+
+        problem = folder_problem(args.rounds_dir)
+        if problem and problem != "not found":
+            raise InputError(f"--rounds-dir {args.rounds_dir}: {problem}")
         metrics = dvc_round_metrics(args.rounds_dir)
         if not metrics:
             from selfimprove.core.io import InputError
@@ -85,7 +151,7 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="selfimprove",
         description="Label-free self-improvement of language models (LMSI) as a DVC pipeline. "
         "Run the pipeline with `dvc repro`; these subcommands help around it.",
@@ -128,7 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", default="params.yaml", help="params file for the defaults")
     p.add_argument("--rounds-dir", default="data/rounds", help="where the round folders are")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--digits", type=int, default=3, help="decimals in the text table")
+    p.add_argument(
+        "--digits", type=_int_at_least(0, 17), default=3, help="decimals in the text table"
+    )
     p.add_argument(
         "--ci",
         action="store_true",
@@ -139,19 +207,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tiny-model", help="write a tiny random model (for smoke tests)")
     p.add_argument("out", help="output folder")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_int_at_least(0, MAX_SEED), default=0)
+    p.add_argument("--force", action="store_true", help="replace OUT if it is an existing folder")
     p.set_defaults(func=_tiny_model)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from selfimprove.core.io import InputError
+    from selfimprove.core.io import InputError, os_reason
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # an output that cannot be written after all (disk full, ...)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{os_reason(e)}", file=sys.stderr)
         return 2
 
 

@@ -34,6 +34,8 @@ import math
 import os
 from pathlib import Path
 
+from pydantic import BaseModel
+
 from selfimprove.config import Params
 from selfimprove.config.data import FILE_SOURCES
 from selfimprove.core.io import InputError
@@ -51,10 +53,14 @@ BASE_BYTES = 512 * 2**20
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "auto": 2}
 
 
-def preflight(params: Params, root: str | Path = ".") -> list[str]:
+def preflight(
+    params: Params, root: str | Path = ".", params_file: str | Path | None = None
+) -> list[str]:
     """Every problem of the run ``params`` describes, one line each (empty list: none).
 
-    Paths are relative to ``root`` (the working directory the stages run in).
+    Paths are relative to ``root`` (the working directory the stages run in). ``params_file``:
+    the file ``params`` was read from, checked for what ``dvc.yaml`` needs of it. Nothing is
+    created or written.
     """
     problems: list[str] = []
     root = Path(root)
@@ -68,13 +74,18 @@ def preflight(params: Params, root: str | Path = ".") -> list[str]:
     if params.tracking.enabled:
         from selfimprove.tracking.health import check_tracking
 
-        run(check_tracking, params.tracking)
+        run(check_tracking, params.tracking, False)
     problems += data_problems(params, root)
     from selfimprove.training.base_model import check_source
 
     run(check_source, params.base_model)
     problems += teacher_problems(params, root)
     problems += memory_problems(params, available_bytes(), model_shape(params, root), root)
+    problems += model_fit_problems(params, root)
+    problems += metric_name_problems(params)
+    problems += hub_id_problems(params, root)
+    if params_file is not None:
+        problems += params_file_problems(Path(params_file), root)
     return problems
 
 
@@ -95,13 +106,21 @@ def data_problems(params: Params, root: Path) -> list[str]:
         if sc.source not in FILE_SOURCES or not sc.path:
             continue
         p = root / Path(sc.path).expanduser()
-        if not p.exists():
+        from selfimprove.core.io import folder_problem
+
+        problem = folder_problem(p)
+        if problem not in (None, "not found", "is a file, expected a folder"):
+            out.append(f"{key}.path {sc.path!r}: {problem}; point it at the {sc.source} file")
+        elif not p.exists():
             out.append(
                 f"{key}.path {sc.path!r}: file not found (relative to {root.absolute()}); "
                 f"point it at the {sc.source} file or choose another source"
             )
         elif not p.is_file():
-            out.append(f"{key}.path {sc.path!r}: not a file; point it at the {sc.source} file")
+            out.append(
+                f"{key}.path {sc.path!r}: not a file (is a directory, expected a file); point it "
+                f"at the {sc.source} file"
+            )
     return out
 
 
@@ -130,6 +149,11 @@ def teacher_problems(params: Params, root: Path) -> list[str]:
                 "model folder written by save_pretrained, or a hub id"
             ]
         return []
+    from selfimprove.core.io import folder_problem
+
+    problem = folder_problem(p)
+    if problem not in (None, "not found"):
+        return [f"meta_skill.teacher_model {name!r}: {problem}; give a model folder or a hub id"]
     if _looks_local(name) or p.exists():
         return [
             f"meta_skill.teacher_model {name!r}: model folder not found (relative to "
@@ -323,4 +347,252 @@ def memory_problems(
             f"{bkey}={bs} cannot fit in memory (model + KV cache of {rows} rows x "
             f"{ptok[1] + mnt} tokens {need}); {fix}, or lower max_new_tokens"
         )
+    return out
+
+
+# --------------------------------------------------------------------------- what DVC and the
+# stages will need of the params file, the model and the names params gives
+
+
+def params_file_problems(path: Path, root: Path) -> list[str]:
+    """What ``dvc.yaml`` needs of the params file: a non-empty ``rounds`` mapping (its round
+    stages are unrolled over it) and every key its stages list under ``params:`` (DVC stops on
+    a missing one), read as DVC reads YAML."""
+    from selfimprove.config.yaml_file import read_yaml_file
+
+    try:
+        raw = read_yaml_file(path)
+    except InputError as e:
+        return [str(e)]
+    raw = raw if isinstance(raw, dict) else {}
+    out = []
+    rounds = raw.get("rounds")
+    if not isinstance(rounds, dict) or not rounds:
+        what = "no `rounds`" if rounds is None else "an empty `rounds`"
+        out.append(
+            f"{path}: {what}; dvc.yaml unrolls its round stages over it, so the pipeline would "
+            "have no round (or `dvc` fails); add e.g. rounds: {r1: {prev: r0}, r2: {prev: r1}}"
+        )
+    missing: list[str] = []
+    for key in _dvc_param_keys(root / "dvc.yaml", path.name):
+        node: object = raw
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is None and key not in missing and key != "rounds":
+            missing.append(key)
+    if missing:
+        out.append(
+            f"{path}: dvc.yaml's stages read {', '.join(missing)}, which the file does not set "
+            "(DVC stops on a missing param); add them (see the shipped params.yaml)"
+        )
+    return out
+
+
+def _dvc_param_keys(dvc_yaml: Path, params_name: str) -> list[str]:
+    """The params keys the stages of ``dvc_yaml`` list (of the default params file)."""
+    from selfimprove.config.yaml_file import read_yaml_file
+
+    try:
+        stages = (read_yaml_file(dvc_yaml) or {}).get("stages") or {}
+    except (InputError, AttributeError):
+        return []
+    keys: list[str] = []
+    for stage in stages.values():
+        body = stage.get("do", stage) if isinstance(stage, dict) else {}
+        for entry in body.get("params") or () if isinstance(body, dict) else ():
+            if isinstance(entry, str):
+                keys.append(entry)
+            elif isinstance(entry, dict):
+                for fname, names in entry.items():
+                    if Path(str(fname)).name == params_name and isinstance(names, list):
+                        keys += [str(n) for n in names]
+    return keys
+
+
+def _model_folder(params: Params, root: Path) -> Path:
+    """The base model's folder: ``base_model.local_path``, else ``data/models/base``, else (a
+    hub model not fetched yet) its snapshot in the local Hugging Face cache, when there."""
+    from selfimprove.core.paths import BASE_MODEL
+
+    cfg = params.base_model
+    folder = root / (cfg.local_path if cfg.source == "local" and cfg.local_path else BASE_MODEL)
+    if cfg.source == "hub" and not (folder / "config.json").is_file():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            hit = try_to_load_from_cache(cfg.hub_id, "config.json", revision=cfg.revision)
+        except Exception:  # a malformed id (hub_id_problems names it), a broken cache
+            hit = None
+        if isinstance(hit, str):
+            return Path(hit).parent
+    return folder
+
+
+def _model_config(folder: Path) -> dict | None:
+    try:
+        conf = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return conf if isinstance(conf, dict) else None
+
+
+def weight_module_names(folder: Path) -> set[str] | None:
+    """Module names of a model folder's weights (``model.layers.0.self_attn.q_proj``), from
+    ``model.safetensors.index.json`` or the safetensors headers: no weight is read. None when
+    the folder has neither."""
+    names: set[str] = set()
+    index = folder / "model.safetensors.index.json"
+    try:
+        if index.is_file():
+            names = set(json.loads(index.read_text(encoding="utf-8")).get("weight_map", {}))
+        else:
+            files = sorted(folder.glob("*.safetensors"))
+            if not files:
+                return None
+            for f in files:
+                with open(f, "rb") as fh:
+                    size = int.from_bytes(fh.read(8), "little")
+                    if size > 100 * 2**20:
+                        return None
+                    names |= set(json.loads(fh.read(size)))
+    except (OSError, ValueError, AttributeError):
+        return None
+    return {n.rsplit(".", 1)[0] for n in names if n != "__metadata__" and "." in n}
+
+
+def model_fit_problems(params: Params, root: Path) -> list[str]:
+    """With the model folder at hand (``base_model.local_path``, else ``data/models/base``):
+    LoRA ``target_modules`` that name no module of the model, and token budgets that cannot fit
+    its context (``max_position_embeddings``), each named with the fix."""
+    folder = _model_folder(params, root)
+    conf = _model_config(folder)
+    if conf is None:
+        return []
+    out = []
+    ft = params.finetune
+    modules = weight_module_names(folder) if ft.method == "lora" else None
+    if modules:
+        leaves = {m.rsplit(".", 1)[-1] for m in modules}
+        if conf.get("tie_word_embeddings"):
+            leaves.add("lm_head")
+        absent = [
+            t for t in ft.lora.target_modules
+            if not any(m == t or m.endswith("." + t) for m in modules) and t not in leaves
+        ]  # fmt: skip
+        if absent:
+            linear = sorted(x for x in leaves if x.endswith("proj") or x in ("fc1", "fc2"))
+            out.append(
+                f"finetune.lora.target_modules {absent}: the model in {folder} has no such "
+                f"module; use names it has (e.g. {', '.join(linear[:8]) or 'see its weights'})"
+            )
+    text = conf.get("text_config", conf)
+    context = text.get("max_position_embeddings") if isinstance(text, dict) else None
+    if isinstance(context, int) and not isinstance(context, bool) and context > 0:
+        out += [
+            f"{key}={value} exceeds the model's context of {context} tokens "
+            f"(max_position_embeddings in {folder}); use {key} <= {context}"
+            for key, value in _token_budgets(params)
+            if value > context
+        ]
+        for key, _, _, _, _, _, (prefix, suffix), mnt, *_ in _steps(params, root):
+            if mnt > context:
+                continue  # named above
+            # the prompt at 8 characters a token at most: a floor, so a refusal is sure
+            prompt = (prefix + suffix) * CHARS_PER_TOKEN // MAX_CHARS_PER_TOKEN
+            section = key.split(".", 1)[0]
+            if mnt + prompt > context:
+                out.append(
+                    f"{section}.max_new_tokens={mnt} plus the prompt (at least {prompt} tokens) "
+                    f"exceeds the model's context of {context} tokens (max_position_embeddings "
+                    f"in {folder}); use {section}.max_new_tokens <= {max(context - prompt, 1)}"
+                )
+    return out
+
+
+def _token_budgets(params: Params) -> list[tuple[str, int]]:
+    """Every ``*max_new_tokens`` of every section, and ``finetune.max_length``: tokens that must
+    fit the model's context (a new section's budgets are found by their name)."""
+    out = []
+    for name in type(params).model_fields:
+        section = getattr(params, name)
+        if not isinstance(section, BaseModel):
+            continue
+        for field in type(section).model_fields:
+            value = getattr(section, field)
+            if (
+                field.endswith("max_new_tokens") or (name, field) == ("finetune", "max_length")
+            ) and (isinstance(value, int) and not isinstance(value, bool)):
+                out.append((f"{name}.{field}", value))
+    return out
+
+
+#: most characters one token can stand for, for a floor on a prompt's tokens
+MAX_CHARS_PER_TOKEN = 8
+
+
+def evaluate_metric_names(params: Params) -> tuple[list[str], list[str]]:
+    """(the eval sets evaluate scores, the second level of their metric keys)."""
+    e = params.evaluate
+    sets = list(e.sets or params.data.eval)
+    seconds = list(e.styles)
+    if e.refine_iterations:
+        seconds += [f"{s}_refined" for s in e.styles if s.endswith("_cot")]
+    if e.sc_paths:
+        seconds.append("sc")
+    return sets, seconds
+
+
+def metric_name_problems(params: Params) -> list[str]:
+    """``tracking.best_metric`` that names no metric ``evaluate`` writes (checked when
+    tracking registers models and ranks by it)."""
+    t = params.tracking
+    if not t.enabled or t.best_by != "metric" or t.registered_model is None:
+        return []
+    from selfimprove.evaluation.report import STEP_FILES
+
+    if t.best_metric.startswith(tuple(prefix for _, prefix in STEP_FILES if prefix)):
+        return []  # another step's metrics (filter.mean_agreement, ...): logged too
+    sets, seconds = evaluate_metric_names(params)
+    parts = t.best_metric.split(".")
+    last = {"strict", "flexible", "em", "f1", "no_answer"}
+    ok = len(parts) >= 3 and parts[0] in sets and parts[1] in seconds
+    if ok and parts[1] == "sc":
+        ks = set(params.evaluate.sc_k)
+        ok = any(parts[2] in (f"maj@{k}", f"maj@{k}_em", f"maj@{k}_f1") for k in ks) or parts[
+            2
+        ].startswith(("pass@", "label_free"))
+    elif ok:
+        ok = len(parts) == 3 and parts[2] in last
+    if ok:
+        return []
+    example = f"{sets[0]}.{seconds[0]}.strict" if sets and seconds else "<set>.<style>.strict"
+    return [
+        f"tracking.best_metric {t.best_metric!r} names no metric evaluate writes (sets: "
+        f"{', '.join(sets)}; then one of {', '.join(seconds)}; then strict/flexible, or em/f1 "
+        f"for DROP sets); e.g. {example}"
+    ]
+
+
+def hub_id_problems(params: Params, root: Path) -> list[str]:
+    """Hugging Face ids that can never be valid (``org/name``: letters, digits, ``-_.``)."""
+    ids = {}
+    if params.base_model.source == "hub":
+        ids["base_model.hub_id"] = params.base_model.hub_id
+    for key, sc in _sources(params).items():
+        if getattr(sc, "hub_id", None) and sc.source.endswith("_hub"):
+            ids[f"{key}.hub_id"] = sc.hub_id
+    teacher = params.meta_skill.teacher_model
+    if teacher and not _looks_local(teacher) and not (root / teacher).exists():
+        ids["meta_skill.teacher_model"] = teacher
+    if not ids:
+        return []
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    out = []
+    for key, value in ids.items():
+        try:
+            validate_repo_id(value)
+        except HFValidationError as e:
+            why = " ".join(str(e).split()).split(". ")[0]
+            out.append(f"{key} {value[:80]!r}: not a valid hub id ({why}); use org/name")
     return out

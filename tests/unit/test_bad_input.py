@@ -152,6 +152,72 @@ def test_bool_is_not_a_number_and_a_number_not_a_bool():
         assert f"  - {key}: must be true or false, not" in msg
 
 
+def test_look_alike_key_is_shown_escaped(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text("s\u0435ed: 1\n", encoding="utf-8")  # Cyrillic e
+    rc, err, _ = _check(p, tmp_path)
+    line = _one_error_line(err)
+    assert rc == 2 and "s\\u0435ed: unknown key" in line and "did you mean 'seed'?" in line
+    assert "U+0435 CYRILLIC SMALL LETTER IE at position 2" in line
+    with pytest.raises(ConfigError, match=r"U\+200B ZERO WIDTH SPACE"):
+        parse_params({"generate": {"num_paths\u200b": 4}})
+
+
+def test_symlink_loop_named_as_such(tmp_path):
+    loop = tmp_path / "loop.yaml"
+    loop.symlink_to(loop)
+    rc, err, _ = _check(loop, tmp_path)
+    assert rc == 2 and "symlink loop" in _one_error_line(err)
+    with pytest.raises(InputError, match="symlink loop"):
+        read_jsonl(loop)
+    from selfimprove.preflight import data_problems
+
+    params = parse_params({"data": {"train": {"source": "jsonl", "path": str(loop)}}})
+    assert "symlink loop" in data_problems(params, tmp_path)[0]
+
+
+def test_no_silent_coercion_of_strings_floats_and_sets():
+    with pytest.raises(ConfigError) as e:
+        parse_params(
+            {
+                "seed": "8",
+                "generate": {"num_paths": 8.0, "temperature": "0.7", "max_new_tokens": "1e3"},
+                "data": {"train": {"source": "arith", "n": 5, "steps": [1, 2.0]}},
+                "evaluate": {"sc_k": {1, 8}, "styles": frozenset({"fewshot_cot"})},
+            }
+        )
+    msg = str(e.value)
+    assert "7 problem(s)" in msg, msg
+    assert "  - seed: must be a number, not the string '8'; write it without quotes" in msg
+    assert "  - generate.num_paths: must be an integer, not 8.0" in msg
+    assert "  - generate.temperature: must be a number, not the string '0.7'" in msg
+    assert "  - generate.max_new_tokens: must be a number, not the string '1e3'" in msg
+    assert "  - data.train.steps: must be an integer, not 2.0" in msg
+    for key in ("evaluate.sc_k", "evaluate.styles"):
+        assert f"  - {key}: a YAML set (!!set or {{a, b}} without values) is not a list" in msg
+    # what stays valid: an integer for a float, a float for a float
+    p = parse_params({"generate": {"temperature": 1, "top_p": 0.5}, "seed": 3})
+    assert p.generate.temperature == 1 and p.seed == 3
+
+
+def test_params_are_read_as_dvc_reads_them(tmp_path):
+    """PyYAML (YAML 1.1) reads 1e-4 as a string, yes as true, 010 as 8; DVC (YAML 1.2,
+    ruamel.yaml) records 0.0001, 'yes', 10: params get DVC's values, so no value DVC records as
+    a number is refused and a 1.1-only boolean is not silently true."""
+    from dvc.utils.serialize import parse_yaml
+
+    p = tmp_path / "params.yaml"
+    p.write_text("finetune:\n  learning_rate: 1e-4\ngenerate:\n  num_paths: 010\n")
+    params = load_params(p)
+    assert params.finetune.learning_rate == 1e-4 and params.generate.num_paths == 10
+    p.write_text("filter:\n  dedupe: yes\n")
+    with pytest.raises(ConfigError, match="filter.dedupe: must be true or false, not 'yes'"):
+        load_params(p)
+    from selfimprove.config.yaml_file import read_yaml_file
+
+    assert read_yaml_file(ROOT / "params.yaml") == parse_yaml(SHIPPED, "params.yaml")
+
+
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf"), "nan", "inf"])
 def test_numbers_must_be_finite(value):
     with pytest.raises(ConfigError, match=r"generate.temperature: .*finite.*nan and inf"):
@@ -481,3 +547,267 @@ def test_data_stage_counts_and_escapes_delimiters(tmp_path):
     assert ev[1]["question"] == rows[1]["question"]
     saved = json.loads((tmp_path / "out" / "stats.json").read_text())
     assert saved["prompt_delimiter_escaped"] == stats["prompt_delimiter_escaped"]
+
+
+# ----------------------------------------------------------------------------- CLI options
+
+#: every option of every subcommand, by what its value is: a new option must be classified here
+#: (the test fails otherwise), so that it gets the bad values of its kind
+OPTION_KINDS = {
+    ("check", "params"): "file_in",
+    ("score", "kind"): "choice",
+    ("score", "path"): "file_in",
+    ("score", "output"): "file_out",
+    ("compare", "metrics"): "text",
+    ("compare", "mlflow"): "flag",
+    ("compare", "pipeline"): "text",
+    ("compare", "experiment"): "text",
+    ("compare", "params"): "file_in",
+    ("compare", "rounds_dir"): "dir_in",
+    ("compare", "json"): "flag",
+    ("compare", "digits"): "int",
+    ("compare", "ci"): "flag",
+    ("tiny-model", "out"): "dir_out",
+    ("tiny-model", "seed"): "int",
+    ("tiny-model", "force"): "flag",
+}
+#: (subcommand, option) whose value the base command line does not read: any value passes
+UNUSED = {("compare", "params"): "read only with --mlflow and no --experiment/--pipeline"}
+
+
+def _cli_options() -> list[tuple[str, object]]:
+    import argparse
+
+    from selfimprove.cli import build_parser
+
+    out = []
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, parser in sub.choices.items():
+        for action in parser._actions:
+            if not isinstance(action, argparse._HelpAction):
+                out.append((name, action))
+    return out
+
+
+def _cli(argv: list[str], capsys) -> tuple[int, str]:
+    from selfimprove.cli import main
+
+    try:
+        rc = main(argv)
+    except SystemExit as e:
+        rc = e.code
+    return rc, capsys.readouterr().err
+
+
+def _cli_workspace(tmp_path: Path) -> dict:
+    preds = tmp_path / "preds.jsonl"
+    preds.write_text('{"prediction": "The answer is 7.", "answer": 7}\n')
+    rounds = tmp_path / "rounds"
+    (rounds / "r0").mkdir(parents=True)
+    (rounds / "r0" / "metrics.json").write_text('{"arith": {"fewshot_cot": {"strict": 0.5}}}\n')
+    (rounds / "r0" / "filter.json").write_text('{"selected_fraction": 1, "mean_agreement": 1}\n')
+    a_file = tmp_path / "a_file.txt"
+    a_file.write_text("x")
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "keep.txt").write_text("keep")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    (tmp_path / "link.jsonl").symlink_to(preds)
+    os.link(preds, tmp_path / "hard.jsonl")
+    base = {
+        "check": ["check"],
+        "score": ["score", "gsm8k", str(preds)],
+        "compare": ["compare", "--rounds-dir", str(rounds)],
+        "tiny-model": ["tiny-model", str(tmp_path / "new_model")],
+    }
+    return {"preds": preds, "a_file": a_file, "full": full, "base": base}
+
+
+def _bad_values(kind: str, ws: dict, tmp_path: Path) -> list[str]:
+    under_a_file = str(ws["a_file"] / "x")
+    loop = str(tmp_path / "loop")
+    return {
+        "int": ["x", "8.0", "1e3", "-1", "9" * 40, ""],
+        "choice": ["bogus", ""],
+        "file_in": [str(tmp_path), under_a_file, loop, str(tmp_path / "missing.jsonl")],
+        "file_out": [str(tmp_path), under_a_file, loop, str(ws["preds"]),
+                     str(tmp_path / "link.jsonl"), str(tmp_path / "hard.jsonl"), os.devnull],
+        "dir_in": [str(ws["a_file"]), under_a_file, loop],
+        "dir_out": [str(ws["a_file"]), str(ws["full"]), under_a_file, loop],
+    }.get(kind, [])  # fmt: skip
+
+
+def _argv(base: list[str], action, value: str) -> list[str]:
+    if not action.option_strings:  # positional: replace it in the base command line
+        import argparse
+
+        from selfimprove.cli import build_parser
+
+        sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+        positionals = [a.dest for a in sub.choices[base[0]]._actions if not a.option_strings]
+        argv = list(base)
+        argv[1 + positionals.index(action.dest)] = value
+        return argv
+    return [*base, f"{action.option_strings[-1]}={value}"]
+
+
+def test_every_cli_option_refuses_bad_values_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    ws = _cli_workspace(tmp_path)
+    options = _cli_options()
+    unclassified = [(c, a.dest) for c, a in options if (c, a.dest) not in OPTION_KINDS]
+    assert not unclassified, f"classify these options in OPTION_KINDS: {unclassified}"
+    tried = 0
+    for cmd, action in options:
+        kind = OPTION_KINDS[(cmd, action.dest)]
+        base = ws["base"][cmd]
+        if kind == "flag":
+            rc, err = _cli([*base, f"{action.option_strings[-1]}=x"], capsys)
+            assert rc == 2, (cmd, action.dest)
+            _one_error_line(err)
+            tried += 1
+            continue
+        for value in _bad_values(kind, ws, tmp_path):
+            if cmd == "tiny-model" and not action.option_strings and value == str(ws["full"]):
+                assert (ws["full"] / "keep.txt").read_text() == "keep"
+            rc, err = _cli(_argv(base, action, value), capsys)
+            assert "Traceback" not in err
+            tried += 1
+            if (cmd, action.dest) in UNUSED and rc == 0:
+                continue
+            assert rc == 2, (cmd, action.dest, value, err)
+            line = _one_error_line(err)
+            if value == str(tmp_path / "loop"):
+                assert "symlink loop" in line, line
+        for value in ("", "x" * 5000, "\u0435\u00e9\x7f"):  # any text: no traceback
+            if kind in ("text",):
+                rc, err = _cli([*base, f"{action.option_strings[-1]}={value}"], capsys)
+                assert "Traceback" not in err and rc in (0, 2), (cmd, action.dest, value, err)
+                if rc == 2:
+                    _one_error_line(err)
+                tried += 1
+    assert ws["preds"].read_text().startswith('{"prediction"')  # no input was replaced
+    assert (ws["full"] / "keep.txt").read_text() == "keep"
+    assert tried > 50
+
+
+def test_tiny_model_refuses_an_existing_folder_unless_forced(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "base"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    rc, err = _cli(["tiny-model", str(out)], capsys)
+    assert rc == 2 and "--force" in _one_error_line(err)
+    assert (out / "config.json").read_text() == "{}"
+    import selfimprove.tiny
+
+    def fake_model(folder, seed=0):  # the CLI's replacement is under test, not the model
+        (Path(folder) / "config.json").write_text('{"model_type": "llama"}')
+        (Path(folder) / "model.safetensors").write_bytes(b"x")
+
+    monkeypatch.setattr(selfimprove.tiny, "make_tiny_model", fake_model)
+    rc, err = _cli(["tiny-model", str(out), "--force"], capsys)
+    assert rc == 0, err
+    assert (out / "model.safetensors").is_file() and (out / "config.json").read_text() != "{}"
+    assert [p.name for p in tmp_path.iterdir()] == ["base"]  # nothing left aside
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.jsonl").write_text("{}\n")
+    rc, err = _cli(["tiny-model", str(data), "--force"], capsys)
+    assert rc == 2 and "not a model folder" in _one_error_line(err)
+    monkeypatch.chdir(data)
+    for here in (".", ".."):
+        rc, err = _cli(["tiny-model", here, "--force"], capsys)
+        assert rc == 2 and "is the working folder or above it" in _one_error_line(err)
+    assert (data / "train.jsonl").read_text() == "{}\n"
+
+
+# ----------------------------------------------------------------------------- scoring scale
+
+
+def test_drop_alignment_compares_only_pairs_that_can_score():
+    from selfimprove.evaluation.metrics.drop import alignment_scores
+
+    distinct = [{f"w{i}"} for i in range(10_000)]
+    pairs, compared = alignment_scores(distinct, [{f"g{i}"} for i in range(10_000)])
+    assert (pairs, compared) == ({}, 0)  # no shared word: nothing compared (was 10^8 pairs)
+    pairs, compared = alignment_scores(distinct, distinct)
+    assert compared == 10_000 and len(pairs) == 10_000  # each span meets its own only
+    shared = [{"x", f"w{i}"} for i in range(300)]
+    _, compared = alignment_scores(shared, shared[:7])
+    assert compared == 300 * 7  # the bound: predicted x gold spans, never more
+
+
+def test_drop_spans_per_record_capped(tmp_path):
+    from selfimprove.evaluation.metrics.drop import MAX_SPANS, drop_em_f1
+
+    spans = [f"w{i}" for i in range(10_000)]
+    p = tmp_path / "preds.jsonl"
+    p.write_text(json.dumps({"prediction": spans, "answers": ["w1"]}) + "\n")
+    with pytest.raises(InputError, match=rf"line 1: 'prediction' .*at most {MAX_SPANS}.*a list of"):
+        score_file("drop", p)
+    p.write_text(json.dumps({"prediction": "7", "answers": [spans]}) + "\n")
+    with pytest.raises(InputError, match=rf"line 1: 'answers' .*at most {MAX_SPANS} span"):
+        score_file("drop", p)
+    with pytest.raises(ValueError, match="10000 spans"):
+        drop_em_f1(spans, ["w1"])
+    assert drop_em_f1(spans[:MAX_SPANS], [spans[:MAX_SPANS]]) == (1.0, 1.0)
+
+
+def test_line_without_end_is_refused_at_the_cap(tmp_path, monkeypatch):
+    import selfimprove.core.io as io
+
+    monkeypatch.setattr(io, "MAX_LINE_BYTES", 1000)
+    p = tmp_path / "stream.jsonl"
+    p.write_text('{"a": 1}\n' + '{"a": "' + "x" * 5000)
+    with pytest.raises(InputError, match=r"line 2: longer than 1000 bytes"):
+        read_jsonl(p)
+    p.write_text('{"a": "' + "x" * 990 + '"}\n')  # at the cap, with its newline: read
+    assert len(read_jsonl(p)) == 1
+    with pytest.raises(InputError, match=r"line 1: longer than 1000 bytes"):
+        score_file("gsm8k", "/dev/zero")  # a device that never ends a line
+
+
+# ----------------------------------------------------------------------------- atomic writes
+
+
+def test_atomic_writes_fsync_and_swap_a_folder_in_one_step(tmp_path, monkeypatch):
+    """Files and folders are fsynced before the rename and the folder after it; an existing
+    folder is exchanged with the new one (renameat2), never moved aside first."""
+    import selfimprove.core.io as io
+
+    synced, replaced = [], []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(io.os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    monkeypatch.setattr(io.os, "replace", lambda a, b: replaced.append(b) or real_replace(a, b))
+    io.write_json(tmp_path / "a.json", {"x": 1})
+    assert len(synced) >= 2  # the file and its folder
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "old.txt").write_text("old")
+    synced.clear()
+    with io.atomic_path(model, is_dir=True) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert [p.name for p in model.iterdir()] == ["new.txt"]
+    assert len(synced) >= 3  # new.txt, the new folder, the parent
+    if sys.platform == "linux":
+        assert model not in replaced  # exchanged in one step, never missing
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "model"]
+
+
+def test_finetune_cli_out_over_an_input_refused(tmp_path, capsys):
+    """``finetune_cli --out`` replaces a folder whole: the input model (or a folder holding
+    the training file, or a link to them) is refused before anything loads."""
+    from selfimprove.training.finetune_cli import main
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    train = model / "train.jsonl"
+    train.write_text('{"prompt": "q", "completion": "a"}\n')
+    (tmp_path / "link").symlink_to(model)
+    for out in (model, tmp_path / "link", tmp_path):
+        with pytest.raises(SystemExit) as e:
+            main(["--model", str(model), "--train", str(train), "--out", str(out)])
+        assert e.value.code == 2
+        assert "is or holds the input" in _one_error_line(capsys.readouterr().err)
+    assert (model / "config.json").read_text() == "{}"

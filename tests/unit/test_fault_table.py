@@ -20,7 +20,7 @@ NOT_FAULT_CASES = {
     "test_check_tracking_disabled_checks_nothing",
     "test_check_tracking_file_store_refused",
     "test_check_tracking_http_answering",
-    "test_check_tracking_sqlite_creates_parent",
+    "test_check_tracking_sqlite_creates_nothing",
     "test_defaults_have_no_problem",
     "test_memory_problems_measured_floor",
     "test_tracking_disabled_is_not_checked",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import os
 import socket
 import threading
 import time
@@ -105,11 +106,18 @@ def test_check_tracking_disabled_checks_nothing(monkeypatch):
     check_tracking(TrackingConfig(enabled=False))
 
 
-def test_check_tracking_sqlite_creates_parent(tmp_path, monkeypatch):
+def test_check_tracking_sqlite_creates_nothing(tmp_path, monkeypatch):
+    """`selfimprove check` (create=False) only looks: no folder, no probe file; the stages
+    (create=True) make the database's folder."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/a/b/mlflow.db")
+    check_tracking(TrackingConfig(), create=False)
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "b").mkdir()
+    check_tracking(TrackingConfig(), create=False)
+    assert list((tmp_path / "a" / "b").iterdir()) == []
     check_tracking(TrackingConfig())
-    assert (tmp_path / "a" / "b").is_dir()
-    assert list((tmp_path / "a" / "b").iterdir()) == []  # the write probe left nothing
+    assert list((tmp_path / "a" / "b").iterdir()) == []  # the stages' write probe left nothing
 
 
 def test_check_tracking_file_store_refused(tmp_path, monkeypatch):
@@ -156,7 +164,9 @@ def test_sqlite_under_a_regular_file_refused(tmp_path, monkeypatch):
     """The folder cannot be created: a regular file stands where it would be."""
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("x")
-    msg = _refused(monkeypatch, f"sqlite:///{blocker}/runs/mlflow.db", "is a file, not a folder")
+    msg = _refused(
+        monkeypatch, f"sqlite:///{blocker}/runs/mlflow.db", "is a file, expected a folder"
+    )
     assert str(blocker) in msg
 
 
@@ -253,3 +263,52 @@ def test_mask_uri_hides_every_secret():
         assert mask_uri(uri) == masked
     # a password containing '@' or ':' is hidden whole
     assert SECRET not in mask_uri(f"http://u:{SECRET}@x:y@host/")
+
+
+def test_sqlite_file_that_is_not_a_database_refused(tmp_path, monkeypatch):
+    """An existing file must be a sqlite database (its header) or empty; check opens nothing
+    for writing and creates nothing."""
+    import sqlite3
+
+    notdb = tmp_path / "notes.txt"
+    notdb.write_text("my notes\n")
+    before = notdb.stat().st_mtime_ns
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{notdb}")
+    with pytest.raises(InputError, match="is not a sqlite database"):
+        check_tracking(TrackingConfig(), create=False)
+    assert notdb.read_text() == "my notes\n" and notdb.stat().st_mtime_ns == before
+    db = tmp_path / "real.db"
+    sqlite3.connect(db).execute("create table t (x)").connection.close()
+    (tmp_path / "empty.db").write_bytes(b"")
+    for name in ("real.db", "empty.db"):
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / name}")
+        check_tracking(TrackingConfig(), create=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.db", "notes.txt", "real.db"]
+
+
+def test_allowed_file_store_must_be_a_writable_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    _refused(monkeypatch, str(blocker), "is a file, expected a folder")
+    _refused(monkeypatch, f"file://{blocker}/runs", "is a file, expected a folder")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    _refused(monkeypatch, f"{tmp_path}/loop/runs", "symlink loop")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", str(tmp_path / "mlruns"))
+    check_tracking(TrackingConfig(), create=False)
+    assert not (tmp_path / "mlruns").exists()
+    if os.geteuid() != 0:  # root writes anywhere
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o500)
+        _refused(monkeypatch, str(ro / "mlruns"), "cannot be written")
+
+
+def test_databricks_is_named_as_such(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("DATABRICKS_HOST", raising=False)
+    for uri in ("databricks", "databricks://profile"):
+        msg = _refused(monkeypatch, uri, "Databricks workspace")
+        assert "file store" not in msg and "DATABRICKS_HOST" in msg
+    monkeypatch.setenv("DATABRICKS_HOST", "https://x.cloud.databricks.com")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "databricks")
+    check_tracking(TrackingConfig(), create=False)

@@ -109,6 +109,7 @@ def test_every_problem_at_once(project, monkeypatch):
             "train": {"source": "jsonl", "path": "adir"},
             "eval": {"gsm": {"source": "jsonl", "path": "missing/test.jsonl", "n": 5}},
         },
+        tracking={"best_metric": "gsm.fewshot_cot.strict"},
     )
     problems = preflight(params)
     assert len(problems) == 4, problems
@@ -154,6 +155,8 @@ def test_selfimprove_check_end_to_end(tmp_path):
     bad = {
         "generate": {"num_paths": 1_000_000_000},
         "data": {"eval": {"gsm": {"source": "jsonl", "path": "gone.jsonl", "n": 5}}},
+        "tracking": {"best_metric": "gsm.fewshot_cot.strict"},
+        "rounds": {"r1": {"prev": "r0"}},
     }
     t0 = time.monotonic()
     proc = _check(tmp_path, bad, "postgresql://mlflow:hunter2@127.0.0.1/mlflow?x=1")
@@ -172,3 +175,135 @@ def test_selfimprove_check_end_to_end(tmp_path):
     assert (
         "params.yaml: OK" in proc.stdout and f"tracking: sqlite:///{tmp_path}/m.db" in proc.stdout
     )
+
+
+# --------------------------------------------------------------------------- second round:
+# what the run needs of the params file, the model and the names params gives
+
+
+def test_check_params_file_must_build_a_round(tmp_path):
+    root = Path(__file__).resolve().parents[2]
+    (tmp_path / "dvc.yaml").write_text((root / "dvc.yaml").read_text())
+    uri = f"sqlite:///{tmp_path}/m.db"
+    for text in ("", "# only a comment\n", "rounds: {}\n", "rounds:\n"):
+        (tmp_path / "params.yaml").write_text(text)
+        env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+        cmd = [sys.executable, "-m", "selfimprove.cli", "check"]
+        proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert proc.returncode == 2, (text, proc.stdout)
+        assert "rounds" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dvc.yaml", "params.yaml"]
+    # a section a stage lists under params: but the file leaves out (DVC stops on it)
+    shipped = yaml.safe_load((root / "params.yaml").read_text())
+    del shipped["generate"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(shipped))
+    problems = pf.params_file_problems(tmp_path / "params.yaml", tmp_path)
+    assert len(problems) == 1 and "generate" in problems[0] and "missing param" in problems[0]
+    (tmp_path / "params.yaml").write_text((root / "params.yaml").read_text())
+    assert pf.params_file_problems(tmp_path / "params.yaml", tmp_path) == []
+    # a passing check creates nothing: not the sqlite database's folders, no probe file
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/a/b/m.db"}
+    cmd = [sys.executable, "-m", "selfimprove.cli", "check"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dvc.yaml", "params.yaml"]
+
+
+def _fake_model(folder: Path, modules: list[str], context: int = 256) -> Path:
+    """A model folder without weights: config.json and a safetensors header (no tensor data)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps({**SMOL, "max_position_embeddings": context}))
+    header = {f"model.layers.0.{m}.weight": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}
+              for m in modules}  # fmt: skip
+    raw = json.dumps(header).encode()
+    (folder / "model.safetensors").write_bytes(len(raw).to_bytes(8, "little") + raw + b"\0" * 4)
+    return folder
+
+
+def test_lora_targets_and_token_budget_checked_against_the_model(project):
+    _fake_model(project / "m", ["self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj"], 1024)
+    base = {"source": "local", "local_path": "m"}
+    ok = {"lora": {"target_modules": ["q_proj", "v_proj"]}}
+    assert pf.model_fit_problems(_params(base_model=base, finetune=ok), project) == []
+    bad = {"lora": {"target_modules": ["q_proj", "qkv", "c_attn"]}}
+    problems = pf.model_fit_problems(_params(base_model=base, finetune=bad), project)
+    assert len(problems) == 1 and "['qkv', 'c_attn']" in problems[0], problems
+    assert "q_proj" in problems[0].split("e.g.")[1]  # the fix names modules the model has
+    assert (
+        pf.model_fit_problems(_params(base_model=base, finetune={**bad, "method": "full"}), project)
+        == []
+    )  # full fine-tuning: no targets
+    problems = pf.model_fit_problems(
+        _params(base_model=base, finetune=ok, generate={"max_new_tokens": 1000}), project
+    )
+    assert len(problems) == 1 and "generate.max_new_tokens=1000" in problems[0]
+    assert "context of 1024 tokens" in problems[0]
+    assert pf.model_fit_problems(_params(base_model=base, finetune=bad), project / "none") == []
+    budgets = {"refine": {"feedback_max_new_tokens": 2000}, "finetune": {**ok, "max_length": 4096}}
+    problems = pf.model_fit_problems(_params(base_model=base, **budgets), project)
+    assert len(problems) == 2, problems
+    assert "refine.feedback_max_new_tokens=2000 exceeds the model's context of 1024" in problems[0]
+    assert "finetune.max_length=4096" in problems[1] and "<= 1024" in problems[1]
+
+
+def test_best_metric_must_name_an_evaluate_metric(project):
+    assert pf.metric_name_problems(_params()) == []
+    for name in (
+        "arith_1step.fewshot_cot.strictt",
+        "nope.fewshot_cot.strict",
+        "arith_1step.sc.maj@99",
+        "arith_1step",
+        "arith_1step.fewshot_cot.strict.x",
+    ):
+        problems = pf.metric_name_problems(_params(tracking={"best_metric": name}))
+        assert len(problems) == 1 and repr(name) in problems[0], name
+    good = ("arith_1step.sc.maj@8", "arith_1step.zeroshot_cot.flexible")
+    for name in good:
+        assert pf.metric_name_problems(_params(tracking={"best_metric": name})) == [], name
+    label_free = _params(tracking={"best_metric": "x", "best_by": "label_free"})
+    assert pf.metric_name_problems(label_free) == []  # not used
+    unused = _params(tracking={"best_metric": "x", "registered_model": None})
+    assert pf.metric_name_problems(unused) == []
+    other = _params(tracking={"best_metric": "filter.mean_agreement"})
+    assert pf.metric_name_problems(other) == []  # another step's logged metric
+
+
+def test_hub_ids_must_be_well_formed(project):
+    for bad in ("org/name/extra", "bad id", "org/na..me", "-org/x"):
+        params = _params(base_model={"source": "hub", "hub_id": bad})
+        problems = pf.hub_id_problems(params, project)
+        assert len(problems) == 1 and "not a valid hub id" in problems[0], bad
+    params = _params(base_model={"source": "hub", "hub_id": "HuggingFaceTB/SmolLM2-135M"})
+    assert pf.hub_id_problems(params, project) == []
+    data = {"eval": {"d": {"source": "drop_hub", "hub_id": "a b"}}}
+    assert len(pf.hub_id_problems(_params(data=data), project)) == 1
+
+
+def test_model_folder_that_is_a_file_or_a_symlink_loop(project):
+    (project / "model.bin").write_text("x")
+    (project / "loop").symlink_to(project / "loop")
+    problems = preflight(_params(base_model={"source": "local", "local_path": "model.bin"}))
+    assert any("is a file, expected a folder" in p for p in problems), problems
+    problems = preflight(_params(base_model={"source": "local", "local_path": "loop"}))
+    assert any("symlink loop" in p for p in problems), problems
+    ms = {"teacher": "lm", "teacher_model": "./model.bin"}
+    seed = {"source": "arith", "n": 8}
+    problems = preflight(_params(method="self", data={"seed_set": seed}, meta_skill=ms))
+    assert any("is a file, expected a folder" in p for p in problems), problems
+
+
+def test_hub_model_checked_from_the_local_cache(project, monkeypatch):
+    """A hub base model not fetched into data/models/base yet: its cached config.json and
+    safetensors header are read (no download, no weights)."""
+    import huggingface_hub
+
+    snap = _fake_model(project / "cache" / "snap", ["self_attn.q_proj"], 1024)
+    monkeypatch.setattr(
+        huggingface_hub, "try_to_load_from_cache", lambda *a, **k: str(snap / "config.json")
+    )
+    params = _params(
+        base_model={"source": "hub", "hub_id": "org/model"},
+        finetune={"lora": {"target_modules": ["q_proj", "up_proj"]}},
+    )
+    problems = pf.model_fit_problems(params, project)
+    assert len(problems) == 1 and "['up_proj']" in problems[0], problems

@@ -203,6 +203,22 @@ def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
     return list(model.model_fields)
 
 
+def _non_ascii(text: str) -> str:
+    """The non-ASCII characters of a key, named (look-alikes of Latin letters print the same).
+
+    >>> _non_ascii("s\u0435ed"), _non_ascii("seed")
+    ('U+0435 CYRILLIC SMALL LETTER IE at position 2', '')
+    """
+    import unicodedata
+
+    odd = [
+        f"U+{ord(c):04X} {unicodedata.name(c, 'unnamed character')} at position {i + 1}"
+        for i, c in enumerate(text)
+        if not c.isascii()
+    ]
+    return ", ".join(odd[:3]) + (f" and {len(odd) - 3} more" if len(odd) > 3 else "")
+
+
 def format_errors(exc: ValidationError, source: str = "params.yaml") -> str:
     """One line per problem: key, value (shortened), what is wrong and how to fix it (a single
     problem is a single line)."""
@@ -215,8 +231,15 @@ def format_errors(exc: ValidationError, source: str = "params.yaml") -> str:
             lines.append(f"  - {key}: moved to {MOVED_KEYS[key]}; write it there")
         elif err["type"] == "extra_forbidden":
             known = _known_keys(Params, err["loc"])
-            hint = difflib.get_close_matches(str(err["loc"][-1]), known, n=1)
+            name = str(err["loc"][-1])
+            hint = difflib.get_close_matches(name, known, n=1)
             fix = f"did you mean {hint[0]!r}?" if hint else f"valid keys: {', '.join(known)}"
+            odd = _non_ascii(name)
+            if odd:  # a look-alike letter: the key and the hint would print the same
+                key = ".".join(
+                    [*key.split(".")[:-1], clip(name.encode("ascii", "backslashreplace").decode())]
+                )
+                fix = f"{fix} (the key has {odd}; retype it)"
             lines.append(f"  - {key}: unknown key (value {short(value)}); {fix}")
         elif err["type"] == "missing":
             lines.append(f"  - {key}: required key is missing; add it")
@@ -264,7 +287,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     from selfimprove.config.yaml_file import read_yaml_file
 
     path = Path(path)
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():  # a symlink loop: read_yaml_file names it
         raise ConfigError(f"{path}: not found; run from the project root (where dvc.yaml is)")
     try:
         raw = read_yaml_file(path)

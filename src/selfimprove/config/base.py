@@ -2,9 +2,11 @@
 
 :class:`Section` is the base of every section model. On top of pydantic's checks it refuses
 
-* a boolean where a number is expected (``num_paths: true``: YAML's ``yes``/``on`` are booleans,
-  and pydantic would read ``True`` as 1) and a number or a string where a boolean is expected
-  (``dedupe: 1``, ``dedupe: "no"``);
+* a boolean where a number is expected (``num_paths: true``: pydantic would read ``True`` as
+  1) and a number or a string where a boolean is expected (``dedupe: 1``, ``dedupe: "no"``);
+* a string or a float where an integer is expected (``"8"``, ``8.0``), a string where a number
+  is (``"1e-4"``; params are read as DVC reads them, YAML 1.2, where ``1e-4`` is a float), a
+  YAML set where a list is: nothing is coerced, as with the booleans;
 * ``nan`` and ``inf`` in any number (``allow_inf_nan=False``).
 
 :func:`short` shortens a value quoted in an error message (a huge value must not flood the
@@ -70,7 +72,8 @@ def clip(text: str, limit: int = MAX_SHOWN) -> str:
 
 
 def _scalar_kinds(annotation: Any) -> tuple[set[type], bool]:
-    """The scalar types (bool/int/float) an annotation accepts, and whether as list items.
+    """The types (bool/int/float/str; ``object`` for anything else: a model, a dict, a
+    Literal) an annotation accepts, and whether as list items.
 
     >>> _scalar_kinds(int | None), _scalar_kinds(list[int]), _scalar_kinds(bool)
     (({<class 'int'>}, False), ({<class 'int'>}, True), ({<class 'bool'>}, False))
@@ -82,33 +85,51 @@ def _scalar_kinds(annotation: Any) -> tuple[set[type], bool]:
         kinds: set[type] = set()
         items = False
         for arg in typing.get_args(annotation):
+            if arg is type(None):
+                continue
             k, i = _scalar_kinds(arg)
             kinds |= k
             items = items or i
         return kinds, items
     if origin is list:
         args = typing.get_args(annotation)
-        return (_scalar_kinds(args[0])[0] if args else set()), True
-    if annotation in (bool, int, float):
+        return (_scalar_kinds(args[0])[0] if args else {object}), True
+    if annotation in (bool, int, float, str):
         return {annotation}, False
-    return set(), False
+    return {object}, False
 
 
 def _type_problem(value: Any, kinds: set[type]) -> str | None:
-    """What is wrong with a scalar ``value`` for a field of ``kinds``, or None.
+    """What is wrong with a scalar ``value`` for a field of ``kinds``, or None. Nothing is
+    coerced: not "8" or 8.0 to 8, not 1 to true (pydantic's lax mode would).
 
     >>> _type_problem(True, {int}), _type_problem(1, {bool}), _type_problem(2, {int})
     ('a boolean is not a number; write a number', 'must be true or false, not 1', None)
+    >>> _type_problem("8", {int})
+    "must be a number, not the string '8'; write it without quotes"
+    >>> _type_problem(8.0, {int}), _type_problem(8, {float})
+    ('must be an integer, not 8.0', None)
     """
+    if value is None:
+        return None
     if kinds & {int, float} and bool not in kinds and isinstance(value, bool):
         return "a boolean is not a number; write a number"
-    if kinds == {bool} and value is not None and not isinstance(value, bool):
+    if kinds == {bool} and not isinstance(value, bool):
         return f"must be true or false, not {short(value)}"
+    if object in kinds or not kinds & {int, float}:
+        return None
+    if isinstance(value, str) and str not in kinds:
+        if value.strip().lower().lstrip("+-.") in ("nan", "inf", "infinity"):
+            return "must be a finite number (nan and inf are not allowed)"
+        return f"must be a number, not the string {short(value)}; write it without quotes"
+    if isinstance(value, float) and float not in kinds:
+        return f"must be an integer, not {short(value)}"
     return None
 
 
 class Section(BaseModel):
-    """Base of every params section: unknown keys, bool/number mix-ups and nan/inf refused."""
+    """Base of every params section: unknown keys, type mix-ups (a boolean, a string or a
+    float where an integer belongs, a YAML set for a list) and nan/inf refused."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -119,8 +140,10 @@ class Section(BaseModel):
         if field is None:
             return value
         kinds, items = _scalar_kinds(field.annotation)
-        if not kinds:
-            return value
+        if items and isinstance(value, (set, frozenset)):
+            raise ValueError(
+                "a YAML set (!!set or {a, b} without values) is not a list; write [a, b]"
+            )
         values = value if items and isinstance(value, list) else [value]
         for v in values:
             problem = _type_problem(v, kinds)

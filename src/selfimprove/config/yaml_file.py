@@ -11,7 +11,8 @@ naming the file (and the line) and the fix:
 * YAML syntax errors and nesting too deep to parse.
 
 Only plain YAML data (mappings, lists, strings, numbers, booleans, null) is ever built: the
-loader derives from ``yaml.SafeLoader``.
+loader derives from ``yaml.SafeLoader``. The values are then those DVC records
+(:func:`as_dvc_reads`: YAML 1.2, so ``1e-4`` is a number, ``yes`` a string).
 """
 
 from __future__ import annotations
@@ -128,9 +129,17 @@ def read_yaml_file(path: str | Path) -> Any:
                 f"{path}: {size} bytes, more than a params file needs ({MAX_BYTES} at most); "
                 "check that this is the right file"
             )
-        data = path.read_bytes()
+        with open(path, "rb") as f:  # a device or a stream has no size: read at most the cap
+            data = f.read(MAX_BYTES + 1)
+        if len(data) > MAX_BYTES:
+            raise InputError(
+                f"{path}: more than {MAX_BYTES} bytes, more than a params file needs; check "
+                "that this is the right file"
+            )
     except OSError as e:
-        raise InputError(f"{path}: cannot read it ({e.strerror or e}); check the path and its "
+        from selfimprove.core.io import os_reason
+
+        raise InputError(f"{path}: cannot read it ({os_reason(e)}); check the path and its "
                          "permissions") from None  # fmt: skip
     try:
         text = data.decode("utf-8-sig")
@@ -141,9 +150,38 @@ def read_yaml_file(path: str | Path) -> Any:
             "save the file as UTF-8"
         ) from None
     try:
-        return yaml.load(text, Loader=StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+        data = yaml.load(text, Loader=StrictLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as e:
         raise InputError(_yaml_error_line(path, e, text)) from None
+    except RecursionError:
+        raise InputError(
+            f"{path}: nested too deeply to parse; params.yaml needs a few levels only"
+        ) from None
+    return as_dvc_reads(text, data, path)
+
+
+def as_dvc_reads(text: str, data: Any, path: Path | str = "params.yaml") -> Any:
+    """The values of a (checked) YAML text as DVC reads them: YAML 1.2 through ruamel.yaml, the
+    parser DVC records params with. PyYAML reads YAML 1.1, where ``1e-4`` is a string,
+    ``yes``/``on`` are booleans and ``010`` is 8; DVC sees the float 0.0001, the strings "yes"
+    and "on" and the integer 10, and so does every stage. ``data``: PyYAML's result, kept
+    where ruamel.yaml is missing.
+
+    >>> as_dvc_reads("lr: 1e-4\\nflag: yes\\nn: 8\\n", None)
+    {'lr': 0.0001, 'flag': 'yes', 'n': 8}
+    """
+    try:
+        from ruamel.yaml import YAML
+        from ruamel.yaml import YAMLError as RuamelError
+    except ImportError:  # pragma: no cover (DVC depends on it)
+        return data
+    try:
+        return YAML(typ="safe").load(text)
+    except (RuamelError, ValueError) as e:
+        raise InputError(
+            f"{path}: not valid YAML 1.2 as DVC reads it ({clip(' '.join(str(e).split()), 160)}); "
+            "fix the syntax"
+        ) from None
     except RecursionError:
         raise InputError(
             f"{path}: nested too deeply to parse; params.yaml needs a few levels only"

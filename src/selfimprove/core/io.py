@@ -1,7 +1,10 @@
 """Small, dependency-free file helpers: jsonl with line-numbered errors, atomic writes.
 
 Every stage writes its outputs through these helpers so that a killed stage never leaves a
-half-written file or folder behind (write to a temporary sibling, then ``os.replace``).
+half-written file or folder behind (write to a temporary sibling, fsync it, then ``os.replace``
+and fsync the folder). A folder that already exists is swapped with the new one in one step
+(``renameat2(RENAME_EXCHANGE)`` on Linux; elsewhere two renames, with a moment between them where
+the path does not exist: ``rename(2)`` cannot put a folder over a non-empty one).
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ class InputError(Exception):
 
 #: longest quoted value in an error message (characters)
 MAX_SHOWN = 80
+#: longest line a jsonl reader accepts (bytes): a record is a few kB; a file with no newline (a
+#: device, a stream) is refused at this length instead of growing in memory
+MAX_LINE_BYTES = 1 << 23
 
 
 def shorten(value: object, limit: int = MAX_SHOWN) -> str:
@@ -43,14 +49,26 @@ def _raw_lines(path: Path) -> Iterator[tuple[int, bytes]]:
     """``(1-based line number, bytes)`` of a file (``.gz``: decompressed); every failure to read
     it (a directory, a missing or unreadable file, a truncated or corrupt gzip) is one
     :class:`InputError` naming the file (and the line)."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        raise InputError(
+            f"{path}: file not found; check the path (or run the stage that makes it)"
+        ) from None
+    except OSError as e:  # a symlink loop, a part of the path that is a file
+        raise InputError(f"{path}: {os_reason(e)}") from None
     if path.is_dir():
         raise InputError(f"{path}: is a directory, not a .jsonl file; give the file's path")
-    if not path.exists():
-        raise InputError(f"{path}: file not found; check the path (or run the stage that makes it)")
     lineno = 0
     try:
         with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
-            for lineno, raw in enumerate(f, start=1):  # noqa: B007 (used after the loop)
+            while raw := f.readline(MAX_LINE_BYTES + 1):  # a stream with no newline: bounded
+                lineno += 1
+                if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                    raise InputError(
+                        f"{path} line {lineno}: longer than {MAX_LINE_BYTES} bytes (a line with "
+                        "no end, or not a .jsonl file); one JSON record per line is expected"
+                    )
                 yield lineno, raw
     except (EOFError, gzip.BadGzipFile, zlib.error) as e:
         raise InputError(
@@ -165,23 +183,163 @@ def atomic_path(path: str | os.PathLike, is_dir: bool = False) -> Iterator[Path]
     try:
         yield tmp
         tmp.chmod(0o755 if is_dir else 0o644)  # mkdtemp/mkstemp create private (0700/0600)
-        if is_dir:
-            if path.exists():
+        _fsync_tree(tmp)
+        if is_dir and (path.exists() or path.is_symlink()):
+            if _exchange(tmp, path):  # one step: ``path`` is never missing
+                _remove(tmp)  # now the old folder (or file, or link)
+            else:  # no renameat2: two renames, ``path`` is missing between them
                 old = path.with_name(f".{path.name}.old")
                 shutil.rmtree(old, ignore_errors=True)
                 os.replace(path, old)
                 os.replace(tmp, path)
                 shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, path)
         else:
             os.replace(tmp, path)
+        _fsync_dir(path.parent)
     except BaseException:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
         raise
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a folder's entries (a rename into it) durable; a no-op where folders can't be
+    opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(path: Path) -> None:
+    """fsync a file, or every file and folder under a folder, before it is renamed into place
+    (else a power cut can leave the new name pointing at empty data)."""
+    if not path.is_dir():
+        _fsync_file(path)
+        return
+    for dirpath, _dirs, files in os.walk(path):
+        for name in files:
+            p = Path(dirpath, name)
+            if p.is_file() and not p.is_symlink():
+                _fsync_file(p)
+        _fsync_dir(Path(dirpath))
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)  # a read-only descriptor flushes too (a 0444 file)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two folders in one step (Linux ``renameat2(RENAME_EXCHANGE)``, glibc >= 2.28);
+    False where the call or the file system lacks it (``os.replace`` cannot put a folder over a
+    non-empty one)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    rc = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
+    return rc == 0
+
+
+def output_problem(out: Path, inputs: tuple[Path, ...] = ()) -> str | None:
+    """Why ``out`` cannot be written as an output file (None when it can): the same file as an
+    input (also through a symlink or a hard link: same device and inode), a directory, a
+    parent that is not a folder or not writable.
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> output_problem(d), output_problem(d / "x.json")
+    ('is a directory; give a file path', None)
+    """
+    try:
+        st = os.stat(out)
+    except FileNotFoundError:
+        st = None
+    except OSError as e:  # a symlink loop, a parent that is a file, ...
+        return os_reason(e)
+    if st is not None:
+        for inp in inputs:
+            try:
+                ist = os.stat(inp)
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) == (ist.st_dev, ist.st_ino):
+                return f"is the input {str(inp)!r} (same file); write the output elsewhere"
+        if os.path.isdir(out):
+            return "is a directory; give a file path"
+        import stat
+
+        if not stat.S_ISREG(st.st_mode):  # /dev/null, a pipe: a rename would replace the node
+            return "is a device or a pipe, not a file; give a file path"
+    parent = Path(os.path.abspath(out)).parent
+    if not parent.exists():
+        ancestor = parent
+        while not ancestor.exists() and ancestor != ancestor.parent:
+            ancestor = ancestor.parent
+        if not ancestor.is_dir():
+            return f"{str(ancestor)!r} is a file, expected a folder"
+        return None  # created on write
+    if not parent.is_dir():
+        return f"{str(parent)!r} is a file, expected a folder"
+    if not os.access(parent, os.W_OK | os.X_OK) or (st is not None and not os.access(out, os.W_OK)):
+        return "cannot be written (permission denied); choose a writable path"
+    return None
+
+
+def folder_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` is not an existing folder (None when it is): missing, a symlink loop, a
+    file.
+
+    >>> folder_problem("/") is None, folder_problem(__file__)
+    (True, 'is a file, expected a folder')
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "not found"
+    except OSError as e:
+        return os_reason(e)
+    import stat
+
+    return None if stat.S_ISDIR(st.st_mode) else "is a file, expected a folder"
+
+
+def os_reason(e: OSError) -> str:
+    """An ``OSError`` as a short reason (a symlink loop named as such)."""
+    import errno
+
+    if e.errno == errno.ELOOP:
+        return "is a symlink loop; fix the link"
+    if e.errno == errno.ENOTDIR:
+        return "a part of the path is a file, expected a folder"
+    return f"{e.strerror or e}"
 
 
 def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> int:

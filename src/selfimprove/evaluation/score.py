@@ -85,14 +85,21 @@ def add_score_parser(subparsers) -> argparse.ArgumentParser:
 
 def run_score(args: argparse.Namespace) -> int:
     """Run ``selfimprove score``: JSON to stdout and 0, or the error to stderr and 2."""
+    from selfimprove.core.io import os_reason, output_problem, write_json
+
+    output = getattr(args, "output", None)
     try:
+        problem = output_problem(output, (args.path,)) if output is not None else None
+        if problem:  # before scoring: an output that is the input is never replaced
+            raise InputError(f"--output {output}: {problem}")
         result = score_file(args.kind, args.path)
+        if output is not None:
+            try:
+                write_json(output, result)
+            except OSError as e:
+                raise InputError(f"--output {output}: cannot write it: {os_reason(e)}") from None
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if getattr(args, "output", None) is not None:
-        from selfimprove.core.io import write_json
-
-        write_json(args.output, result)
     print(json.dumps(result, sort_keys=True))
     return 0

@@ -147,7 +147,7 @@ def _plugin_schemes() -> set[str]:
         return set()
 
 
-def check_tracking(cfg: TrackingConfig) -> None:
+def check_tracking(cfg: TrackingConfig, create: bool = True) -> None:
     """Fail fast (:class:`InputError`, one line with the fix) if the tracking URI cannot work;
     a no-op when tracking is disabled.
 
@@ -156,7 +156,12 @@ def check_tracking(cfg: TrackingConfig) -> None:
     can be written there (checked directly, not through MLflow's minutes of retries).
     postgresql/mysql/mssql: SQLAlchemy and the dialect's driver are installed and the host
     accepts a TCP connection. A file store (plain path or ``file:``) is refused unless
-    ``MLFLOW_ALLOW_FILE_STORE=true``; any other scheme is refused unless a plugin registers it.
+    ``MLFLOW_ALLOW_FILE_STORE=true`` (then its folder must be writable); ``databricks`` needs
+    its credentials; any other scheme is refused unless a plugin registers it.
+
+    ``create=False`` (``selfimprove check``) creates and writes nothing: folders are checked
+    with ``os.access`` and an existing sqlite file by its header. The stages (``create=True``)
+    create the sqlite database's folder and write a probe file in it.
     """
     if not cfg.enabled:
         return
@@ -164,19 +169,24 @@ def check_tracking(cfg: TrackingConfig) -> None:
     shown = f"MLFLOW_TRACKING_URI={mask_uri(uri)}"
     scheme = uri_scheme(uri)
     dialect = scheme.split("+", 1)[0]
+    if uri.lower() in OTHER_SCHEMES:  # "databricks" alone is a workspace, not a folder
+        scheme = dialect = uri.lower()
     if scheme in ("http", "https"):
         _check_http(uri)
     elif scheme == "sqlite":
-        _check_sqlite(uri, shown)
+        _check_sqlite(uri, shown, create)
     elif dialect in DB_SCHEMES:
         _check_database(uri, scheme, shown)
     elif scheme in ("", "file"):
         if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("1", "true"):
             raise InputError(
-                f"{shown}: MLflow 3 refuses the file store; use "
+                f"{shown}: a file store (a folder of runs), which MLflow 3 refuses; use "
                 f"{DEFAULT_TRACKING_URI} (unset MLFLOW_TRACKING_URI) or an http://host:port "
                 "server, or set MLFLOW_ALLOW_FILE_STORE=true"
             )
+        _check_file_store(uri, shown)
+    elif scheme in ("databricks", "databricks-uc"):
+        _check_databricks(uri, shown)
     elif scheme not in OTHER_SCHEMES and scheme not in _plugin_schemes():
         known = ", ".join(("sqlite", "http", "https", *DB_SCHEMES, *OTHER_SCHEMES, "file"))
         raise InputError(
@@ -185,7 +195,7 @@ def check_tracking(cfg: TrackingConfig) -> None:
         )
 
 
-def _check_sqlite(uri: str, shown: str) -> None:
+def _check_sqlite(uri: str, shown: str, create: bool = True) -> None:
     if sqlite_in_memory(uri):
         raise InputError(
             f"{shown}: an in-memory sqlite database is gone when the stage exits (mlflow.json "
@@ -195,10 +205,23 @@ def _check_sqlite(uri: str, shown: str) -> None:
     db = sqlite_path(uri)
     assert db is not None  # not in memory
     fix = "point it at a writable folder or unset MLFLOW_TRACKING_URI"
-    folder = db.expanduser().absolute().parent
-    above = next((a for a in (folder, *folder.parents) if a.exists()), None)
-    if above is not None and not above.is_dir():
-        raise InputError(f"{shown}: {above} is a file, not a folder, so {db} cannot exist; {fix}")
+    db = db.expanduser()
+    folder = db.absolute().parent
+    above = _existing_ancestor(folder, shown, db, fix)
+    if db.exists() and not db.is_file():
+        raise InputError(f"{shown}: {db} exists but is not a file (a sqlite database); {fix}")
+    if db.exists() and not sqlite_header_ok(db):
+        raise InputError(
+            f"{shown}: {db} exists but is not a sqlite database (its first bytes are not "
+            "'SQLite format 3'); move it away or point the URI at another file"
+        )
+    if not create:  # selfimprove check: look, create nothing
+        writable = os.access(above, os.W_OK | os.X_OK) and (
+            not db.exists() or os.access(db, os.R_OK | os.W_OK)
+        )
+        if not writable:
+            raise InputError(f"{shown}: cannot write {db} in {above} (permission denied); {fix}")
+        return
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -206,8 +229,6 @@ def _check_sqlite(uri: str, shown: str) -> None:
         raise InputError(
             f"{shown}: cannot create the folder {folder} for {db} ({reason}); {fix}"
         ) from None
-    if db.expanduser().exists() and not db.expanduser().is_file():
-        raise InputError(f"{shown}: {db} exists but is not a file; {fix}")
     # sqlite writes a journal next to the database and MLflow its artifacts (mlruns/) there:
     # the folder itself must take a new file, and an existing database must open for writing
     import tempfile
@@ -215,12 +236,68 @@ def _check_sqlite(uri: str, shown: str) -> None:
     try:
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".selfimprove-check-"):
             pass
-        if db.expanduser().exists():
-            with open(db.expanduser(), "ab"):
+        if db.exists():
+            with open(db, "ab"):
                 pass
     except OSError as e:
         reason = e.strerror or e
         raise InputError(f"{shown}: cannot write a file in {folder} ({reason}); {fix}") from None
+
+
+def sqlite_header_ok(db: Path) -> bool:
+    """An existing file is a sqlite database (its 16-byte header) or empty (sqlite makes an
+    empty file a new database)."""
+    try:
+        with open(db, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return False
+    return head in (b"", b"SQLite format 3\x00")
+
+
+def _existing_ancestor(folder: Path, shown: str, target: Path, fix: str) -> Path:
+    """The nearest existing folder at or above ``folder``; a file or a symlink loop on the way
+    is one line."""
+    for a in (folder, *folder.parents):
+        try:
+            a.stat()
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            from selfimprove.core.io import os_reason
+
+            raise InputError(f"{shown}: {a}: {os_reason(e)}; {fix}") from None
+        if not a.is_dir():
+            raise InputError(
+                f"{shown}: {a} is a file, expected a folder, so {target} cannot exist; {fix}"
+            )
+        return a
+    return Path("/")
+
+
+def _check_file_store(uri: str, shown: str) -> None:
+    """An allowed file store's folder exists as a folder or can be made, and can be written."""
+    from urllib.parse import urlsplit as split
+
+    path = Path(unquote(split(uri).path) if uri_scheme(uri) == "file" else uri).expanduser()
+    fix = "point it at a writable folder or unset MLFLOW_TRACKING_URI"
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{shown}: {path} is a file, expected a folder (a file store); {fix}")
+    above = _existing_ancestor(path.absolute(), shown, path, fix)
+    if not os.access(above, os.W_OK | os.X_OK):
+        raise InputError(f"{shown}: the file store {above} cannot be written; {fix}")
+
+
+def _check_databricks(uri: str, shown: str) -> None:
+    """A Databricks workspace: its host and token come from the environment or a
+    ``~/.databrickscfg`` profile (not probed: that needs the network and the credentials)."""
+    if os.environ.get("DATABRICKS_HOST") or (Path.home() / ".databrickscfg").is_file():
+        return
+    raise InputError(
+        f"{shown}: a Databricks workspace, but no credentials: set DATABRICKS_HOST and "
+        "DATABRICKS_TOKEN (or write ~/.databrickscfg), or unset MLFLOW_TRACKING_URI to log to "
+        f"{DEFAULT_TRACKING_URI}"
+    )
 
 
 def _check_database(uri: str, scheme: str, shown: str) -> None:

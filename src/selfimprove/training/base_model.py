@@ -126,6 +126,14 @@ def check_source(cfg: BaseModelConfig) -> None:
     """
     if cfg.source == "local":
         p = Path(cfg.local_path or "")
+        from selfimprove.core.io import folder_problem
+
+        problem = folder_problem(p)
+        if problem not in (None, "not found"):
+            raise InputError(
+                f"base_model.local_path {str(p)!r}: {problem}; point it at a Hugging Face model "
+                "folder (with config.json)"
+            )
         if not p.is_dir():
             raise InputError(
                 f"base_model.local_path {str(p)!r}: folder not found; point it at a Hugging Face "

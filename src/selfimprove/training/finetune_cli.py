@@ -20,11 +20,10 @@ import sys
 def parse_sets(items: list[str]) -> dict:
     """``["epochs=1", "lora.r=8"]`` -> ``{"epochs": 1, "lora": {"r": 8}}`` (values as YAML).
 
-    >>> parse_sets(["epochs=1", "lora.r=8", "lora.target_modules=[q_proj]"])
-    {'epochs': 1, 'lora': {'r': 8, 'target_modules': ['q_proj']}}
+    >>> parse_sets(["epochs=1", "lora.r=8", "lora.target_modules=[q_proj]", "learning_rate=1e-4"])
+    {'epochs': 1, 'lora': {'r': 8, 'target_modules': ['q_proj']}, 'learning_rate': 0.0001}
     """
-    import yaml
-
+    from selfimprove.config.yaml_file import as_dvc_reads
     from selfimprove.core.io import InputError
 
     out: dict = {}
@@ -36,8 +35,28 @@ def parse_sets(items: list[str]) -> dict:
         *parents, leaf = key.split(".")
         for part in parents:
             node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value)
+        node[leaf] = as_dvc_reads(value, None, f"--set {key}")  # YAML 1.2: 1e-4 is a number
     return out
+
+
+def _refuse_out_over_an_input(out: str, *inputs: str | None) -> None:
+    """``--out`` replaces its folder whole: it must not be (or hold) an input.
+
+    >>> import tempfile
+    >>> d = tempfile.mkdtemp()
+    >>> _refuse_out_over_an_input(d, d + "/model")
+    Traceback (most recent call last):
+    ...
+    selfimprove.core.io.InputError: --out ...: is or holds the input ...; write the model elsewhere
+    """
+    from pathlib import Path
+
+    from selfimprove.core.io import InputError
+
+    target = Path(out).resolve()
+    for inp in inputs:
+        if inp and (Path(inp).resolve() == target or target in Path(inp).resolve().parents):
+            raise InputError(f"--out {out}: is or holds the input {inp}; write the model elsewhere")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -65,6 +84,7 @@ def main(argv: list[str] | None = None) -> None:
             cfg = FinetuneConfig(**parse_sets(args.set))
         except ValidationError as e:
             raise InputError(f"--set: {e}") from None
+        _refuse_out_over_an_input(args.out, args.model, args.train, args.ckpt)
         examples = read_jsonl(args.train, required=["prompt", "completion"])
         info = finetune(
             args.model,

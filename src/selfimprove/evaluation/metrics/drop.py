@@ -26,6 +26,8 @@ import string
 
 __all__ = [
     "DROP_STOP_SEQUENCES",
+    "MAX_SPANS",
+    "alignment_scores",
     "drop_em_f1",
     "drop_record_problem",
     "extract_drop_answer",
@@ -86,19 +88,59 @@ def _bag_f1(predicted: set[str], gold: set[str]) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def _numbers_agree(gold: set[str], predicted: set[str]) -> bool:
-    gold_numbers = {w for w in gold if _is_number(w)}
-    if not gold_numbers:
-        return True
-    return bool(gold_numbers & {w for w in predicted if _is_number(w)})
+#: most spans in one answer (a prediction, or one gold alternative); DROP answers have a few,
+#: and the one-to-one alignment of two answers is a (spans x spans) assignment problem
+MAX_SPANS = 1000
 
 
 def _spans(answer: str | list[str] | tuple[str, ...]) -> list[str]:
     if isinstance(answer, str):
         return [answer]
     if isinstance(answer, (list, tuple)) and all(isinstance(s, str) for s in answer):
+        if len(answer) > MAX_SPANS:
+            raise ValueError(
+                f"an answer of {len(answer)} spans; at most {MAX_SPANS} are scored (DROP answers "
+                "have a few)"
+            )
         return list(answer) or [""]
     raise TypeError(f"a DROP answer must be a string or a list of strings, got {answer!r}")
+
+
+def alignment_scores(
+    pred_bags: list[set[str]], gold_bags: list[set[str]]
+) -> tuple[dict[tuple[int, int], float], int]:
+    """The non-zero pair scores ``{(gold i, predicted j): score}`` of two answers' bags, and
+    how many pairs were compared.
+
+    Only pairs that can score above 0 are compared: those sharing a word (found through an
+    index of the gold words), and empty with empty (F1 1). Every other pair scores 0 (no common
+    word). The numbers of each bag are found once, not once per pair: at most
+    ``len(pred) x len(gold)`` comparisons, each linear in the bags' sizes.
+
+    >>> alignment_scores([{"a", "b"}, {"c"}], [{"a"}, {"d"}])
+    ({(0, 0): 0.6666666666666666}, 1)
+    """
+    gold_numbers = [{w for w in g if _is_number(w)} for g in gold_bags]
+    pred_numbers = [{w for w in p if _is_number(w)} for p in pred_bags]
+    index: dict[str, list[int]] = {}
+    empty_gold = []
+    for i, g in enumerate(gold_bags):
+        for w in g:
+            index.setdefault(w, []).append(i)
+        if not g:
+            empty_gold.append(i)
+    scores: dict[tuple[int, int], float] = {}
+    compared = 0
+    for j, p in enumerate(pred_bags):
+        candidates = {i for w in p for i in index.get(w, ())} if p else set(empty_gold)
+        for i in sorted(candidates):
+            compared += 1
+            if gold_numbers[i] and not gold_numbers[i] & pred_numbers[j]:
+                continue  # numbers must match
+            score = _bag_f1(p, gold_bags[i])
+            if score:
+                scores[i, j] = score
+    return scores, compared
 
 
 def _em_f1_one(predicted: list[str], gold: list[str]) -> tuple[float, float]:
@@ -111,15 +153,19 @@ def _em_f1_one(predicted: list[str], gold: list[str]) -> tuple[float, float]:
 
     pred_bags = [set(s.split()) for s in pred_norm]
     gold_bags = [set(s.split()) for s in gold_norm]
-    scores = np.zeros((len(gold_bags), len(pred_bags)))
-    for i, g in enumerate(gold_bags):
-        for j, p in enumerate(pred_bags):
-            if _numbers_agree(g, p):
-                scores[i, j] = _bag_f1(p, g)
-    rows, cols = linear_sum_assignment(scores, maximize=True)
+    pairs, _ = alignment_scores(pred_bags, gold_bags)
     best = np.zeros(max(len(gold_bags), len(pred_bags)))
-    for i, j in zip(rows, cols, strict=True):
-        best[i] = max(best[i], scores[i, j])
+    if pairs:
+        # the assignment over the rows and columns that can score: the others add 0
+        rows = sorted({i for i, _ in pairs})
+        cols = sorted({j for _, j in pairs})
+        scores = np.zeros((len(rows), len(cols)))
+        row_at = {i: k for k, i in enumerate(rows)}
+        col_at = {j: k for k, j in enumerate(cols)}
+        for (i, j), score in pairs.items():
+            scores[row_at[i], col_at[j]] = score
+        for r, c in zip(*linear_sum_assignment(scores, maximize=True), strict=True):
+            best[rows[r]] = max(best[rows[r]], scores[r, c])
     return em, float(np.round(best.mean(), 2))
 
 
@@ -227,7 +273,9 @@ def split_spans(answer: str) -> list[str]:
 
 def _check_answer_field(value: object) -> bool:
     return isinstance(value, str) or (
-        isinstance(value, list) and all(isinstance(s, str) for s in value)
+        isinstance(value, list)
+        and len(value) <= MAX_SPANS
+        and all(isinstance(s, str) for s in value)
     )
 
 
@@ -246,6 +294,12 @@ def score_drop_one(
     return drop_em_f1(pred, answers)
 
 
+def _shown(value: object) -> str:
+    if isinstance(value, list) and len(value) > MAX_SPANS:
+        return f"a list of {len(value)}"
+    return repr(str(value)[:80])
+
+
 def drop_record_problem(record: object) -> str | None:
     """What is wrong with a ``{"prediction", "answers"}`` record, or None when it is usable.
 
@@ -259,8 +313,8 @@ def drop_record_problem(record: object) -> str | None:
     pred = record.get("prediction")
     if not _check_answer_field(pred):
         return (
-            "'prediction' must be a string (model text) or a list of answer spans (strings), "
-            f"got {str(pred)[:80]!r}"
+            "'prediction' must be a string (model text) or a list of answer spans (strings, "
+            f"at most {MAX_SPANS}), got {_shown(pred)}"
         )
     answers = record.get("answers")
     if (
@@ -270,8 +324,8 @@ def drop_record_problem(record: object) -> str | None:
     ):
         return (
             "'answers' must be a non-empty list of gold alternatives, each a string or a "
-            'non-empty list of span strings (e.g. ["7"] or [["A", "B"]]), '
-            f"got {str(answers)[:80]!r}"
+            f'non-empty list of at most {MAX_SPANS} span strings (e.g. ["7"] or [["A", "B"]]), '
+            f"got {_shown(answers)}"
         )
     return None
 
