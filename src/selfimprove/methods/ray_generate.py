@@ -4,11 +4,11 @@ Ray is used directly: this process (the driver) calls ``ray.init(address=...)``,
 ``ray_workers`` actors of :class:`ShardWorker` (one GPU each on a cluster with GPUs, else
 ``ray_cpus_per_worker`` CPUs each) and keeps every actor busy with one shard at a time. An
 actor builds one sampler (``make_sampler``) and samples whole shards with
-:func:`selfimprove.methods.generate.sample_shard`, the function a single-process run uses; the
+:func:`selfimprove.methods.shards.sample_shard`, the function a single-process run uses; the
 records come back to the driver, which saves each shard into ``shard_dir`` the moment it
 arrives (a killed run resumes from them, with or without Ray) and merges them in shard order.
 
-Before sampling, every actor computes :func:`~selfimprove.methods.generate.run_settings` on its
+Before sampling, every actor computes :func:`~selfimprove.methods.shards.run_settings` on its
 own node (model folder digest, code and torch/transformers versions) and the driver refuses to
 go on if any differs from its own, naming the node: a stale model copy or another library
 version on one machine would otherwise change that machine's shards silently. Every node
@@ -32,7 +32,7 @@ from pathlib import Path
 
 from selfimprove.config.methods import GenerateConfig
 from selfimprove.core.io import InputError
-from selfimprove.methods.generate import Shard, sample_shard
+from selfimprove.methods.shards import Shard, run_settings, sample_shard
 from selfimprove.sampling.factory import make_sampler
 
 log = logging.getLogger(__name__)
@@ -77,8 +77,6 @@ class ShardWorker:
         import socket
 
         import ray
-
-        from selfimprove.methods.generate import run_settings
 
         return {
             "node_id": ray.get_runtime_context().get_node_id(),

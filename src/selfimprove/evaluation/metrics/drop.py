@@ -24,6 +24,9 @@ from __future__ import annotations
 import re
 import string
 
+from selfimprove.core.answers import cut_at_stop
+from selfimprove.core.prompts.drop import DROP_STOP_SEQUENCES
+
 __all__ = [
     "DROP_STOP_SEQUENCES",
     "drop_em_f1",
@@ -156,10 +159,6 @@ def drop_em_f1(prediction: str | list[str], golds: list[str | list[str]]) -> tup
     return best_em, best_f1
 
 
-#: Where a DROP generation should stop (never at "."; answers can be decimals such as "50.6").
-#: :func:`extract_drop_answer` also cuts the text at the first of them.
-DROP_STOP_SEQUENCES: tuple[str, ...] = ("\n\nPassage:", "\nPassage:", "\nQuestion:", "\nQ:")
-
 _ANSWER_IS = re.compile(r"answer is", re.IGNORECASE)
 _EDGE_JUNK = ' \t\r\n*`"_'
 
@@ -188,8 +187,6 @@ def extract_drop_answer(text: str) -> str:
     >>> extract_drop_answer("  Chicago Bears ")
     'Chicago Bears'
     """
-    from selfimprove.core.answers import cut_at_stop
-
     text = cut_at_stop(text, DROP_STOP_SEQUENCES)
     matches = list(_ANSWER_IS.finditer(text))
     if matches:
