@@ -240,6 +240,11 @@ def test_report_logic_does_not_rerun_training_and_filter_not_evaluate():
     bodies = stage_bodies(load_dvc_yaml())
     assert not covered(Path("src/selfimprove/evaluation/report.py"), bodies["finetune"]["deps"])
     assert not covered(Path("src/selfimprove/methods/filter.py"), bodies["evaluate"]["deps"])
+    # evaluate runs no refine-step code and no data/ code: inference-time refinement is the
+    # evaluate_refine stage's, DROP prompts are in core/
+    for stage in ("evaluate", "evaluate_r0"):
+        for code in ("methods/refine.py", "methods/feedback.py", "data/drop.py"):
+            assert not covered(Path(f"src/selfimprove/{code}"), bodies[stage]["deps"]), code
 
 
 def test_leftovers_of_an_interrupted_run_do_not_change_report(tmp_path):

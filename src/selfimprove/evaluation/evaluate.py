@@ -27,8 +27,9 @@ stage logs the very same dict (flattened with ".") to MLflow.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from selfimprove.config.evaluation import EvaluateConfig
 from selfimprove.config.methods import GenerateConfig
@@ -48,9 +49,6 @@ from selfimprove.evaluation.intervals import mean, scores_by_metric
 from selfimprove.evaluation.metrics.drop import drop_em_f1, extract_drop_answer, normalize_span
 from selfimprove.sampling import factory  # factory.make_sampler: tests replace it
 from selfimprove.sampling.base import SamplingParams
-
-if TYPE_CHECKING:
-    from selfimprove.config.methods import RefineConfig
 
 
 def score_prediction(output: str, gold: str) -> dict:
@@ -243,16 +241,16 @@ def evaluate(
     eval_sets: dict[str, list[dict]],
     cfg: EvaluateConfig,
     seed: int,
-    refine: RefineConfig | None = None,
+    refined: Mapping[str, dict] | None = None,
     backend: str | None = None,
     vllm_engine: dict | None = None,
 ) -> tuple[dict, dict[str, list[dict]]]:
     """Evaluate one model on every set; return (metrics, predictions by "<set>__<style>").
 
-    ``refine`` (the ``refine`` params section) gives inference-time self-refinement
-    (``cfg.refine_iterations`` > 0) the prompt format and token budgets the model was taught
-    (``n_shots``, ``feedback_max_new_tokens``, ``refine_max_new_tokens``, ``temperature``);
-    ``None`` = its defaults. ``backend``: the sampling backend (``generate.backend``; ``None`` =
+    ``refined``: with ``cfg.refine_iterations`` > 0, the refined outputs of every GSM8K-format
+    set and CoT style (:func:`selfimprove.evaluation.refine_at_eval.refine_for_evaluation`, the
+    ``evaluate_refine`` stage), scored here as ``<style>_refined``.
+    ``backend``: the sampling backend (``generate.backend``; ``None`` =
     that key's default); ``vllm_engine``: ``generate.vllm_engine``.
 
     ``metrics[set][style]`` is ``{n, strict, flexible, no_answer}`` for a GSM8K-format set and
@@ -317,21 +315,30 @@ def evaluate(
     for name, records in limited.items():
         if formats[name] == "gsm":
             metrics[name] = _evaluate_gsm(
-                sampler,
                 name,
                 records,
                 cfg,
-                seed,
                 predictions,
                 greedy[name],
                 sampled.get(name),
-                refine,
+                refined,
             )
         else:
             metrics[name] = _evaluate_drop(
                 name, records, cfg, predictions, greedy[name], sampled.get(name)
             )
     return metrics, predictions
+
+
+def refined_styles(cfg: EvaluateConfig) -> list[str]:
+    """The styles whose greedy outputs are also scored after inference-time refinement: the
+    chain-of-thought ones, with ``refine_iterations`` > 0 (GSM8K-format sets only).
+
+    >>> cfg = EvaluateConfig(styles=["zeroshot_cot", "fewshot_direct"], refine_iterations=1)
+    >>> refined_styles(cfg)
+    ['zeroshot_cot']
+    """
+    return [s for s in cfg.styles if s.endswith("_cot")] if cfg.refine_iterations else []
 
 
 def _sc_records(records: list[dict], cfg: EvaluateConfig) -> list[dict]:
@@ -422,19 +429,17 @@ def _sampled(cfg: EvaluateConfig, seed: int, stop: tuple[str, ...]):
 
 
 def _evaluate_gsm(
-    sampler,
     name: str,
     records: list[dict],
     cfg: EvaluateConfig,
-    seed: int,
     predictions: dict,
     greedy: dict[str, list],
     sampled: list | None,
-    refine: RefineConfig | None = None,
+    refined: Mapping[str, dict] | None = None,
 ) -> dict:
     """Metrics of one GSM8K-format set from its greedy outputs per style (``greedy``), plus
-    refinement and self-consistency (from ``sampled``: the maj@k samples of its first
-    ``sc_limit`` questions, see ``_pooled_pass``)."""
+    the refined outputs (``refined``, see :func:`evaluate`) and self-consistency (from
+    ``sampled``: the maj@k samples of its first ``sc_limit`` questions, see ``_pooled_pass``)."""
     metrics: dict = {}
     for style in cfg.styles:
         preds = _predictions(
@@ -442,23 +447,21 @@ def _evaluate_gsm(
         )
         predictions[f"{name}__{style}"] = preds
         metrics[style] = summarize(preds)
-        if cfg.refine_iterations and style.endswith("_cot"):
-            from selfimprove.config.methods import RefineConfig
-            from selfimprove.methods.refine import refine_outputs
-
-            rcfg = (refine or RefineConfig()).model_copy(
-                update={"max_iterations": cfg.refine_iterations}
-            )
-            refined, rstats = refine_outputs(
-                sampler, [r["question"] for r in records], [p["output"] for p in preds], rcfg, seed
-            )
+        if style in refined_styles(cfg):
+            got = (refined or {}).get(f"{name}__{style}")
+            if got is None or got["ids"] != [r["id"] for r in records]:
+                raise InputError(
+                    f"evaluate.refine_iterations={cfg.refine_iterations}: no refined outputs of "
+                    f"set {name!r} style {style!r} for these questions; the evaluate_refine "
+                    "stage makes them (`dvc repro`)"
+                )
             rpreds = [
                 {"id": r["id"], "question": r["question"], "output": o}
                 | score_prediction(o, r["answer"])
-                for r, o in zip(records, refined, strict=True)
+                for r, o in zip(records, got["outputs"], strict=True)
             ]
             predictions[f"{name}__{style}_refined"] = rpreds
-            metrics[f"{style}_refined"] = summarize(rpreds) | {"refine": rstats}
+            metrics[f"{style}_refined"] = summarize(rpreds) | {"refine": got["refine"]}
     if sampled is not None:
         sc_records = _sc_records(records, cfg)
         answers = [[extract_answer(c.text) for c in o] for o in sampled]
