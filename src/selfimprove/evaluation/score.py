@@ -20,7 +20,9 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from selfimprove.core.io import InputError, nonblank_line_numbers
+from selfimprove.core.io import InputError, iter_jsonl, nonblank_line_numbers, write_json
+from selfimprove.evaluation.metrics.drop import drop_record_problem, score_drop
+from selfimprove.evaluation.metrics.gsm8k import gsm8k_record_problem, score_gsm8k
 
 KINDS: tuple[str, ...] = ("gsm8k", "drop")
 _KEYS = {"gsm8k": ("prediction", "answer"), "drop": ("prediction", "answers")}
@@ -43,10 +45,6 @@ def score_file(kind: Literal["gsm8k", "drop"], path: str | os.PathLike) -> dict:
     ...
     selfimprove.core.io.InputError: ...preds.jsonl line 3: 'prediction' must be the generated ...
     """
-    from selfimprove.core.io import iter_jsonl
-    from selfimprove.evaluation.metrics.drop import drop_record_problem, score_drop
-    from selfimprove.evaluation.metrics.gsm8k import gsm8k_record_problem, score_gsm8k
-
     if kind not in KINDS:
         raise InputError(f"unknown score kind {kind!r}; choose one of: {', '.join(KINDS)}")
     path = Path(path)
@@ -91,8 +89,6 @@ def run_score(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if getattr(args, "output", None) is not None:
-        from selfimprove.core.io import write_json
-
         write_json(args.output, result)
     print(json.dumps(result, sort_keys=True))
     return 0

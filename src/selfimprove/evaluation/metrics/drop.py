@@ -25,6 +25,7 @@ import re
 import string
 
 from selfimprove.core.answers import cut_at_stop
+from selfimprove.core.io import InputError
 from selfimprove.core.prompts.drop import DROP_STOP_SEQUENCES
 
 __all__ = [
@@ -286,8 +287,6 @@ def score_drop(records: list[dict]) -> dict:
     ... ])
     {'n': 2, 'em': 0.5, 'f1': 0.835}
     """
-    from selfimprove.core.io import InputError
-
     for i, rec in enumerate(records):
         problem = drop_record_problem(rec)
         if problem:
