@@ -21,6 +21,12 @@ Cost: the greedy pass of a style is one sampler call over every set of the same 
 prefix, stops and parameters), so the decoding batch stays full across sets; maj@k runs one call
 per set, so a path's seed stays a function of (seed, its question's index in the set, path).
 
+Each question is scored once, here: a greedy prediction record carries its scores
+(``correct_strict`` / ``correct_flexible``, or DROP ``em`` / ``f1``), a self-consistency record
+its ``scores`` (maj@k and pass@m, from :func:`sc_scores` / :func:`drop_sc_scores`); every
+accuracy in the metrics is the mean of those scores, and the intervals
+(:mod:`selfimprove.evaluation.intervals`) bootstrap the same scores read back from the records.
+
 Metrics come back as one nested dict; the stage writes it as the DVC metrics file and the track
 stage logs the very same dict (flattened with ".") to MLflow.
 """
