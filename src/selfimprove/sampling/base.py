@@ -88,6 +88,8 @@ def seed_indices(index_offset: int | Sequence[int], n_prompts: int) -> list[int]
     ...
     selfimprove.core.io.InputError: index_offset: 1 indices for 2 prompts; give one per prompt
     """
+    from selfimprove.core.io import InputError
+
     if isinstance(index_offset, int):
         if index_offset < 0:
             raise InputError(f"index_offset={index_offset} must be >= 0")
