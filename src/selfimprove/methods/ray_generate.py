@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from collections import Counter, deque
 from pathlib import Path
@@ -52,7 +53,7 @@ def resolve_address(cfg: GenerateConfig) -> str | None:
 def import_ray():
     """The ``ray`` module, or a one-line InputError saying how to install it."""
     try:
-        import ray
+        import ray  # optional (selfimprove[ray]): imported only when a run uses Ray
     except ImportError as e:
         raise InputError(
             f"generate.ray_address / RAY_ADDRESS is set but Ray is not installed: {INSTALL_HINT}"
@@ -65,7 +66,7 @@ class ShardWorker:
 
     def __init__(self, model_dir: str, cfg: GenerateConfig, threads: int | None):
         if threads:
-            import torch
+            import torch  # heavy: imported in the actor only, where it samples
 
             torch.set_num_threads(threads)
         self.model_dir = model_dir
@@ -74,9 +75,7 @@ class ShardWorker:
 
     def check(self, seed: int, prefix: str) -> dict:
         """This node's id, host name and run settings (what decides the samples)."""
-        import socket
-
-        import ray
+        import ray  # in the actor: installed there, as on the driver
 
         return {
             "node_id": ray.get_runtime_context().get_node_id(),
