@@ -3,11 +3,14 @@
     python benchmarks/compare_default.py                      # data/rounds vs the README's run
     python benchmarks/compare_default.py --rerun              # `dvc repro` first, then compare
     python benchmarks/compare_default.py --tolerance 0.05 --reference benchmarks/results/X
+    python benchmarks/compare_default.py --no-intervals      # leave the ``ci`` bounds out
 
 The reference is a folder with ``<round>/metrics.json`` (what a run's ``data/rounds`` holds;
 ``benchmarks/results/`` keeps the README's runs). Every numeric leaf of every reference
 ``metrics.json`` (accuracies, maj@k, EM/F1, no-answer rates; the ``n`` counts must match
-exactly) is compared: ``|run - reference| <= tolerance``. Tolerance 0 (the default) asks for
+exactly) is compared: ``|run - reference| <= tolerance``. ``--no-intervals`` leaves out the
+bootstrap interval bounds (``<set>.<style>.ci.*``; they move when only the bootstrap code
+changes) and compares every other metric. Tolerance 0 (the default) asks for
 identical figures: what the same lock on the same machine type gives for greedy metrics. Across
 machines use the spread the README states. Exit code 0 when everything is within tolerance,
 1 otherwise; the last line of stdout is one JSON object.
@@ -40,6 +43,15 @@ def flat(d: dict, prefix: str = "") -> dict[str, float]:
     return out
 
 
+def without_intervals(metrics: dict[str, float]) -> dict[str, float]:
+    """Flat metrics without the interval bounds and level (``<set>.<style>.ci.…``).
+
+    >>> without_intervals({"a.cot.strict": 0.5, "a.cot.ci.strict.lo": 0.4, "a.cot.ci.level": 0.95})
+    {'a.cot.strict': 0.5}
+    """
+    return {k: v for k, v in metrics.items() if ".ci." not in f".{k}"}
+
+
 def compare(run: dict[str, float], ref: dict[str, float], tolerance: float) -> list[dict]:
     """One row per reference metric that the run misses or differs on beyond ``tolerance``
     (counts ``*.n`` exactly).
@@ -66,6 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds-dir", type=Path, default=Path("data/rounds"))
     ap.add_argument("--tolerance", type=float, default=0.0)
     ap.add_argument("--rerun", action="store_true", help="run `dvc repro` first")
+    ap.add_argument(
+        "--no-intervals",
+        action="store_true",
+        help="leave the interval bounds (ci.*) out; compare every other metric",
+    )
     args = ap.parse_args(argv)
     if args.rerun:
         subprocess.run([sys.executable, "-m", "dvc", "repro"], check=True)
@@ -73,10 +90,17 @@ def main(argv: list[str] | None = None) -> int:
     if not rounds:
         print(f"error: {args.reference}: no <round>/metrics.json", file=sys.stderr)
         return 2
-    result = {"reference": str(args.reference), "tolerance": args.tolerance, "rounds": {}}
+    result = {
+        "reference": str(args.reference),
+        "tolerance": args.tolerance,
+        "intervals": not args.no_intervals,
+        "rounds": {},
+    }
     ok = True
     for rnd in rounds:
         ref = flat(json.loads((args.reference / rnd / "metrics.json").read_text()))
+        if args.no_intervals:
+            ref = without_intervals(ref)
         path = args.rounds_dir / rnd / "metrics.json"
         run = flat(json.loads(path.read_text())) if path.exists() else {}
         bad = compare(run, ref, args.tolerance)

@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> dict:
     import selfimprove.sampling.factory as factory
     from selfimprove.config import load_params
     from selfimprove.evaluation.evaluate import evaluate
+    from selfimprove.evaluation.refine_at_eval import refine_for_evaluation
     from selfimprove.pipeline import load_eval_sets
 
     params = load_params(args.params)
@@ -88,9 +89,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     factory.make_sampler = lambda *a, **k: Recording(real_make(*a, **k))
     t = time.perf_counter()
-    metrics, _ = evaluate(
-        args.model, sets, cfg, params.seed, refine=params.refine, backend=params.generate.backend
-    )
+    backend = params.generate.backend
+    refined = None  # the evaluate_refine stage's part, when evaluate.refine_iterations > 0
+    if cfg.refine_iterations:
+        refined = refine_for_evaluation(args.model, sets, cfg, params.seed, params.refine, backend)
+    metrics, _ = evaluate(args.model, sets, cfg, params.seed, refined=refined, backend=backend)
     total = time.perf_counter() - t
     factory.make_sampler = real_make
     result = {

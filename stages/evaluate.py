@@ -1,6 +1,8 @@
 """evaluate stage: held-out accuracy of a round's model (greedy per style, maj@k) with 95%
 bootstrap intervals and the label-free self-consistency agreement, and the predictions."""
 
+import json
+
 from selfimprove.core.paths import round_dir
 from selfimprove.pipeline import add_round_arg, load_eval_sets, stage_main
 
@@ -13,12 +15,15 @@ def main(args, params):
 
     out = round_dir(args.round)
     sets = load_eval_sets(params.evaluate.sets)
+    refined = None  # inference-time refinement: the evaluate_refine stage's outputs
+    if params.evaluate.refine_iterations:
+        refined = json.loads((out / "eval_refined.json").read_text(encoding="utf-8"))
     metrics, predictions = evaluate(
         out / "model",
         sets,
         params.evaluate,
         params.seed,
-        refine=params.refine,
+        refined=refined,
         backend=params.generate.backend,
         vllm_engine=params.generate.vllm_engine,
     )

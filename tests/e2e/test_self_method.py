@@ -43,6 +43,7 @@ def _self_params(model_dir: Path) -> dict:
             "max_iterations": 1,
         },
         finetune=small_ft,
+        evaluate={"refine_iterations": 1},  # inference-time refinement: the evaluate_refine stage
         tracking={"pipeline": "e2e-self"},
         rounds={"r1": {"prev": "r0"}},
     )
@@ -101,6 +102,20 @@ def test_refined_records(project):
     filt = json.loads((r1 / "filter.json").read_text())
     assert filt["n_verdict_correct"] == sum(v is True for r in refined for v in r["final_verdicts"])
     assert filt["n_kept_paths"] <= filt["n_verdict_correct"]
+
+
+def test_inference_time_refinement_is_scored_by_evaluate(project):
+    """evaluate_refine refines the greedy CoT outputs; evaluate scores them as <style>_refined
+    (one scoring path) without running the refine step's code itself."""
+    proj, _, _ = project
+    for rnd in ("r0", "r1"):
+        refined = json.loads((proj / "data/rounds" / rnd / "eval_refined.json").read_text())
+        assert set(refined) == {"arith__fewshot_cot", "arith__zeroshot_cot"}
+        metrics = json.loads((proj / "data/rounds" / rnd / "metrics.json").read_text())
+        for style in ("fewshot_cot", "zeroshot_cot"):
+            got = metrics["arith"][f"{style}_refined"]
+            assert got["n"] == len(refined[f"arith__{style}"]["outputs"]) == 4
+            assert got["refine"] == refined[f"arith__{style}"]["refine"]
 
 
 def test_dag_has_the_self_stages(project):

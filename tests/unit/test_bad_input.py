@@ -20,7 +20,8 @@ from selfimprove.config import ConfigError, load_params, parse_params
 from selfimprove.config.data import DataConfig, SourceConfig
 from selfimprove.core.io import InputError, read_jsonl, write_jsonl
 from selfimprove.core.prompts import build_prompt, escape_question, has_prompt_delimiter
-from selfimprove.data.drop import drop_prompt, records_from_hub_rows
+from selfimprove.core.prompts.drop import drop_prompt
+from selfimprove.data.drop import records_from_hub_rows
 from selfimprove.data.prepare import prepare
 from selfimprove.evaluation.score import score_file
 

@@ -329,6 +329,7 @@ def test_evaluate_with_inference_time_refinement(monkeypatch):
     import selfimprove.sampling.factory as factory_mod
     from selfimprove.config.evaluation import EvaluateConfig
     from selfimprove.evaluation.evaluate import evaluate
+    from selfimprove.evaluation.refine_at_eval import refine_for_evaluation
 
     first = {Q1: " 3 + 2 = 6. The answer is 6.", Q2: " 4 - 1 = 3. The answer is 3."}
     fake = FakeSampler(rationalize=first)  # the plain answers: Q1 wrong, Q2 right
@@ -340,7 +341,11 @@ def test_evaluate_with_inference_time_refinement(monkeypatch):
     cfg = EvaluateConfig(
         styles=["zeroshot_cot", "zeroshot_direct"], sc_paths=0, refine_iterations=1
     )
-    metrics, preds = evaluate("unused", {"g": records}, cfg, 0, refine=RefineConfig(n_shots=2))
+    refined = refine_for_evaluation("unused", {"g": records}, cfg, 0, RefineConfig(n_shots=2))
+    assert set(refined) == {"g__zeroshot_cot"}  # only CoT styles are refined
+    n_prompts = len(fake.prompts)
+    metrics, preds = evaluate("unused", {"g": records}, cfg, 0, refined=refined)
+    assert all("Feedback:" not in p for p in fake.prompts[n_prompts:])  # evaluate only scores
     assert metrics["g"]["zeroshot_cot"]["strict"] == 0.5
     assert metrics["g"]["zeroshot_cot_refined"]["strict"] == 1.0  # Q1 fixed, Q2 kept
     assert metrics["g"]["zeroshot_cot_refined"]["refine"]["n_changed"] == 1
@@ -349,3 +354,11 @@ def test_evaluate_with_inference_time_refinement(monkeypatch):
     feedback_prompts = [p for p in fake.prompts if p.endswith("Feedback:")]
     assert len(feedback_prompts) == 3  # both answers, then the rewrite of Q1
     assert all(p.count("Feedback:") == 3 for p in feedback_prompts)  # 2 exemplars + the item
+    with pytest.raises(InputError, match="evaluate_refine stage makes them"):
+        evaluate("unused", {"g": records}, cfg, 0)  # refining, but no refined outputs given
+    assert (
+        refine_for_evaluation(
+            "unused", {"g": records}, cfg.model_copy(update={"refine_iterations": 0}), 0
+        )
+        == {}
+    )  # off: nothing refined, no model loaded

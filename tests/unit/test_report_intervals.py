@@ -12,6 +12,7 @@ from pathlib import Path
 from selfimprove.cli import main as cli_main
 from selfimprove.config.evaluation import StatsConfig
 from selfimprove.core.io import write_json, write_jsonl
+from selfimprove.evaluation.evaluate import sc_scores
 from selfimprove.evaluation.intervals import annotate_metrics
 from selfimprove.evaluation.report import build_report
 
@@ -31,7 +32,8 @@ def _predictions(acc: float, agree: float, seed: int) -> dict[str, list[dict]]:
     sc = []
     for i in range(N):
         answers = ["1" if rng.random() < agree else str(rng.randint(2, 9)) for _ in range(M)]
-        sc.append({"id": f"q{i}", "gold": "1", "answers": answers, "majority": None})
+        (scores,) = sc_scores([answers], ["1"], [M])  # as the evaluate step writes them
+        sc.append({"id": f"q{i}", "gold": "1", "answers": answers, "scores": scores})
     return {"s__cot": greedy, "s__sc": sc}
 
 

@@ -49,6 +49,7 @@ from selfimprove.config.data import (
 from selfimprove.core.digest import file_sha256
 from selfimprove.core.io import InputError, atomic_path, write_json, write_jsonl
 from selfimprove.core.prompts import escape_question
+from selfimprove.core.prompts.drop import escape_drop_text
 from selfimprove.data.arith import ArithStream
 from selfimprove.data.dedupe import (
     normalize_question,
@@ -57,7 +58,7 @@ from selfimprove.data.dedupe import (
     take_unique,
     too_few,
 )
-from selfimprove.data.drop import escape_drop_text, generate_drop, load_drop_hub, load_drop_jsonl
+from selfimprove.data.drop import generate_drop, load_drop_hub, load_drop_jsonl
 from selfimprove.data.sources import gsm_symbolic_stream, load_gsm8k_hub, load_gsm8k_jsonl
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from selfimprove.config.data import SourceConfig
-from selfimprove.core.io import InputError, read_jsonl, shorten
+from selfimprove.core.io import InputError, nonblank_line_numbers, read_jsonl, shorten
 
 _FINAL_RE = re.compile(r"####\s*\$?\s*(-?[\d,]*\.?\d+)\s*")
 _GSM_SYMBOLIC_SUFFIX = " Give the result as your final answer. Do not include units."
@@ -133,8 +133,6 @@ def gsm_symbolic_stream(seed: int, size: int) -> Iterator[dict]:
 
 def load_gsm8k_jsonl(path: str) -> list[dict]:
     """The records of a GSM8K-format ``.jsonl`` file; a bad record names its file and line."""
-    from selfimprove.core.io import nonblank_line_numbers
-
     p = Path(path)
     rows = read_jsonl(p, required=["question", "answer"])
     return _clean_real(rows, lambda i: f"{p} line {nonblank_line_numbers(p)[i]}")

@@ -10,9 +10,9 @@ Two set formats, told apart by their records (:func:`set_format`):
 * DROP (``{"id", "passage", "question", "answers"}``): DROP EM and F1
   (:func:`selfimprove.evaluation.metrics.drop.drop_em_f1`) of the answer read from the output by
   :func:`selfimprove.evaluation.metrics.drop.extract_drop_answer`; prompts from
-  :func:`selfimprove.data.drop.drop_prompt` (same style names, its own 3 exemplars, so
+  :func:`selfimprove.core.prompts.drop.drop_prompt` (same style names, its own 3 exemplars, so
   ``n_shots`` does not apply), generation stops at
-  :data:`selfimprove.evaluation.metrics.drop.DROP_STOP_SEQUENCES` (never at "."). Self-consistency
+  :data:`selfimprove.core.prompts.drop.DROP_STOP_SEQUENCES` (never at "."). Self-consistency
   votes over the extracted answers keyed by
   :func:`selfimprove.evaluation.metrics.drop.normalize_span` and reports EM/F1 of the majority
   answer.
@@ -21,16 +21,24 @@ Cost: the greedy pass of a style is one sampler call over every set of the same 
 prefix, stops and parameters), so the decoding batch stays full across sets; maj@k runs one call
 per set, so a path's seed stays a function of (seed, its question's index in the set, path).
 
+Each question is scored once, here: a greedy prediction record carries its scores
+(``correct_strict`` / ``correct_flexible``, or DROP ``em`` / ``f1``), a self-consistency record
+its ``scores`` (maj@k and pass@m, from :func:`sc_scores` / :func:`drop_sc_scores`); every
+accuracy in the metrics is the mean of those scores, and the intervals
+(:mod:`selfimprove.evaluation.intervals`) bootstrap the same scores read back from the records.
+
 Metrics come back as one nested dict; the stage writes it as the DVC metrics file and the track
 stage logs the very same dict (flattened with ".") to MLflow.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from selfimprove.config.evaluation import EvaluateConfig
+from selfimprove.config.methods import GenerateConfig
 from selfimprove.core.answers import (
     STOP_SEQUENCES,
     answers_match,
@@ -40,16 +48,13 @@ from selfimprove.core.answers import (
 )
 from selfimprove.core.answers import gold_answer as _gold
 from selfimprove.core.io import InputError
+from selfimprove.core.prompts import build_prompt
+from selfimprove.core.prompts.drop import DROP_STOP_SEQUENCES, drop_prompt
 from selfimprove.core.voting import maj_at_k
-from selfimprove.evaluation.metrics.drop import (
-    DROP_STOP_SEQUENCES,
-    drop_em_f1,
-    extract_drop_answer,
-    normalize_span,
-)
-
-if TYPE_CHECKING:
-    from selfimprove.config.methods import RefineConfig
+from selfimprove.evaluation.intervals import mean, scores_by_metric
+from selfimprove.evaluation.metrics.drop import drop_em_f1, extract_drop_answer, normalize_span
+from selfimprove.sampling import factory  # factory.make_sampler: tests replace it
+from selfimprove.sampling.base import SamplingParams
 
 
 def score_prediction(output: str, gold: str) -> dict:
@@ -120,10 +125,11 @@ def summarize_drop(preds: list[dict]) -> dict:
     n = len(preds)
     if not n:
         return {"n": 0, "em": 0.0, "f1": 0.0, "no_answer": 0.0}
+    scores = scores_by_metric(preds)
     return {
         "n": n,
-        "em": sum(p["em"] for p in preds) / n,
-        "f1": sum(p["f1"] for p in preds) / n,
+        "em": mean(scores["em"]),
+        "f1": mean(scores["f1"]),
         "no_answer": sum(not p["extracted"] for p in preds) / n,
     }
 
@@ -142,35 +148,52 @@ def drop_majority(answers: list[str], k: int) -> str | None:
     return None if key is None else answers[keys.index(key)]
 
 
+def drop_sc_scores(answers_per_q: list[list[str]], golds: list[list], ks: list[int]) -> list[dict]:
+    """Per question: DROP maj@k EM/F1 for each k and pass@m (best EM / F1 of any path), the
+    scores :func:`drop_self_consistency` averages.
+
+    >>> drop_sc_scores([["7", "8", "7"]], [[["7"]]], [1])
+    [{'maj@1_em': 1.0, 'maj@1_f1': 1.0, 'pass@3_em': 1.0, 'pass@3_f1': 1.0}]
+    """
+    m = max((len(a) for a in answers_per_q), default=0)
+    out = []
+    for a, g in zip(answers_per_q, golds, strict=True):
+        row: dict[str, float] = {}
+        for k in ks:
+            maj = drop_majority(a, k)
+            row[f"maj@{k}_em"], row[f"maj@{k}_f1"] = (
+                drop_em_f1(maj, g) if maj is not None else (0.0, 0.0)
+            )
+        row[f"pass@{m}_em"], row[f"pass@{m}_f1"] = (
+            max((drop_em_f1(x, g)[j] for x in a if x), default=0.0) for j in (0, 1)
+        )
+        out.append(row)
+    return out
+
+
 def drop_self_consistency(answers_per_q: list[list[str]], golds: list[list], ks: list[int]) -> dict:
-    """DROP maj@k EM/F1 for each k, and pass@m (best EM / F1 of any path: an upper bound).
+    """DROP maj@k EM/F1 for each k, and pass@m (best EM / F1 of any path: an upper bound): the
+    means of :func:`drop_sc_scores`.
 
     >>> drop_self_consistency([["7", "8", "7"], ["Bears", "", "Lions"]],
     ...                       [[["7"]], [["Lions"]]], [1, 3])  # doctest: +NORMALIZE_WHITESPACE
     {'maj@1_em': 0.5, 'maj@1_f1': 0.5, 'maj@3_em': 0.5, 'maj@3_f1': 0.5,
      'pass@3_em': 1.0, 'pass@3_f1': 1.0}
     """
-    n = len(golds)
-    out: dict[str, float] = {}
+    return _means(drop_sc_scores(answers_per_q, golds, ks), ks, answers_per_q, drop=True)
 
-    def mean(xs: list[float]) -> float:
-        return sum(xs) / n if n else 0.0
 
-    for k in ks:
-        scores = [
-            drop_em_f1(maj, g) if (maj := drop_majority(a, k)) is not None else (0.0, 0.0)
-            for a, g in zip(answers_per_q, golds, strict=True)
-        ]
-        out[f"maj@{k}_em"] = mean([s[0] for s in scores])
-        out[f"maj@{k}_f1"] = mean([s[1] for s in scores])
+def _sc_names(ks: list[int], answers_per_q: list, drop: bool) -> list[str]:
+    """The self-consistency metrics, in metrics.json's order (maj@k..., pass@m; DROP: each as
+    ``_em`` and ``_f1``)."""
     m = max((len(a) for a in answers_per_q), default=0)
-    best = [
-        [max((drop_em_f1(x, g)[j] for x in a if x), default=0.0) for j in (0, 1)]
-        for a, g in zip(answers_per_q, golds, strict=True)
-    ]
-    out[f"pass@{m}_em"] = mean([b[0] for b in best])
-    out[f"pass@{m}_f1"] = mean([b[1] for b in best])
-    return out
+    names = [f"maj@{k}" for k in ks] + [f"pass@{m}"]
+    return [f"{n}_{sub}" for n in names for sub in ("em", "f1")] if drop else names
+
+
+def _means(rows: list[dict], ks: list[int], answers_per_q: list, drop: bool) -> dict:
+    """Each metric's mean over the questions' score rows."""
+    return {name: mean([r[name] for r in rows]) for name in _sc_names(ks, answers_per_q, drop)}
 
 
 def summarize(preds: list[dict]) -> dict:
@@ -183,39 +206,40 @@ def summarize(preds: list[dict]) -> dict:
     n = len(preds)
     if not n:
         return {"n": 0, "strict": 0.0, "flexible": 0.0, "no_answer": 0.0}
+    scores = scores_by_metric(preds)
     return {
         "n": n,
-        "strict": sum(p["correct_strict"] for p in preds) / n,
-        "flexible": sum(p["correct_flexible"] for p in preds) / n,
+        "strict": mean(scores["strict"]),
+        "flexible": mean(scores["flexible"]),
         "no_answer": sum(p["strict"] is None for p in preds) / n,
     }
+
+
+def sc_scores(answers_per_q: list[list[str | None]], golds: list[str], ks: list[int]) -> list[dict]:
+    """Per question: maj@k for each k and pass@m (any path right), 1.0 or 0.0; the scores
+    :func:`self_consistency` averages.
+
+    >>> sc_scores([["2", "3", "2"]], ["2"], [1, 3])
+    [{'maj@1': 1.0, 'maj@3': 1.0, 'pass@3': 1.0}]
+    """
+    m = max((len(a) for a in answers_per_q), default=0)
+    return [
+        {f"maj@{k}": float(answers_match(maj_at_k(a, k), g)) for k in ks}
+        | {f"pass@{m}": float(any(answers_match(x, g) for x in a))}
+        for a, g in zip(answers_per_q, golds, strict=True)
+    ]
 
 
 def self_consistency(
     answers_per_q: list[list[str | None]], golds: list[str], ks: list[int]
 ) -> dict:
-    """maj@k for each k and pass@m (any path right: an upper bound) over questions.
+    """maj@k for each k and pass@m (any path right: an upper bound) over questions: the means
+    of :func:`sc_scores`.
 
     >>> self_consistency([["2", "3", "2"], ["5", None, "4"]], ["2", "4"], [1, 3])
     {'maj@1': 0.5, 'maj@3': 0.5, 'pass@3': 1.0}
     """
-    n = len(golds)
-    out = {}
-    for k in ks:
-        out[f"maj@{k}"] = (
-            sum(answers_match(maj_at_k(a, k), g) for a, g in zip(answers_per_q, golds, strict=True))
-            / n
-            if n
-            else 0.0
-        )
-    m = max((len(a) for a in answers_per_q), default=0)
-    out[f"pass@{m}"] = (
-        sum(any(answers_match(x, g) for x in a) for a, g in zip(answers_per_q, golds, strict=True))
-        / n
-        if n
-        else 0.0
-    )
-    return out
+    return _means(sc_scores(answers_per_q, golds, ks), ks, answers_per_q, drop=False)
 
 
 def evaluate(
@@ -223,16 +247,16 @@ def evaluate(
     eval_sets: dict[str, list[dict]],
     cfg: EvaluateConfig,
     seed: int,
-    refine: RefineConfig | None = None,
+    refined: Mapping[str, dict] | None = None,
     backend: str | None = None,
     vllm_engine: dict | None = None,
 ) -> tuple[dict, dict[str, list[dict]]]:
     """Evaluate one model on every set; return (metrics, predictions by "<set>__<style>").
 
-    ``refine`` (the ``refine`` params section) gives inference-time self-refinement
-    (``cfg.refine_iterations`` > 0) the prompt format and token budgets the model was taught
-    (``n_shots``, ``feedback_max_new_tokens``, ``refine_max_new_tokens``, ``temperature``);
-    ``None`` = its defaults. ``backend``: the sampling backend (``generate.backend``; ``None`` =
+    ``refined``: with ``cfg.refine_iterations`` > 0, the refined outputs of every GSM8K-format
+    set and CoT style (:func:`selfimprove.evaluation.refine_at_eval.refine_for_evaluation`, the
+    ``evaluate_refine`` stage), scored here as ``<style>_refined``.
+    ``backend``: the sampling backend (``generate.backend``; ``None`` =
     that key's default); ``vllm_engine``: ``generate.vllm_engine``.
 
     ``metrics[set][style]`` is ``{n, strict, flexible, no_answer}`` for a GSM8K-format set and
@@ -240,9 +264,6 @@ def evaluate(
     (accuracy, or ``maj@k_em``/``maj@k_f1`` for DROP) on the first ``sc_limit`` questions.
     No set, or a set without records, is :class:`InputError` (not metrics of 0.0 or ``{}``).
     """
-    from selfimprove.config.methods import GenerateConfig
-    from selfimprove.sampling.factory import make_sampler
-
     if not eval_sets:
         raise InputError(
             "evaluate: no eval sets given; define data.eval sets and rerun `dvc repro data`"
@@ -255,7 +276,9 @@ def evaluate(
         )
     formats = {name: set_format(records, name) for name, records in eval_sets.items()}
     backend = backend or GenerateConfig.model_fields["backend"].default
-    sampler = make_sampler(model_dir, backend, cfg.dtype, cfg.batch_size, vllm_engine=vllm_engine)
+    sampler = factory.make_sampler(
+        model_dir, backend, cfg.dtype, cfg.batch_size, vllm_engine=vllm_engine
+    )
     limited = {n: (r[: cfg.limit] if cfg.limit else r) for n, r in eval_sets.items()}
     # greedy passes: one sampler call per (format, style) over all the sets of that format (same
     # prefix, stops and params), so the decoding batch stays full across sets
@@ -298,21 +321,30 @@ def evaluate(
     for name, records in limited.items():
         if formats[name] == "gsm":
             metrics[name] = _evaluate_gsm(
-                sampler,
                 name,
                 records,
                 cfg,
-                seed,
                 predictions,
                 greedy[name],
                 sampled.get(name),
-                refine,
+                refined,
             )
         else:
             metrics[name] = _evaluate_drop(
                 name, records, cfg, predictions, greedy[name], sampled.get(name)
             )
     return metrics, predictions
+
+
+def refined_styles(cfg: EvaluateConfig) -> list[str]:
+    """The styles whose greedy outputs are also scored after inference-time refinement: the
+    chain-of-thought ones, with ``refine_iterations`` > 0 (GSM8K-format sets only).
+
+    >>> cfg = EvaluateConfig(styles=["zeroshot_cot", "fewshot_direct"], refine_iterations=1)
+    >>> refined_styles(cfg)
+    ['zeroshot_cot']
+    """
+    return [s for s in cfg.styles if s.endswith("_cot")] if cfg.refine_iterations else []
 
 
 def _sc_records(records: list[dict], cfg: EvaluateConfig) -> list[dict]:
@@ -350,8 +382,6 @@ def _prompts(fmt: str, records: list[dict], style: str, n_shots: int) -> tuple[s
     """The shared prefix and per-record suffixes of ``records`` in ``style``."""
     if fmt == "drop":
         return _drop_prompts(records, style)
-    from selfimprove.core.prompts import build_prompt
-
     return (
         build_prompt("", style, n_shots)[0],
         [build_prompt(r["question"], style, n_shots)[1] for r in records],
@@ -389,16 +419,12 @@ def _predictions(records: list[dict], outs: list, score) -> list[dict]:
 
 
 def _greedy(cfg: EvaluateConfig, seed: int, stop: tuple[str, ...]):
-    from selfimprove.sampling.base import SamplingParams
-
     return SamplingParams(
         n=1, temperature=0.0, max_new_tokens=cfg.max_new_tokens, stop=stop, seed=seed
     )
 
 
 def _sampled(cfg: EvaluateConfig, seed: int, stop: tuple[str, ...]):
-    from selfimprove.sampling.base import SamplingParams
-
     return SamplingParams(
         n=cfg.sc_paths,
         temperature=cfg.temperature,
@@ -409,19 +435,17 @@ def _sampled(cfg: EvaluateConfig, seed: int, stop: tuple[str, ...]):
 
 
 def _evaluate_gsm(
-    sampler,
     name: str,
     records: list[dict],
     cfg: EvaluateConfig,
-    seed: int,
     predictions: dict,
     greedy: dict[str, list],
     sampled: list | None,
-    refine: RefineConfig | None = None,
+    refined: Mapping[str, dict] | None = None,
 ) -> dict:
     """Metrics of one GSM8K-format set from its greedy outputs per style (``greedy``), plus
-    refinement and self-consistency (from ``sampled``: the maj@k samples of its first
-    ``sc_limit`` questions, see ``_pooled_pass``)."""
+    the refined outputs (``refined``, see :func:`evaluate`) and self-consistency (from
+    ``sampled``: the maj@k samples of its first ``sc_limit`` questions, see ``_pooled_pass``)."""
     metrics: dict = {}
     for style in cfg.styles:
         preds = _predictions(
@@ -429,40 +453,43 @@ def _evaluate_gsm(
         )
         predictions[f"{name}__{style}"] = preds
         metrics[style] = summarize(preds)
-        if cfg.refine_iterations and style.endswith("_cot"):
-            from selfimprove.config.methods import RefineConfig
-            from selfimprove.methods.refine import refine_outputs
-
-            rcfg = (refine or RefineConfig()).model_copy(
-                update={"max_iterations": cfg.refine_iterations}
-            )
-            refined, rstats = refine_outputs(
-                sampler, [r["question"] for r in records], [p["output"] for p in preds], rcfg, seed
-            )
+        if style in refined_styles(cfg):
+            got = (refined or {}).get(f"{name}__{style}")
+            if got is None or got["ids"] != [r["id"] for r in records]:
+                raise InputError(
+                    f"evaluate.refine_iterations={cfg.refine_iterations}: no refined outputs of "
+                    f"set {name!r} style {style!r} for these questions; the evaluate_refine "
+                    "stage makes them (`dvc repro`)"
+                )
             rpreds = [
                 {"id": r["id"], "question": r["question"], "output": o}
                 | score_prediction(o, r["answer"])
-                for r, o in zip(records, refined, strict=True)
+                for r, o in zip(records, got["outputs"], strict=True)
             ]
             predictions[f"{name}__{style}_refined"] = rpreds
-            metrics[f"{style}_refined"] = summarize(rpreds) | {"refine": rstats}
+            metrics[f"{style}_refined"] = summarize(rpreds) | {"refine": got["refine"]}
     if sampled is not None:
         sc_records = _sc_records(records, cfg)
         answers = [[extract_answer(c.text) for c in o] for o in sampled]
         golds = [_gold(r["answer"]) for r in sc_records]
-        metrics["sc"] = {"n": len(sc_records)} | self_consistency(answers, golds, cfg.sc_k)
+        rows = sc_scores(answers, golds, cfg.sc_k)
         predictions[f"{name}__sc"] = [
-            {"id": r["id"], "gold": g, "answers": a, "majority": maj_at_k(a, cfg.sc_paths)}
-            for r, g, a in zip(sc_records, golds, answers, strict=True)
+            {
+                "id": r["id"],
+                "gold": g,
+                "answers": a,
+                "majority": maj_at_k(a, cfg.sc_paths),
+                "scores": row,
+            }
+            for r, g, a, row in zip(sc_records, golds, answers, rows, strict=True)
         ]
+        metrics["sc"] = {"n": len(sc_records)} | _means(rows, cfg.sc_k, answers, drop=False)
     return metrics
 
 
 def _drop_prompts(records: list[dict], style: str) -> tuple[str, list[str]]:
     """The shared prefix and the per-record suffixes of a DROP style (the prefix must not
     depend on the record, so the sampler runs it once)."""
-    from selfimprove.data.drop import drop_prompt
-
     pairs = [drop_prompt(r, style) for r in records]
     prefixes = {p for p, _ in pairs}
     if len(prefixes) > 1:
@@ -491,14 +518,16 @@ def _evaluate_drop(
         sc_records = _sc_records(records, cfg)
         answers = [[extract_drop_answer(c.text) for c in o] for o in sampled]
         golds = [r["answers"] for r in sc_records]
-        metrics["sc"] = {"n": len(sc_records)} | drop_self_consistency(answers, golds, cfg.sc_k)
+        rows = drop_sc_scores(answers, golds, cfg.sc_k)
         predictions[f"{name}__sc"] = [
             {
                 "id": r["id"],
                 "golds": g,
                 "answers": a,
                 "majority": drop_majority(a, cfg.sc_paths),
+                "scores": row,
             }
-            for r, g, a in zip(sc_records, golds, answers, strict=True)
+            for r, g, a, row in zip(sc_records, golds, answers, rows, strict=True)
         ]
+        metrics["sc"] = {"n": len(sc_records)} | _means(rows, cfg.sc_k, answers, drop=True)
     return metrics

@@ -2,10 +2,13 @@
 95% intervals next to every accuracy in metrics.json, paired differences between two rounds or
 two runs, and the label-free self-consistency agreement.
 
-The evaluate stage saves every prediction (``eval/<set>__<style>.jsonl``, one record per
-question with its id); :func:`question_scores` turns one such file back into per-question
-scores (0/1 correctness; DROP EM/F1 in [0, 1]) whose mean is exactly the metric in
-metrics.json. :func:`annotate_metrics` then adds, to each style's metrics,
+The evaluate step scores each question once and saves the scores with its predictions
+(``eval/<set>__<style>.jsonl``, one record per question with its id): a greedy record's
+``correct_strict`` / ``correct_flexible`` (GSM8K) or ``em`` / ``f1`` (DROP), a self-consistency
+record's ``scores`` (``{"maj@k": .., "pass@m": ..}``, DROP ``maj@k_em`` ...). Its metrics are
+their means; :func:`question_scores` reads them back (it scores nothing), so the intervals and
+the paired differences bootstrap exactly the scores the metrics average.
+:func:`annotate_metrics` adds, to each style's metrics,
 
 * ``ci``: ``{"level": 0.95, "<metric>": {"lo": .., "hi": ..}, ...}`` for every accuracy metric
   of the style (strict / flexible, em / f1, maj@k / pass@m): a percentile bootstrap over
@@ -23,15 +26,14 @@ question ids both have (:func:`align`) and bootstrap the difference over those q
 
 from __future__ import annotations
 
-import logging
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from selfimprove.config.evaluation import StatsConfig
-from selfimprove.core.answers import answers_match
 from selfimprove.core.io import InputError, read_jsonl
-from selfimprove.core.voting import maj_at_k, majority_vote
+from selfimprove.core.paths import round_index, sort_rounds
+from selfimprove.core.voting import majority_vote
+from selfimprove.evaluation.metrics.drop import normalize_span
 from selfimprove.evaluation.stats import (
     Interval,
     bootstrap_ci,
@@ -39,72 +41,47 @@ from selfimprove.evaluation.stats import (
     paired_seeds_diff,
 )
 
-log = logging.getLogger(__name__)
-
 #: per-question fields of a greedy prediction, by metric
 _GREEDY = {"strict": "correct_strict", "flexible": "correct_flexible", "em": "em", "f1": "f1"}
-_SC_KEY = re.compile(r"^(maj|pass)@(\d+)(?:_(em|f1))?$")
 
 
 # --------------------------------------------------------------------------- per question
 
 
-def drop_majority(answers: list[str], k: int) -> str | None:
-    """maj@k over DROP answers, the rule of
-    :func:`selfimprove.evaluation.evaluate.drop_majority` (votes keyed by the normalized span,
-    the winner as first written, empty answers never win); kept here so that the report does
-    not import the evaluate step and its sampler (tests/unit/test_intervals.py compares them).
+def mean(values: Sequence[float]) -> float:
+    """The mean of per-question scores, 0.0 for none (how every metric in metrics.json is
+    computed from its scores).
 
-    >>> drop_majority(["the Bears", "Chicago", "Bears.", "Chicago"], 4)
-    'the Bears'
+    >>> mean([1.0, 0.0, 1.0, 1.0]), mean([])
+    (0.75, 0.0)
     """
-    from selfimprove.evaluation.metrics.drop import normalize_span
-
-    keys = [normalize_span(a) or None for a in answers]
-    key = maj_at_k(keys, k)
-    return None if key is None else answers[keys.index(key)]
+    return sum(values) / len(values) if values else 0.0
 
 
-def _sc_score(kind: str, k: int, sub: str | None, pred: dict) -> float:
-    answers = pred["answers"]
-    if "golds" in pred:  # DROP: EM / F1 of the majority span, or of the best path
-        from selfimprove.evaluation.metrics.drop import drop_em_f1
-
-        j = 0 if sub == "em" else 1
-        if kind == "maj":
-            maj = drop_majority(answers, k)
-            return 0.0 if maj is None else drop_em_f1(maj, pred["golds"])[j]
-        return max((drop_em_f1(x, pred["golds"])[j] for x in answers if x), default=0.0)
-    if kind == "maj":
-        return float(answers_match(maj_at_k(answers, k), pred["gold"]))
-    return float(any(answers_match(x, pred["gold"]) for x in answers))
-
-
-def question_scores(preds: Sequence[dict], metrics: Mapping) -> tuple[list, dict[str, list]]:
-    """``(ids, {metric: per-question scores})`` of one set and style, for each accuracy metric
-    in ``metrics`` (that style's dict in metrics.json) that the predictions can score.
+def question_scores(preds: Sequence[dict]) -> tuple[list, dict[str, list[float]]]:
+    """``(ids, {metric: per-question scores})`` of one set and style's prediction records, as
+    the evaluate step scored them (see the module docstring); nothing is scored again.
 
     >>> preds = [{"id": "a", "correct_strict": True, "correct_flexible": True},
     ...          {"id": "b", "correct_strict": False, "correct_flexible": True}]
-    >>> question_scores(preds, {"n": 2, "strict": 0.5, "flexible": 1.0, "no_answer": 0.0})
+    >>> question_scores(preds)
     (['a', 'b'], {'strict': [1.0, 0.0], 'flexible': [1.0, 1.0]})
-    >>> sc = [{"id": "a", "gold": "2", "answers": ["3", "2", "2"]},
-    ...       {"id": "b", "gold": "4", "answers": ["5", None, "4"]}]
-    >>> question_scores(sc, {"n": 2, "maj@1": 0.0, "maj@3": 0.5, "pass@3": 1.0})[1]
-    {'maj@1': [0.0, 0.0], 'maj@3': [1.0, 0.0], 'pass@3': [1.0, 1.0]}
+    >>> sc = [{"id": "a", "scores": {"maj@1": 0.0, "pass@3": 1.0}},
+    ...       {"id": "b", "scores": {"maj@1": 1.0, "pass@3": 1.0}}]
+    >>> question_scores(sc)[1]
+    {'maj@1': [0.0, 1.0], 'pass@3': [1.0, 1.0]}
     """
-    ids = [p["id"] for p in preds]
-    out: dict[str, list] = {}
-    for metric in metrics:
-        if metric in _GREEDY:
-            field = _GREEDY[metric]
-            if preds and all(field in p for p in preds):
-                out[metric] = [float(p[field]) for p in preds]
-        elif m := _SC_KEY.match(metric):
-            if preds and all("answers" in p and ("gold" in p or "golds" in p) for p in preds):
-                kind, k, sub = m.group(1), int(m.group(2)), m.group(3)
-                out[metric] = [_sc_score(kind, k, sub, p) for p in preds]
-    return ids, out
+    return [p["id"] for p in preds], scores_by_metric(preds)
+
+
+def scores_by_metric(preds: Sequence[dict]) -> dict[str, list[float]]:
+    """:func:`question_scores` without the ids."""
+    if not preds:
+        return {}
+    if "scores" in preds[0]:
+        return {m: [float(p["scores"][m]) for p in preds] for m in preds[0]["scores"]}
+    fields = {m: f for m, f in _GREEDY.items() if all(f in p for p in preds)}
+    return {m: [float(p[f]) for p in preds] for m, f in fields.items()}
 
 
 def majority_share(answers: Sequence[str | None], drop: bool = False) -> float:
@@ -115,8 +92,6 @@ def majority_share(answers: Sequence[str | None], drop: bool = False) -> float:
     (0.5, 0.6666666666666666)
     """
     if drop:
-        from selfimprove.evaluation.metrics.drop import normalize_span
-
         answers = [normalize_span(a) or None if a else None for a in answers]
     return majority_vote(list(answers))[1]
 
@@ -143,9 +118,8 @@ def annotate_metrics(
     metrics: Mapping, predictions: Mapping[str, Sequence[dict]], cfg: StatsConfig | None = None
 ) -> dict:
     """A copy of the evaluate step's metrics with ``ci`` added to every style (and
-    ``label_free`` to ``sc``), from the predictions keyed ``<set>__<style>``. A metric whose
-    per-question scores do not average to its reported value gets no interval (logged: it
-    would describe another number).
+    ``label_free`` to ``sc``), from the per-question scores of the predictions keyed
+    ``<set>__<style>`` (the scores those metrics are the means of).
 
     >>> m = {"s": {"fewshot_cot": {"n": 4, "strict": 0.75, "flexible": 0.75, "no_answer": 0.0}}}
     >>> p = {"s__fewshot_cot": [{"id": i, "correct_strict": i > 0, "correct_flexible": i > 0}
@@ -165,16 +139,17 @@ def annotate_metrics(
             if not isinstance(values, Mapping) or not preds:
                 out[set_name][style] = values
                 continue
-            _, scores = question_scores(preds, values)
+            _, scores = question_scores(preds)
             ci: dict = {"level": cfg.level}
-            for metric, vals in scores.items():
-                iv = _interval(vals, cfg)
-                if abs(iv.estimate - float(values[metric])) > 1e-9:
-                    log.warning(
-                        "%s.%s.%s: per-question scores average %s, metrics say %s; no interval",
-                        set_name, style, metric, iv.estimate, values[metric],
-                    )  # fmt: skip
+            for metric in values:
+                if metric not in scores:
                     continue
+                iv = _interval(scores[metric], cfg)
+                if abs(iv.estimate - float(values[metric])) > 1e-9:
+                    raise AssertionError(
+                        f"internal error: {set_name}.{style}.{metric} is {values[metric]}, "
+                        f"but its per-question scores average {iv.estimate}"
+                    )
                 ci[metric] = {"lo": iv.lo, "hi": iv.hi}
             extra: dict = {"ci": ci} if len(ci) > 1 else {}
             if style == "sc":
@@ -193,8 +168,6 @@ def interval_rows(metrics_by_round: Mapping[str, Mapping]) -> list[dict]:
     [{'round': 'r1', 'round_index': 1, 'set': 's', 'style': 'cot', 'metric': 'strict',
       'value': 0.5, 'lo': 0.25, 'hi': 0.75, 'level': 0.95}]
     """
-    from selfimprove.core.paths import round_index, sort_rounds
-
     rows = []
     for name in sort_rounds(metrics_by_round):
         for set_name, styles in metrics_by_round[name].items():
@@ -240,7 +213,8 @@ def read_scores(round_path: str | Path, metrics: Mapping) -> Scores:
         for style, values in styles.items():
             path = round_path / "eval" / f"{set_name}__{style}.jsonl"
             if isinstance(values, Mapping) and path.is_file():
-                out[(set_name, style)] = question_scores(read_jsonl(path, required=["id"]), values)
+                ids, scores = question_scores(read_jsonl(path, required=["id"]))
+                out[(set_name, style)] = ids, {m: v for m, v in scores.items() if m in values}
     return out
 
 
@@ -281,8 +255,6 @@ def difference_rows(scores_by_round: Mapping[str, Scores], cfg: StatsConfig) -> 
     >>> row["round"], row["vs"], row["diff"], row["n"], row["lo"] >= 0.0
     ('r1', 'r0', 0.5, 4, True)
     """
-    from selfimprove.core.paths import round_index, sort_rounds
-
     names = sort_rounds(scores_by_round)
     rows = []
     for i, name in enumerate(names[1:], start=1):

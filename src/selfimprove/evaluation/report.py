@@ -37,7 +37,10 @@ from pathlib import Path
 from selfimprove.config.evaluation import ReportConfig, StatsConfig
 from selfimprove.core.io import InputError, atomic_path, iter_jsonl, read_jsonl, write_json
 from selfimprove.core.paths import is_round, round_index, sort_rounds
+from selfimprove.core.voting import agreement_histogram
 from selfimprove.evaluation.analysis import flatten_metrics as flatten
+from selfimprove.evaluation.analysis import verdict_precision
+from selfimprove.evaluation.intervals import difference_rows, interval_rows, read_scores
 from selfimprove.evaluation.plots import (
     plot_accuracy,
     plot_agreement,
@@ -45,6 +48,7 @@ from selfimprove.evaluation.plots import (
     plot_kept,
     plot_monitors,
 )
+from selfimprove.evaluation.summaries import MONITOR_FIELDS, monitor_rows, selection_report
 from selfimprove.evaluation.summaries import read_json_object as _read_json
 
 #: step files folded into a round's flat metrics, with their key prefix (as the track stage does)
@@ -290,8 +294,6 @@ def agreement_stats(
     """Per round with a filter step: the vote-agreement histogram (``bins`` over [0, 1], from
     rationales.jsonl; filter.json's 10-bin histogram when rationales are missing), the bin
     edges, mean agreement and question count."""
-    from selfimprove.core.voting import agreement_histogram
-
     rounds_dir = Path(rounds_dir)
     out: dict[str, dict] = {}
     for name in sort_rounds(rounds):
@@ -415,8 +417,6 @@ def feedback_rows(refined_by_round: Mapping[str, list[dict]], labels: Mapping[st
     >>> row["round"], row["precision"], row["recall"], row["final_precision"], row["fixed"]
     (1, 0.5, 1.0, 0.6666666666666666, 1)
     """
-    from selfimprove.evaluation.analysis import verdict_precision
-
     rows = []
     for name in sort_rounds(refined_by_round):
         vp = verdict_precision(list(refined_by_round[name]), dict(labels))
@@ -462,9 +462,6 @@ def build_report(
     when the file exists, for the monitors' analysis-only precisions. ``stats``: the intervals
     of the paired differences between rounds (``differences.*``) and of the label-free
     selection's loss (``selection.json``)."""
-    from selfimprove.evaluation.intervals import difference_rows, interval_rows, read_scores
-    from selfimprove.evaluation.summaries import MONITOR_FIELDS, monitor_rows, selection_report
-
     cfg, stats = cfg or ReportConfig(), stats or StatsConfig()
     rounds_dir, out_dir = Path(rounds_dir), Path(out_dir)
     rounds = sort_rounds(rounds)

@@ -20,7 +20,9 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from selfimprove.core.io import InputError, nonblank_line_numbers
+from selfimprove.core.io import InputError, iter_jsonl, nonblank_line_numbers, write_json
+from selfimprove.evaluation.metrics.drop import drop_record_problem, score_drop
+from selfimprove.evaluation.metrics.gsm8k import gsm8k_record_problem, score_gsm8k
 
 KINDS: tuple[str, ...] = ("gsm8k", "drop")
 _KEYS = {"gsm8k": ("prediction", "answer"), "drop": ("prediction", "answers")}
@@ -43,10 +45,6 @@ def score_file(kind: Literal["gsm8k", "drop"], path: str | os.PathLike) -> dict:
     ...
     selfimprove.core.io.InputError: ...preds.jsonl line 3: 'prediction' must be the generated ...
     """
-    from selfimprove.core.io import iter_jsonl
-    from selfimprove.evaluation.metrics.drop import drop_record_problem, score_drop
-    from selfimprove.evaluation.metrics.gsm8k import gsm8k_record_problem, score_gsm8k
-
     if kind not in KINDS:
         raise InputError(f"unknown score kind {kind!r}; choose one of: {', '.join(KINDS)}")
     path = Path(path)
@@ -85,7 +83,7 @@ def add_score_parser(subparsers) -> argparse.ArgumentParser:
 
 def run_score(args: argparse.Namespace) -> int:
     """Run ``selfimprove score``: JSON to stdout and 0, or the error to stderr and 2."""
-    from selfimprove.core.io import os_reason, output_problem, write_json
+    from selfimprove.core.io import os_reason, output_problem
 
     output = getattr(args, "output", None)
     try:

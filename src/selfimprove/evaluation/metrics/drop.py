@@ -24,6 +24,10 @@ from __future__ import annotations
 import re
 import string
 
+from selfimprove.core.answers import cut_at_stop
+from selfimprove.core.io import InputError
+from selfimprove.core.prompts.drop import DROP_STOP_SEQUENCES
+
 __all__ = [
     "DROP_STOP_SEQUENCES",
     "MAX_SPANS",
@@ -202,10 +206,6 @@ def drop_em_f1(prediction: str | list[str], golds: list[str | list[str]]) -> tup
     return best_em, best_f1
 
 
-#: Where a DROP generation should stop (never at "."; answers can be decimals such as "50.6").
-#: :func:`extract_drop_answer` also cuts the text at the first of them.
-DROP_STOP_SEQUENCES: tuple[str, ...] = ("\n\nPassage:", "\nPassage:", "\nQuestion:", "\nQ:")
-
 _ANSWER_IS = re.compile(r"answer is", re.IGNORECASE)
 _EDGE_JUNK = ' \t\r\n*`"_'
 
@@ -234,8 +234,6 @@ def extract_drop_answer(text: str) -> str:
     >>> extract_drop_answer("  Chicago Bears ")
     'Chicago Bears'
     """
-    from selfimprove.core.answers import cut_at_stop
-
     text = cut_at_stop(text, DROP_STOP_SEQUENCES)
     matches = list(_ANSWER_IS.finditer(text))
     if matches:
@@ -343,8 +341,6 @@ def score_drop(records: list[dict]) -> dict:
     ... ])
     {'n': 2, 'em': 0.5, 'f1': 0.835}
     """
-    from selfimprove.core.io import InputError
-
     for i, rec in enumerate(records):
         problem = drop_record_problem(rec)
         if problem:
