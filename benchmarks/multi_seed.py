@@ -119,9 +119,10 @@ def _fmt_diff(row: dict) -> str:
 def _rounds(folder: Path) -> dict[str, dict]:
     """Every round's nested metrics of one run, by round name."""
     from selfimprove.core.paths import round_index
+    from selfimprove.evaluation.headline import read_round_scores
 
     found = sorted(folder.glob("r*/metrics.json"), key=lambda p: round_index(p.parent.name))
-    return {p.parent.name: json.loads(p.read_text()) for p in found}
+    return {p.parent.name: read_round_scores(p.parent) for p in found}
 
 
 def _within_runs(pairs: list[tuple[tuple, tuple]], cfg: StatsConfig) -> dict:

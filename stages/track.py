@@ -25,6 +25,7 @@ def main(args, params):
         majority_precision,
         verdict_precision,
     )
+    from selfimprove.evaluation.headline import METRICS_FILE, SCORES_FILE, read_round_scores
     from selfimprove.methods.table import LABEL_METHODS, SELF_METHODS
     from selfimprove.tracking.health import check_tracking
     from selfimprove.tracking.provenance import dvc_lock_digest, git_info, provenance_tags
@@ -37,7 +38,8 @@ def main(args, params):
         write_json(out / "mlflow.json", {"enabled": False})
         return
     check_tracking(cfg)
-    metrics = flatten_metrics(_read_json(out / "metrics.json"))
+    # every score (intervals and counts too), not only the headline DVC compares
+    metrics = flatten_metrics(read_round_scores(out))
     for step in ("generate", "refine", "filter", "finetune", "warmstart", "meta_skill"):
         metrics |= flatten_metrics(_read_json(out / f"{step}.json"), f"{step}.")
     datasets, tables = [], {}
@@ -72,7 +74,7 @@ def main(args, params):
         params=params.model_dump(exclude={"rounds", "tracking"}),
         metrics=metrics,
         datasets=datasets,
-        artifacts=[p for p in (out / "eval", out / "metrics.json") if p.exists()],
+        artifacts=[p for p in (out / "eval", out / SCORES_FILE, out / METRICS_FILE) if p.exists()],
         model_dir=model_dir if model_dir.exists() else None,
         adapter_dir=adapter if adapter.exists() else None,
         base_model_ref=params.base_model.hub_id,

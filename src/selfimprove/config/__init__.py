@@ -96,7 +96,7 @@ class Params(Section):
     )
     stats: StatsConfig = Field(
         default_factory=StatsConfig,
-        description="Confidence intervals (bootstrap over questions) in metrics.json and the "
+        description="Confidence intervals (bootstrap over questions) in scores.json and the "
         "report.",
     )
     rounds: dict[str, RoundConfig] = Field(
