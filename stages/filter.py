@@ -36,6 +36,7 @@ def vote_summary(stats: dict) -> dict:
 @stage_main(__doc__, add_round_arg)
 def main(args, params):
     from selfimprove.core.io import read_jsonl, write_json, write_jsonl
+    from selfimprove.core.timings import write_stage_json
     from selfimprove.methods.filter import filter_refined
 
     out = round_dir(args.round)
@@ -50,7 +51,7 @@ def main(args, params):
     )
     write_jsonl(out / "rationales.jsonl", rationales)
     write_jsonl(out / "train.jsonl", train)
-    write_json(out / "filter.json", stats)
+    write_stage_json(out / "filter.json", stats, f"filter@{args.round}")
     write_json(out / "vote.json", vote_summary(stats))
     print(f"{args.round}: {stats}")
     if not train:

@@ -16,7 +16,8 @@ def _args(p):
 
 @stage_main(__doc__, _args)
 def main(args, params):
-    from selfimprove.core.io import read_jsonl, write_json, write_jsonl
+    from selfimprove.core.io import read_jsonl, write_jsonl
+    from selfimprove.core.timings import write_stage_json
     from selfimprove.methods.table import LABEL_METHODS, SELF_METHODS
 
     out = round_dir(args.round)
@@ -60,7 +61,7 @@ def main(args, params):
     else:  # lmsi, format_only: nothing to add
         records = samples
     write_jsonl(out / "refined.jsonl", records)
-    write_json(out / "refine.json", stats)
+    write_stage_json(out / "refine.json", stats, f"refine@{args.round}")
     print(f"{args.round}: {stats}")
 
 

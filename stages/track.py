@@ -20,6 +20,7 @@ def _read_json(path: Path) -> dict:
 @stage_main(__doc__, add_round_arg)
 def main(args, params):
     from selfimprove.core.io import read_jsonl, write_json
+    from selfimprove.core.timings import read_timings
     from selfimprove.evaluation.analysis import (
         flatten_metrics,
         majority_precision,
@@ -42,6 +43,9 @@ def main(args, params):
     metrics = flatten_metrics(read_round_scores(out))
     for step in ("generate", "refine", "filter", "finetune", "warmstart", "meta_skill"):
         metrics |= flatten_metrics(_read_json(out / f"{step}.json"), f"{step}.")
+        # this workspace's timings of the step, when it ran here (not restored from the run cache)
+        stage = step if step in ("warmstart", "meta_skill") else f"{step}@{args.round}"
+        metrics |= flatten_metrics(read_timings(out / f"{step}.json", stage), f"{step}.")
     datasets, tables = [], {}
     if (out / "rationales.jsonl").exists():
         rationales = read_jsonl(out / "rationales.jsonl")
