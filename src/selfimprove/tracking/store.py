@@ -19,14 +19,35 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 def mlflow_client():
-    """An ``MlflowClient`` at :func:`~selfimprove.tracking.health.tracking_uri`."""
+    """An ``MlflowClient`` at :func:`~selfimprove.tracking.health.tracking_uri`.
+
+    A sqlite store is opened under an exclusive lock (``<db>.lock`` beside it): MLflow creates
+    the tables of a new database on first use, and two processes doing that at once (two
+    stages of parallel experiment workers) fail with "table ... already exists"."""
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=tracking_uri())
+    uri = tracking_uri()
+    db = sqlite_path(uri) if uri.startswith("sqlite:") else None
+    if db is None:
+        return MlflowClient(tracking_uri=uri)
+    import fcntl
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{db}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        client = MlflowClient(tracking_uri=uri)
+        client.search_experiments(max_results=1)  # creates (or upgrades) the schema, once
+    return client
+
+
+#: the experiment's kind, so that MLflow 3's UI opens it on its runs ("Model training"), not on
+#: the empty GenAI traces overview (values: the UI's ExperimentKind, mlflow/server/js)
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 
 
 def experiment_id(client, cfg: TrackingConfig) -> str:
-    """The id of ``cfg.experiment``, created the first time (refused when it is deleted)."""
+    """The id of ``cfg.experiment``, created the first time (refused when it is deleted), tagged
+    as a model-training experiment unless it already has a kind."""
     exp = client.get_experiment_by_name(cfg.experiment)
     if exp is not None:
         if exp.lifecycle_stage != "active":
@@ -35,6 +56,8 @@ def experiment_id(client, cfg: TrackingConfig) -> str:
                 f"restore it (`mlflow experiments restore --experiment-id {exp.experiment_id}`) "
                 "or choose another experiment name"
             )
+        if EXPERIMENT_KIND_TAG not in exp.tags:  # made before the tag: a kind set by hand stays
+            client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return exp.experiment_id
     location = None
     uri = tracking_uri()
@@ -45,7 +68,11 @@ def experiment_id(client, cfg: TrackingConfig) -> str:
         if db is not None and db.resolve().parent != Path.cwd().resolve():
             location = (db.resolve().parent / "mlruns" / safe_name(cfg.experiment)).as_uri()
     try:
-        return client.create_experiment(cfg.experiment, artifact_location=location)
+        return client.create_experiment(
+            cfg.experiment,
+            artifact_location=location,
+            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+        )
     except Exception:  # created concurrently by another process
         exp = client.get_experiment_by_name(cfg.experiment)
         if exp is None:
