@@ -10,10 +10,12 @@ all sharing one DVC cache (``<root>/cache``, so its run cache too), each running
 ``dvc exp run -S method=<m> -S seed=<k> -S data.seed=<data-seed>`` (+ the method's usual
 settings: ``star``/``rest_em`` retrain from the base model each round, as the papers do). The
 data seed is fixed, so every run trains and evaluates on the same questions and only sampling and
-training vary. The first method of each seed runs before the others of that seed: round 0's
-evaluation (which no method changes) is then restored from the run cache instead of recomputed.
-(Round 1's sampling is the same too, but in the runs of the README it was recomputed: its run
-cache key differed between clones with identical ``dvc.lock`` entries; not yet understood.)
+training vary. The first method of each seed runs before the others of that seed: every stage
+whose deps and params the methods share (data, warm start, round 0's evaluation, round 1's
+sampling) is then restored from the run cache instead of recomputed. (In the README's runs,
+made before, round 1's sampling was recomputed: DVC saves no run-cache entry for a stage with a
+plain ``cache: false`` output, which generate.json then was; tests/integration/test_run_cache.py
+now shows it restored.)
 ``--jobs`` runs that many at once, each with
 ``OMP_NUM_THREADS=--threads``. A run that was killed resumes where DVC left it (rerun the
 command); a finished one is skipped.
