@@ -35,6 +35,26 @@ def is_run_fact(key: str) -> bool:
     return key.endswith("_s") or key in RUN_KEYS
 
 
+def split_run_facts(stats: dict) -> tuple[dict, dict]:
+    """``(record, facts)``: ``stats`` without its per-run facts, and those facts (nested dicts
+    are split the same way).
+
+    >>> split_run_facts({"n": 2, "wall_s": 1.0, "ray": {"workers": 2, "elapsed_s": 3.0}})
+    ({'n': 2, 'ray': {'workers': 2}}, {'wall_s': 1.0, 'ray': {'elapsed_s': 3.0}})
+    """
+    record, facts = {}, {}
+    for k, v in stats.items():
+        if is_run_fact(k):
+            facts[k] = v
+        elif isinstance(v, dict):
+            record[k], sub = split_run_facts(v)
+            if sub:
+                facts[k] = sub
+        else:
+            record[k] = v
+    return record, facts
+
+
 def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -45,9 +65,8 @@ def write_stage_json(path: str | Path, stats: dict, stage: str) -> dict:
     from selfimprove.core.io import write_json
 
     path = Path(path)
-    record = {k: v for k, v in stats.items() if not is_run_fact(k)}
+    record, facts = split_run_facts(stats)
     write_json(path, record)
-    facts = {k: v for k, v in stats.items() if is_run_fact(k)}
     write_json(
         RESOURCES / f"{stage}.timings.json",
         {"of": path.as_posix(), "sha256": _digest(path), **facts},
