@@ -6,7 +6,9 @@
         --seeds 0 1 2 --json benchmarks/results/multi_seed.json
 
 ``run``: one clone of this repository's HEAD per (method, seed), ``<root>/<method>_s<seed>``,
-all sharing one DVC cache (``<root>/cache``, so its run cache too), each running
+all sharing one DVC cache (``<root>/cache``, so its run cache too) and one MLflow store
+(``<root>/mlflow.db``: a study run named after ``<root>``, one child per clone with its rounds;
+``mlflow ui --backend-store-uri sqlite:///<root>/mlflow.db``), each running
 ``dvc exp run -S method=<m> -S seed=<k> -S data.seed=<data-seed>`` (+ the method's usual
 settings: ``star``/``rest_em`` retrain from the base model each round, as the papers do). The
 data seed is fixed, so every run trains and evaluates on the same questions and only sampling and
@@ -73,11 +75,15 @@ def _head() -> str:
 def _run_one(root: Path, method: str, seed: int, data_seed: int, threads: int) -> dict:
     name = f"{method}_s{seed}"
     path = _clone(root, name)
+    # one MLflow store for the study (<root>/mlflow.db): a study run, one child per run (its
+    # pipeline, named like the clone), each with its rounds
     sets = [f"method={method}", f"seed={seed}", f"data.seed={data_seed}",
+            f"tracking.pipeline={name}", f"tracking.study={root.resolve().name}",
             *METHOD_SETTINGS.get(method, [])]
     cmd = [sys.executable, "-m", "dvc", "exp", "run", *(a for s in sets for a in ("-S", s))]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1",
                MLFLOW_DISABLE_TELEMETRY="true", PYTHONPATH=str(path / "src"),
+               MLFLOW_TRACKING_URI=f"sqlite:///{(root / 'mlflow.db').resolve()}",
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     t0 = time.perf_counter()
     with open(path / "multi_seed.log", "a") as log:

@@ -80,3 +80,26 @@ def test_experiment_opens_on_its_runs(tmp_path, monkeypatch):
         log_round(cfg.model_copy(update={"experiment": name}), round_name="r0", round_index=0)
     assert client.get_experiment(old).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
     assert client.get_experiment(mine).tags[EXPERIMENT_KIND_TAG] == "genai_development"
+
+
+def test_a_study_is_one_run_with_a_child_per_pipeline(tmp_path, monkeypatch):
+    """tracking.study: study run -> one parent run per (method, seed) pipeline -> its rounds."""
+    db = tmp_path / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    rounds = {}
+    for pipeline in ("lmsi_s0", "star_s0"):
+        cfg = TrackingConfig(
+            pipeline=pipeline, study="three-seeds", log_model="none", registered_model=None
+        )
+        for i, name in enumerate(("r0", "r1")):
+            rounds[pipeline, name] = log_round(cfg, round_name=name, round_index=i)
+    client = _client(db)
+    exp = client.get_experiment_by_name("selfimprove")
+    (study,) = client.search_runs([exp.experiment_id], "tags.`selfimprove.role` = 'study'")
+    assert study.info.run_name == "three-seeds"
+    parents = client.search_runs([exp.experiment_id], "tags.`selfimprove.role` = 'parent'")
+    assert sorted(p.info.run_name for p in parents) == ["lmsi_s0", "star_s0"]
+    assert all(p.data.tags["mlflow.parentRunId"] == study.info.run_id for p in parents)
+    by_name = {p.info.run_name: p.info.run_id for p in parents}
+    for (pipeline, _), run_id in rounds.items():
+        assert client.get_run(run_id).data.tags["mlflow.parentRunId"] == by_name[pipeline]

@@ -13,7 +13,13 @@ from pathlib import Path
 from selfimprove.config.tracking import TrackingConfig
 from selfimprove.core.io import InputError
 from selfimprove.tracking.health import shown_tracking_uri, sqlite_path, tracking_uri
-from selfimprove.tracking.tags import TAG_PIPELINE, TAG_ROLE, TAG_SUPERSEDED, safe_name
+from selfimprove.tracking.tags import (
+    TAG_PIPELINE,
+    TAG_ROLE,
+    TAG_STUDY,
+    TAG_SUPERSEDED,
+    safe_name,
+)
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -125,18 +131,29 @@ def is_current(run) -> bool:
     return run.info.status == "FINISHED" and run.data.tags.get(TAG_SUPERSEDED) != "true"
 
 
-def parent_run_id(client, experiment_id: str, cfg: TrackingConfig) -> str:
-    """The pipeline's parent run (found by tag, created the first time)."""
-    found = search_runs(client, experiment_id, {TAG_PIPELINE: cfg.pipeline, TAG_ROLE: "parent"})
-    if found:  # the oldest, should two have been created concurrently
+def _tagged_run(client, experiment_id: str, name: str, tags: dict[str, str]) -> str:
+    """The run with ``tags`` (the oldest, should two have been created concurrently), created
+    (finished, named ``name``) the first time."""
+    found = search_runs(client, experiment_id, tags)
+    if found:
         return found[0].info.run_id
-    run = client.create_run(
-        experiment_id,
-        run_name=cfg.pipeline,
-        tags={TAG_PIPELINE: cfg.pipeline, TAG_ROLE: "parent"},
-    )
+    run = client.create_run(experiment_id, run_name=name, tags=tags)
     client.set_terminated(run.info.run_id, "FINISHED")
     return run.info.run_id
+
+
+def parent_run_id(client, experiment_id: str, cfg: TrackingConfig) -> str:
+    """The pipeline's parent run (found by tag, created the first time); with ``cfg.study``, a
+    child of the study's run (study -> pipeline -> rounds in MLflow's run list)."""
+    tags = {TAG_PIPELINE: cfg.pipeline, TAG_ROLE: "parent"}
+    parent = _tagged_run(client, experiment_id, cfg.pipeline, tags)
+    if cfg.study is not None:
+        study = _tagged_run(
+            client, experiment_id, cfg.study, {TAG_STUDY: cfg.study, TAG_ROLE: "study"}
+        )
+        client.set_tag(parent, "mlflow.parentRunId", study)
+        client.set_tag(parent, TAG_STUDY, cfg.study)
+    return parent
 
 
 @contextlib.contextmanager
