@@ -5,15 +5,16 @@
     python benchmarks/compare_default.py --tolerance 0.05 --reference benchmarks/results/X
     python benchmarks/compare_default.py --no-intervals      # leave the ``ci`` bounds out
 
-The reference is a folder with ``<round>/metrics.json`` (what a run's ``data/rounds`` holds;
-``benchmarks/results/`` keeps the README's runs). Every numeric leaf of every reference
-``metrics.json`` (accuracies, maj@k, EM/F1, no-answer rates; the ``n`` counts must match
-exactly) is compared: ``|run - reference| <= tolerance``. ``--no-intervals`` leaves out the
-bootstrap interval bounds (``<set>.<style>.ci.*``; they move when only the bootstrap code
-changes) and compares every other metric. Tolerance 0 (the default) asks for
-identical figures: what the same lock on the same machine type gives for greedy metrics. Across
-machines use the spread the README states. Exit code 0 when everything is within tolerance,
-1 otherwise; the last line of stdout is one JSON object.
+The reference is a folder with ``<round>/scores.json`` (what a run's ``data/rounds`` holds;
+``benchmarks/results/`` keeps the README's runs, made before the split, whose ``metrics.json``
+holds every score: either is read, by ``selfimprove.evaluation.headline.read_round_scores``).
+Every numeric leaf of every reference round's scores (accuracies, maj@k, EM/F1, no-answer
+rates, intervals; the ``n`` counts must match exactly) is compared: ``|run - reference| <=
+tolerance``. ``--no-intervals`` leaves out the bootstrap interval bounds (``<set>.<style>.ci.*``;
+they move when only the bootstrap code changes) and compares every other metric. Tolerance 0
+(the default) asks for identical figures: what the same lock on the same machine type gives for
+greedy metrics. Across machines use the spread the README states. Exit code 0 when everything is
+within tolerance, 1 otherwise; the last line of stdout is one JSON object.
 """
 
 from __future__ import annotations
@@ -86,9 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.rerun:
         subprocess.run([sys.executable, "-m", "dvc", "repro"], check=True)
-    rounds = sorted(p.parent.name for p in args.reference.glob("*/metrics.json"))
+    from selfimprove.evaluation.headline import read_round_scores, scores_path
+
+    rounds = sorted(p.name for p in args.reference.glob("*/") if scores_path(p).exists())
     if not rounds:
-        print(f"error: {args.reference}: no <round>/metrics.json", file=sys.stderr)
+        print(f"error: {args.reference}: no <round>/scores.json or metrics.json", file=sys.stderr)
         return 2
     result = {
         "reference": str(args.reference),
@@ -98,11 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     ok = True
     for rnd in rounds:
-        ref = flat(json.loads((args.reference / rnd / "metrics.json").read_text()))
+        ref = flat(read_round_scores(args.reference / rnd))
         if args.no_intervals:
             ref = without_intervals(ref)
-        path = args.rounds_dir / rnd / "metrics.json"
-        run = flat(json.loads(path.read_text())) if path.exists() else {}
+        path = scores_path(args.rounds_dir / rnd)
+        run = flat(read_round_scores(path.parent)) if path.exists() else {}
         bad = compare(run, ref, args.tolerance)
         ok &= not bad
         result["rounds"][rnd] = {"n_metrics": len(ref), "outside": bad}

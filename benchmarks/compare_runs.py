@@ -6,7 +6,7 @@ questions, and the difference b - a with the paired interval (questions paired, 
         --b runs/fmt_s0/data/rounds runs/fmt_s1/data/rounds --round r2
     python benchmarks/compare_runs.py --a data/rounds --round r0 --b data/rounds --round-b r2
 
-Each argument is a rounds folder as a run leaves it (``<round>/metrics.json`` and
+Each argument is a rounds folder as a run leaves it (``<round>/scores.json`` and
 ``<round>/eval/<set>__<style>.jsonl``, the per-question predictions; ``dvc pull`` brings them
 for a shared experiment). Only questions every run scored are compared. For the runs to be
 comparable across seeds, fix ``data.seed`` so that every run evaluates the same questions.
@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from selfimprove.config.evaluation import StatsConfig
+from selfimprove.evaluation.headline import read_round_scores
 from selfimprove.evaluation.intervals import read_scores, runs_difference
 from selfimprove.evaluation.stats import seeds_bootstrap_ci
 
@@ -31,7 +32,7 @@ def _load(folders: list[Path], round_name: str) -> list[dict]:
         path = folder / round_name / "metrics.json"
         if not path.exists():
             raise SystemExit(f"error: {path}: not found (is {folder} a rounds folder?)")
-        runs.append(read_scores(folder / round_name, json.loads(path.read_text())))
+        runs.append(read_scores(folder / round_name, read_round_scores(folder / round_name)))
     return runs
 
 

@@ -6,14 +6,18 @@
         --seeds 0 1 2 --json benchmarks/results/multi_seed.json
 
 ``run``: one clone of this repository's HEAD per (method, seed), ``<root>/<method>_s<seed>``,
-all sharing one DVC cache (``<root>/cache``, so its run cache too), each running
+all sharing one DVC cache (``<root>/cache``, so its run cache too) and one MLflow store
+(``<root>/mlflow.db``: a study run named after ``<root>``, one child per clone with its rounds;
+``mlflow ui --backend-store-uri sqlite:///<root>/mlflow.db``), each running
 ``dvc exp run -S method=<m> -S seed=<k> -S data.seed=<data-seed>`` (+ the method's usual
 settings: ``star``/``rest_em`` retrain from the base model each round, as the papers do). The
 data seed is fixed, so every run trains and evaluates on the same questions and only sampling and
-training vary. The first method of each seed runs before the others of that seed: round 0's
-evaluation (which no method changes) is then restored from the run cache instead of recomputed.
-(Round 1's sampling is the same too, but in the runs of the README it was recomputed: its run
-cache key differed between clones with identical ``dvc.lock`` entries; not yet understood.)
+training vary. The first method of each seed runs before the others of that seed: every stage
+whose deps and params the methods share (data, warm start, round 0's evaluation, round 1's
+sampling) is then restored from the run cache instead of recomputed. (In the README's runs,
+made before, round 1's sampling was recomputed: DVC saves no run-cache entry for a stage with a
+plain ``cache: false`` output, which generate.json then was; tests/integration/test_run_cache.py
+now shows it restored.)
 ``--jobs`` runs that many at once, each with
 ``OMP_NUM_THREADS=--threads``. A run that was killed resumes where DVC left it (rerun the
 command); a finished one is skipped.
@@ -79,11 +83,15 @@ def _head() -> str:
 def _run_one(root: Path, method: str, seed: int, data_seed: int, threads: int) -> dict:
     name = f"{method}_s{seed}"
     path = _clone(root, name)
+    # one MLflow store for the study (<root>/mlflow.db): a study run, one child per run (its
+    # pipeline, named like the clone), each with its rounds
     sets = [f"method={method}", f"seed={seed}", f"data.seed={data_seed}",
+            f"tracking.pipeline={name}", f"tracking.study={root.resolve().name}",
             *method_settings(method)]
     cmd = [sys.executable, "-m", "dvc", "exp", "run", *(a for s in sets for a in ("-S", s))]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1",
                MLFLOW_DISABLE_TELEMETRY="true", PYTHONPATH=str(path / "src"),
+               MLFLOW_TRACKING_URI=f"sqlite:///{(root / 'mlflow.db').resolve()}",
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     t0 = time.perf_counter()
     with open(path / "multi_seed.log", "a") as log:
@@ -127,9 +135,10 @@ def _fmt_diff(row: dict) -> str:
 def _rounds(folder: Path) -> dict[str, dict]:
     """Every round's nested metrics of one run, by round name."""
     from selfimprove.core.paths import round_index
+    from selfimprove.evaluation.headline import read_round_scores
 
     found = sorted(folder.glob("r*/metrics.json"), key=lambda p: round_index(p.parent.name))
-    return {p.parent.name: json.loads(p.read_text()) for p in found}
+    return {p.parent.name: read_round_scores(p.parent) for p in found}
 
 
 def _within_runs(pairs: list[tuple[tuple, tuple]], cfg: StatsConfig) -> dict:

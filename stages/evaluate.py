@@ -1,5 +1,8 @@
 """evaluate stage: held-out accuracy of a round's model (greedy per style, maj@k) with 95%
-bootstrap intervals and the label-free self-consistency agreement, and the predictions."""
+bootstrap intervals and the label-free self-consistency agreement, and the predictions.
+
+Writes every figure to scores.json and its headline (one accuracy per set and style) to
+metrics.json, the DVC metric (selfimprove.evaluation.headline)."""
 
 import json
 
@@ -11,6 +14,7 @@ from selfimprove.pipeline import add_round_arg, load_eval_sets, stage_main
 def main(args, params):
     from selfimprove.core.io import atomic_path, write_json, write_jsonl
     from selfimprove.evaluation.evaluate import evaluate
+    from selfimprove.evaluation.headline import METRICS_FILE, SCORES_FILE, headline
     from selfimprove.evaluation.intervals import annotate_metrics
 
     out = round_dir(args.round)
@@ -32,8 +36,9 @@ def main(args, params):
     with atomic_path(out / "eval", is_dir=True) as tmp:
         for name, preds in predictions.items():
             write_jsonl(tmp / f"{name}.jsonl", preds)
-    write_json(out / "metrics.json", metrics)
-    print(f"{args.round}: {metrics}")
+    write_json(out / SCORES_FILE, metrics)
+    write_json(out / METRICS_FILE, headline(metrics))
+    print(f"{args.round}: {headline(metrics)}")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from selfimprove.pipeline import add_round_arg, stage_main
 @stage_main(__doc__, add_round_arg)
 def main(args, params):
     from selfimprove.core.io import read_jsonl, write_json, write_jsonl
+    from selfimprove.core.timings import write_stage_json
     from selfimprove.methods.filter import select, vote_summary
     from selfimprove.recipes import get_recipe
 
@@ -29,7 +30,7 @@ def main(args, params):
     )
     write_jsonl(out / "rationales.jsonl", rationales)
     write_jsonl(out / "train.jsonl", train)
-    write_json(out / "filter.json", stats)
+    write_stage_json(out / "filter.json", stats, f"filter@{args.round}")
     write_json(out / "vote.json", vote_summary(stats))
     print(f"{args.round}: {stats}")
     if not train:

@@ -7,9 +7,9 @@ recorded as skipped: finetune.json gets `skipped: true`, `skipped_flag: 1` (an M
 `skip_reason`, a warning goes to stderr, and data/rounds/<r>/model is still written (the start
 model unchanged) so later rounds chain on it.
 
-finetune.json = the model folder's finetune_info.json + this run's timing and resume point
-(`runtime_s`, `resumed_from_step`) + `start`; the model folder itself holds no timings, so it is
-byte-identical across reruns of the same inputs.
+finetune.json = the model folder's finetune_info.json + `start`; this run's timing and resume
+point (`runtime_s`, `resumed_from_step`) go to data/resources/finetune@<r>.timings.json
+(selfimprove.core.timings), so both outputs are byte-identical across reruns of the same inputs.
 
 Checkpoints go to data/rounds/<r>/model.ckpt/ (every $SELFIMPROVE_SAVE_STEPS optimizer steps,
 default 50; not a DVC output): a killed run resumes there on the next `dvc repro`.
@@ -44,7 +44,8 @@ def _relaunch() -> None:
 
 @stage_main(__doc__, _args)
 def main(args, params):
-    from selfimprove.core.io import InputError, write_json
+    from selfimprove.core.io import InputError
+    from selfimprove.core.timings import write_stage_json
     from selfimprove.recipes import get_recipe
     from selfimprove.training.finetune import finetune, is_main_process
 
@@ -75,7 +76,8 @@ def main(args, params):
         save_steps=int(save_steps),
     )
     if is_main_process():
-        write_json(out / "finetune.json", info | {"start": start.as_posix()})
+        record = info | {"start": start.as_posix()}
+        write_stage_json(out / "finetune.json", record, f"finetune@{args.round}")
         print(f"{args.round}: {info}")
         if info["skipped"]:
             print(

@@ -19,7 +19,8 @@ def _args(p):
 
 @stage_main(__doc__, _args)
 def main(args, params):
-    from selfimprove.core.io import read_jsonl, write_json, write_jsonl
+    from selfimprove.core.io import read_jsonl, write_jsonl
+    from selfimprove.core.timings import write_stage_json
     from selfimprove.methods.generate import generate
 
     questions = read_jsonl(TRAIN, required=["id", "question"])
@@ -33,7 +34,7 @@ def main(args, params):
         shard_dir=shards,
     )
     write_jsonl(out / "samples.jsonl", records)
-    write_json(out / "generate.json", stats)
+    write_stage_json(out / "generate.json", stats, f"generate@{args.round}")
     shutil.rmtree(shards, ignore_errors=True)
     print(f"{args.round}: {stats}")
 

@@ -7,7 +7,8 @@ from selfimprove.pipeline import stage_main
 
 @stage_main(__doc__)
 def main(args, params):
-    from selfimprove.core.io import read_jsonl, write_json, write_jsonl
+    from selfimprove.core.io import read_jsonl, write_jsonl
+    from selfimprove.core.timings import write_stage_json
     from selfimprove.methods.meta_skill import meta_skill
     from selfimprove.recipes import get_recipe
 
@@ -28,7 +29,7 @@ def main(args, params):
         vllm_engine=params.generate.vllm_engine,
     )
     write_jsonl(out / "meta_skill.jsonl", corpus)
-    write_json(out / "meta_skill.json", info)
+    write_stage_json(out / "meta_skill.json", info, "meta_skill")
     print(f"r0 meta-skill: {info}")
 
 

@@ -19,7 +19,8 @@ def _args(p):
 def main(args, params):
     import logging
 
-    from selfimprove.core.io import read_jsonl, write_json, write_jsonl
+    from selfimprove.core.io import read_jsonl, write_jsonl
+    from selfimprove.core.timings import write_stage_json
     from selfimprove.methods.refine import labels_by_id, refine_round
     from selfimprove.recipes import get_recipe
 
@@ -59,7 +60,7 @@ def main(args, params):
     )
     stats = {"method": recipe.name} | more
     write_jsonl(out / "refined.jsonl", records)
-    write_json(out / "refine.json", stats)
+    write_stage_json(out / "refine.json", stats, f"refine@{args.round}")
     print(f"{args.round}: {stats}")
 
 

@@ -15,6 +15,7 @@ from selfimprove.pipeline import add_round_arg, stage_main
 def main(args, params):
     from selfimprove.core.io import read_jsonl, write_json
     from selfimprove.evaluation.analysis import round_analysis
+    from selfimprove.evaluation.headline import METRICS_FILE, SCORES_FILE
     from selfimprove.recipes import get_recipe
     from selfimprove.tracking.health import check_tracking
     from selfimprove.tracking.provenance import dvc_lock_digest, git_info, provenance_tags
@@ -29,7 +30,7 @@ def main(args, params):
     check_tracking(cfg)
     # refine step none (lmsi, format_only): refined.jsonl = samples.jsonl (nothing to log)
     has_refined = get_recipe(params.method).refine != "none"
-    metrics, found = round_analysis(out, TRAIN_LABELS, has_refined)
+    metrics, found = round_analysis(out, TRAIN_LABELS, has_refined, args.round)
     datasets = [DatasetSpec(p, f"{args.round}-{p.stem}", ctx) for p, ctx in found]
     tables = {}
     for pred_file in sorted((out / "eval").glob("*.jsonl")):
@@ -43,7 +44,7 @@ def main(args, params):
         params=params.model_dump(exclude={"rounds", "tracking"}),
         metrics=metrics,
         datasets=datasets,
-        artifacts=[p for p in (out / "eval", out / "metrics.json") if p.exists()],
+        artifacts=[p for p in (out / "eval", out / SCORES_FILE, out / METRICS_FILE) if p.exists()],
         model_dir=model_dir if model_dir.exists() else None,
         adapter_dir=adapter if adapter.exists() else None,
         base_model_ref=params.base_model.hub_id,

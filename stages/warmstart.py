@@ -7,12 +7,13 @@ from selfimprove.pipeline import stage_main
 
 @stage_main(__doc__)
 def main(args, params):
-    from selfimprove.core.io import read_jsonl, write_json
+    from selfimprove.core.io import read_jsonl
+    from selfimprove.core.timings import write_stage_json
     from selfimprove.training.warmstart import warmstart
 
     seed_records = read_jsonl(SEED, required=["id", "question", "answer"])
     info = warmstart(BASE_MODEL, seed_records, WARM_MODEL, params.warmstart, params.seed)
-    write_json(round_dir("r0") / "warmstart.json", info)
+    write_stage_json(round_dir("r0") / "warmstart.json", info, "warmstart")
 
 
 if __name__ == "__main__":

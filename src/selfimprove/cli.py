@@ -201,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--ci",
         action="store_true",
         help="show each value with its confidence interval, 'value [lo, hi]' (where the "
-        "evaluate stage wrote one: metrics.json's ci)",
+        "evaluate stage wrote one: scores.json's ci)",
     )
     p.set_defaults(func=_compare)
 

@@ -94,9 +94,22 @@ def _refused(monkeypatch, uri: str, match: str, within_s: float = 3.0) -> str:
 # ------------------------------------------------------------------------- moved here
 
 
-def test_tracking_uri_default(monkeypatch):
+def test_tracking_uri_default(monkeypatch, tmp_path):
+    """One store per project: a relative sqlite path resolves from DVC's $DVC_ROOT (the main
+    repository also inside `dvc exp run --temp` workspaces), else from the folder with .dvc/."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert tracking_uri() == "sqlite:///mlflow.db"
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path / "main"))
+    assert tracking_uri() == f"sqlite:///{tmp_path}/main/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///runs/m.db?timeout=30")
+    assert tracking_uri() == f"sqlite:///{tmp_path}/main/runs/m.db?timeout=30"
+    monkeypatch.delenv("DVC_ROOT")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    (tmp_path / "proj" / ".dvc").mkdir(parents=True)
+    (tmp_path / "proj" / "stages").mkdir()
+    monkeypatch.chdir(tmp_path / "proj" / "stages")
+    assert tracking_uri() == f"sqlite:///{tmp_path}/proj/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///:memory:")
+    assert tracking_uri() == "sqlite:///:memory:"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://localhost:5000")
     assert tracking_uri() == "http://localhost:5000"
 

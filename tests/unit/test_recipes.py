@@ -169,10 +169,14 @@ def test_round_analysis_logs_refined_records_only_for_a_refine_step(tmp_path):
     write_jsonl(out / "train.jsonl", [])
     write_jsonl(out / "refined.jsonl", [{"id": "a", "paths": ["x"], "answers": ["4"]}])
     write_json(out / "filter.json", {"n_kept_paths": 1})
+    write_json(out / "scores.json", {"arith": {"fewshot_cot": {"strict": 0.5}}})
     write_jsonl(tmp_path / "labels.jsonl", [{"id": "a", "answer": "#### 4"}])
-    metrics, datasets = round_analysis(out, tmp_path / "labels.jsonl", has_refined=False)
+    metrics, datasets = round_analysis(
+        out, tmp_path / "labels.jsonl", has_refined=False, round_name="r1"
+    )
     assert metrics["filter.n_kept_paths"] == 1
+    assert metrics["arith.fewshot_cot.strict"] == 0.5
     assert [c for _, c in datasets] == ["rationales", "training"]
     assert any(k.startswith("analysis.") for k in metrics)
-    _, datasets = round_analysis(out, tmp_path / "labels.jsonl", has_refined=True)
+    _, datasets = round_analysis(out, tmp_path / "labels.jsonl", has_refined=True, round_name="r1")
     assert [(p.name, c) for p, c in datasets][-1] == ("refined.jsonl", "refinement")

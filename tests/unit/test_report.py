@@ -218,7 +218,7 @@ def test_build_report_files(project):
 
 
 def test_build_report_missing_round(project):
-    with pytest.raises(InputError, match="no metrics.json for round.*r3"):
+    with pytest.raises(InputError, match="no scores.json for round.*r3"):
         build_report(project / "data" / "rounds", ["r0", "r3"], project / "out")
 
 

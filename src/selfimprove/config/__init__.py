@@ -104,7 +104,7 @@ class _Params(Section):
     )
     stats: StatsConfig = Field(
         default_factory=StatsConfig,
-        description="Confidence intervals (bootstrap over questions) in metrics.json and the "
+        description="Confidence intervals (bootstrap over questions) in scores.json and the "
         "report.",
     )
     rounds: dict[str, RoundConfig] = Field(

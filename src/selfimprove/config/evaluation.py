@@ -116,7 +116,7 @@ class ReportConfig(Section):
 
 class StatsConfig(Section):
     """Confidence intervals (``stats:`` in params.yaml): the evaluate stage's per-metric
-    intervals in metrics.json and the report's paired differences between rounds."""
+    intervals in scores.json and the report's paired differences between rounds."""
 
     model_config = ConfigDict(extra="forbid")
 

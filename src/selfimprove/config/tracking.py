@@ -27,6 +27,12 @@ class TrackingConfig(Section):
         description="Pipeline name: the parent run's name and its selfimprove.pipeline tag; "
         "one parent run per name collects every round of this pipeline.",
     )
+    study: str | None = Field(
+        None,
+        description="Study name (several methods/seeds, e.g. benchmarks/multi_seed.py): the "
+        "pipeline's parent run becomes a child of one study run of that name, so a study shows "
+        "as study -> one run per pipeline (method, seed) -> its rounds; null = no study.",
+    )
     log_model: Literal["adapter", "merged", "none"] = Field(
         "adapter",
         description="Model files to log per round: 'adapter' = the LoRA adapter folder plus a "
@@ -52,9 +58,11 @@ class TrackingConfig(Section):
         "majority share of evaluate.sc_paths answers: no labels used; needs sc_paths >= 2).",
     )
 
-    @field_validator("experiment", "pipeline")
+    @field_validator("experiment", "pipeline", "study")
     @classmethod
-    def _plain_name(cls, v: str) -> str:
+    def _plain_name(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
         if not v.strip():
             raise ValueError("must not be empty")
         if any(c in v for c in _FORBIDDEN_NAME_CHARS):

@@ -13,7 +13,7 @@ Paths are relative to the project root (where ``dvc.yaml`` is) and mirror ``dvc.
 - ``data/rounds/rK/refined.jsonl``     refine (self-feedback/refinement; a passthrough for lmsi)
 - ``data/rounds/rK/{rationales,train}.jsonl``  filter
 - ``data/rounds/rK/model``             finetune (merged weights + adapter/)
-- ``data/rounds/rK/metrics.json``, ``eval/``  evaluate
+- ``data/rounds/rK/{scores,metrics}.json``, ``eval/``  evaluate (every figure; its headline)
 - ``data/rounds/rK/mlflow.json``       track: the MLflow run of the round
 - ``data/report/``                     report: tables and plots across rounds
 """

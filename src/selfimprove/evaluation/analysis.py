@@ -145,11 +145,13 @@ def _read_json(path: Path) -> dict:
 
 
 def round_analysis(
-    out: Path, labels_path: Path, has_refined: bool
+    out: Path, labels_path: Path, has_refined: bool, round_name: str
 ) -> tuple[dict[str, float], list[tuple[Path, str]]]:
     """What the track stage logs of round folder ``out``: ``(metrics, datasets)``.
 
-    ``metrics``: metrics.json and every step record (``<step>.<key>``), flattened; with
+    ``metrics``: every score of the round (scores.json, not only the DVC headline) and every step
+    record (``<step>.<key>``), flattened, with this workspace's timings of the step when it ran
+    here (none when restored from the run cache: ``core.timings.read_timings``); with
     rationales, the kept majority's precision against the training labels (``analysis.``, for
     analysis only: no step reads labels from here) and, when ``has_refined`` (the method's refine
     step writes records of its own), the verdicts' precision (``analysis.verdict.``).
@@ -157,10 +159,15 @@ def round_analysis(
     and the meta-skill corpus, where they exist.
     """
     from selfimprove.core.io import read_jsonl
+    from selfimprove.core.timings import read_timings
+    from selfimprove.evaluation.headline import read_round_scores
 
-    metrics = flatten_metrics(_read_json(out / "metrics.json"))
+    metrics = flatten_metrics(read_round_scores(out))
     for step in STEP_FILES:
         metrics |= flatten_metrics(_read_json(out / f"{step}.json"), f"{step}.")
+        # DVC's stage name: warmstart/meta_skill run once, the others once per round
+        stage = step if step in ("warmstart", "meta_skill") else f"{step}@{round_name}"
+        metrics |= flatten_metrics(read_timings(out / f"{step}.json", stage), f"{step}.")
     datasets: list[tuple[Path, str]] = []
     if (out / "rationales.jsonl").exists():
         rationales = read_jsonl(out / "rationales.jsonl")

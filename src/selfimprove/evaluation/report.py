@@ -1,7 +1,8 @@
 """Compare rounds: tables (``selfimprove compare``) and the ``report`` stage's files and plots.
 
 Everything reads the per-round files the pipeline writes under ``data/rounds/<r>/``:
-``metrics.json`` (held-out accuracy, nested set -> style -> metric), ``filter.json`` (vote
+``scores.json`` (held-out accuracy, nested set -> style -> metric; ``metrics.json`` is its
+headline, and holds everything in runs made before the split), ``filter.json`` (vote
 statistics), ``rationales.jsonl`` (per-question agreement), ``generate.json``, ``finetune.json``.
 Flattened keys match ``dvc metrics show`` and the MLflow metric names of the ``track`` stage:
 ``<set>.<style>.strict``, ``<set>.sc.maj@8``, ``filter.selected_fraction``, ...
@@ -16,7 +17,7 @@ training pool labels, ``data/prepared/train_labels.jsonl`` -- analysis only),
 and ``feedback.png``; otherwise ``feedback.json`` is an empty list. ``plots/feedback.csv`` is
 always written (header only without SELF rounds).
 Uncertainty and monitors (added files): ``intervals.csv``/``.json`` (every accuracy's
-interval per round, from metrics.json's ``ci``; drawn as bands in ``accuracy.png``),
+interval per round, from scores.json's ``ci``; drawn as bands in ``accuracy.png``),
 ``differences.csv``/``.json`` (each round minus the first round, and minus the previous one:
 paired bootstrap over the questions both scored, from the rounds' ``eval/`` predictions),
 ``selection.json`` (the label-free choice of round and the accuracy it loses against the truly
@@ -40,6 +41,7 @@ from selfimprove.core.paths import is_round, round_index, sort_rounds
 from selfimprove.core.voting import agreement_histogram
 from selfimprove.evaluation.analysis import flatten_metrics as flatten
 from selfimprove.evaluation.analysis import verdict_precision
+from selfimprove.evaluation.headline import read_round_scores, scores_path
 from selfimprove.evaluation.intervals import difference_rows, interval_rows, read_scores
 from selfimprove.evaluation.plots import (
     plot_accuracy,
@@ -51,9 +53,9 @@ from selfimprove.evaluation.plots import (
 from selfimprove.evaluation.summaries import MONITOR_FIELDS, monitor_rows, selection_report
 from selfimprove.evaluation.summaries import read_json_object as _read_json
 
-#: step files folded into a round's flat metrics, with their key prefix (as the track stage does)
+#: step files folded into a round's flat metrics (after its scores, unprefixed), with their key
+#: prefix (as the track stage does)
 STEP_FILES = (
-    ("metrics.json", ""),
     ("generate.json", "generate."),
     ("filter.json", "filter."),
     ("finetune.json", "finetune."),
@@ -75,20 +77,24 @@ def list_rounds(rounds_dir: str | Path) -> list[str]:
     return sort_rounds(
         p.name
         for p in rounds_dir.iterdir()
-        if p.is_dir() and is_round(p.name) and any((p / f).exists() for f, _ in STEP_FILES)
+        if p.is_dir()
+        and is_round(p.name)
+        and (scores_path(p).exists() or any((p / f).exists() for f, _ in STEP_FILES))
     )
 
 
 def dvc_round_metrics(
     rounds_dir: str | Path, rounds: Sequence[str] | None = None
 ) -> dict[str, dict[str, float]]:
-    """Flat metrics per round from the DVC metrics files (all round folders when ``rounds`` is
-    None). Keys as in ``dvc metrics show``; step files get their prefix (``filter.``, ...)."""
+    """Flat metrics per round from its scores and step files (all round folders when ``rounds``
+    is None). Keys as in ``dvc metrics show``; step files get their prefix (``filter.``, ...)."""
     rounds_dir = Path(rounds_dir)
     names = list_rounds(rounds_dir) if rounds is None else sort_rounds(rounds)
     out: dict[str, dict[str, float]] = {}
     for name in names:
         flat: dict[str, float] = {}
+        if scores_path(rounds_dir / name).exists():
+            flat |= flatten(read_round_scores(rounds_dir / name))
         for fname, prefix in STEP_FILES:
             path = rounds_dir / name / fname
             if path.exists():
@@ -456,7 +462,7 @@ def build_report(
     labels_path: str | Path | None = None,
     stats: StatsConfig | None = None,
 ) -> list[Path]:
-    """Write every report file for ``rounds`` (each needs its metrics.json) into ``out_dir``
+    """Write every report file for ``rounds`` (each needs its scores) into ``out_dir``
     (replaced whole); return the files written. ``labels_path`` (the training pool labels) is
     read when some round carries self-feedback verdicts (None skips the feedback plot) and,
     when the file exists, for the monitors' analysis-only precisions. ``stats``: the intervals
@@ -465,13 +471,13 @@ def build_report(
     cfg, stats = cfg or ReportConfig(), stats or StatsConfig()
     rounds_dir, out_dir = Path(rounds_dir), Path(out_dir)
     rounds = sort_rounds(rounds)
-    missing = [r for r in rounds if not (rounds_dir / r / "metrics.json").exists()]
+    missing = [r for r in rounds if not scores_path(rounds_dir / r).exists()]
     if missing:
         raise InputError(
-            f"{rounds_dir}: no metrics.json for round(s) {', '.join(missing)}; run "
+            f"{rounds_dir}: no scores.json for round(s) {', '.join(missing)}; run "
             "`dvc repro` (the evaluate stages) first"
         )
-    nested = {r: _read_json(rounds_dir / r / "metrics.json") for r in rounds}
+    nested = {r: read_round_scores(rounds_dir / r) for r in rounds}
     acc = accuracy_rows(nested)
     agreement = agreement_stats(rounds_dir, rounds, cfg.agreement_bins)
     kept = kept_rows(rounds_dir, rounds)

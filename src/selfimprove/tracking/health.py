@@ -1,8 +1,9 @@
 """Where runs go (the tracking URI) and a fail-fast check that it can work (no MLflow import).
 
-The tracking URI is ``MLFLOW_TRACKING_URI`` or ``sqlite:///mlflow.db`` (relative to the working
-directory); an ``http(s)://`` server or a database (``postgresql://``, ``mysql://``,
-``mssql://``) works unchanged. :func:`check_tracking` refuses, in one line each and within
+The tracking URI is ``MLFLOW_TRACKING_URI`` or ``sqlite:///mlflow.db`` (a relative sqlite path is
+resolved from the project root, so DVC's temporary experiment workspaces log there too); an
+``http(s)://`` server or a database (``postgresql://``, ``mysql://``, ``mssql://``) works
+unchanged. :func:`check_tracking` refuses, in one line each and within
 seconds, what MLflow would only fail on later (or never): an in-memory sqlite database, a sqlite
 file in a folder that cannot be written, an unknown scheme, a database URI without its driver,
 a server that does not answer or is not MLflow. Every message shows the URI through
@@ -48,9 +49,27 @@ SECRET_KEYS = (
 MASK = "***"
 
 
+def project_root() -> Path:
+    """The project's root: ``$DVC_ROOT``, which DVC sets for every stage it runs -- the main
+    repository's root also in the temporary workspaces of ``dvc exp run --temp``/``--queue``
+    (``.dvc/tmp/exps/...``, dvc/repo/experiments/queue/base.py) --, else the nearest folder up
+    from the cwd holding ``.dvc/``, else the cwd."""
+    if os.environ.get("DVC_ROOT"):
+        return Path(os.environ["DVC_ROOT"])
+    cwd = Path.cwd()
+    return next((p for p in (cwd, *cwd.parents) if (p / ".dvc").is_dir()), cwd)
+
+
 def tracking_uri() -> str:
-    """The MLflow tracking URI: ``$MLFLOW_TRACKING_URI`` or ``sqlite:///mlflow.db``."""
-    return os.environ.get("MLFLOW_TRACKING_URI", "").strip() or DEFAULT_TRACKING_URI
+    """The MLflow tracking URI: ``$MLFLOW_TRACKING_URI`` or ``sqlite:///mlflow.db``, a relative
+    sqlite path resolved from :func:`project_root`: one store for every workspace of a project
+    (``sqlite:////<root>/mlflow.db``)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip() or DEFAULT_TRACKING_URI
+    db = sqlite_path(uri) if uri_scheme(uri) == "sqlite" else None
+    if db is None or db.is_absolute() or sqlite_in_memory(uri):
+        return uri
+    query = uri.partition("?")[1] + uri.partition("?")[2]
+    return f"sqlite:///{(project_root() / db).as_posix()}{query}"
 
 
 def shown_tracking_uri() -> str:

@@ -13,20 +13,47 @@ from pathlib import Path
 from selfimprove.config.tracking import TrackingConfig
 from selfimprove.core.io import InputError
 from selfimprove.tracking.health import shown_tracking_uri, sqlite_path, tracking_uri
-from selfimprove.tracking.tags import TAG_PIPELINE, TAG_ROLE, TAG_SUPERSEDED, safe_name
+from selfimprove.tracking.tags import (
+    TAG_PIPELINE,
+    TAG_ROLE,
+    TAG_STUDY,
+    TAG_SUPERSEDED,
+    safe_name,
+)
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 def mlflow_client():
-    """An ``MlflowClient`` at :func:`~selfimprove.tracking.health.tracking_uri`."""
+    """An ``MlflowClient`` at :func:`~selfimprove.tracking.health.tracking_uri`.
+
+    A sqlite store is opened under an exclusive lock (``<db>.lock`` beside it): MLflow creates
+    the tables of a new database on first use, and two processes doing that at once (two
+    stages of parallel experiment workers) fail with "table ... already exists"."""
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=tracking_uri())
+    uri = tracking_uri()
+    db = sqlite_path(uri) if uri.startswith("sqlite:") else None
+    if db is None:
+        return MlflowClient(tracking_uri=uri)
+    import fcntl
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{db}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        client = MlflowClient(tracking_uri=uri)
+        client.search_experiments(max_results=1)  # creates (or upgrades) the schema, once
+    return client
+
+
+#: the experiment's kind, so that MLflow 3's UI opens it on its runs ("Model training"), not on
+#: the empty GenAI traces overview (values: the UI's ExperimentKind, mlflow/server/js)
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 
 
 def experiment_id(client, cfg: TrackingConfig) -> str:
-    """The id of ``cfg.experiment``, created the first time (refused when it is deleted)."""
+    """The id of ``cfg.experiment``, created the first time (refused when it is deleted), tagged
+    as a model-training experiment unless it already has a kind."""
     exp = client.get_experiment_by_name(cfg.experiment)
     if exp is not None:
         if exp.lifecycle_stage != "active":
@@ -35,6 +62,8 @@ def experiment_id(client, cfg: TrackingConfig) -> str:
                 f"restore it (`mlflow experiments restore --experiment-id {exp.experiment_id}`) "
                 "or choose another experiment name"
             )
+        if EXPERIMENT_KIND_TAG not in exp.tags:  # made before the tag: a kind set by hand stays
+            client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return exp.experiment_id
     location = None
     uri = tracking_uri()
@@ -45,7 +74,11 @@ def experiment_id(client, cfg: TrackingConfig) -> str:
         if db is not None and db.resolve().parent != Path.cwd().resolve():
             location = (db.resolve().parent / "mlruns" / safe_name(cfg.experiment)).as_uri()
     try:
-        return client.create_experiment(cfg.experiment, artifact_location=location)
+        return client.create_experiment(
+            cfg.experiment,
+            artifact_location=location,
+            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+        )
     except Exception:  # created concurrently by another process
         exp = client.get_experiment_by_name(cfg.experiment)
         if exp is None:
@@ -98,18 +131,29 @@ def is_current(run) -> bool:
     return run.info.status == "FINISHED" and run.data.tags.get(TAG_SUPERSEDED) != "true"
 
 
-def parent_run_id(client, experiment_id: str, cfg: TrackingConfig) -> str:
-    """The pipeline's parent run (found by tag, created the first time)."""
-    found = search_runs(client, experiment_id, {TAG_PIPELINE: cfg.pipeline, TAG_ROLE: "parent"})
-    if found:  # the oldest, should two have been created concurrently
+def _tagged_run(client, experiment_id: str, name: str, tags: dict[str, str]) -> str:
+    """The run with ``tags`` (the oldest, should two have been created concurrently), created
+    (finished, named ``name``) the first time."""
+    found = search_runs(client, experiment_id, tags)
+    if found:
         return found[0].info.run_id
-    run = client.create_run(
-        experiment_id,
-        run_name=cfg.pipeline,
-        tags={TAG_PIPELINE: cfg.pipeline, TAG_ROLE: "parent"},
-    )
+    run = client.create_run(experiment_id, run_name=name, tags=tags)
     client.set_terminated(run.info.run_id, "FINISHED")
     return run.info.run_id
+
+
+def parent_run_id(client, experiment_id: str, cfg: TrackingConfig) -> str:
+    """The pipeline's parent run (found by tag, created the first time); with ``cfg.study``, a
+    child of the study's run (study -> pipeline -> rounds in MLflow's run list)."""
+    tags = {TAG_PIPELINE: cfg.pipeline, TAG_ROLE: "parent"}
+    parent = _tagged_run(client, experiment_id, cfg.pipeline, tags)
+    if cfg.study is not None:
+        study = _tagged_run(
+            client, experiment_id, cfg.study, {TAG_STUDY: cfg.study, TAG_ROLE: "study"}
+        )
+        client.set_tag(parent, "mlflow.parentRunId", study)
+        client.set_tag(parent, TAG_STUDY, cfg.study)
+    return parent
 
 
 @contextlib.contextmanager

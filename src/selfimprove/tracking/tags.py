@@ -30,6 +30,7 @@ DIGEST_CHARS = 36
 
 TAG_PIPELINE = "selfimprove.pipeline"
 TAG_ROLE = "selfimprove.role"
+TAG_STUDY = "selfimprove.study"
 TAG_ROUND = "selfimprove.round"
 TAG_ROUND_INDEX = "selfimprove.round_index"
 TAG_SUPERSEDED = "selfimprove.superseded"
