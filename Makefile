@@ -33,7 +33,7 @@ UV_COMPILE = $(UV) pip compile pyproject.toml --constraint constraints-cpu.txt $
 UV_INSTALL = $(UV) pip install --quiet --require-hashes --no-deps $(FIND_LINKS)
 PIP_QUIET = --disable-pip-version-check 2>&1 | { grep -v "^WARNING: Location" || true; }
 
-.PHONY: setup setup-vllm repro test test-vllm lint lock
+.PHONY: setup setup-vllm repro test test-fast test-vllm lint lock
 setup: $(VENV)/.installed
 
 # Every package at the version and sha256 in the lock, then the project itself (no deps: the lock
@@ -75,6 +75,12 @@ repro: setup
 test: setup
 	ruff check src stages tests benchmarks
 	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 pytest -n auto  # exit 5 (no tests collected) fails too
+
+# The inner loop: unit tests and doctests only (markers from the test folders, tests/conftest.py),
+# no pipeline run; ~2.5 min here on 2 cores
+test-fast: setup
+	ruff check src stages tests benchmarks
+	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 pytest -n auto -m "unit and not e2e and not slow"
 
 # The second environment: vLLM on CPU and transformers<5.20. Its own `pip check` may only miss
 # the packages the lock leaves out on purpose (VLLM_LEFT_OUT).
