@@ -13,7 +13,12 @@ import pytest  # noqa: E402
 
 #: the marker each test folder gives its tests (doctests in src/ are unit tests); `make test-fast`
 #: runs ``-m "unit and not e2e and not slow"``, `make test` everything
-FOLDER_MARKERS = {"unit": "unit", "integration": "integration", "e2e": "e2e", "vllm_engine": "engine"}
+FOLDER_MARKERS = {
+    "unit": "unit",
+    "integration": "integration",
+    "e2e": "e2e",
+    "vllm_engine": "engine",
+}
 _ROOT = Path(__file__).resolve().parents[1]
 
 
