@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
     factory.make_sampler = lambda *a, **k: Recording(real_make(*a, **k))
     t = time.perf_counter()
     metrics, _ = evaluate(
-        args.model, sets, cfg, params.seed, refine=params.refine, backend=params.generate.backend
+        args.model, sets, cfg, params.seed, refine=params.refine, sampler_cfg=params.sampler
     )
     total = time.perf_counter() - t
     factory.make_sampler = real_make

@@ -353,7 +353,7 @@ def run_vllm(args, prefix, questions, params, dtype: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from selfimprove.config.methods import GenerateConfig
+    from selfimprove.config.runtime import SamplerConfig
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="data/models/base", help="model folder")
@@ -364,7 +364,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--m", type=int, default=8, help="samples per question")
     ap.add_argument("--temperature", type=float, default=0.7)
     ap.add_argument("--max-new-tokens", type=int, default=128)
-    ap.add_argument("--batch-size", type=int, default=GenerateConfig().batch_size)
+    ap.add_argument("--batch-size", type=int, default=SamplerConfig().batch_size)
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--naive-n", type=int, default=4, help="questions for the naive loop (0=skip)")
     ap.add_argument("--greedy-n", type=int, default=4, help="questions for the greedy check")

@@ -26,11 +26,9 @@ def main(args, params):
     stats: dict = {"method": method}
     if method in SELF_METHODS:
         from selfimprove.methods.refine import refine_samples
-        from selfimprove.sampling.factory import make_sampler
+        from selfimprove.sampling.factory import sampler_from_params
 
-        sampler = make_sampler(
-            args.model, gen.backend, gen.dtype, gen.batch_size, vllm_engine=gen.vllm_engine
-        )
+        sampler = sampler_from_params(params.sampler, args.model)
         records, more = refine_samples(sampler, samples, cfg, seed)
         stats |= more
     elif method in LABEL_METHODS:
@@ -51,11 +49,9 @@ def main(args, params):
         records, more = label_records(samples, golds)
         stats |= more
         if method == "star" and cfg.star_rationalization:
-            from selfimprove.sampling.factory import make_sampler
+            from selfimprove.sampling.factory import sampler_from_params
 
-            sampler = make_sampler(
-                args.model, gen.backend, gen.dtype, gen.batch_size, vllm_engine=gen.vllm_engine
-            )
+            sampler = sampler_from_params(params.sampler, args.model)
             stats |= star_rationalize(sampler, records, cfg, gen.n_shots, seed)
     else:  # lmsi, format_only: nothing to add
         records = samples

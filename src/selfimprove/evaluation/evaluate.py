@@ -50,6 +50,7 @@ from selfimprove.evaluation.metrics.drop import (
 
 if TYPE_CHECKING:
     from selfimprove.config.methods import RefineConfig
+    from selfimprove.config.runtime import SamplerConfig
 
 
 def score_prediction(output: str, gold: str) -> dict:
@@ -224,24 +225,22 @@ def evaluate(
     cfg: EvaluateConfig,
     seed: int,
     refine: RefineConfig | None = None,
-    backend: str | None = None,
-    vllm_engine: dict | None = None,
+    sampler_cfg: SamplerConfig | None = None,
 ) -> tuple[dict, dict[str, list[dict]]]:
     """Evaluate one model on every set; return (metrics, predictions by "<set>__<style>").
 
     ``refine`` (the ``refine`` params section) gives inference-time self-refinement
     (``cfg.refine_iterations`` > 0) the prompt format and token budgets the model was taught
     (``n_shots``, ``feedback_max_new_tokens``, ``refine_max_new_tokens``, ``temperature``);
-    ``None`` = its defaults. ``backend``: the sampling backend (``generate.backend``; ``None`` =
-    that key's default); ``vllm_engine``: ``generate.vllm_engine``.
+    ``None`` = its defaults. ``sampler_cfg``: the ``sampler`` params section (``None`` = its
+    defaults).
 
     ``metrics[set][style]`` is ``{n, strict, flexible, no_answer}`` for a GSM8K-format set and
     ``{n, em, f1, no_answer}`` for a DROP-format one; ``metrics[set]["sc"]`` holds maj@k
     (accuracy, or ``maj@k_em``/``maj@k_f1`` for DROP) on the first ``sc_limit`` questions.
     No set, or a set without records, is :class:`InputError` (not metrics of 0.0 or ``{}``).
     """
-    from selfimprove.config.methods import GenerateConfig
-    from selfimprove.sampling.factory import make_sampler
+    from selfimprove.sampling.factory import sampler_from_params
 
     if not eval_sets:
         raise InputError(
@@ -254,8 +253,7 @@ def evaluate(
             "(rerun `dvc repro data`, data.eval.<name>.n >= 1)"
         )
     formats = {name: set_format(records, name) for name, records in eval_sets.items()}
-    backend = backend or GenerateConfig.model_fields["backend"].default
-    sampler = make_sampler(model_dir, backend, cfg.dtype, cfg.batch_size, vllm_engine=vllm_engine)
+    sampler = sampler_from_params(sampler_cfg, model_dir)
     limited = {n: (r[: cfg.limit] if cfg.limit else r) for n, r in eval_sets.items()}
     # greedy passes: one sampler call per (format, style) over all the sets of that format (same
     # prefix, stops and params), so the decoding batch stays full across sets

