@@ -365,3 +365,34 @@ def test_two_token_samples_match_generate_distribution(model_dir, ref_model):
     assert len(theirs) >= 3
     for key in set(ours) | set(theirs):
         assert abs(ours.get(key, 0) - theirs.get(key, 0)) / n < 0.045, (key, ours, theirs)
+
+
+def test_tail_store_stays_bounded_and_outputs_bit_identical(model_dir, monkeypatch):
+    """Over many compactions (> KV_BLOCK decode steps), the tail store's widest buffer stays
+    within one kernel block + the longest tail + the steps between compactions, instead of
+    growing one column per decode step; the seeded samples are bit-identical to a store that
+    never drops a column (the layout before the fix)."""
+    from selfimprove.sampling import cascade
+
+    s = TransformersSampler(model_dir, dtype="float32", batch_size=4, device="cpu")
+    prompts = [f"Q: {i} + {i % 7}?\nA:" for i in range(90)]
+    params = SamplingParams(n=2, temperature=1.0, max_new_tokens=16, seed=3)
+
+    def run(block: int):
+        monkeypatch.setattr(cascade, "KV_BLOCK", block)
+        monkeypatch.setattr(cascade, "STORE_STATS", {"buffers": 0, "bytes": 0, "max_width": 0})
+        out = s.sample(PREFIX, prompts, params)
+        return [[(c.text, c.n_tokens) for c in cs] for cs in out], dict(cascade.STORE_STATS)
+
+    fixed, stats = run(cascade.KV_BLOCK)
+    steps = s.last_stats["decode_steps"]
+    longest_tail = max(len(s._encode(p)) + 2 for p in prompts) + 16  # carry token + slack
+    bound = cascade.KV_BLOCK + longest_tail + 16 + cascade._HEADROOM
+    assert steps > bound and s.last_stats["cache_compactions"] > 50
+    assert stats["max_width"] <= bound
+    # the bytes allocated per buffer stay bounded too (not one growing buffer per compaction)
+    layer_row_col = 2 * 16 * 4  # kv heads x head_dim x float32 bytes of the tiny model, at most
+    assert stats["bytes"] <= stats["buffers"] * 4 * layer_row_col * bound
+    unbounded, before = run(10**9)  # never drop: the store of the old code
+    assert before["max_width"] > bound > stats["max_width"]
+    assert fixed == unbounded

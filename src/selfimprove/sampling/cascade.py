@@ -119,6 +119,21 @@ def register_attention() -> None:
 # spare tail columns a rebuilt cache gets: decode steps that write in place before a realloc
 _HEADROOM = 32
 
+#: key/value block of torch's CPU flash-attention kernel (kvSplitSize): leading columns that every
+#: row masks are dropped in whole blocks, which leaves each block's arithmetic - and so the
+#: outputs - bit-identical (tests/unit/test_sampler.py), while the cache stops growing
+KV_BLOCK = 512
+
+#: what the tail store allocated: buffers, bytes, and the widest buffer (tests bound them)
+STORE_STATS = {"buffers": 0, "bytes": 0, "max_width": 0}
+
+
+def _new_buffer(like, rows: int, heads: int, width: int, dim: int):
+    STORE_STATS["buffers"] += 1
+    STORE_STATS["bytes"] += rows * heads * width * dim * like.element_size()
+    STORE_STATS["max_width"] = max(STORE_STATS["max_width"], width)
+    return like.new_empty(rows, heads, width, dim)
+
 
 @functools.cache
 def tail_layer_class():
@@ -142,19 +157,17 @@ def tail_layer_class():
             self.dtype, self.device = kb.dtype, kb.device
 
         def update(self, key_states, value_states, *args, **kwargs):
-            import torch
 
             end = self._end + key_states.shape[-2]
             if self._kb is None or end > self._kb.shape[2]:  # first update, or the buffer is full
-                keys, values = key_states, value_states
-                if self._kb is not None:
-                    keys = torch.cat([self.keys, key_states], dim=-2)
-                    values = torch.cat([self.values, value_states], dim=-2)
-                b, h, t, d = keys.shape
-                kb = keys.new_empty(b, h, t + _HEADROOM, d)
-                vb = values.new_empty(b, h, t + _HEADROOM, values.shape[-1])
-                kb[:, :, :t], vb[:, :, :t] = keys, values
-                self.adopt(kb, vb, t)
+                b, h, _, d = key_states.shape
+                kb = _new_buffer(key_states, b, h, end + _HEADROOM, d)
+                vb = _new_buffer(value_states, b, h, end + _HEADROOM, value_states.shape[-1])
+                if self._kb is not None:  # copied straight into the new buffer (no concatenation)
+                    kb[:, :, : self._end], vb[:, :, : self._end] = self.keys, self.values
+                kb[:, :, self._end : end] = key_states
+                vb[:, :, self._end : end] = value_states
+                self.adopt(kb, vb, end)
             else:
                 self._kb[:, :, self._end : end] = key_states
                 self._vb[:, :, self._end : end] = value_states
@@ -170,7 +183,9 @@ def rebuild(old, new, new_cache, headroom: int | None = None):
     old: (cache, valid, pos, logits, keep index) or None; new: ((cache, valid, pos, logits),
     pick index: the prefill row of every new sample row) or None. Returns (cache, valid, pos,
     logits); each tensor is copied once (pad columns zeroed: masked scores times a value must
-    stay finite).
+    stay finite). Leading columns that no kept or new row attends to are dropped in whole
+    :data:`KV_BLOCK` blocks: without that the cache grew by one column per decode step over a
+    whole ``sample`` call (every row padded to the oldest column ever kept).
     """
     import torch
     import torch.nn.functional as F
@@ -185,26 +200,32 @@ def rebuild(old, new, new_cache, headroom: int | None = None):
         parts.append((c, v[idx], p[idx], lg[idx], idx))
     if not parts:
         return None, None, None, None
-    width = max(v.shape[1] for _, v, _, _, _ in parts)
+    full = max(v.shape[1] for _, v, _, _, _ in parts)  # the width without dropping
+    # first column any row attends to (rows are right-aligned, each valid to the end)
+    first = min(full - v.shape[1] + int(v.any(0).byte().argmax()) for _, v, _, _, _ in parts)
+    drop = first // KV_BLOCK * KV_BLOCK
+    width = full - drop
     rows = sum(v.shape[0] for _, v, _, _, _ in parts)
     cache = new_cache()
     layer_cls = tail_layer_class()
     cache.layers = [layer_cls() for _ in parts[0][0].layers]
     for li, layer in enumerate(cache.layers):
         k0, v0 = parts[0][0].layers[li].keys, parts[0][0].layers[li].values
-        kb = k0.new_empty(rows, k0.shape[1], width + headroom, k0.shape[-1])
-        vb = v0.new_empty(rows, v0.shape[1], width + headroom, v0.shape[-1])
+        kb = _new_buffer(k0, rows, k0.shape[1], width + headroom, k0.shape[-1])
+        vb = _new_buffer(v0, rows, v0.shape[1], width + headroom, v0.shape[-1])
         r = 0
         for c, _, _, _, idx in parts:
             k, val = c.layers[li].keys, c.layers[li].values
             t, nb = k.shape[2], len(idx)
-            kb[r : r + nb, :, : width - t].zero_()
-            vb[r : r + nb, :, : width - t].zero_()
-            kb[r : r + nb, :, width - t : width] = k[idx]
-            vb[r : r + nb, :, width - t : width] = val[idx]
+            cut = max(0, t - width)  # leading columns of this part that were dropped
+            kb[r : r + nb, :, : width - t + cut].zero_()
+            vb[r : r + nb, :, : width - t + cut].zero_()
+            kb[r : r + nb, :, width - t + cut : width] = k[idx, :, cut:]
+            vb[r : r + nb, :, width - t + cut : width] = val[idx, :, cut:]
             r += nb
         layer.adopt(kb, vb, width)
-    valid = torch.cat([F.pad(v, (width - v.shape[1], 0), value=False) for _, v, _, _, _ in parts])
+    valid = torch.cat([F.pad(v, (full - v.shape[1], 0), value=False) for _, v, _, _, _ in parts])
+    valid = valid[:, drop:]
     pos = torch.cat([p for _, _, p, _, _ in parts])
     logits = torch.cat([lg for _, _, _, lg, _ in parts])
     return cache, valid, pos, logits
