@@ -183,9 +183,11 @@ def rebuild(old, new, new_cache, headroom: int | None = None):
     old: (cache, valid, pos, logits, keep index) or None; new: ((cache, valid, pos, logits),
     pick index: the prefill row of every new sample row) or None. Returns (cache, valid, pos,
     logits); each tensor is copied once (pad columns zeroed: masked scores times a value must
-    stay finite). Leading columns that no kept or new row attends to are dropped in whole
-    :data:`KV_BLOCK` blocks: without that the cache grew by one column per decode step over a
-    whole ``sample`` call (every row padded to the oldest column ever kept).
+    stay finite), and each layer of the old caches is released as soon as it is copied (they
+    are not used afterwards), so a rebuild holds one layer twice, not the whole cache. Leading
+    columns that no kept or new row attends to are dropped in whole :data:`KV_BLOCK` blocks:
+    without that the cache grew by one column per decode step over a whole ``sample`` call
+    (every row padded to the oldest column ever kept).
     """
     import torch
     import torch.nn.functional as F
@@ -224,6 +226,8 @@ def rebuild(old, new, new_cache, headroom: int | None = None):
             vb[r : r + nb, :, width - t + cut : width] = val[idx, :, cut:]
             r += nb
         layer.adopt(kb, vb, width)
+        for c, _, _, _, _ in parts:  # the old layer is copied: free it now, not after all layers
+            c.layers[li] = type(c.layers[li])()
     valid = torch.cat([F.pad(v, (full - v.shape[1], 0), value=False) for _, v, _, _, _ in parts])
     valid = valid[:, drop:]
     pos = torch.cat([p for _, _, p, _, _ in parts])
