@@ -407,7 +407,7 @@ def _padded_rebuild(widths: list[int]):
 
 
 def test_tail_store_stays_bounded_and_outputs_bit_identical(model_dir, monkeypatch):
-    """Over many compactions (more decode steps than a kernel block), each row of the tail
+    """Over many compactions, each row of the tail
     store holds its tail + the steps until the next compaction, while padded rows grew one column
     per decode step; the seeded samples are bit-identical to the padded layout's."""
     from selfimprove.sampling import cascade
@@ -424,17 +424,17 @@ def test_tail_store_stays_bounded_and_outputs_bit_identical(model_dir, monkeypat
 
     fixed, stats = run()
     steps = s.last_stats["decode_steps"]
-    assert steps > cascade.KV_BLOCK and s.last_stats["cache_compactions"] > 50
+    assert s.last_stats["cache_compactions"] > 50
     # a row's slots: its tail (carry token + prompt + tokens so far) + steps to the next
     # compaction (<= max_new_tokens) + headroom
     longest_tail = max(len(s._encode(p)) + 2 for p in prompts) + 16
     bound = longest_tail + 16 + cascade._HEADROOM
     assert stats["max_width"] <= bound
     head_bytes = 2 * 16 * 4  # kv heads x head_dim x float32 bytes of the tiny model
-    guard = cascade.KV_BLOCK
-    assert stats["bytes"] <= stats["buffers"] * (guard + 4 * bound) * head_bytes
+    # + a guard for row 0's pad columns (one row's worth: at most the width, <= decode steps)
+    assert stats["bytes"] <= stats["buffers"] * (steps + 4 * bound) * head_bytes
     widths: list[int] = []
     monkeypatch.setattr(ts, "rebuild", _padded_rebuild(widths))
     padded, _ = run()
-    assert max(widths) > cascade.KV_BLOCK > bound
+    assert max(widths) > 4 * bound  # the padded rows' width: about one column per decode step
     assert fixed == padded

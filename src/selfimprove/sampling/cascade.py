@@ -119,11 +119,6 @@ def register_attention() -> None:
 # spare tail columns a rebuilt cache gets: decode steps that write in place before a realloc
 _HEADROOM = 32
 
-#: key/value block of torch's CPU flash-attention kernel (kvSplitSize): leading columns that every
-#: row masks are dropped in whole blocks, which leaves each block's arithmetic - and so the
-#: outputs - bit-identical (tests/unit/test_sampler.py), while the cache stops growing
-KV_BLOCK = 512
-
 #: what the tail store allocated: buffers, bytes, and the longest row (tests bound them)
 STORE_STATS = {"buffers": 0, "bytes": 0, "max_width": 0}
 
@@ -206,10 +201,10 @@ def rebuild(old, new, new_cache, headroom: int | None = None):
     pick index: the prefill row of every new sample row) or None. Returns (cache, valid, pos,
     logits); each tensor is copied once (pad columns zeroed: masked scores times a value must
     stay finite), and each layer of the old caches is released as soon as it is copied (they
-    are not used afterwards), so a rebuild holds one layer twice, not the whole cache. Leading
-    columns that no kept or new row attends to are dropped in whole :data:`KV_BLOCK` blocks:
-    without that the cache grew by one column per decode step over a whole ``sample`` call
-    (every row padded to the oldest column ever kept).
+    are not used afterwards), so a rebuild holds one layer twice, not the whole cache. The
+    width (every row right-aligned to the oldest column still kept) grows over a ``sample``
+    call as before - the attention kernel sees the same columns - but each row stores only its
+    own tail (:func:`tail_layer_class`); padded rows took one more column per decode step.
     """
     import torch
     import torch.nn.functional as F
@@ -224,13 +219,10 @@ def rebuild(old, new, new_cache, headroom: int | None = None):
         parts.append((c, v[idx], p[idx], lg[idx], idx))
     if not parts:
         return None, None, None, None
-    full = max(v.shape[1] for _, v, _, _, _ in parts)  # the width without dropping
+    width = max(v.shape[1] for _, v, _, _, _ in parts)
     # first column any row attends to (rows are right-aligned, each valid to the end)
-    first = min(full - v.shape[1] + int(v.any(0).byte().argmax()) for _, v, _, _, _ in parts)
-    drop = first // KV_BLOCK * KV_BLOCK
-    width = full - drop
+    start = min(width - v.shape[1] + int(v.any(0).byte().argmax()) for _, v, _, _, _ in parts)
     rows = sum(v.shape[0] for _, v, _, _, _ in parts)
-    start = first - drop  # first column any row attends to, after the drop
     row_len = width - start + headroom
     cache = new_cache()
     layer_cls = tail_layer_class()
@@ -251,8 +243,7 @@ def rebuild(old, new, new_cache, headroom: int | None = None):
         layer.adopt(kb, vb, rows, row_len, start, width)
         for c, _, _, _, _ in parts:  # the old layer is copied: free it now, not after all layers
             c.layers[li] = type(c.layers[li])()
-    valid = torch.cat([F.pad(v, (full - v.shape[1], 0), value=False) for _, v, _, _, _ in parts])
-    valid = valid[:, drop:]
+    valid = torch.cat([F.pad(v, (width - v.shape[1], 0), value=False) for _, v, _, _, _ in parts])
     pos = torch.cat([p for _, _, p, _, _ in parts])
     logits = torch.cat([lg for _, _, _, lg, _ in parts])
     return cache, valid, pos, logits
