@@ -89,11 +89,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     factory.make_sampler = lambda *a, **k: Recording(real_make(*a, **k))
     t = time.perf_counter()
-    backend = params.generate.backend
     refined = None  # the evaluate_refine stage's part, when evaluate.refine_iterations > 0
     if cfg.refine_iterations:
-        refined = refine_for_evaluation(args.model, sets, cfg, params.seed, params.refine, backend)
-    metrics, _ = evaluate(args.model, sets, cfg, params.seed, refined=refined, backend=backend)
+        refined = refine_for_evaluation(
+            args.model, sets, cfg, params.seed, params.refine, params.sampler
+        )
+    metrics, _ = evaluate(
+        args.model, sets, cfg, params.seed, refined=refined, sampler_cfg=params.sampler
+    )
     total = time.perf_counter() - t
     factory.make_sampler = real_make
     result = {

@@ -30,6 +30,16 @@ Full run (2-core CPU, roughly 5-10 min; the naive loop is most of it):
     OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 python benchmarks/sampler.py --model data/models/base \\
         --n 32 --naive-n 4 > benchmarks/sampler-result.json
 
+Peak memory: ``ours.peak_rss_mb`` (this process's peak resident set right after our sampling
+pass, before the other samplers run) and ``ours.tail_store`` (the KV tail buffers it allocated).
+
+A shared core (``--shared-core``): ours again while another process (a Python busy loop pinned
+with ``taskset -c 0``) keeps one core busy; ``shared_core.ratio`` = shared / quiet tokens/s
+(a machine already busy with other work gives no clean quiet figure):
+
+    HF_HUB_OFFLINE=1 python benchmarks/sampler.py --threads 2 --n 8 --naive-n 0 --llama-n 0 \
+        --greedy-n 0 --shared-core
+
 Ours vs vLLM on CPU (in the vLLM environment; ``--vllm-n`` = ``--n`` for a like-for-like ratio):
 
     OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 .venv-vllm/bin/python benchmarks/sampler.py \
@@ -352,8 +362,36 @@ def run_vllm(args, prefix, questions, params, dtype: str) -> dict:
     }
 
 
+def run_shared_core(sampler, prefix: str, suffixes: list[str], params, core: int) -> dict:
+    """Useful tokens/s of ours on a quiet machine and while a busy loop holds CPU ``core``."""
+    import shutil
+    import subprocess
+
+    def tok_s() -> float:
+        out = sampler.sample(prefix, suffixes, params, desc="ours (shared core)")
+        return sum(c.n_tokens for cs in out for c in cs) / sampler.last_stats["wall_s"]
+
+    quiet = tok_s()
+    cmd = [sys.executable, "-c", "while True: pass"]
+    if shutil.which("taskset"):
+        cmd = ["taskset", "-c", str(core), *cmd]
+    busy = subprocess.Popen(cmd)
+    try:
+        time.sleep(0.5)
+        shared = tok_s()
+    finally:
+        busy.kill()
+        busy.wait()
+    return {
+        "busy_command": " ".join(cmd),
+        "quiet_useful_tok_s": round(quiet, 1),
+        "shared_useful_tok_s": round(shared, 1),
+        "ratio": round(shared / quiet, 3),
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
-    from selfimprove.config.methods import GenerateConfig
+    from selfimprove.config.runtime import SamplerConfig
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="data/models/base", help="model folder")
@@ -364,7 +402,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--m", type=int, default=8, help="samples per question")
     ap.add_argument("--temperature", type=float, default=0.7)
     ap.add_argument("--max-new-tokens", type=int, default=128)
-    ap.add_argument("--batch-size", type=int, default=GenerateConfig().batch_size)
+    ap.add_argument("--batch-size", type=int, default=SamplerConfig().batch_size)
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--naive-n", type=int, default=4, help="questions for the naive loop (0=skip)")
     ap.add_argument("--greedy-n", type=int, default=4, help="questions for the greedy check")
@@ -374,12 +412,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--gguf", help="GGUF file for llama.cpp (default: from the cached wheel)")
     ap.add_argument("--threads", type=int, default=0, help="torch/llama.cpp threads (0=default)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--shared-core",
+        action="store_true",
+        help="also time ours quiet vs with a busy loop pinned to one core (ratio in the JSON)",
+    )
+    ap.add_argument("--busy-core", type=int, default=0, help="the core the busy loop takes")
     args = ap.parse_args(argv)
 
     import torch
     import transformers
 
     from selfimprove.core.prompts import build_prompt
+    from selfimprove.pipeline import peak_rss_bytes
+    from selfimprove.sampling import cascade
     from selfimprove.sampling.base import SamplingParams
     from selfimprove.sampling.transformers_sampler import TransformersSampler
 
@@ -418,6 +464,8 @@ def main(argv: list[str] | None = None) -> None:
         "useful_tok_s": round(useful / wall, 1),
         "finish_reasons": reasons,
         "time_split": split,
+        "peak_rss_mb": round(peak_rss_bytes()["peak_rss_bytes"] / 2**20, 1),
+        "tail_store": dict(cascade.STORE_STATS),
         "answers": answer_summary([[c.text for c in cs] for cs in out], golds),
         "example": out[0][0].text,
     }
@@ -446,6 +494,10 @@ def main(argv: list[str] | None = None) -> None:
         },
         "ours": ours,
     }
+
+    if args.shared_core:
+        suffixes = [q["suffix"] for q in questions]
+        result["shared_core"] = run_shared_core(sampler, prefix, suffixes, params, args.busy_core)
 
     # ---- greedy identity (before the naive loop switches attention)
     result["greedy_check"] = greedy_check(

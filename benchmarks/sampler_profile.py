@@ -16,7 +16,7 @@ import itertools
 def main(argv: list[str] | None = None) -> None:
     from torch.profiler import ProfilerActivity, profile
 
-    from selfimprove.config.methods import GenerateConfig
+    from selfimprove.config.runtime import SamplerConfig
     from selfimprove.core.prompts import build_prompt
     from selfimprove.data.sources import gsm_symbolic_stream
     from selfimprove.sampling.base import SamplingParams
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="data/models/base", help="model folder")
     ap.add_argument("--n", type=int, default=16, help="questions")
-    ap.add_argument("--batch-size", type=int, default=GenerateConfig().batch_size)
+    ap.add_argument("--batch-size", type=int, default=SamplerConfig().batch_size)
     ap.add_argument("--rows", type=int, default=30, help="operator rows to print")
     args = ap.parse_args(argv)
 

@@ -43,13 +43,15 @@ def _truncated(preds: list[dict]) -> float:
     return sum(p.get("finish") == "length" for p in preds) / len(preds) if preds else 0.0
 
 
-def _score(model: str, name: str, records: list[dict], cfg, seed: int, out: Path | None) -> dict:
+def _score(
+    model: str, name: str, records: list[dict], cfg, smp, seed: int, out: Path | None
+) -> dict:
     from selfimprove.core.io import write_jsonl
     from selfimprove.evaluation.evaluate import evaluate
     from selfimprove.evaluation.intervals import annotate_metrics
 
     t = time.perf_counter()
-    metrics, preds = evaluate(model, {name: records}, cfg, seed)
+    metrics, preds = evaluate(model, {name: records}, cfg, seed, sampler_cfg=smp)
     metrics = annotate_metrics(metrics, preds)  # 95% bootstrap intervals over the questions
     result = {"wall_s": round(time.perf_counter() - t, 1)}
     for style, m in metrics[name].items():
@@ -90,6 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from selfimprove.config.data import SourceConfig
     from selfimprove.config.evaluation import EvaluateConfig
+    from selfimprove.config.runtime import SamplerConfig
     from selfimprove.data.prepare import make_set
     from selfimprove.sampling.base import resolve_dtype
 
@@ -108,7 +111,8 @@ def main(argv: list[str] | None = None) -> dict:
         "dtype": str(resolve_dtype(args.dtype, device)).removeprefix("torch."),
         "seed": args.seed,
     }
-    common = {"sc_paths": 0, "batch_size": args.batch_size, "dtype": args.dtype}
+    common = {"sc_paths": 0}
+    smp = SamplerConfig(batch_size=args.batch_size, dtype=args.dtype)
 
     if args.gsm8k_n:
         path = _relative(data / "gsm8k" / "test.jsonl")
@@ -126,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
             "n": len(records),
             "n_shots": args.n_shots,
             "max_new_tokens": args.gsm8k_max_new_tokens,
-        } | _score(str(model), "gsm8k", records, cfg, args.seed, out)
+        } | _score(str(model), "gsm8k", records, cfg, smp, args.seed, out)
 
     if args.drop_n:
         path = _relative(data / "drop" / "drop_v0_dev.jsonl.gz")
@@ -141,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
             "n": len(records),
             "distinct_questions": info["available"] - info["dropped"]["duplicate_in_source"],
             "max_new_tokens": args.drop_max_new_tokens,
-        } | _score(str(model), "drop", records, cfg, args.seed, out)
+        } | _score(str(model), "drop", records, cfg, smp, args.seed, out)
 
     result["wall_s"] = round(time.perf_counter() - t0, 1)
     argv_used = sys.argv[1:] if argv is None else argv

@@ -28,8 +28,7 @@ def main(args, params):
         params.evaluate,
         params.seed,
         refined=refined,
-        backend=params.generate.backend,
-        vllm_engine=params.generate.vllm_engine,
+        sampler_cfg=params.sampler,
     )
     # 95% intervals next to every accuracy, the label-free sc agreement (from the predictions)
     metrics = annotate_metrics(metrics, predictions, params.stats)

@@ -18,8 +18,7 @@ def main(args, params):
             params.evaluate,
             params.seed,
             refine=params.refine,
-            backend=params.generate.backend,
-            vllm_engine=params.generate.vllm_engine,
+            sampler_cfg=params.sampler,
         )
     write_json(out / "eval_refined.json", refined)
     print(f"{args.round}: refined {sorted(refined)}")

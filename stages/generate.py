@@ -32,6 +32,7 @@ def main(args, params):
         params.generate,
         round_seed(params.seed, args.round),
         shard_dir=shards,
+        sampler_cfg=params.sampler,
     )
     write_jsonl(out / "samples.jsonl", records)
     write_stage_json(out / "generate.json", stats, f"generate@{args.round}")

@@ -25,8 +25,7 @@ def main(args, params):
         params.seed,
         n_shots=params.refine.n_shots,
         feedback_max_new_tokens=params.refine.feedback_max_new_tokens,
-        backend=params.generate.backend,
-        vllm_engine=params.generate.vllm_engine,
+        sampler_cfg=params.sampler,
     )
     write_jsonl(out / "meta_skill.jsonl", corpus)
     write_stage_json(out / "meta_skill.json", info, "meta_skill")

@@ -38,11 +38,9 @@ def main(args, params):
         )
 
     def sampler():
-        from selfimprove.sampling.factory import make_sampler
+        from selfimprove.sampling.factory import sampler_from_params
 
-        return make_sampler(
-            args.model, gen.backend, gen.dtype, gen.batch_size, vllm_engine=gen.vllm_engine
-        )
+        return sampler_from_params(params.sampler, args.model)
 
     def golds() -> dict:
         return labels_by_id(read_jsonl(TRAIN_LABELS, required=["id", "answer"]), str(TRAIN_LABELS))

@@ -61,7 +61,8 @@ def tiny_params(model_dir: Path, **sections: dict) -> dict:
         "eval": {"arith": {"source": "arith", "n": 4, "steps": [1]}},
         "seed_set": None,
     }
-    params["generate"] |= {"num_paths": 3, "max_new_tokens": 12, "n_shots": 1, "batch_size": 8}
+    params["generate"] |= {"num_paths": 3, "max_new_tokens": 12, "n_shots": 1}
+    params["sampler"] |= {"batch_size": 8}
     params["filter"] |= {"min_agreement": 0.0, "n_shots": 1}
     params["finetune"] |= {"epochs": 1, "batch_size": 4, "max_length": 256, "logging_steps": 1}
     params["evaluate"] |= {

@@ -6,10 +6,18 @@ import argparse
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 from selfimprove.core.io import InputError
-from selfimprove.core.paths import EVAL
+from selfimprove.core.paths import EVAL, resources_file
+
+log = logging.getLogger(__name__)
+
+#: environment variables that set the thread count of OpenMP/MKL (this process's torch, and the
+#: subprocesses a stage starts: accelerate workers)
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def _prepared_eval_names(folder) -> list[str] | None:
@@ -117,11 +125,66 @@ def load_eval_sets(names: list[str] | None) -> dict[str, list[dict]]:
     return sets
 
 
+def apply_compute(cfg) -> None:
+    """Apply the ``compute`` params section before any torch work: torch's intra-op threads
+    (and the thread variables subprocesses inherit; a different value in the environment loses,
+    with a log line) and the float32 matmul precision."""
+    n = str(cfg.threads)
+    for var in THREAD_VARS:
+        if os.environ.get(var, n) != n:
+            log.info(
+                "compute.threads=%s overrides %s=%s from the environment", n, var, os.environ[var]
+            )
+        os.environ[var] = n
+    import torch
+
+    torch.set_num_threads(cfg.threads)
+    torch.set_float32_matmul_precision(cfg.matmul_precision)
+
+
+def peak_rss_bytes() -> dict[str, int]:
+    """Peak resident set size so far of this process and of its largest finished child, bytes
+    (``getrusage``; Linux reports KiB, macOS bytes)."""
+    import resource
+
+    scale = 1 if sys.platform == "darwin" else 1024
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale
+    return {"peak_rss_bytes": max(own, children), "self": own, "children": children}
+
+
+def record_resources(stage: str, round_name: str | None, wall_s: float) -> Path:
+    """Write what this run of ``stage`` used (peak RSS, wall time, threads) to
+    :func:`selfimprove.core.paths.resources_file`; returns its path."""
+    import torch
+
+    from selfimprove.core.io import write_json
+
+    rss = peak_rss_bytes()
+    path = resources_file(stage, round_name)
+    write_json(
+        path,
+        {
+            "stage": stage,
+            "round": round_name,
+            "peak_rss_bytes": rss["peak_rss_bytes"],
+            "peak_rss_self_bytes": rss["self"],
+            "peak_rss_children_bytes": rss["children"],
+            "peak_rss_mb": round(rss["peak_rss_bytes"] / 2**20, 1),
+            "wall_s": round(wall_s, 2),
+            "torch_threads": torch.get_num_threads(),
+        },
+    )
+    log.info("%s: peak RSS %.0f MB, %.1f s", path.stem, rss["peak_rss_bytes"] / 2**20, wall_s)
+    return path
+
+
 def stage_main(
     description: str, add_args: Callable[[argparse.ArgumentParser], None] | None = None
 ) -> Callable[[Callable], Callable[[list[str] | None], None]]:
-    """Wrap a stage body ``fn(args, params)``: parse args, validate params.yaml, turn bad input
-    into one clear message and exit code 2."""
+    """Wrap a stage body ``fn(args, params)``: parse args, validate params.yaml, apply the
+    ``compute`` section, run the body, record its peak RSS and wall time
+    (:func:`record_resources`), and turn bad input into one clear message and exit code 2."""
 
     def wrap(fn: Callable) -> Callable[[list[str] | None], None]:
         def main(argv: list[str] | None = None) -> None:
@@ -134,9 +197,13 @@ def stage_main(
             logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
             from selfimprove.config import load_params
 
+            t0 = time.perf_counter()
             try:
                 params = load_params(args.params)
+                apply_compute(params.compute)
                 fn(args, params)
+                stage = Path(fn.__code__.co_filename).stem
+                record_resources(stage, getattr(args, "round", None), time.perf_counter() - t0)
             except InputError as e:
                 print(f"error: {e}", file=sys.stderr)
                 sys.exit(2)

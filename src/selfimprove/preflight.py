@@ -285,14 +285,14 @@ def _steps(params: Params, root: Path) -> list[tuple]:
     batch size, prompt tokens, max_new_tokens, dtype, backend)."""
     from selfimprove.recipes import get_recipe
 
-    g, e, ms = params.generate, params.evaluate, params.meta_skill
+    g, e, ms, s = params.generate, params.evaluate, params.meta_skill, params.sampler
     n_train = _n_questions(params.data.train, root)
     if g.limit is not None:
         n_train = min(n_train, g.limit)
     gen_tokens = _prompt_tokens(g.style, g.n_shots)
     steps = [
         ("generate.num_paths", g.num_paths, n_train, min(g.shard_size, n_train),
-         "generate.batch_size", g.batch_size, gen_tokens, g.max_new_tokens, g.dtype, g.backend),
+         "sampler.batch_size", s.batch_size, gen_tokens, g.max_new_tokens, s.dtype, s.backend),
     ]  # fmt: skip
     if e.sc_paths:
         names = e.sets or list(params.data.eval)
@@ -300,14 +300,14 @@ def _steps(params: Params, root: Path) -> list[tuple]:
         caps = [c for c in (e.sc_limit, e.limit) if c is not None]
         n_sc = max((min([_n_questions(sc, root), *caps]) for sc in sets), default=0)
         tokens = _prompt_tokens(e.sc_style, e.n_shots)
-        steps.append(("evaluate.sc_paths", e.sc_paths, n_sc, n_sc, "evaluate.batch_size",
-                      e.batch_size, tokens, e.max_new_tokens, e.dtype, "transformers"))  # fmt: skip
+        steps.append(("evaluate.sc_paths", e.sc_paths, n_sc, n_sc, "sampler.batch_size",
+                      s.batch_size, tokens, e.max_new_tokens, s.dtype, s.backend))  # fmt: skip
     if get_recipe(params.method).needs_seed_set and params.data.seed_set is not None:
         n_seed = _n_questions(params.data.seed_set, root)
         tokens = _prompt_tokens("fewshot_cot", ms.n_shots)
         steps.append(("meta_skill.n_initial", ms.n_initial, n_seed, n_seed,
-                      "meta_skill.batch_size", ms.batch_size, tokens, ms.max_new_tokens,
-                      ms.dtype, "transformers"))  # fmt: skip
+                      "sampler.batch_size", s.batch_size, tokens, ms.max_new_tokens,
+                      s.dtype, s.backend))  # fmt: skip
     return steps
 
 

@@ -33,7 +33,6 @@ def _self_params(model_dir: Path) -> dict:
             "n_initial": 2,
             "max_new_tokens": 12,
             "n_shots": 1,
-            "batch_size": 8,
             "finetune": small_ft,
         },
         refine={

@@ -46,7 +46,8 @@ def _new_project(root: Path, model_dir: Path, **finetune) -> tuple[Path, dict]:
     params = tiny_params(
         model_dir,
         rounds={"r1": {"prev": "r0"}},
-        generate={"shard_size": 2, "max_new_tokens": 16, "dtype": "float32"},
+        generate={"shard_size": 2, "max_new_tokens": 16},
+        sampler={"dtype": "float32"},
         finetune={"epochs": 2, "batch_size": 2, "dtype": "float32", **finetune},
         tracking={"enabled": False},
     )

@@ -38,10 +38,9 @@ SMALL = {
     "num_paths": 2,
     "max_new_tokens": 6,
     "n_shots": 1,
-    "batch_size": 4,
     "shard_size": 2,
-    "dtype": "float32",
 }
+SMALL_SAMPLER = {"batch_size": 4, "dtype": "float32"}
 
 
 def _free_port() -> int:
@@ -141,13 +140,15 @@ def test_killed_ray_run_resumed_by_the_stage_equals_one_process(
     cluster, model_dir, tmp_path, monkeypatch
 ):
     from selfimprove.config.methods import GenerateConfig
+    from selfimprove.config.runtime import SamplerConfig
     from selfimprove.core.io import InputError, write_jsonl
     from selfimprove.core.paths import round_seed
     from selfimprove.methods import generate as gen_mod
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     seed = round_seed(0, "r1")
-    single, _ = gen_mod.generate(model_dir, QUESTIONS, GenerateConfig(**SMALL), seed)
+    smp = SamplerConfig(**SMALL_SAMPLER)
+    single, _ = gen_mod.generate(model_dir, QUESTIONS, GenerateConfig(**SMALL), seed, None, smp)
     assert len({p for r in single for p in r["paths"]}) > 5  # the samples differ
     write_jsonl(tmp_path / "single.jsonl", single)
 
@@ -165,7 +166,7 @@ def test_killed_ray_run_resumed_by_the_stage_equals_one_process(
     )
     one = GenerateConfig(**SMALL, ray_address=cluster, ray_workers=1)
     with pytest.raises(InputError, match=r"Ray node .* would sample differently.*: versions"):
-        gen_mod.generate(model_dir, QUESTIONS, one, seed)
+        gen_mod.generate(model_dir, QUESTIONS, one, seed, sampler_cfg=smp)
     monkeypatch.setattr(gen_mod, "run_settings", real)
 
     # 1. generate.ray_address set, 2 actors; the driver dies once the first shard is saved
@@ -178,12 +179,13 @@ def test_killed_ray_run_resumed_by_the_stage_equals_one_process(
     monkeypatch.setattr(gen_mod, "save_shard", save_then_die)
     cfg = GenerateConfig(**SMALL, ray_address=cluster, ray_workers=2)
     with pytest.raises(KeyboardInterrupt):
-        gen_mod.generate(model_dir, QUESTIONS, cfg, seed, shard_dir=shards)
+        gen_mod.generate(model_dir, QUESTIONS, cfg, seed, shard_dir=shards, sampler_cfg=smp)
     assert len(list(shards.glob("shard-*.json"))) == 1
 
     # 2. the stage, Ray from RAY_ADDRESS (params: null), resumes: 2 shards left, 1 per node
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["generate"] |= SMALL
+    params["sampler"] |= SMALL_SAMPLER
     (proj / "params.yaml").write_text(yaml.safe_dump(params))
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     env["RAY_ADDRESS"] = cluster

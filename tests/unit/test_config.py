@@ -70,3 +70,18 @@ def test_scheduler_names_are_transformers_scheduler_types():
 
     assert list(scheduler_names()) == [s.value for s in SchedulerType]
     assert set(UNSUPPORTED_SCHEDULERS) <= set(scheduler_names())
+
+
+def test_moved_sampler_keys_name_their_new_key():
+    """generate/evaluate/meta_skill's old sampler keys are errors that name sampler.<key>."""
+    from selfimprove.config.runtime import SAMPLER_MOVED_KEYS as MOVED_KEYS
+
+    raw: dict = {}
+    for (section, key), _ in MOVED_KEYS.items():
+        raw.setdefault(section, {})[key] = "vllm" if key == "backend" else 8
+    with pytest.raises(ConfigError) as e:
+        parse_params(raw)
+    msg = str(e.value)
+    for (section, key), new in MOVED_KEYS.items():
+        assert f"{section}.{key}: moved to {new}" in msg
+    assert parse_params({"sampler": {"backend": "vllm", "batch_size": 8}}).sampler.batch_size == 8

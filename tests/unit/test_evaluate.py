@@ -8,6 +8,7 @@ import pytest
 
 import selfimprove.sampling.factory as factory_mod
 from selfimprove.config.evaluation import EvaluateConfig
+from selfimprove.config.runtime import SamplerConfig
 from selfimprove.core.answers import STOP_SEQUENCES
 from selfimprove.core.io import InputError
 from selfimprove.data.arith import generate_arith
@@ -271,10 +272,9 @@ def test_evaluate_tiny_model(tiny_model):
         sc_paths=2,
         sc_k=[1, 2],
         sc_limit=2,
-        batch_size=4,
-        dtype="float32",
     )
-    metrics, preds = evaluate(tiny_model, {"arith": gsm, "drop": drop}, cfg, seed=0)
+    smp = SamplerConfig(batch_size=4, dtype="float32")
+    metrics, preds = evaluate(tiny_model, {"arith": gsm, "drop": drop}, cfg, 0, sampler_cfg=smp)
     assert set(metrics) == {"arith", "drop"}
     assert set(metrics["arith"]) == set(metrics["drop"]) == {"fewshot_cot", "zeroshot_cot", "sc"}
     for style in cfg.styles:
@@ -303,7 +303,9 @@ def test_evaluate_tiny_model(tiny_model):
     assert all(len(p["answers"]) == 2 for p in preds["drop__sc"])
     assert set(metrics["arith"]["sc"]) == {"n", "maj@1", "maj@2", "pass@2"}
     # greedy decoding is deterministic
-    again, _ = evaluate(tiny_model, {"drop": drop}, cfg.model_copy(update={"sc_paths": 0}), 0)
+    again, _ = evaluate(
+        tiny_model, {"drop": drop}, cfg.model_copy(update={"sc_paths": 0}), 0, sampler_cfg=smp
+    )
     assert again["drop"]["fewshot_cot"] == metrics["drop"]["fewshot_cot"]
 
 
@@ -318,12 +320,11 @@ def test_pooled_sets_give_the_outputs_of_each_set_alone(tiny_model):
         sc_paths=2,
         sc_k=[1, 2],
         sc_limit=2,
-        batch_size=3,
-        dtype="float32",
     )
-    metrics, preds = evaluate(tiny_model, sets, cfg, seed=0)
+    smp = SamplerConfig(batch_size=3, dtype="float32")
+    metrics, preds = evaluate(tiny_model, sets, cfg, seed=0, sampler_cfg=smp)
     for name, recs in sets.items():
-        alone, alone_preds = evaluate(tiny_model, {name: recs}, cfg, seed=0)
+        alone, alone_preds = evaluate(tiny_model, {name: recs}, cfg, seed=0, sampler_cfg=smp)
         assert alone[name] == metrics[name]
         same = {k: alone_preds[k] == preds[k] for k in alone_preds}
         assert same == dict.fromkeys(alone_preds, True)

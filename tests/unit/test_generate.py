@@ -7,6 +7,7 @@ import pytest
 from tinyproject import varied_model
 
 from selfimprove.config.methods import GenerateConfig
+from selfimprove.config.runtime import SamplerConfig
 from selfimprove.core.io import InputError
 from selfimprove.methods import generate as gen_mod
 from selfimprove.methods.generate import generate, shard_paths
@@ -66,25 +67,22 @@ def spy(monkeypatch, real_sampler):
 
     def install(fail_on_call: int | None = None) -> Spy:
         s = Spy(real_sampler, fail_on_call)
-        monkeypatch.setattr(gen_mod, "make_sampler", lambda *a, **k: s)
+        monkeypatch.setattr(gen_mod, "sampler_from_params", lambda *a, **k: s)
         return s
 
     return install
 
 
 def _cfg(**kw) -> GenerateConfig:
-    base = dict(
-        num_paths=3, max_new_tokens=6, n_shots=1, dtype="float32", batch_size=4, shard_size=2
-    )
+    base = dict(num_paths=3, max_new_tokens=6, n_shots=1, shard_size=2)
     return GenerateConfig(**{**base, **kw})
 
 
 def test_config_defaults_and_backend_literal():
-    cfg = GenerateConfig()
-    assert cfg.shard_size == 64 and cfg.backend == "transformers"
-    assert GenerateConfig(backend="vllm").backend == "vllm"
+    assert GenerateConfig().shard_size == 64 and SamplerConfig().backend == "transformers"
+    assert SamplerConfig(backend="vllm").backend == "vllm"
     with pytest.raises(ValueError):
-        GenerateConfig(backend="tgi")
+        SamplerConfig(backend="tgi")
     with pytest.raises(ValueError):
         GenerateConfig(shard_size=0)
     for name, field in GenerateConfig.model_fields.items():
@@ -146,7 +144,7 @@ def test_resume_after_interrupted_shard(model_dir, spy, tmp_path, monkeypatch):
     def no_model(*a, **k):
         raise AssertionError("make_sampler must not be called")
 
-    monkeypatch.setattr(gen_mod, "make_sampler", no_model)
+    monkeypatch.setattr(gen_mod, "sampler_from_params", no_model)
     done, stats = generate(model_dir, QUESTIONS, _cfg(), seed=1, shard_dir=shards)
     assert done == full and stats["shards_reused"] == 3 and stats["wall_s"] == 0
 

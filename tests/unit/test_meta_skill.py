@@ -99,7 +99,7 @@ def tiny_model(tmp_path_factory):
 def _small_cfg(**kw) -> MetaSkillConfig:
     ft = {"epochs": 1, "batch_size": 8, "max_length": 512, "logging_steps": 1}
     return MetaSkillConfig(
-        n_initial=2, max_new_tokens=12, n_shots=1, batch_size=8, finetune=ft, **kw
+        n_initial=2, max_new_tokens=12, n_shots=1, finetune=ft, **kw
     )
 
 
@@ -155,7 +155,7 @@ def test_teacher_prompt_shots_are_separate_from_the_students(monkeypatch, tiny_m
     class Stop(Exception):
         pass
 
-    def fake_make_teacher(cfg, n_shots, max_new_tokens):
+    def fake_make_teacher(cfg, n_shots, max_new_tokens, sampler_cfg=None):
         seen.update(n_shots=n_shots, max_new_tokens=max_new_tokens)
         raise Stop
 

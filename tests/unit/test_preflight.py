@@ -76,14 +76,14 @@ def test_memory_estimate_uses_the_model_config(project):
     model.mkdir()
     (model / "config.json").write_text(json.dumps(SMOL))
     base = {"source": "local", "local_path": "model"}
-    gen = {"num_paths": 4096, "batch_size": 1_000_000, "shard_size": 32}
-    problems = preflight(_params(base_model=base, generate=gen))
-    assert len(problems) == 1 and problems[0].startswith("generate.batch_size=1000000 cannot")
-    fit = _fit(problems[0], "generate.batch_size")
+    gen, smp = {"num_paths": 4096, "shard_size": 32}, {"batch_size": 1_000_000}
+    problems = preflight(_params(base_model=base, generate=gen, sampler=smp))
+    assert len(problems) == 1 and problems[0].startswith("sampler.batch_size=1000000 cannot")
+    fit = _fit(problems[0], "sampler.batch_size")
     assert 32 <= fit < 1_000_000
-    assert preflight(_params(base_model=base, generate={**gen, "batch_size": fit})) == []
+    assert preflight(_params(base_model=base, generate=gen, sampler={"batch_size": fit})) == []
     # the same settings without the model folder: only what does not depend on the model
-    assert preflight(_params(generate=gen)) == []
+    assert preflight(_params(generate=gen, sampler=smp)) == []
 
 
 def test_evaluate_sc_paths_refused(project):

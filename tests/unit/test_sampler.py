@@ -365,3 +365,76 @@ def test_two_token_samples_match_generate_distribution(model_dir, ref_model):
     assert len(theirs) >= 3
     for key in set(ours) | set(theirs):
         assert abs(ours.get(key, 0) - theirs.get(key, 0)) / n < 0.045, (key, ours, theirs)
+
+
+def _padded_rebuild(widths: list[int]):
+    """The cache layout before the tail store: every row padded (zeros) to the widest column
+    ever kept, in plain transformers layers (``widths`` records each rebuilt width)."""
+    import torch.nn.functional as F
+    from transformers.cache_utils import DynamicLayer
+
+    def rebuild(old, new, new_cache, headroom=None):
+        parts = []
+        if old is not None:
+            c, v, p, lg, idx = old
+            parts.append((c, v[idx], p[idx], lg[idx], idx))
+        if new is not None:
+            (c, v, p, lg), idx = new
+            parts.append((c, v[idx], p[idx], lg[idx], idx))
+        if not parts:
+            return None, None, None, None
+        width = max(v.shape[1] for _, v, _, _, _ in parts)
+        widths.append(width)
+        cache = new_cache()
+        cache.layers = [DynamicLayer() for _ in parts[0][0].layers]
+        for li, layer in enumerate(cache.layers):
+            ks, vs = [], []
+            for c, _, _, _, idx in parts:
+                k, val = c.layers[li].keys[idx], c.layers[li].values[idx]
+                ks.append(F.pad(k, (0, 0, width - k.shape[2], 0)))
+                vs.append(F.pad(val, (0, 0, width - val.shape[2], 0)))
+            layer.keys, layer.values = torch.cat(ks), torch.cat(vs)
+            layer.is_initialized, layer.dtype, layer.device = True, ks[0].dtype, ks[0].device
+        valid = torch.cat([F.pad(v, (width - v.shape[1], 0), value=False) for _, v, *_ in parts])
+        return (
+            cache,
+            valid,
+            torch.cat([p for _, _, p, _, _ in parts]),
+            torch.cat([lg for _, _, _, lg, _ in parts]),
+        )
+
+    return rebuild
+
+
+def test_tail_store_stays_bounded_and_outputs_bit_identical(model_dir, monkeypatch):
+    """Over many compactions, each row of the tail
+    store holds its tail + the steps until the next compaction, while padded rows grew one column
+    per decode step; the seeded samples are bit-identical to the padded layout's."""
+    from selfimprove.sampling import cascade
+    from selfimprove.sampling import transformers_sampler as ts
+
+    s = TransformersSampler(model_dir, dtype="float32", batch_size=4, device="cpu")
+    prompts = [f"Q: {i} + {i % 7}?\nA:" for i in range(90)]
+    params = SamplingParams(n=2, temperature=1.0, max_new_tokens=16, seed=3)
+
+    def run():
+        monkeypatch.setattr(cascade, "STORE_STATS", {"buffers": 0, "bytes": 0, "max_width": 0})
+        out = s.sample(PREFIX, prompts, params)
+        return [[(c.text, c.n_tokens) for c in cs] for cs in out], dict(cascade.STORE_STATS)
+
+    fixed, stats = run()
+    steps = s.last_stats["decode_steps"]
+    assert s.last_stats["cache_compactions"] > 50
+    # a row's slots: its tail (carry token + prompt + tokens so far) + steps to the next
+    # compaction (<= max_new_tokens) + headroom
+    longest_tail = max(len(s._encode(p)) + 2 for p in prompts) + 16
+    bound = longest_tail + 16 + cascade._HEADROOM
+    assert stats["max_width"] <= bound
+    head_bytes = 2 * 16 * 4  # kv heads x head_dim x float32 bytes of the tiny model
+    # + a guard for row 0's pad columns (one row's worth: at most the width, <= decode steps)
+    assert stats["bytes"] <= stats["buffers"] * (steps + 4 * bound) * head_bytes
+    widths: list[int] = []
+    monkeypatch.setattr(ts, "rebuild", _padded_rebuild(widths))
+    padded, _ = run()
+    assert max(widths) > 4 * bound  # the padded rows' width: about one column per decode step
+    assert fixed == padded

@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from selfimprove.config.methods import MetaSkillConfig
+from selfimprove.config.runtime import SamplerConfig
 from selfimprove.core.io import InputError
 from selfimprove.methods.teachers import (
     LMTeacher,
@@ -201,9 +202,10 @@ def tiny_model(tmp_path_factory):
 
 def test_lm_teacher_on_a_tiny_model(tiny_model):
     teacher = make_teacher(
-        MetaSkillConfig(teacher="lm", teacher_model=str(tiny_model), batch_size=4),
+        MetaSkillConfig(teacher="lm", teacher_model=str(tiny_model)),
         n_shots=1,
         max_new_tokens=8,
+        sampler_cfg=SamplerConfig(batch_size=4),
     )
     fbs = teacher.feedback(ITEMS)
     assert len(fbs) == 2  # a random model gives no parsable verdict: counted as no feedback

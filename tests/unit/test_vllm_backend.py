@@ -170,13 +170,13 @@ def test_vllm_engine_arguments_reach_the_engine(tiny_dir, monkeypatch):
 def test_vllm_engine_keys_selfimprove_sets_are_refused():
     from pydantic import ValidationError
 
-    from selfimprove.config.methods import GenerateConfig
+    from selfimprove.config.runtime import SamplerConfig
 
-    assert GenerateConfig().vllm_engine == {}
+    assert SamplerConfig().vllm_engine == {}
     with pytest.raises(ValidationError) as e:
-        GenerateConfig(vllm_engine={"dtype": "float16", "seed": 3, "enforce_eager": True})
+        SamplerConfig(vllm_engine={"dtype": "float16", "seed": 3, "enforce_eager": True})
     msg = str(e.value)
-    assert "'dtype' is set by selfimprove: set the stage's dtype key" in msg
+    assert "'dtype' is set by selfimprove: set sampler.dtype" in msg
     assert "'seed' is set by selfimprove: set the top-level seed" in msg
     assert "enforce_eager" not in msg.split("input_value")[0]
 

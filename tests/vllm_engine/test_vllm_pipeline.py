@@ -1,4 +1,4 @@
-"""The tiny pipeline (method lmsi) with ``generate.backend: vllm``: its sampling stages
+"""The tiny pipeline (method lmsi) with ``sampler.backend: vllm``: its sampling stages
 (evaluate, generate) each start the vLLM engine, and `dvc repro` runs to the end. (refine and
 meta_skill take their sampler from the same factory and key; they sample only with the SELF
 methods, whose five engine starts would cost CI ~5 more minutes.)
@@ -30,8 +30,8 @@ def _params(model, backend):
         model,
         rounds={"r1": {"prev": "r0"}},
         # enforce_eager: no torch.compile, so each of the 3 engines starts ~2x faster
-        generate={"backend": backend, "dtype": "float32", "vllm_engine": {"enforce_eager": True}},
-        evaluate={"dtype": "float32", "sc_paths": 0, "styles": ["fewshot_cot"]},
+        sampler={"backend": backend, "dtype": "float32", "vllm_engine": {"enforce_eager": True}},
+        evaluate={"sc_paths": 0, "styles": ["fewshot_cot"]},
         tracking={"enabled": False},
     )
 

@@ -20,6 +20,7 @@ from selfimprove.config.base import Section, clip, short
 from selfimprove.config.data import DataConfig
 from selfimprove.config.evaluation import EvaluateConfig, ReportConfig, StatsConfig
 from selfimprove.config.methods import FilterConfig, GenerateConfig, MetaSkillConfig, RefineConfig
+from selfimprove.config.runtime import SAMPLER_MOVED_KEYS, ComputeConfig, SamplerConfig
 from selfimprove.config.tracking import TrackingConfig
 from selfimprove.config.training import BaseModelConfig, FinetuneConfig, WarmstartConfig
 from selfimprove.core.io import InputError
@@ -35,6 +36,7 @@ MOVED_KEYS = {
     "refine.require_consistency": "lmsi_self.require_consistency",
     "refine.star_rationalization": "star.rationalization",
     "refine.rest_em_max_per_question": "rest_em.max_per_question",
+    **{".".join(old): new for old, new in SAMPLER_MOVED_KEYS.items()},
 }
 
 
@@ -79,6 +81,10 @@ class _Params(Section):
         default_factory=MetaSkillConfig,
         description="Meta-skill learning on data.seed_set (methods self, lmsi_self).",
     )
+    sampler: SamplerConfig = Field(
+        default_factory=SamplerConfig,
+        description="The sampler of every sampling stage (backend, engine, dtype, batch size).",
+    )
     generate: GenerateConfig = Field(
         default_factory=GenerateConfig, description="Sampling the paths of each round."
     )
@@ -106,6 +112,10 @@ class _Params(Section):
         default_factory=StatsConfig,
         description="Confidence intervals (bootstrap over questions) in scores.json and the "
         "report.",
+    )
+    compute: ComputeConfig = Field(
+        default_factory=ComputeConfig,
+        description="Float-moving settings (threads, matmul precision) every stage applies.",
     )
     rounds: dict[str, RoundConfig] = Field(
         default_factory=lambda: {"r1": RoundConfig(prev="r0"), "r2": RoundConfig(prev="r1")},
@@ -227,8 +237,9 @@ def format_errors(exc: ValidationError, source: str = "params.yaml") -> str:
         key = ".".join(clip(str(p)) for p in err["loc"]) or "(top level)"
         value = err.get("input")
         shown = short(value) if not isinstance(value, dict) else "{…}"
-        if err["type"] == "extra_forbidden" and key in MOVED_KEYS:
-            lines.append(f"  - {key}: moved to {MOVED_KEYS[key]}; write it there")
+        moved = MOVED_KEYS.get(".".join(map(str, err["loc"])))
+        if err["type"] == "extra_forbidden" and moved:
+            lines.append(f"  - {key}: moved to {moved} (value {short(value)}); write it there")
         elif err["type"] == "extra_forbidden":
             known = _known_keys(Params, err["loc"])
             name = str(err["loc"][-1])

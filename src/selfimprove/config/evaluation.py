@@ -52,16 +52,6 @@ class EvaluateConfig(Section):
         "section's prompts (n_shots, token budgets). It can also hurt (Huang et al. 2024): "
         "both are logged.",
     )
-    batch_size: int = Field(
-        128,
-        ge=1,
-        description="Sequences decoded together. On CPU a decode step of 128 rows costs little "
-        "more than one of 32 (~2x the tokens/s); the greedy passes pool all sets of a format "
-        "into one call so the batch stays full.",
-    )
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="Compute dtype (auto: bf16 where fast, else fp32)."
-    )
 
     @field_validator("sets")
     @classmethod

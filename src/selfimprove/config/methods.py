@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from selfimprove.config.base import Section
 from selfimprove.config.training import nested_finetune
@@ -19,12 +19,6 @@ class GenerateConfig(Section):
 
     model_config = ConfigDict(extra="forbid")
 
-    backend: Literal["transformers", "vllm"] = Field(
-        "transformers",
-        description="Sampling backend of every sampling stage (generate, evaluate, refine, "
-        "meta_skill): transformers (CPU/GPU, offline) or vllm (GPU: pip install "
-        "'selfimprove[vllm]'; CPU: make setup-vllm).",
-    )
     num_paths: int = Field(8, ge=1, description="m: paths sampled per question (paper: 32).")
     temperature: float = Field(0.7, gt=0, description="Sampling temperature (paper: 0.7).")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (1 = off).")
@@ -34,16 +28,6 @@ class GenerateConfig(Section):
         "fewshot_cot", description="Prompt used for sampling (few-shot CoT as in the paper)."
     )
     n_shots: int = Field(4, ge=0, le=8, description="Few-shot exemplars in the prompt (max 8).")
-    batch_size: int = Field(
-        128,
-        ge=1,
-        description="Sequences decoded together (transformers backend; vLLM schedules its own). "
-        "On CPU a decode step of 128 rows costs about 2.5x one of 32 (benchmarks/sampler.py).",
-    )
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto",
-        description="Compute dtype (auto: bf16 where the hardware is fast at it, else fp32).",
-    )
     limit: int | None = Field(
         None, ge=1, description="Use only the first N training questions (quick runs); null = all."
     )
@@ -53,13 +37,6 @@ class GenerateConfig(Section):
         description="Questions per shard; each finished shard is saved, so a killed run resumes "
         "after the last finished shard (smaller = less work lost, but each shard's last rows "
         "decode in an emptying batch: 64 x 8 paths keep a batch of 128 full longer than 32).",
-    )
-    vllm_engine: dict[str, Any] = Field(
-        default_factory=dict,
-        description="Extra vllm.LLM (EngineArgs) arguments for every vLLM sampling stage, e.g. "
-        "{enforce_eager: true} (no torch.compile: the engine starts ~2x faster, decodes slower; "
-        "the tests use it), {tensor_parallel_size: 4} or {gpu_memory_utilization: 0.8}. "
-        "Ignored by the transformers backend.",
     )
     ray_address: str | None = Field(
         None,
@@ -84,27 +61,6 @@ class GenerateConfig(Section):
         description="With Ray on a cluster without GPUs: CPUs each actor reserves (= its torch "
         "threads). On a cluster with GPUs every actor takes one GPU instead.",
     )
-
-    @field_validator("vllm_engine")
-    @classmethod
-    def _engine_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
-        owned = {k: VLLM_OWNED_KEYS[k] for k in value if k in VLLM_OWNED_KEYS}
-        if owned:
-            raise ValueError(
-                "; ".join(f"{k!r} is set by selfimprove: {fix}" for k, fix in owned.items())
-            )
-        return value
-
-
-#: vllm.LLM arguments the sampler sets itself (generate.vllm_engine must not), and where instead
-VLLM_OWNED_KEYS = {
-    "model": "each stage passes its round's model folder",
-    "dtype": "set the stage's dtype key (generate.dtype, evaluate.dtype, meta_skill.dtype)",
-    "seed": "set the top-level seed",
-    "enable_prefix_caching": "always on (every prompt shares the few-shot prefix)",
-    "enable_lora": "on when a LoRA adapter is served",
-    "max_lora_rank": "taken from the adapter",
-}
 
 
 # ---------------------------------------------------------------------- refine
@@ -294,10 +250,6 @@ class MetaSkillConfig(Section):
         True,
         description="Drop teacher feedback that judges an answer correct although its final "
         "answer differs from the gold (counted; matters for lm/openai teachers).",
-    )
-    batch_size: int = Field(128, ge=1, description="Sequences decoded together while sampling.")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="Sampling compute dtype (auto: bf16 where fast, else fp32)."
     )
     finetune: MetaSkillFinetune
 

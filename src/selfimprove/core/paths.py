@@ -16,6 +16,8 @@ Paths are relative to the project root (where ``dvc.yaml`` is) and mirror ``dvc.
 - ``data/rounds/rK/{scores,metrics}.json``, ``eval/``  evaluate (every figure; its headline)
 - ``data/rounds/rK/mlflow.json``       track: the MLflow run of the round
 - ``data/report/``                     report: tables and plots across rounds
+- ``data/resources/<stage>[@<round>].json``  every stage: its peak RSS and wall time (not a DVC
+  output: a measurement of the run, not of its inputs)
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ SEED = PREPARED / "seed.jsonl"
 EVAL = PREPARED / "eval"
 ROUNDS = Path("data/rounds")
 REPORT = Path("data/report")
+RESOURCES = Path("data/resources")
 
 #: a round's name: r0 is the starting model, r1, r2, ... the self-improvement rounds
 ROUND_RE = re.compile(r"^r(0|[1-9][0-9]*)$")
@@ -91,6 +94,15 @@ def round_seed(seed: int, round_name: str) -> int:
     10
     """
     return seed + round_index(round_name)
+
+
+def resources_file(stage: str, round_name: str | None = None) -> Path:
+    """``data/resources/<stage>[@<round>].json``: what one run of the stage used.
+
+    >>> resources_file("evaluate", "r1").as_posix(), resources_file("data").as_posix()
+    ('data/resources/evaluate@r1.json', 'data/resources/data.json')
+    """
+    return RESOURCES / (f"{stage}@{round_name}.json" if round_name else f"{stage}.json")
 
 
 def input_digest_file(stage: str) -> Path:

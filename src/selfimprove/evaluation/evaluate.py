@@ -35,10 +35,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from selfimprove.config.evaluation import EvaluateConfig
-from selfimprove.config.methods import GenerateConfig
 from selfimprove.core.answers import (
     STOP_SEQUENCES,
     answers_match,
@@ -53,8 +52,11 @@ from selfimprove.core.prompts.drop import DROP_STOP_SEQUENCES, drop_prompt
 from selfimprove.core.voting import maj_at_k
 from selfimprove.evaluation.intervals import mean, scores_by_metric
 from selfimprove.evaluation.metrics.drop import drop_em_f1, extract_drop_answer, normalize_span
-from selfimprove.sampling import factory  # factory.make_sampler: tests replace it
+from selfimprove.sampling import factory  # factory.sampler_from_params: tests replace it
 from selfimprove.sampling.base import SamplingParams
+
+if TYPE_CHECKING:
+    from selfimprove.config.runtime import SamplerConfig
 
 
 def score_prediction(output: str, gold: str) -> dict:
@@ -248,16 +250,14 @@ def evaluate(
     cfg: EvaluateConfig,
     seed: int,
     refined: Mapping[str, dict] | None = None,
-    backend: str | None = None,
-    vllm_engine: dict | None = None,
+    sampler_cfg: SamplerConfig | None = None,
 ) -> tuple[dict, dict[str, list[dict]]]:
     """Evaluate one model on every set; return (metrics, predictions by "<set>__<style>").
 
     ``refined``: with ``cfg.refine_iterations`` > 0, the refined outputs of every GSM8K-format
     set and CoT style (:func:`selfimprove.evaluation.refine_at_eval.refine_for_evaluation`, the
     ``evaluate_refine`` stage), scored here as ``<style>_refined``.
-    ``backend``: the sampling backend (``generate.backend``; ``None`` =
-    that key's default); ``vllm_engine``: ``generate.vllm_engine``.
+    ``sampler_cfg``: the ``sampler`` params section (``None`` = its defaults).
 
     ``metrics[set][style]`` is ``{n, strict, flexible, no_answer}`` for a GSM8K-format set and
     ``{n, em, f1, no_answer}`` for a DROP-format one; ``metrics[set]["sc"]`` holds maj@k
@@ -275,10 +275,7 @@ def evaluate(
             "(rerun `dvc repro data`, data.eval.<name>.n >= 1)"
         )
     formats = {name: set_format(records, name) for name, records in eval_sets.items()}
-    backend = backend or GenerateConfig.model_fields["backend"].default
-    sampler = factory.make_sampler(
-        model_dir, backend, cfg.dtype, cfg.batch_size, vllm_engine=vllm_engine
-    )
+    sampler = factory.sampler_from_params(sampler_cfg, model_dir)
     limited = {n: (r[: cfg.limit] if cfg.limit else r) for n, r in eval_sets.items()}
     # greedy passes: one sampler call per (format, style) over all the sets of that format (same
     # prefix, stops and params), so the decoding batch stays full across sets

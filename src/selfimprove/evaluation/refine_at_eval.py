@@ -19,11 +19,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from selfimprove.config.evaluation import EvaluateConfig
-from selfimprove.config.methods import GenerateConfig, RefineConfig
+from selfimprove.config.methods import RefineConfig
+from selfimprove.config.runtime import SamplerConfig
 from selfimprove.core.answers import STOP_SEQUENCES
 from selfimprove.evaluation.evaluate import _greedy, _pooled_pass, refined_styles, set_format
 from selfimprove.methods.refine import refine_outputs
-from selfimprove.sampling import factory  # factory.make_sampler: tests replace it
+from selfimprove.sampling import factory  # factory.sampler_from_params: tests replace it
 
 
 def refine_for_evaluation(
@@ -32,23 +33,19 @@ def refine_for_evaluation(
     cfg: EvaluateConfig,
     seed: int,
     refine: RefineConfig | None = None,
-    backend: str | None = None,
-    vllm_engine: dict | None = None,
+    sampler_cfg: SamplerConfig | None = None,
 ) -> dict[str, dict]:
     """The refined greedy outputs of every GSM8K-format set and CoT style (see the module
     docstring); ``{}`` without loading a model when nothing is to be refined.
 
-    ``refine``: the ``refine`` params section (``None`` = its defaults); ``backend``,
-    ``vllm_engine``: as for :func:`selfimprove.evaluation.evaluate.evaluate`.
+    ``refine``: the ``refine`` params section (``None`` = its defaults); ``sampler_cfg``: the
+    ``sampler`` section, as for :func:`selfimprove.evaluation.evaluate.evaluate`.
     """
     sets = {n: r for n, r in eval_sets.items() if r and set_format(r, n) == "gsm"}
     styles = refined_styles(cfg)
     if not sets or not styles:
         return {}
-    backend = backend or GenerateConfig.model_fields["backend"].default
-    sampler = factory.make_sampler(
-        model_dir, backend, cfg.dtype, cfg.batch_size, vllm_engine=vllm_engine
-    )
+    sampler = factory.sampler_from_params(sampler_cfg, model_dir)
     limited = {n: (r[: cfg.limit] if cfg.limit else r) for n, r in sets.items()}
     rcfg = (refine or RefineConfig()).model_copy(update={"max_iterations": cfg.refine_iterations})
     out: dict[str, dict] = {}

@@ -28,13 +28,14 @@ import logging
 from pathlib import Path
 
 from selfimprove.config.methods import GenerateConfig
+from selfimprove.config.runtime import SamplerConfig
 from selfimprove.core.digest import file_sha256, text_sha256
 from selfimprove.core.io import read_jsonl, write_json, write_jsonl
 from selfimprove.core.prompts import build_prompt
 from selfimprove.methods.ray_generate import resolve_address, sample_on_ray
 from selfimprove.methods.shards import TIMING_KEYS, Shard, run_settings, sample_shard
 from selfimprove.sampling.base import SamplingParams
-from selfimprove.sampling.factory import make_sampler
+from selfimprove.sampling.factory import sampler_from_params
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +138,11 @@ def generate(
     cfg: GenerateConfig,
     seed: int,
     shard_dir: str | Path | None = None,
+    sampler_cfg: SamplerConfig | None = None,
 ) -> tuple[list[dict], dict]:
     """Sample ``cfg.num_paths`` paths per question; return (records, stats).
+
+    ``sampler_cfg``: the ``sampler`` params section (``None`` = its defaults).
 
     Questions are sampled in shards of ``cfg.shard_size``; question ``i`` (after ``limit``)
     always uses the seeds of index ``i``. With ``shard_dir``, finished shards are saved there
@@ -165,7 +169,7 @@ def generate(
         shard_dir = Path(shard_dir)
         shard_dir.mkdir(parents=True, exist_ok=True)
         _clean_shard_dir(shard_dir, len(starts))
-        settings = run_settings(model_dir, cfg, seed, prefix)
+        settings = run_settings(model_dir, cfg, seed, prefix, sampler_cfg)
 
     done: dict[int, list[dict]] = {}
     pending: list[Shard] = []
@@ -204,16 +208,24 @@ def generate(
     address = resolve_address(cfg)
     ray_stats = None
     if pending and address is None:
-        sampler = make_sampler(
-            model_dir, cfg.backend, cfg.dtype, cfg.batch_size, vllm_engine=cfg.vllm_engine
-        )
+        sampler = sampler_from_params(sampler_cfg, model_dir)
         for shard in pending:
             finished(shard, *sample_shard(sampler, prefix, shard, params, len(starts)))
     elif pending:
         if settings is None:
-            settings = run_settings(model_dir, cfg, seed, prefix)
+            settings = run_settings(model_dir, cfg, seed, prefix, sampler_cfg)
         ray_stats = sample_on_ray(
-            address, model_dir, cfg, seed, settings, prefix, params, pending, len(starts), finished
+            address,
+            model_dir,
+            cfg,
+            seed,
+            settings,
+            prefix,
+            params,
+            pending,
+            len(starts),
+            finished,
+            sampler_cfg,
         )
     if reused:
         log.info("reused %d of %d shards from %s", reused, len(starts), shard_dir)
@@ -223,7 +235,7 @@ def generate(
     n_tokens = sum(sum(r["n_tokens"]) for r in records)
     no_answer = sum(a is None for r in records for a in r["answers"])
     stats = {
-        "backend": cfg.backend,
+        "backend": (sampler_cfg or SamplerConfig()).backend,
         "n_questions": len(records),
         "n_paths": n_paths,
         "no_answer_rate": no_answer / n_paths if n_paths else 0.0,

@@ -25,6 +25,7 @@ import shutil
 from pathlib import Path
 
 from selfimprove.config.methods import MetaSkillConfig
+from selfimprove.config.runtime import SamplerConfig
 from selfimprove.core.answers import answers_match, extract_answer, gold_answer
 from selfimprove.core.io import InputError
 from selfimprove.core.prompts.feedback import build_feedback_prompt, build_refine_prompt
@@ -226,17 +227,15 @@ def meta_skill(
     feedback_max_new_tokens: int = 64,
     teacher=None,
     sampler=None,
-    backend: str | None = None,
-    vllm_engine: dict | None = None,
+    sampler_cfg: SamplerConfig | None = None,
 ) -> tuple[list[dict], dict]:
     """Round 0's model in ``out_dir``: ``model_dir`` fine-tuned on the meta-skill corpus
     (method self/lmsi_self), else a copy. Returns ``(corpus, info)``.
 
     ``n_shots`` / ``feedback_max_new_tokens`` are the refine step's (``refine.n_shots``,
     ``refine.feedback_max_new_tokens``): the corpus uses the prompts the rounds use.
-    ``teacher`` / ``sampler`` override the configured ones (tests). ``backend``: the sampling
-    backend (``generate.backend``; ``None`` = that key's default); ``vllm_engine``:
-    ``generate.vllm_engine``.
+    ``teacher`` / ``sampler`` override the configured ones (tests). ``sampler_cfg``: the
+    ``sampler`` params section (``None`` = its defaults; an lm teacher samples with it too).
     """
     from selfimprove.recipes import get_recipe
 
@@ -253,17 +252,16 @@ def meta_skill(
 
     if teacher is None:  # checked (endpoint health, model folder) before any sampling
         teacher = make_teacher(
-            cfg, n_shots=cfg.teacher_n_shots, max_new_tokens=feedback_max_new_tokens
+            cfg,
+            n_shots=cfg.teacher_n_shots,
+            max_new_tokens=feedback_max_new_tokens,
+            sampler_cfg=sampler_cfg,
         )
     own_sampler = sampler is None
     if own_sampler:
-        from selfimprove.config.methods import GenerateConfig
-        from selfimprove.sampling.factory import make_sampler
+        from selfimprove.sampling.factory import sampler_from_params
 
-        backend = backend or GenerateConfig.model_fields["backend"].default
-        sampler = make_sampler(
-            model_dir, backend, cfg.dtype, cfg.batch_size, vllm_engine=vllm_engine
-        )
+        sampler = sampler_from_params(sampler_cfg, model_dir)
     initial = sample_initial(sampler, seed_records, cfg, seed)
     if own_sampler:
         del sampler

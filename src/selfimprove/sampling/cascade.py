@@ -119,46 +119,76 @@ def register_attention() -> None:
 # spare tail columns a rebuilt cache gets: decode steps that write in place before a realloc
 _HEADROOM = 32
 
+#: what the tail store allocated: buffers, bytes, and the longest row (tests bound them)
+STORE_STATS = {"buffers": 0, "bytes": 0, "max_width": 0}
+
+
+def _store(like, guard: int, rows: int, row_len: int):
+    """Zeroed slot-major store [guard + rows * row_len, H, D] like ``like`` [.., H, .., D] (every
+    slot finite: a masked score times a value must stay finite)."""
+    h, d = like.shape[1], like.shape[-1]
+    STORE_STATS["buffers"] += 1
+    STORE_STATS["bytes"] += (guard + rows * row_len) * h * d * like.element_size()
+    STORE_STATS["max_width"] = max(STORE_STATS["max_width"], row_len)
+    return like.new_zeros(guard + rows * row_len, h, d)
+
+
+def _rows_of(buf, guard: int, rows: int, row_len: int):
+    """The rows' own slots of a store: [rows, row_len, H, D]."""
+    return buf[guard:].view(rows, row_len, buf.shape[1], buf.shape[2])
+
 
 @functools.cache
 def tail_layer_class():
-    """A transformers ``DynamicLayer`` whose keys/values are views of buffers with spare columns.
+    """A transformers ``DynamicLayer`` whose keys/values live in a store of ``row_len`` slots
+    per row, read as a [B, H, width, D] view.
 
-    ``keys``/``values`` are ``buffer[:, :, :end]``; a decode step writes its column at ``end``
-    in place (``DynamicLayer`` concatenates, copying the whole cache every step). When the
-    buffer is full, the next update reallocates with ``_HEADROOM`` spare columns.
+    Row ``b``'s column ``t`` is slot ``start + b * row_len + (t - start)`` of the store, where
+    ``start`` <= every row's first attended column: a row keeps only its tail (and spare
+    slots), while its leading pad columns - masked, so only their being finite matters - read
+    the previous row's slots (row 0's: a zeroed guard of ``start`` slots). The attention kernel
+    sees the same width and the same values in every attended column as with one padded buffer
+    per row, so the same outputs, bit for bit (tests/unit/test_sampler.py). A decode step
+    writes its column in place (``DynamicLayer`` concatenates, copying the whole cache every
+    step); when
+    a row's slots are full, the next update moves the store to one ``_HEADROOM`` slots longer.
     """
     from transformers.cache_utils import DynamicLayer
 
     class TailLayer(DynamicLayer):
         _kb = _vb = None
-        _end = 0
+        _rows = _row_len = _start = _end = 0
 
-        def adopt(self, kb, vb, end: int) -> None:
-            """Take buffers ``kb``/``vb`` [B, H, capacity, D] holding data in columns ``:end``."""
-            self._kb, self._vb, self._end = kb, vb, end
-            self.keys, self.values = kb[:, :, :end], vb[:, :, :end]
+        def adopt(self, kb, vb, rows: int, row_len: int, start: int, end: int) -> None:
+            """Take stores ``kb``/``vb`` (:func:`_store`, guard ``start``) holding columns
+            ``start:end`` of every row."""
+            import torch
+
+            self._kb, self._vb = kb, vb
+            self._rows, self._row_len, self._start, self._end = rows, row_len, start, end
+            h, d = kb.shape[1], kb.shape[2]
+            shape, stride = (rows, h, end, d), (row_len * h * d, d, h * d, 1)
+            offset = 0  # row 0's column 0 is the guard's first slot
+            self.keys = torch.as_strided(kb, shape, stride, offset)
+            self.values = torch.as_strided(vb, shape, stride, offset)
             self.is_initialized = True
             self.dtype, self.device = kb.dtype, kb.device
 
         def update(self, key_states, value_states, *args, **kwargs):
-            import torch
-
-            end = self._end + key_states.shape[-2]
-            if self._kb is None or end > self._kb.shape[2]:  # first update, or the buffer is full
-                keys, values = key_states, value_states
-                if self._kb is not None:
-                    keys = torch.cat([self.keys, key_states], dim=-2)
-                    values = torch.cat([self.values, value_states], dim=-2)
-                b, h, t, d = keys.shape
-                kb = keys.new_empty(b, h, t + _HEADROOM, d)
-                vb = values.new_empty(b, h, t + _HEADROOM, values.shape[-1])
-                kb[:, :, :t], vb[:, :, :t] = keys, values
-                self.adopt(kb, vb, t)
-            else:
-                self._kb[:, :, self._end : end] = key_states
-                self._vb[:, :, self._end : end] = value_states
-                self.adopt(self._kb, self._vb, end)
+            if self._kb is None:  # not a rebuilt cache: transformers' own layer
+                return super().update(key_states, value_states, *args, **kwargs)
+            rows, s, old = self._rows, self._start, self._end
+            end = old + key_states.shape[-2]
+            kb, vb, row_len = self._kb, self._vb, self._row_len
+            if end - s > row_len:  # a row's slots are full: a longer store
+                row_len = end - s + _HEADROOM
+                kb, vb = _store(kb, s, rows, row_len), _store(vb, s, rows, row_len)
+                for new, prev in ((kb, self._kb), (vb, self._vb)):
+                    dst = _rows_of(new, s, rows, row_len)
+                    dst[:, : old - s] = _rows_of(prev, s, rows, self._row_len)[:, : old - s]
+            _rows_of(kb, s, rows, row_len)[:, old - s : end - s] = key_states.transpose(1, 2)
+            _rows_of(vb, s, rows, row_len)[:, old - s : end - s] = value_states.transpose(1, 2)
+            self.adopt(kb, vb, rows, row_len, s, end)
             return self.keys, self.values
 
     return TailLayer
@@ -170,7 +200,11 @@ def rebuild(old, new, new_cache, headroom: int | None = None):
     old: (cache, valid, pos, logits, keep index) or None; new: ((cache, valid, pos, logits),
     pick index: the prefill row of every new sample row) or None. Returns (cache, valid, pos,
     logits); each tensor is copied once (pad columns zeroed: masked scores times a value must
-    stay finite).
+    stay finite), and each layer of the old caches is released as soon as it is copied (they
+    are not used afterwards), so a rebuild holds one layer twice, not the whole cache. The
+    width (every row right-aligned to the oldest column still kept) grows over a ``sample``
+    call as before - the attention kernel sees the same columns - but each row stores only its
+    own tail (:func:`tail_layer_class`); padded rows took one more column per decode step.
     """
     import torch
     import torch.nn.functional as F
@@ -186,24 +220,29 @@ def rebuild(old, new, new_cache, headroom: int | None = None):
     if not parts:
         return None, None, None, None
     width = max(v.shape[1] for _, v, _, _, _ in parts)
+    # first column any row attends to (rows are right-aligned, each valid to the end)
+    start = min(width - v.shape[1] + int(v.any(0).byte().argmax()) for _, v, _, _, _ in parts)
     rows = sum(v.shape[0] for _, v, _, _, _ in parts)
+    row_len = width - start + headroom
     cache = new_cache()
     layer_cls = tail_layer_class()
     cache.layers = [layer_cls() for _ in parts[0][0].layers]
     for li, layer in enumerate(cache.layers):
         k0, v0 = parts[0][0].layers[li].keys, parts[0][0].layers[li].values
-        kb = k0.new_empty(rows, k0.shape[1], width + headroom, k0.shape[-1])
-        vb = v0.new_empty(rows, v0.shape[1], width + headroom, v0.shape[-1])
+        kb, vb = _store(k0, start, rows, row_len), _store(v0, start, rows, row_len)
+        krows, vrows = _rows_of(kb, start, rows, row_len), _rows_of(vb, start, rows, row_len)
         r = 0
         for c, _, _, _, idx in parts:
             k, val = c.layers[li].keys, c.layers[li].values
             t, nb = k.shape[2], len(idx)
-            kb[r : r + nb, :, : width - t].zero_()
-            vb[r : r + nb, :, : width - t].zero_()
-            kb[r : r + nb, :, width - t : width] = k[idx]
-            vb[r : r + nb, :, width - t : width] = val[idx]
+            lo = max(start, width - t)  # this part's first column in the store (all before: pad)
+            cut = lo - (width - t)
+            krows[r : r + nb, lo - start : width - start] = k[idx, :, cut:].transpose(1, 2)
+            vrows[r : r + nb, lo - start : width - start] = val[idx, :, cut:].transpose(1, 2)
             r += nb
-        layer.adopt(kb, vb, width)
+        layer.adopt(kb, vb, rows, row_len, start, width)
+        for c, _, _, _, _ in parts:  # the old layer is copied: free it now, not after all layers
+            c.layers[li] = type(c.layers[li])()
     valid = torch.cat([F.pad(v, (width - v.shape[1], 0), value=False) for _, v, _, _, _ in parts])
     pos = torch.cat([p for _, _, p, _, _ in parts])
     logits = torch.cat([lg for _, _, _, lg, _ in parts])

