@@ -168,7 +168,8 @@ def _disk_full(e: OSError, out_dir: Path) -> DiskFullError:
 
 #: keys of the returned info that describe this run rather than its result: left out of the
 #: model folder's ``finetune_info.json`` (everything in the folder is a pure function of the
-#: inputs, so reruns and resumed runs give the same bytes); the stage keeps them in finetune.json
+#: inputs, so reruns and resumed runs give the same bytes); the stage writes them to the untracked
+#: data/resources/finetune@<round>.timings.json (core.timings), not to the cached finetune.json
 RUN_KEYS = ("runtime_s", "resumed_from_step")
 
 
