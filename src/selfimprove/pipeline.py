@@ -153,9 +153,13 @@ def peak_rss_bytes() -> dict[str, int]:
     return {"peak_rss_bytes": max(own, children), "self": own, "children": children}
 
 
-def record_resources(stage: str, round_name: str | None, wall_s: float) -> Path:
+def record_resources(stage: str, round_name: str | None, wall_s: float) -> Path | None:
     """Write what this run of ``stage`` used (peak RSS, wall time, threads) to
-    :func:`selfimprove.core.paths.resources_file`; returns its path."""
+    :func:`selfimprove.core.paths.resources_file`; returns its path. Under a distributed launch
+    only the global rank 0 writes (the other processes leave their project copy untouched);
+    returns None there."""
+    if os.environ.get("RANK", "0") != "0":
+        return None
     import torch
 
     from selfimprove.core.io import write_json

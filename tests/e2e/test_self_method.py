@@ -110,9 +110,10 @@ def test_inference_time_refinement_is_scored_by_evaluate(project):
     for rnd in ("r0", "r1"):
         refined = json.loads((proj / "data/rounds" / rnd / "eval_refined.json").read_text())
         assert set(refined) == {"arith__fewshot_cot", "arith__zeroshot_cot"}
-        metrics = json.loads((proj / "data/rounds" / rnd / "metrics.json").read_text())
+        # every figure is in scores.json (metrics.json holds the headline accuracies only)
+        scores = json.loads((proj / "data/rounds" / rnd / "scores.json").read_text())
         for style in ("fewshot_cot", "zeroshot_cot"):
-            got = metrics["arith"][f"{style}_refined"]
+            got = scores["arith"][f"{style}_refined"]
             assert got["n"] == len(refined[f"arith__{style}"]["outputs"]) == 4
             assert got["refine"] == refined[f"arith__{style}"]["refine"]
 
