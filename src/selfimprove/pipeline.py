@@ -136,10 +136,13 @@ def apply_compute(cfg) -> None:
                 "compute.threads=%s overrides %s=%s from the environment", n, var, os.environ[var]
             )
         os.environ[var] = n
-    import torch
+    # torch reads the thread variables when it is imported and "highest" is its default precision:
+    # a stage that never imports torch (inputs, data, filter, report) does not pay its import here
+    if "torch" in sys.modules or cfg.matmul_precision != "highest":
+        import torch
 
-    torch.set_num_threads(cfg.threads)
-    torch.set_float32_matmul_precision(cfg.matmul_precision)
+        torch.set_num_threads(cfg.threads)
+        torch.set_float32_matmul_precision(cfg.matmul_precision)
 
 
 def peak_rss_bytes() -> dict[str, int]:
@@ -160,9 +163,9 @@ def record_resources(stage: str, round_name: str | None, wall_s: float) -> Path 
     returns None there."""
     if os.environ.get("RANK", "0") != "0":
         return None
-    import torch
-
     from selfimprove.core.io import write_json
+
+    torch = sys.modules.get("torch")  # None when the stage never needed it
 
     rss = peak_rss_bytes()
     path = resources_file(stage, round_name)
@@ -176,7 +179,7 @@ def record_resources(stage: str, round_name: str | None, wall_s: float) -> Path 
             "peak_rss_children_bytes": rss["children"],
             "peak_rss_mb": round(rss["peak_rss_bytes"] / 2**20, 1),
             "wall_s": round(wall_s, 2),
-            "torch_threads": torch.get_num_threads(),
+            "torch_threads": torch.get_num_threads() if torch is not None else None,
         },
     )
     log.info("%s: peak RSS %.0f MB, %.1f s", path.stem, rss["peak_rss_bytes"] / 2**20, wall_s)
