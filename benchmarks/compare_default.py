@@ -1,19 +1,19 @@
 """Compare a run's held-out metrics with a reference run, within a tolerance; prints JSON.
 
-    python benchmarks/compare_default.py                      # data/rounds vs the README's run
+    python benchmarks/compare_default.py                      # data/rounds vs the locked reference
     python benchmarks/compare_default.py --rerun              # `dvc repro` first, then compare
     python benchmarks/compare_default.py --tolerance 0.05 --reference benchmarks/results/X
     python benchmarks/compare_default.py --no-intervals      # leave the ``ci`` bounds out
 
 The reference is a folder with ``<round>/scores.json`` (what a run's ``data/rounds`` holds;
-``benchmarks/results/`` keeps the README's runs, made before the split, whose ``metrics.json``
+``benchmarks/results/`` keeps the runs of the docs, made before the split, whose ``metrics.json``
 holds every score: either is read, by ``selfimprove.evaluation.headline.read_round_scores``).
 Every numeric leaf of every reference round's scores (accuracies, maj@k, EM/F1, no-answer
 rates, intervals; the ``n`` counts must match exactly) is compared: ``|run - reference| <=
 tolerance``. ``--no-intervals`` leaves out the bootstrap interval bounds (``<set>.<style>.ci.*``;
 they move when only the bootstrap code changes) and compares every other metric. Tolerance 0
 (the default) asks for identical figures: what the same lock on the same machine type gives for
-greedy metrics. Across machines use the spread the README states. Exit code 0 when everything is
+greedy metrics. Across machines use docs/reproducibility.md's spread. Exit code 0 when everything is
 within tolerance, 1 otherwise; the last line of stdout is one JSON object.
 """
 

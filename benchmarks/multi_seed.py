@@ -14,7 +14,7 @@ settings: ``star``/``rest_em`` retrain from the base model each round, as the pa
 data seed is fixed, so every run trains and evaluates on the same questions and only sampling and
 training vary. The first method of each seed runs before the others of that seed: every stage
 whose deps and params the methods share (data, warm start, round 0's evaluation, round 1's
-sampling) is then restored from the run cache instead of recomputed. (In the README's runs,
+sampling) is then restored from the run cache instead of recomputed. (In the kept runs,
 made before, round 1's sampling was recomputed: DVC saves no run-cache entry for a stage with a
 plain ``cache: false`` output, which generate.json then was; tests/integration/test_run_cache.py
 now shows it restored.)

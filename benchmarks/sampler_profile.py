@@ -2,7 +2,7 @@
 
 Same workload as ``benchmarks/sampler.py`` (gsm_symbolic questions, the 8-shot CoT prompt, m = 8,
 T = 0.7, 128 new tokens); prints the sampler's own time split (``last_stats``) and the operator
-table (self CPU time). The README's profile figures came from:
+table (self CPU time). The profile figures in docs/speed.md came from:
 
     python benchmarks/sampler_profile.py --n 16 --batch-size 128
 """

@@ -237,8 +237,8 @@ class MetaSkillConfig(Section):
         True,
         description="Also ask the teacher for feedback on each seed question's gold solution, so "
         "the corpus holds approvals. A small model's sampled answers are mostly wrong (12.5% right "
-        "on the default); without approvals SmolLM2 learned to call every answer wrong (README, "
-        "Results).",
+        "on the default); without approvals SmolLM2 learned to call every answer wrong "
+        "(docs/findings.md).",
     )
     balance_verdicts: bool = Field(
         True,
