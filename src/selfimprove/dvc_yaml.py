@@ -32,11 +32,13 @@ SHARED = "shared_deps"
 CMD = re.compile(r"python -m stages\.(\w+)(\s|$)")
 #: where a stage's deps go when dvc.in.yaml gives it none: before the first of these keys
 _AFTER_DEPS = ("params", "outs", "metrics", "plots")
+#: the comment that opens a stage's own deps in dvc.yaml
+OWN = "its own step and data"
 HEADER = """\
 # GENERATED from dvc.in.yaml by `make dvc.yaml` (python -m selfimprove.dvc_yaml): edit dvc.in.yaml
 # and rerun it, not this file (tests/unit/test_dvc_yaml.py fails when this copy is stale). Every
 # stage's deps begin with the same lines: stages/__init__.py, its stages/<name>.py and the code
-# every stage runs (dvc.in.yaml's shared_deps); then come its own step and its data.
+# every stage runs (dvc.in.yaml's shared_deps); then, after `# its own step and data`, the rest.
 #
 """
 
@@ -64,7 +66,7 @@ def render(spec_text: str) -> str:
     ...   data:
     ...     cmd: python -m stages.data
     ...     deps:
-    ...       - src/selfimprove/data  # its own step
+    ...       - src/selfimprove/data
     ...     outs:
     ...       - data/prepared
     ... '''
@@ -76,7 +78,8 @@ def render(spec_text: str) -> str:
           - stages/__init__.py
           - stages/data.py
           - src/selfimprove/pipeline.py
-          - src/selfimprove/data  # its own step
+          # its own step and data
+          - src/selfimprove/data
         outs:
           - data/prepared
     """
@@ -110,6 +113,9 @@ def render(spec_text: str) -> str:
             )
         for i, dep in enumerate(first):
             deps.insert(i, dep)
+        if len(deps) > len(first):  # a line where the stage's own deps begin
+            indent = 8 if body is not stage else 6  # a foreach stage's `do:` is one level deeper
+            deps.yaml_set_comment_before_after_key(len(first), before=OWN, indent=indent)
     out = io.StringIO()
     y.dump(spec, out)
     return HEADER + out.getvalue()
