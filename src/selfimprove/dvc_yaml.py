@@ -29,7 +29,8 @@ SPEC = "dvc.in.yaml"
 OUT = "dvc.yaml"
 #: the key of dvc.in.yaml that lists the deps of every stage (not written to dvc.yaml)
 SHARED = "shared_deps"
-CMD = re.compile(r"python -m stages\.(\w+)(\s|$)")
+#: the stage module a cmd runs: ``python -m stages.<name>`` (or another launcher's ``-m``)
+CMD = re.compile(r"(?:^|\s)-m\s+stages\.(\w+)(?:\s|$)")
 #: where a stage's deps go when dvc.in.yaml gives it none: before the first of these keys
 _AFTER_DEPS = ("params", "outs", "metrics", "plots")
 #: the comment that opens a stage's own deps in dvc.yaml
@@ -95,7 +96,7 @@ def render(spec_text: str) -> str:
     for name, stage in spec["stages"].items():
         body = stage.get("do", stage) if isinstance(stage, dict) else None
         cmd = body.get("cmd") if isinstance(body, dict) else None
-        m = CMD.match(cmd) if isinstance(cmd, str) else None
+        m = CMD.search(cmd) if isinstance(cmd, str) else None
         if m is None:
             raise SpecError(f"{SPEC}: stage {name}: cmd {cmd!r} is not `python -m stages.<name>`")
         first = ["stages/__init__.py", f"stages/{m.group(1)}.py", *shared]
@@ -121,6 +122,27 @@ def render(spec_text: str) -> str:
     return HEADER + out.getvalue()
 
 
+def differences(old: str, new: str, first: str = "first", second: str = "second") -> list[str]:
+    """What differs between two dvc.yaml texts, stage by stage (``comments`` when only
+    comments or layout do).
+
+    >>> differences("stages: {a: {cmd: x}, b: {cmd: y}}", "stages: {a: {cmd: z}, c: {cmd: y}}")
+    ['only in the first: b', 'only in the second: c', 'a: cmd']
+    """
+    import yaml
+
+    a, b = yaml.safe_load(old) or {}, yaml.safe_load(new) or {}
+    sa, sb = a.get("stages") or {}, b.get("stages") or {}
+    out = [f"only in the {first}: {s}" for s in sa if s not in sb]
+    out += [f"only in the {second}: {s}" for s in sb if s not in sa]
+    for s in (s for s in sa if s in sb and sa[s] != sb[s]):
+        x, y = sa[s].get("do", sa[s]), sb[s].get("do", sb[s])
+        keys = [k for k in dict.fromkeys([*x, *y]) if x.get(k) != y.get(k)] or ["foreach"]
+        out.append(f"{s}: {', '.join(keys)}")
+    out += [k for k in dict.fromkeys([*a, *b]) if k != "stages" and a.get(k) != b.get(k)]
+    return out or ["comments"]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m selfimprove.dvc_yaml",
@@ -140,7 +162,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         if out.is_file() and out.read_text() == text:
             return 0
-        print(f"{OUT} is stale: it is not what {SPEC} gives; run `make dvc.yaml`", file=sys.stderr)
+        what = [f"no {OUT}"]
+        if out.is_file():
+            what = differences(out.read_text(), text, OUT, f"rendering of {SPEC}")
+        print(
+            f"{OUT} is stale: it is not what {SPEC} gives ({'; '.join(what)}); port any hand "
+            f"edit of {OUT} to {SPEC}, then run `make dvc.yaml`",
+            file=sys.stderr,
+        )
         return 1
     if not out.is_file() or out.read_text() != text:
         from selfimprove.core.io import atomic_path

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from selfimprove.dvc_yaml import HEADER, OUT, SPEC, SpecError, main, render
+from selfimprove.dvc_yaml import HEADER, OUT, SPEC, SpecError, differences, main, render
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -70,6 +70,7 @@ def test_every_stage_gets_its_script_and_the_shared_deps():
     "edit, error",
     [
         (("cmd: python -m stages.data", "cmd: python stages/data.py"), "stage data: cmd"),
+        (("cmd: python -m stages.data", "cmd: python -m stagesX.data"), "stage data: cmd"),
         (("  - src/selfimprove/methods/filter.py", "  - src/selfimprove/pipeline.py"), "lists"),
         (("shared_deps:\n  - src/selfimprove/pipeline.py\n", ""), "shared_deps"),
     ],
@@ -86,9 +87,17 @@ def test_check_fails_on_a_stale_copy_and_writing_fixes_it(tmp_path, monkeypatch,
     assert main([]) == 0 and main(["--check"]) == 0
     (tmp_path / SPEC).write_text(TINY.replace("- filter\n", "- filter\n        - seed\n"))
     assert main(["--check"]) == 1
-    assert "dvc.yaml is stale" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "dvc.yaml is stale" in err and "(filter: params)" in err
     assert main([]) == 0 and main(["--check"]) == 0
     assert "- seed" in (tmp_path / OUT).read_text()
     (tmp_path / SPEC).write_text("stages: [\n")
     assert main([]) == 2
     assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_another_launcher_and_a_comment_only_change():
+    spec = TINY.replace("python -m stages.data", "accelerate launch -m stages.data --x 1")
+    assert yaml.safe_load(render(spec))["stages"]["data"]["deps"][1] == "stages/data.py"
+    edited = render(TINY).replace("# its step", "# its step, reworded")
+    assert differences(render(TINY), edited) == ["comments"]
