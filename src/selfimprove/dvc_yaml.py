@@ -122,7 +122,9 @@ def render(spec_text: str) -> str:
     return HEADER + out.getvalue()
 
 
-def differences(old: str, new: str, first: str = "first", second: str = "second") -> list[str]:
+def differences(
+    old: str, new: str, first: str = "the first", second: str = "the second"
+) -> list[str]:
     """What differs between two dvc.yaml texts, stage by stage (``comments`` when only
     comments or layout do).
 
@@ -133,8 +135,8 @@ def differences(old: str, new: str, first: str = "first", second: str = "second"
 
     a, b = yaml.safe_load(old) or {}, yaml.safe_load(new) or {}
     sa, sb = a.get("stages") or {}, b.get("stages") or {}
-    out = [f"only in the {first}: {s}" for s in sa if s not in sb]
-    out += [f"only in the {second}: {s}" for s in sb if s not in sa]
+    out = [f"only in {first}: {s}" for s in sa if s not in sb]
+    out += [f"only in {second}: {s}" for s in sb if s not in sa]
     for s in (s for s in sa if s in sb and sa[s] != sb[s]):
         x, y = sa[s].get("do", sa[s]), sb[s].get("do", sb[s])
         keys = [k for k in dict.fromkeys([*x, *y]) if x.get(k) != y.get(k)] or ["foreach"]
@@ -164,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         what = [f"no {OUT}"]
         if out.is_file():
-            what = differences(out.read_text(), text, OUT, f"rendering of {SPEC}")
+            what = differences(out.read_text(), text, OUT, f"the rendering of {SPEC}")
         print(
             f"{OUT} is stale: it is not what {SPEC} gives ({'; '.join(what)}); port any hand "
             f"edit of {OUT} to {SPEC}, then run `make dvc.yaml`",
