@@ -71,6 +71,12 @@ repro: setup
 	selfimprove check
 	dvc repro
 
+# dvc.yaml is generated: edit dvc.in.yaml (each stage's own deps, params, outs; the deps every
+# stage shares written once), then `make dvc.yaml` (tests/unit/test_dvc_yaml.py fails on a stale copy)
+.PHONY: dvc.yaml
+dvc.yaml: setup
+	$(PY) -m selfimprove.dvc_yaml
+
 # One pytest worker per core (pytest-xdist), one thread each: measured here (2 cores) 961 tests in
 # 11-16 min, where one process took ~28 min. `pytest -n 0` runs them in one process (debugging).
 test: setup docs

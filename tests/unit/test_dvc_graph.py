@@ -177,7 +177,8 @@ def test_every_stage_depends_on_every_module_it_runs():
     lines = [f"  {stage}: {', '.join(files)}" for stage, files in missing.items()]
     assert not missing, (
         "dvc.yaml: these stages run modules their deps do not cover (edit one and `dvc repro` "
-        "keeps the stale result); add each file, or a folder above it, to the stage's deps:\n"
+        "keeps the stale result); add each file, or a folder above it, to the stage's deps in "
+        "dvc.in.yaml (dvc.yaml is generated from it: then run `make dvc.yaml`):\n"
         + "\n".join(lines)
     )
 
@@ -401,4 +402,7 @@ def test_every_code_dep_exists():
         for dep in body.get("deps", [])
         if dep.startswith(("src/", "stages/")) and not (ROOT / dep).exists()
     )
-    assert not stale, f"dvc.yaml deps that do not exist (rename or drop them): {stale}"
+    assert not stale, (
+        f"dvc.yaml deps that do not exist (rename or drop them in dvc.in.yaml, then run "
+        f"`make dvc.yaml`): {stale}"
+    )

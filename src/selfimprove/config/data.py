@@ -79,6 +79,14 @@ class SourceConfig(Section):
         description="source arith: the numbers of arithmetic operations per problem to draw "
         "from (uniformly), a non-empty subset of [1, 2, 3].",
     )
+    max_operand: int | None = Field(
+        None,
+        description="source arith: the largest operand, at least 20 (every range scales with "
+        "it, products < 10 x max_operand), and no problem repeats the computation (operation, "
+        "operands) of an earlier one of the run (held-out sets come first): a bigger unlabeled "
+        "pool, e.g. 64 for 2,048 1-step questions beside the default held-out sets "
+        "(docs/unlabeled-pool.md). null = operands 1-20, the generator's original problems.",
+    )
 
     @field_validator("n")
     @classmethod
@@ -98,8 +106,23 @@ class SourceConfig(Section):
             raise ValueError(f"steps={short(v)}: use a non-empty subset of [1, 2, 3]")
         return sorted(set(v))
 
+    @field_validator("max_operand")
+    @classmethod
+    def _max_operand_range(cls, v: int | None) -> int | None:
+        if v is not None and not 20 <= v <= 10_000:
+            raise ValueError(
+                f"max_operand={v}: use 20 to 10000 (the default problems' operands go to 20), "
+                "or null for the default problems"
+            )
+        return v
+
     @model_validator(mode="after")
     def _source_needs(self) -> SourceConfig:
+        if self.max_operand is not None and self.source != "arith":
+            raise ValueError(
+                f"max_operand={self.max_operand} applies to source arith only (this set's source "
+                f"is {self.source}); remove it"
+            )
         if self.source == "jsonl" and not self.path:
             raise ValueError("source jsonl needs path: the local GSM8K-format .jsonl file")
         if self.source == "drop_jsonl" and not self.path:

@@ -6,6 +6,12 @@ line per operation (``a + b = <<a+b=r>>r``) and a last line ``#### N``. Operands
 (products < 200) and no result is negative. All arith sets of a run draw from one seeded
 :class:`ArithStream`, which never yields two problems with the same text or tuple of numbers
 (:mod:`selfimprove.data.dedupe`).
+
+A set's ``max_operand`` (null by default: the generator above, byte for byte) widens the
+operands to 1-``max_operand`` (every range scales with it, products < 10 x ``max_operand``) and
+also keeps each computation (the problem's (operation, operands) steps, ``+``/``*`` operands
+unordered) distinct from every earlier problem of the run: a bigger training pool that repeats
+no held-out computation (docs/unlabeled-pool.md).
 """
 
 from __future__ import annotations
@@ -90,10 +96,17 @@ _SUB = [
 _THEN = ["Then", "Later", "After that", "The next day", "On Monday", "In the afternoon"]
 
 
-class _Story:
-    """One problem being built: question sentences, solution lines, the running amount."""
+#: the operand scale of the default generator (``max_operand: null``)
+DEFAULT_MAX_OPERAND = 20
 
-    def __init__(self, rng: random.Random) -> None:
+
+class _Story:
+    """One problem being built: question sentences, solution lines, the running amount, its
+    computation (``steps``) and the operand scale ``m`` (20 by default)."""
+
+    def __init__(self, rng: random.Random, m: int = DEFAULT_MAX_OPERAND) -> None:
+        self.m = m
+        self.steps: list[tuple[str, int, int]] = []
         people = rng.sample(_NAMES, 2)
         self.name, self.pron, self.poss = people[0]
         self.friend = people[1][0]
@@ -109,6 +122,7 @@ class _Story:
     def calc(self, a: int, op: str, b: int) -> int:
         r = {"+": a + b, "-": a - b, "*": a * b, "/": a // b}[op]
         self.ops += 1
+        self.steps.append((op, *sorted((a, b))) if op in "+*" else (op, a, b))
         return r
 
     def ann(self, a: int, op: str, b: int, r: int) -> str:
@@ -121,13 +135,15 @@ class _Story:
 
 
 def _open_has(rng: random.Random, s: _Story) -> bool:
-    s.x = rng.randint(2, 20)
+    s.x = rng.randint(2, s.m)
     s.q.append(f"{s.name} has {s.x} {s.item}.")
     return True
 
 
 def _open_groups(rng: random.Random, s: _Story) -> bool:
-    a, b = rng.randint(2, 10), rng.randint(2, 12)
+    a, b = rng.randint(2, s.m // 2), rng.randint(2, 3 * s.m // 5)  # 2-10, 2-12
+    if a * b >= 10 * s.m:  # never by default (10 x 12 < 200)
+        return False
     s.q.append(
         rng.choice(
             [
@@ -144,8 +160,9 @@ def _open_groups(rng: random.Random, s: _Story) -> bool:
 
 
 def _open_sum_groups(rng: random.Random, s: _Story) -> bool:
-    a, b, c = rng.randint(2, 9), rng.randint(2, 9), rng.randint(2, 10)
-    if (a + b) * c >= 200:
+    top = 9 * s.m // 20  # 9
+    a, b, c = rng.randint(2, top), rng.randint(2, top), rng.randint(2, s.m // 2)
+    if (a + b) * c >= 10 * s.m:
         return False
     s.q.append(
         f"{s.name} buys {a} {s.conts} of {s.item} on Monday and {b} {s.conts} on Tuesday. "
@@ -160,9 +177,9 @@ def _open_sum_groups(rng: random.Random, s: _Story) -> bool:
 
 
 def _open_diff_groups(rng: random.Random, s: _Story) -> bool:
-    a, c = rng.randint(3, 15), rng.randint(2, 12)
+    a, c = rng.randint(3, 3 * s.m // 4), rng.randint(2, 3 * s.m // 5)  # 3-15, 2-12
     b = rng.randint(1, a - 1)
-    if (a - b) * c >= 200:
+    if (a - b) * c >= 10 * s.m:
         return False
     s.q.append(
         f"{s.name} has {a} {s.conts} with {c} {s.item} in each {s.cont}. "
@@ -177,7 +194,7 @@ def _open_diff_groups(rng: random.Random, s: _Story) -> bool:
 
 
 def _op_add(rng: random.Random, s: _Story) -> bool:
-    b = rng.randint(1, 20)
+    b = rng.randint(1, s.m)
     q, g = rng.choice(_ADD)
     s.q.append(s.sentence(rng, q.format(b=b, friend=s.friend)))
     y = s.calc(s.x, "+", b)
@@ -191,7 +208,7 @@ def _op_add(rng: random.Random, s: _Story) -> bool:
 def _op_sub(rng: random.Random, s: _Story) -> bool:
     if s.x < 2:
         return False
-    b = rng.randint(1, min(20, s.x - 1))
+    b = rng.randint(1, min(s.m, s.x - 1))
     q, g = rng.choice(_SUB)
     s.q.append(s.sentence(rng, q.format(b=b, friend=s.friend)))
     y = s.calc(s.x, "-", b)
@@ -203,7 +220,7 @@ def _op_sub(rng: random.Random, s: _Story) -> bool:
 
 
 def _op_share(rng: random.Random, s: _Story) -> bool:
-    ds = [d for d in range(2, 11) if s.x % d == 0 and s.x // d >= 2]
+    ds = [d for d in range(2, s.m // 2 + 1) if s.x % d == 0 and s.x // d >= 2]  # 2-10
     if not ds:
         return False
     d = rng.choice(ds)
@@ -219,16 +236,16 @@ def _op_share(rng: random.Random, s: _Story) -> bool:
 
 
 def _money(rng: random.Random, s: _Story, n_items: int, change: bool) -> bool:
-    a, b = rng.randint(2, 10), rng.randint(1, 20)
-    if a * b >= (20 if change else 200):
+    a, b = rng.randint(2, s.m // 2), rng.randint(1, s.m)
+    if a * b >= (20 if change else 10 * s.m):
         return False
     buys = [f"{a} {s.item} for ${b} each"]
     s.x = s.calc(a, "*", b)
     s.sol.append(f"The {s.item} cost {s.ann(a, '*', b, s.x)} dollars.")
     if n_items == 2:
         item2 = rng.choice([i for i in _ITEMS if i != s.item])
-        c, d = rng.randint(2, 10), rng.randint(1, 20)
-        if c * d >= 200:
+        c, d = rng.randint(2, s.m // 2), rng.randint(1, s.m)
+        if c * d >= 10 * s.m:
             return False
         buys.append(f"{c} {item2} for ${d} each")
         k = s.calc(c, "*", d)
@@ -297,14 +314,16 @@ _SHAPES: dict[int, list[Callable[[random.Random, _Story], bool]]] = {
 }
 
 
-def _arith_problem(rng: random.Random, k: int) -> dict:
-    """One problem with exactly ``k`` operations."""
+def _arith_problem(rng: random.Random, k: int, m: int = DEFAULT_MAX_OPERAND) -> tuple[dict, tuple]:
+    """One problem with exactly ``k`` operations, operands scaled by ``m``, and its
+    computation."""
     while True:
-        s = _Story(rng)
+        s = _Story(rng, m)
         if rng.choice(_SHAPES[k])(rng, s) and s.ops == k:
             break
     end = s.question_end or f"How many {s.item} does {s.name} have {s.ending}?"
-    return {"question": " ".join([*s.q, end]), "answer": "\n".join([*s.sol, f"#### {s.x}"])}
+    rec = {"question": " ".join([*s.q, end]), "answer": "\n".join([*s.sol, f"#### {s.x}"])}
+    return rec, tuple(s.steps)
 
 
 class ArithStream:
@@ -312,41 +331,59 @@ class ArithStream:
 
     Each problem draws its number of operations uniformly from the set's ``steps``; a step
     count whose distinct number tuples are used up (1 step: ~380) is dropped for the rest of
-    the stream, so the mix shifts to the other step counts (``steps_made`` records it).
+    the stream (for that ``max_operand``), so the mix shifts to the other step counts
+    (``steps_made`` records it). The stream records every computation it yields; a set with a
+    ``max_operand`` also skips a problem whose computation is already there.
     """
 
     def __init__(self, rng: random.Random) -> None:
         self.rng = rng
-        self.exhausted: set[int] = set()
+        self.exhausted: set[tuple[int, int | None]] = set()
+        self.computations: set[tuple] = set()
 
     def take(
-        self, n: int, steps: list[int], seen_numbers: set, seen_text: set, what: str
+        self,
+        n: int,
+        steps: list[int],
+        seen_numbers: set,
+        seen_text: set,
+        what: str,
+        max_operand: int | None = None,
     ) -> tuple[list[dict], dict[str, int]]:
         out: list[dict] = []
         made = {str(k): 0 for k in steps}
         misses = dict.fromkeys(steps, 0)
+        m = max_operand or DEFAULT_MAX_OPERAND
         while len(out) < n:
-            active = [k for k in steps if k not in self.exhausted]
+            active = [k for k in steps if (k, max_operand) not in self.exhausted]
             if not active:
-                raise too_few(what, len(out), n, " or add step counts, e.g. steps: [1, 2, 3]")
+                hint = " or add step counts, e.g. steps: [1, 2, 3], or set max_operand above "
+                hint += f"{m} (docs/unlabeled-pool.md)"
+                raise too_few(what, len(out), n, hint)
             k = self.rng.choice(active)
-            rec = _arith_problem(self.rng, k)
-            if not claim(rec, seen_numbers, seen_text):
+            rec, comp = _arith_problem(self.rng, k, m)
+            repeat = max_operand is not None and comp in self.computations
+            if repeat or not claim(rec, seen_numbers, seen_text):
                 misses[k] += 1
                 if misses[k] > MAX_MISSES:
-                    self.exhausted.add(k)
+                    self.exhausted.add((k, max_operand))
                 continue
+            self.computations.add(comp)
             misses[k] = 0
             made[str(k)] += 1
             out.append(rec)
         return out, made
 
 
-def generate_arith(n: int, steps: list[int], seed: int) -> list[dict]:
+def generate_arith(
+    n: int, steps: list[int], seed: int, max_operand: int | None = None
+) -> list[dict]:
     """``n`` distinct easy word problems with 1-3 operations each, GSM8K-style solutions.
 
-    Operands are 1-20 (products < 200), no result is negative, every problem has a different
-    tuple of numbers, and the same arguments give the same problems.
+    Operands are 1-20 (products < 200; with ``max_operand``: 1-``max_operand``, products
+    < 10 x ``max_operand``, and no two problems with the same computation), no result is
+    negative, every problem has a different tuple of numbers, and the same arguments give the
+    same problems.
 
     >>> recs = generate_arith(3, steps=[1], seed=0)
     >>> [r["id"] for r in recs]
@@ -357,7 +394,8 @@ def generate_arith(n: int, steps: list[int], seed: int) -> list[dict]:
     After using 1, Ava has 7 - 1 = <<7-1=6>>6 cards.
     #### 6
     """
-    steps = SourceConfig(source="arith", n=n, steps=steps).steps
+    sc = SourceConfig(source="arith", n=n, steps=steps, max_operand=max_operand)
     stream = ArithStream(random.Random(f"arith:{seed}"))
-    recs, _ = stream.take(n, steps, set(), set(), f"generate_arith(n={n}, steps={steps})")
+    what = f"generate_arith(n={n}, steps={sc.steps})"
+    recs, _ = stream.take(n, sc.steps, set(), set(), what, sc.max_operand)
     return [{"id": f"arith-{i}", **r} for i, r in enumerate(recs)]

@@ -216,7 +216,9 @@ def _build(
         arith = ArithStream(random.Random(f"arith:{seed}"))
         for name, key, sc in gen:
             if sc.source == "arith":
-                made[name], per_step = arith.take(sc.n or 0, sc.steps, seen_numbers, seen_text, key)
+                made[name], per_step = arith.take(
+                    sc.n or 0, sc.steps, seen_numbers, seen_text, key, sc.max_operand
+                )
                 info[name] = {"source": "arith", "steps": sc.steps, "steps_made": per_step}
     sym = [(name, key, sc) for name, key, sc in gen if sc.source == "gsm_symbolic"]
     if sym:
