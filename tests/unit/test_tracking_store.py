@@ -126,12 +126,15 @@ def test_fluent_run_restores_mlflows_tracking_uri(tmp_path, monkeypatch):
             assert mlflow.get_tracking_uri() == f"sqlite:///{db}"
         assert not mlflow.is_tracking_uri_set()
         assert "MLFLOW_TRACKING_URI" not in os.environ
-        mlflow.set_tracking_uri("sqlite:///elsewhere.db")  # a URI set in code
+        mlflow.set_tracking_uri("sqlite:///elsewhere.db")  # a URI set in code (and the
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")  # variable changed since)
         with fluent_run(run_id):
             mlflow.log_param("p", 1)
         assert mlflow.get_tracking_uri() == "sqlite:///elsewhere.db"
+        assert os.environ["MLFLOW_TRACKING_URI"] == f"sqlite:///{db}"
         mlflow.set_tracking_uri(None)
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")  # the variable
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")  # the variable, not
+        monkeypatch.setenv("DVC_ROOT", str(tmp_path / "elsewhere"))  # the default, is the store
         with fluent_run(run_id):
             mlflow.log_param("q", 2)
         assert os.environ["MLFLOW_TRACKING_URI"] == f"sqlite:///{db}"

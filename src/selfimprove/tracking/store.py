@@ -163,9 +163,9 @@ def fluent_run(run_id: str):
 
     # mlflow.set_tracking_uri also sets (or, given None, unsets) $MLFLOW_TRACKING_URI: restore
     # both; with the variable out of the way, is_tracking_uri_set says whether code had set one
-    old_env = os.environ.pop("MLFLOW_TRACKING_URI", None)
+    uri, old_env = tracking_uri(), os.environ.pop("MLFLOW_TRACKING_URI", None)
     old_uri = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
-    mlflow.set_tracking_uri(tracking_uri())
+    mlflow.set_tracking_uri(uri)
     try:
         with mlflow.start_run(run_id=run_id):
             yield
