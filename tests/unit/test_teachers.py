@@ -202,11 +202,17 @@ def test_persistent_server_error_fails_the_stage_with_one_clear_error():
     assert "meta_skill.max_retries" in msg and "\n" not in msg
 
 
+def test_server_gone_mid_run_fails_the_stage():
+    teacher = OpenAITeacher(f"http://127.0.0.1:{_free_port()}", "m", timeout_s=2, max_retries=1)
+    with pytest.raises(InputError, match=r"request 1/2, .* failed after 1 retries: APIConnection"):
+        teacher.feedback(ITEMS)
+
+
 @pytest.mark.parametrize(
     "reply, message",
     [
         (400, r"HTTP 400 Bad Request .*context"),
-        (401, r"HTTP 401 Unauthorized .*API key"),
+        (401, r"HTTP 401 Unauthorized .*check the API key \(meta_skill.api_key_env=None\)"),
         (b"{not json", "not an OpenAI chat completion"),
         (b'{"choices": []}', "not an OpenAI chat completion"),
     ],

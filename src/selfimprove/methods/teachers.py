@@ -281,7 +281,7 @@ class OpenAITeacher:
         if isinstance(e, openai.APIStatusError):
             status = f"HTTP {e.status_code} {e.response.reason_phrase}".rstrip()
             if e.status_code in (401, 403):
-                fix = f"check the API key in ${self.api_key_env or 'meta_skill.api_key_env'}"
+                fix = f"check the API key (meta_skill.api_key_env={self.api_key_env!r})"
             elif e.status_code in (408, 409, 429) or e.status_code >= 500:
                 fix = (
                     f"{status} {retried}; check the server (log, load), raise "
