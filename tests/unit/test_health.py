@@ -276,6 +276,16 @@ def test_mask_uri_hides_every_secret():
         assert mask_uri(uri) == masked
     # a password containing '@' or ':' is hidden whole
     assert SECRET not in mask_uri(f"http://u:{SECRET}@x:y@host/")
+    assert mask_uri(f"postgresql://u:{SECRET}@x@db/m") == "postgresql://u:***@db/m"
+    # database URIs through SQLAlchemy's make_url: quoted passwords, drivers, several query keys
+    # (shown sorted, as SQLAlchemy renders them)
+    assert (
+        mask_uri(f"postgresql+psycopg2://u:{SECRET}%40x@db/m?sslmode=require&token={SECRET}")
+        == "postgresql+psycopg2://u:***@db/m?sslmode=require&token=***"
+    )
+    assert mask_uri(f"mysql://u:{SECRET}@h/db?b=1&password={SECRET}&a=2") == (
+        "mysql://u:***@h/db?a=2&b=1&password=***"
+    )
 
 
 def test_sqlite_file_that_is_not_a_database_refused(tmp_path, monkeypatch):

@@ -105,6 +105,48 @@ def test_filter_logits_matches_transformers_warpers():
         assert torch.allclose(mine[finite], ref[finite])
 
 
+def _former_filter_logits(logits, temperature, top_k=0, top_p=1.0):
+    """The hand-written filter the sampler used before transformers' warpers did temperature
+    and top-k (the reference they must reproduce exactly)."""
+    logits = logits.float() / temperature
+    if 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop_sorted = (cum - sorted_logits.softmax(-1)) >= top_p
+        drop_sorted[..., 0] = False
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_filter_logits_and_draws_equal_the_former_filter(dtype):
+    """The warpers give exactly the former filter's logits (same -inf mask, same values), so
+    the same probabilities and the same seeded per-row draws, token for token."""
+    g = torch.Generator().manual_seed(1)
+    logits = (torch.randn(12, 49152, generator=g) * 4).to(dtype)  # SmolLM2's vocabulary size
+    settings = [(0.7, 0, 1.0), (1.0, 0, 1.0), (0.7, 40, 1.0), (0.7, 0, 0.9), (1.3, 20, 0.8)]
+    for temp, k, p in settings + [(0.5, 0, 0.05), (0.9, 49152, 0.95), (0.6, 1, 1.0)]:
+        new, old = filter_logits(logits, temp, k, p), _former_filter_logits(logits, temp, k, p)
+        assert torch.equal(new, old), (temp, k, p)
+        assert torch.equal(new.softmax(-1), old.softmax(-1))
+        params = SamplingParams(temperature=temp, top_k=k, top_p=p)
+        gens = [torch.Generator().manual_seed(row_seed(3, i, 0)) for i in range(len(logits))]
+        drawn = sample_tokens(logits, gens, params)
+        cdf = old.softmax(-1).cumsum(-1)
+        u = torch.stack(
+            [
+                torch.rand((), generator=torch.Generator().manual_seed(row_seed(3, i, 0)))
+                for i in range(len(logits))
+            ]
+        )
+        ref = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1), right=True).squeeze(-1)
+        assert torch.equal(drawn, ref.clamp(max=cdf.shape[-1] - 1)), (temp, k, p)
+
+
 def test_sample_tokens_follows_the_distribution():
     probs = torch.tensor([0.5, 0.3, 0.2, 0.0])
     rows = 4000

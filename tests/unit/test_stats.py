@@ -139,3 +139,35 @@ def test_chunked_resampling_is_deterministic(monkeypatch):
 def test_bad_input_is_named(call, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         call()
+
+
+def _numpy_reference(values, seed=0, n_resamples=1000, level=0.95):
+    """The hand-written bootstrap these functions used before scipy (one chunk of resamples):
+    kept here as the reference the scipy-based intervals must reproduce."""
+    v = np.asarray(values, dtype=np.float64)
+    idx = np.random.default_rng(seed).integers(0, len(v), size=(n_resamples, len(v)))
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(v[idx].mean(axis=1), [alpha, 1.0 - alpha])
+    return Interval(float(v.mean()), float(lo), float(hi))
+
+
+@pytest.mark.parametrize("n", [2, 10, 137, 1319])
+@pytest.mark.parametrize("seed", [0, 7])
+def test_scipy_intervals_match_the_former_numpy_bootstrap(n, seed):
+    """scipy.stats.bootstrap (method='percentile', same n_resamples, generator seeded with the
+    same seed) draws the same resamples as the former numpy code: the intervals agree to 1e-12
+    (float rounding only), for accuracies (0/1), F1-like scores and paired differences."""
+    rng = np.random.default_rng(100 + n)
+    acc = (rng.random(n) < 0.4).astype(float)
+    f1 = rng.random(n)
+    for values in (acc, f1):
+        for level in (0.95, 0.8):
+            old = _numpy_reference(values, seed, level=level)
+            assert bootstrap_ci(values, seed, level=level) == pytest.approx(old, abs=1e-12, rel=0)
+    b = np.where(rng.random(n) < 0.2, 1.0 - acc, acc)
+    assert paired_bootstrap_diff(acc, b, seed) == pytest.approx(
+        _numpy_reference(b - acc, seed), abs=1e-12, rel=0
+    )
+    # deterministic for a seed, bit for bit
+    assert bootstrap_ci(f1, seed) == bootstrap_ci(f1.copy(), seed)
+    assert paired_bootstrap_diff(acc, b, seed) == paired_bootstrap_diff(list(acc), list(b), seed)

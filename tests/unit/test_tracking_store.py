@@ -4,6 +4,7 @@ parallel workers log into the same store; the experiment opens on its runs in ML
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -38,7 +39,7 @@ def test_two_concurrent_stages_in_two_workspaces_log_into_one_store(tmp_path, mo
     root = tmp_path / "proj"
     temp = root / ".dvc" / "tmp" / "exps" / "tmpabc"
     temp.mkdir(parents=True)
-    env = {k: v for k, v in __import__("os").environ.items() if k not in ("MLFLOW_TRACKING_URI",)}
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI",)}
     env |= {"DVC_ROOT": str(root), "MLFLOW_DISABLE_TELEMETRY": "true"}
     procs = [
         subprocess.Popen(
@@ -103,3 +104,42 @@ def test_a_study_is_one_run_with_a_child_per_pipeline(tmp_path, monkeypatch):
     by_name = {p.info.run_name: p.info.run_id for p in parents}
     for (pipeline, _), run_id in rounds.items():
         assert client.get_run(run_id).data.tags["mlflow.parentRunId"] == by_name[pipeline]
+
+
+def test_fluent_run_restores_mlflows_tracking_uri(tmp_path, monkeypatch):
+    """fluent_run points MLflow's fluent API at the project's store for one run, then puts back
+    what was there (public MLflow API only): nothing set, a URI set in code, or the variable."""
+    import mlflow
+
+    from selfimprove.tracking.store import fluent_run, mlflow_client
+
+    db = tmp_path / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    client = mlflow_client()
+    run_id = client.create_run(client.create_experiment("e")).info.run_id
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))  # the default sqlite:///mlflow.db -> db
+    mlflow.set_tracking_uri(None)
+    try:
+        with fluent_run(run_id):  # nothing set before
+            assert mlflow.active_run().info.run_id == run_id
+            assert mlflow.get_tracking_uri() == f"sqlite:///{db}"
+        assert not mlflow.is_tracking_uri_set()
+        assert "MLFLOW_TRACKING_URI" not in os.environ
+        mlflow.set_tracking_uri("sqlite:///elsewhere.db")  # a URI set in code (and the
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")  # variable changed since)
+        with fluent_run(run_id):
+            mlflow.log_param("p", 1)
+        assert mlflow.get_tracking_uri() == "sqlite:///elsewhere.db"
+        assert os.environ["MLFLOW_TRACKING_URI"] == f"sqlite:///{db}"
+        mlflow.set_tracking_uri(None)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")  # the variable, not
+        monkeypatch.setenv("DVC_ROOT", str(tmp_path / "elsewhere"))  # the default, is the store
+        with fluent_run(run_id):
+            mlflow.log_param("q", 2)
+        assert os.environ["MLFLOW_TRACKING_URI"] == f"sqlite:///{db}"
+        monkeypatch.delenv("MLFLOW_TRACKING_URI")
+        assert not mlflow.is_tracking_uri_set()
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert client.get_run(run_id).data.params == {"p": "1", "q": "2"}

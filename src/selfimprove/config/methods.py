@@ -207,6 +207,13 @@ class MetaSkillConfig(Section):
     request_timeout_s: float = Field(
         60.0, gt=0, description="teacher: openai -- timeout of one request, in seconds."
     )
+    max_retries: int = Field(
+        5,
+        ge=0,
+        description="teacher: openai -- retries of a request that fails (connection error, "
+        "timeout, 408/409/429, 5xx), with exponential backoff and the server's Retry-After; a "
+        "request still failing after them stops the stage.",
+    )
     teacher_n_shots: int = Field(
         3,
         ge=0,

@@ -1,4 +1,4 @@
-"""Confidence intervals by the bootstrap: pure numpy, deterministic (seeded), no labels needed.
+"""Confidence intervals by the bootstrap: deterministic (seeded), no labels needed.
 
 Every function resamples *questions* with replacement (the unit a held-out score averages
 over) and returns an :class:`Interval`: the point estimate (the plain mean, as the metrics
@@ -14,6 +14,10 @@ files report it) and the percentile interval at ``level`` (default 95%).
   (sampling and training randomness) and the question sampling. With one run each they are
   exactly :func:`bootstrap_ci` / :func:`paired_bootstrap_diff`.
 
+The first two are :func:`scipy.stats.bootstrap` (``method="percentile"``, seeded generator,
+batches of resamples to bound memory); the crossed one is ours, because scipy resamples the
+observations of each sample independently and cannot draw one set of questions shared by runs.
+
 Same inputs, seed and ``n_resamples`` give the same interval, bit for bit. Caveat of the
 percentile bootstrap: a score of 0 or 1 on every question gives a zero-width interval (no
 spread to resample), and with few questions (n < ~30) intervals come out somewhat too narrow.
@@ -25,6 +29,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
+from scipy import stats
 
 #: resampled means held in memory at once (resamples x questions), to bound memory on big sets
 _CHUNK = 2_000_000
@@ -79,15 +84,31 @@ def _percentiles(stats: np.ndarray, level: float) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def _resampled_means(values: np.ndarray, rng: np.random.Generator, n_resamples: int) -> np.ndarray:
-    """Means of ``values`` (a 1-d array) over ``n_resamples`` resamples with replacement."""
-    n = len(values)
-    step = max(1, _CHUNK // n)
-    means = []
-    for start in range(0, n_resamples, step):
-        idx = rng.integers(0, n, size=(min(step, n_resamples - start), n))
-        means.append(values[idx].mean(axis=1))
-    return np.concatenate(means)
+def _scipy_percentile(
+    data: tuple[np.ndarray, ...], statistic, seed: int, n_resamples: int, level: float
+) -> tuple[float, float]:
+    """The percentile-bootstrap interval of ``statistic`` over questions, ``data``'s samples
+    resampled together (paired) when there are two."""
+    n = data[0].shape[-1]
+    if n == 1:  # scipy needs two observations; every resample of one question is that question
+        point = float(statistic(*data, axis=-1))
+        return point, point
+    res = stats.bootstrap(
+        data,
+        statistic,
+        n_resamples=n_resamples,
+        batch=max(1, _CHUNK // n),
+        vectorized=True,
+        paired=len(data) > 1,
+        confidence_level=level,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def _mean_diff(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+    return (b - a).mean(axis=axis)
 
 
 def bootstrap_ci(
@@ -104,8 +125,7 @@ def bootstrap_ci(
     """
     _check(level, n_resamples)
     v = _matrix([values], "bootstrap_ci")[0]
-    rng = np.random.default_rng(seed)
-    lo, hi = _percentiles(_resampled_means(v, rng, n_resamples), level)
+    lo, hi = _scipy_percentile((v,), np.mean, seed, n_resamples, level)
     return Interval(float(v.mean()), lo, hi)
 
 
@@ -127,7 +147,8 @@ def paired_bootstrap_diff(
     """
     _check(level, n_resamples)
     m = _matrix([a, b], "paired_bootstrap_diff")
-    return bootstrap_ci(m[1] - m[0], seed, n_resamples, level)
+    lo, hi = _scipy_percentile((m[0], m[1]), _mean_diff, seed, n_resamples, level)
+    return Interval(float((m[1] - m[0]).mean()), lo, hi)
 
 
 def _seed_means(

@@ -10,21 +10,25 @@ become training examples and are never guessed.
   few-shot feedback prompt in its teacher form (each block shows the gold as "Reference
   answer:"), greedy, through :class:`selfimprove.sampling.transformers_sampler.TransformersSampler`.
 * :class:`OpenAITeacher`: any OpenAI-compatible server (vLLM, llama.cpp, ...): ``base_url``
-  (e.g. ``http://localhost:8000/v1``) + ``model``; ``POST /chat/completions`` with the standard
-  library's urllib. :meth:`OpenAITeacher.check` (``GET /models``, short timeout) runs before
-  any work and turns an unreachable server, a wrong URL or an unknown model into one
-  :class:`~selfimprove.core.io.InputError` saying how to fix it.
+  (e.g. ``http://localhost:8000/v1``) + ``model``; ``POST /chat/completions`` through the
+  ``openai`` client, which retries connection errors, timeouts, 408/409/429 and 5xx replies
+  (``max_retries`` times, exponential backoff, the server's ``Retry-After`` honored).
+  :meth:`OpenAITeacher.check` (``GET /models``, short timeout) runs before any work and turns
+  an unreachable server, a wrong URL or an unknown model into one
+  :class:`~selfimprove.core.io.InputError` saying how to fix it. A request that still fails
+  after the retries (or that the server rejects, or answers with something that is not a chat
+  completion) stops the stage with one InputError naming the request, the server's status and
+  the fix: a flaky server never silently shrinks the corpus.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
-import urllib.error
-import urllib.request
 from pathlib import Path
+
+import openai
 
 from selfimprove.config.runtime import SamplerConfig
 from selfimprove.core.answers import gold_answer
@@ -37,8 +41,6 @@ log = logging.getLogger(__name__)
 
 HEALTH_TIMEOUT_S = 5.0
 _LABEL_RE = re.compile(r"^\s*\**feedback\**\s*:\s*", re.IGNORECASE)
-#: this many failed requests in a row mean the server went away: stop with an error
-MAX_CONSECUTIVE_ERRORS = 5
 
 SYSTEM_PROMPT = (
     "You are a careful math teacher. You check a student's answer to a word problem. The "
@@ -196,6 +198,7 @@ class OpenAITeacher:
         n_shots: int = 3,
         max_new_tokens: int = 64,
         timeout_s: float = 60.0,
+        max_retries: int = 5,
     ) -> None:
         self.root = api_root(base_url)
         self.model = model
@@ -203,34 +206,29 @@ class OpenAITeacher:
         self.n_shots = n_shots
         self.max_new_tokens = max_new_tokens
         self.timeout_s = timeout_s
-        self.n_errors = 0
+        self.max_retries = max_retries
+        self._client: openai.OpenAI | None = None
+        # no key: send no Authorization header at all (the client insists on a key otherwise)
+        self._headers = {"Authorization": openai.Omit()} if not api_key_env else None
 
-    def _headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if self.api_key_env:
-            key = os.environ.get(self.api_key_env, "").strip()
-            if not key:
-                raise InputError(
-                    f"meta_skill.api_key_env={self.api_key_env!r}: the environment variable is "
-                    "not set; export it with the API key, or set api_key_env: null for a server "
-                    "without keys"
-                )
-            headers["Authorization"] = f"Bearer {key}"
-        return headers
-
-    def _request(self, path: str, body: dict | None, timeout: float) -> dict:
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(
-            self.root + path,
-            data=data,
-            headers=self._headers(),
-            method="GET" if body is None else "POST",
-        )
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            payload = json.loads(resp.read().decode("utf-8"))
-        if not isinstance(payload, dict):
-            raise ValueError(f"expected a JSON object, got {type(payload).__name__}")
-        return payload
+    def _get_client(self) -> openai.OpenAI:
+        if self._client is None:
+            key = "unused"
+            if self.api_key_env:
+                key = os.environ.get(self.api_key_env, "").strip()
+                if not key:
+                    raise InputError(
+                        f"meta_skill.api_key_env={self.api_key_env!r}: the environment variable "
+                        "is not set; export it with the API key, or set api_key_env: null for a "
+                        "server without keys"
+                    )
+            self._client = openai.OpenAI(
+                base_url=self.root,
+                api_key=key,
+                timeout=self.timeout_s,
+                max_retries=self.max_retries,
+            )
+        return self._client
 
     def check(self, timeout: float = HEALTH_TIMEOUT_S) -> None:
         """``GET /models``: the server answers and serves ``model``; else InputError."""
@@ -239,29 +237,26 @@ class OpenAITeacher:
             "start the server (e.g. `vllm serve MODEL` or `llama-server -m FILE`), or fix "
             f"meta_skill.base_url; test with: curl {url}"
         )
+        client = self._get_client().with_options(timeout=timeout, max_retries=0)
         try:
-            payload = self._request("/models", None, timeout)
-        except urllib.error.HTTPError as e:
+            page = client.models.list(extra_headers=self._headers)
+            models = [m.id for m in page.data]
+        except openai.APIStatusError as e:
             raise InputError(
-                f"meta_skill.base_url={self.root!r}: GET {url} returned HTTP {e.code} "
-                f"({e.reason}); {fix}"
+                f"meta_skill.base_url={self.root!r}: GET {url} returned HTTP {e.status_code} "
+                f"({e.response.reason_phrase}); {fix}"
             ) from None
-        except (urllib.error.URLError, TimeoutError, OSError) as e:
-            reason = getattr(e, "reason", e)
+        except openai.APIConnectionError as e:
+            reason = e.__cause__ or e
             raise InputError(
                 f"meta_skill.base_url={self.root!r}: cannot reach {url} within {timeout:g}s "
                 f"({reason}); {fix}"
             ) from None
-        except ValueError as e:
+        except (openai.APIResponseValidationError, ValueError, TypeError, AttributeError) as e:
             raise InputError(
                 f"meta_skill.base_url={self.root!r}: GET {url} did not return the JSON of an "
                 f"OpenAI-compatible server ({e}); {fix}"
             ) from None
-        models = [
-            m.get("id")
-            for m in payload.get("data", [])
-            if isinstance(payload.get("data"), list) and isinstance(m, dict)
-        ]
         if models and self.model not in models:
             raise InputError(
                 f"meta_skill.model={self.model!r}: not served by {self.root} (it serves: "
@@ -279,50 +274,61 @@ class OpenAITeacher:
         )
         return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
-    def _one(self, item: dict) -> Feedback | None:
-        body = {
-            "model": self.model,
-            "messages": self.messages(item),
-            "max_tokens": self.max_new_tokens,
-            "temperature": 0.0,
-        }
+    def _failed(self, which: str, e: Exception) -> InputError:
+        """One error for a request that failed for good: which one, the server's answer, the fix."""
+        where = f"meta_skill.base_url={self.root!r}: POST {self.root}/chat/completions ({which})"
+        retried = f"after {self.max_retries} retries"
+        if isinstance(e, openai.APIStatusError):
+            status = f"HTTP {e.status_code} {e.response.reason_phrase}".rstrip()
+            if e.status_code in (401, 403):
+                fix = f"check the API key (meta_skill.api_key_env={self.api_key_env!r})"
+            elif e.status_code in (408, 409, 429) or e.status_code >= 500:
+                fix = (
+                    f"{status} {retried}; check the server (log, load), raise "
+                    "meta_skill.max_retries or request_timeout_s, and rerun the stage"
+                )
+                return InputError(f"{where} failed: {fix}")
+            else:
+                fix = (
+                    "the server rejected the request (a prompt longer than the model's "
+                    "context? lower meta_skill.teacher_n_shots, or raise the server's max "
+                    "model length); see the server log"
+                )
+            return InputError(f"{where} failed: {status} ({e.message}); {fix}")
+        if isinstance(e, openai.APIConnectionError):  # timeouts included
+            return InputError(
+                f"{where} failed {retried}: {type(e).__name__} ({e.__cause__ or e}); is the "
+                "server still up? raise meta_skill.request_timeout_s for a slow one, and rerun"
+            )
+        return InputError(
+            f"{where}: the reply is not an OpenAI chat completion ({type(e).__name__}: {e}); "
+            "check that the server is OpenAI-compatible (curl the URL)"
+        )
+
+    def _one(self, item: dict, which: str) -> Feedback | None:
         try:
-            payload = self._request("/chat/completions", body, self.timeout_s)
-            text = payload["choices"][0]["message"]["content"]
+            reply = self._get_client().chat.completions.create(
+                model=self.model,
+                messages=self.messages(item),
+                max_tokens=self.max_new_tokens,
+                temperature=0.0,
+                extra_headers=self._headers,
+            )
+            text = reply.choices[0].message.content
         except InputError:
             raise
-        except (
-            urllib.error.URLError,
-            TimeoutError,
-            OSError,
-            ValueError,
-            KeyError,
-            IndexError,
-            TypeError,
-        ) as e:
-            self.n_errors += 1
-            log.warning(
-                "teacher request failed (%s: %s); counted as no feedback", type(e).__name__, e
-            )
-            return None
+        except (openai.OpenAIError, ValueError, TypeError, AttributeError, IndexError) as e:
+            raise self._failed(which, e) from None
         fb = _parse_generated(text if isinstance(text, str) else None)
         if fb is None:
             log.info("teacher reply without usable feedback: %.120r", text)
         return fb
 
     def feedback(self, items: list[dict]) -> list[Feedback | None]:
-        out: list[Feedback | None] = []
-        streak = 0
-        for item in items:
-            before = self.n_errors
-            out.append(self._one(item))
-            streak = streak + 1 if self.n_errors > before else 0
-            if streak >= MAX_CONSECUTIVE_ERRORS:
-                raise InputError(
-                    f"meta_skill.base_url={self.root!r}: {streak} requests in a row failed "
-                    "(server down or overloaded?); check the server log and rerun the stage"
-                )
-        return out
+        return [
+            self._one(item, f"request {i + 1}/{len(items)}, question {item['question'][:60]!r}")
+            for i, item in enumerate(items)
+        ]
 
 
 def make_teacher(cfg, n_shots: int = 3, max_new_tokens: int = 64, sampler_cfg=None):
@@ -348,6 +354,7 @@ def make_teacher(cfg, n_shots: int = 3, max_new_tokens: int = 64, sampler_cfg=No
             n_shots=n_shots,
             max_new_tokens=max_new_tokens,
             timeout_s=cfg.request_timeout_s,
+            max_retries=cfg.max_retries,
         )
     else:  # pragma: no cover - the config's Literal rules it out
         raise InputError(f"meta_skill.teacher={cfg.teacher!r}: use rule, lm or openai")

@@ -67,8 +67,12 @@ _TIMERS = ("prefix_prefill_s", "suffix_prefill_s", "decode_s")
 def filter_logits(logits, temperature: float, top_k: int = 0, top_p: float = 1.0):
     """Scale ``logits`` [rows, vocab] by 1/temperature and mask (-inf) tokens outside top-k/top-p.
 
-    Same order and semantics as transformers' warpers: temperature, then top-k, then top-p
-    (keep the smallest set of most likely tokens whose probability reaches ``top_p``).
+    In ``generate``'s order: temperature, then top-k (transformers' logits warpers: stateless,
+    so a custom decode loop can call them), then top-p: keep the smallest set of most likely
+    tokens whose probability reaches ``top_p``. Top-p stays ours because transformers'
+    TopPLogitsWarper sums the probabilities in ascending order, whose rounding over a 49k
+    vocabulary moves the nucleus boundary in some rows (and breaks ties otherwise), which would
+    change the seeded draws of existing top_p < 1 runs.
 
     >>> import torch
     >>> x = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
@@ -78,12 +82,11 @@ def filter_logits(logits, temperature: float, top_k: int = 0, top_p: float = 1.0
     [[False, True, True, True]]
     """
     import torch
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper
 
-    logits = logits.float() / temperature
-    vocab = logits.shape[-1]
-    if 0 < top_k < vocab:
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+    logits = TemperatureLogitsWarper(temperature)(None, logits.float())
+    if top_k > 0:
+        logits = TopKLogitsWarper(top_k)(None, logits)
     if top_p < 1.0:
         sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
         cum = sorted_logits.softmax(-1).cumsum(-1)

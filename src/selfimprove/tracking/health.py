@@ -77,6 +77,10 @@ def shown_tracking_uri() -> str:
     return mask_uri(tracking_uri())
 
 
+def _secret_key(key: str) -> bool:
+    return key.lower().replace("-", "_") in SECRET_KEYS
+
+
 def mask_uri(uri: str) -> str:
     """``uri`` with its secrets replaced by ``***``: the password of ``user:password@`` (a lone
     ``token@`` too) and secret-looking query values; everything else as given.
@@ -90,6 +94,23 @@ def mask_uri(uri: str) -> str:
     >>> mask_uri("sqlite:///mlflow.db"), mask_uri("http://u:p@w@h/")
     ('sqlite:///mlflow.db', 'http://u:***@h/')
     """
+    netloc = uri.partition("://")[2].partition("/")[0]
+    # SQLAlchemy's own URLs; an unquoted '@' in the password would leave its tail in the host
+    if uri_scheme(uri).split("+")[0] in (*DB_SCHEMES, "sqlite") and netloc.count("@") <= 1:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            url = make_url(uri)
+        except (ArgumentError, ValueError):  # unparsable (e.g. a bad port): masked below
+            pass
+        else:
+            query = {k: MASK if _secret_key(k) else v for k, v in url.query.items()}
+            # render_as_string percent-quotes query values: show the mask as the password's
+            shown = url.set(query=query).render_as_string(hide_password=True)
+            return shown.replace("%2A%2A%2A", MASK)
+    # ours for the rest (http(s) above all): make_url shows a lone token@ as a user name and
+    # cuts user:p@ss@host at the first '@', leaving part of the password in the host
     scheme, sep, rest = uri.partition("://")
     if not sep:
         return uri
@@ -103,8 +124,7 @@ def mask_uri(uri: str) -> str:
         parts = []
         for item in query.split("&"):
             key, eq, value = item.partition("=")
-            secret = eq and key.lower().replace("-", "_") in SECRET_KEYS
-            parts.append(f"{key}={MASK}" if secret else item)
+            parts.append(f"{key}={MASK}" if eq and _secret_key(key) else item)
         query = "&".join(parts)
     return f"{scheme}{sep}{netloc}{slash}{path}{q}{query}"
 

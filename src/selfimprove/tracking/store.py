@@ -160,11 +160,12 @@ def parent_run_id(client, experiment_id: str, cfg: TrackingConfig) -> str:
 def fluent_run(run_id: str):
     """Make ``run_id`` the active run of MLflow's fluent API at :func:`tracking_uri`."""
     import mlflow
-    from mlflow.tracking._tracking_service import utils
 
-    # mlflow.set_tracking_uri also sets (or, given None, unsets) $MLFLOW_TRACKING_URI: restore both
-    old_uri, old_env = getattr(utils, "_tracking_uri", None), os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(tracking_uri())
+    # mlflow.set_tracking_uri also sets (or, given None, unsets) $MLFLOW_TRACKING_URI: restore
+    # both; with the variable out of the way, is_tracking_uri_set says whether code had set one
+    uri, old_env = tracking_uri(), os.environ.pop("MLFLOW_TRACKING_URI", None)
+    old_uri = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    mlflow.set_tracking_uri(uri)
     try:
         with mlflow.start_run(run_id=run_id):
             yield
