@@ -71,11 +71,7 @@ def main(args, params):
         _record(args, out, start, info, write_stage_json)
         return
     examples = recipe.train_inputs(out)  # default: the filter's train.jsonl
-    if any(ex.get("weight", 1) != 1 for ex in examples):
-        raise InputError(
-            f"method {recipe.name}: its examples carry weights, but sft trains every example "
-            "with weight 1; weighted training is not implemented"
-        )
+    # examples may carry a "weight" (filter.weighting): scaled to mean 1, it scales their loss
     info = finetune(
         start,
         examples,
