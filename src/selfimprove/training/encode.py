@@ -98,8 +98,8 @@ def normalize_weights(features: list[dict]) -> list[dict]:
     feature without one weighs 1), so the learning rate means what it means unweighted; no
     weights: the features unchanged.
 
-    >>> [f["weight"] for f in normalize_weights([{"weight": 1.0}, {"weight": 3.0}, {}])]
-    [0.75, 2.25, 0.75]
+    >>> [f["weight"] for f in normalize_weights([{"weight": 1.0}, {"weight": 2.0}, {}])]
+    [0.75, 1.5, 0.75]
     """
     if not any("weight" in f for f in features):
         return features
