@@ -1,9 +1,10 @@
 """filter stage: select the round's training paths from refined.jsonl as the method's recipe says
 (selfimprove.recipes; lmsi: self-consistency vote; self: the model's own verdict; lmsi_self: both;
 star/rest_em: the gold; format_only: as many random questions as the vote keeps, one random path
-each); write
-rationales, the training set, its statistics (filter.json) and the vote's summary (vote.json,
-the DVC metric compared across experiments)."""
+each; scpo: most- vs least-voted preference pairs); write
+rationales, the training set, the preference pairs (pairs.jsonl; empty unless the recipe makes
+pairs), its statistics (filter.json) and the vote's summary (vote.json, the DVC metric compared
+across experiments)."""
 
 import sys
 
@@ -28,12 +29,16 @@ def main(args, params):
         recipe.knobs(params),
         seed=round_seed(params.seed, args.round),  # format_only's draws
     )
+    pairs = []
+    if recipe.pairs is not None:  # the pair counts are in stats already (the recipe's plan)
+        pairs, _ = recipe.pairs(records, params.filter, recipe.knobs(params))
     write_jsonl(out / "rationales.jsonl", rationales)
     write_jsonl(out / "train.jsonl", train)
+    write_jsonl(out / "pairs.jsonl", pairs)
     write_stage_json(out / "filter.json", stats, f"filter@{args.round}")
     write_json(out / "vote.json", vote_summary(stats))
     print(f"{args.round}: {stats}")
-    if not train:
+    if not train and not pairs:
         print(
             f"warning: {args.round}: the filter kept no training examples ({len(records)} "
             f"questions, method {params.method}; see {out / 'filter.json'}); finetune will "

@@ -1,6 +1,7 @@
 """finetune stage: LoRA (or full) fine-tuning on the round's training set; adapter + merged.
-The method's recipe (selfimprove.recipes) names the objective (sft) and what the train step reads
-(default: the filter's train.jsonl; a recipe may read the round's refined.jsonl itself).
+The method's recipe (selfimprove.recipes) names the objective (sft, or dpo: scpo's preference
+pairs, pairs.jsonl, with TRL's DPOTrainer, selfimprove.training.preference) and what the sft
+train step reads (default: the filter's train.jsonl; a recipe may read refined.jsonl itself).
 
 A round with nothing to train on (the filter kept nothing, or every example is too long) is
 recorded as skipped: finetune.json gets `skipped: true`, `skipped_flag: 1` (an MLflow metric) and
@@ -47,25 +48,30 @@ def main(args, params):
     from selfimprove.core.io import InputError
     from selfimprove.core.timings import write_stage_json
     from selfimprove.recipes import get_recipe
-    from selfimprove.training.finetune import finetune, is_main_process
+    from selfimprove.training.finetune import finetune
 
     cfg, recipe = params.finetune, get_recipe(params.method)
     start = round_dir("r0" if cfg.init == "base" else args.prev) / "model"
     out = round_dir(args.round)
-    if recipe.objective != "sft":
+    if recipe.objective not in ("sft", "dpo"):
         raise InputError(
             f"method {recipe.name}: training objective {recipe.objective!r} is not implemented "
-            "(finetune runs sft)"
-        )
-    examples = recipe.train_inputs(out)  # default: the filter's train.jsonl
-    if any(ex.get("weight", 1) != 1 for ex in examples):
-        raise InputError(
-            f"method {recipe.name}: its examples carry weights, but sft trains every example "
-            "with weight 1; weighted training is not implemented"
+            "(finetune runs sft and dpo)"
         )
     save_steps = os.environ.get("SELFIMPROVE_SAVE_STEPS", "50")
     if not save_steps.isdigit() or int(save_steps) < 1:
         raise InputError(f"SELFIMPROVE_SAVE_STEPS={save_steps!r}: expected a positive integer")
+    if recipe.objective == "dpo":  # preference pairs (scpo): DPO + NLL on the filter's pairs
+        from selfimprove.core.io import read_jsonl
+        from selfimprove.training.preference import dpo_finetune
+
+        info = dpo_finetune(start, read_jsonl(out / "pairs.jsonl"), out / "model", cfg,
+                            recipe.knobs(params), round_seed(params.seed, args.round),
+                            ckpt_dir=out / "model.ckpt", save_steps=int(save_steps))  # fmt: skip
+        _record(args, out, start, info, write_stage_json)
+        return
+    examples = recipe.train_inputs(out)  # default: the filter's train.jsonl
+    # examples may carry a "weight" (filter.weighting): scaled to mean 1, it scales their loss
     info = finetune(
         start,
         examples,
@@ -75,6 +81,13 @@ def main(args, params):
         ckpt_dir=out / "model.ckpt",  # resume state of a killed run; not a DVC output
         save_steps=int(save_steps),
     )
+    _record(args, out, start, info, write_stage_json)
+
+
+def _record(args, out, start, info, write_stage_json) -> None:
+    """finetune.json (main process), the info printed, a skipped round warned about."""
+    from selfimprove.training.resume import is_main_process
+
     if is_main_process():
         record = info | {"start": start.as_posix()}
         write_stage_json(out / "finetune.json", record, f"finetune@{args.round}")

@@ -152,6 +152,12 @@ class _Params(Section):
                 f"evaluate.sc_paths sampled answers, but sc_paths is {self.evaluate.sc_paths}; "
                 "set evaluate.sc_paths >= 2 (e.g. 8) or tracking.best_by: metric"
             )
+        if self.filter.order == "easy_to_hard" and self.finetune.order != "as_written":
+            problems.append(
+                "filter.order: easy_to_hard orders train.jsonl for a curriculum, but "
+                f"finetune.order is {self.finetune.order!r} (it shuffles); set finetune.order: "
+                "as_written, or filter.order: input"
+            )
         unknown = [s for s in self.evaluate.sets or [] if s not in self.data.eval]
         if unknown:
             have = ", ".join(self.data.eval)

@@ -171,6 +171,36 @@ class FilterConfig(Section):
     formats: FormatsConfig = Field(
         default_factory=FormatsConfig, description="Prompt formats of the training examples."
     )
+    weighting: Literal["none", "share", "exp"] = Field(
+        "none",
+        description="Weight of a selected question's training examples from its vote share s "
+        "(RoiRL-style reward-weighted SFT): none (1, the default), share (s), exp "
+        "(exp(s / weight_beta)). Fine-tuning scales the weights to mean 1 over the training set.",
+    )
+    weight_beta: float = Field(
+        1.0, gt=0.0, description="weighting: exp -- the temperature beta of exp(s / beta)."
+    )
+    drop_band: list[float] = Field(
+        [],
+        description="Drop the questions whose vote share s is in the band [low, high) (medium "
+        "agreement, where the majority is most often wrong), e.g. [0.4, 0.7]; [] = off.",
+    )
+    order: Literal["input", "easy_to_hard"] = Field(
+        "input",
+        description="Order of train.jsonl: input (the questions' order) or easy_to_hard (by vote "
+        "share, highest first; ties keep the input order). A curriculum also needs "
+        "finetune.order: as_written.",
+    )
+
+    @model_validator(mode="after")
+    def _band(self) -> FilterConfig:
+        band = self.drop_band
+        if band and (len(band) != 2 or not 0.0 <= band[0] < band[1] <= 1.0):
+            raise ValueError(
+                f"drop_band: {band} must be [] or [low, high] with 0 <= low < high <= 1, "
+                "e.g. [0.4, 0.7]"
+            )
+        return self
 
 
 # ---------------------------------------------------------------------- meta_skill

@@ -169,6 +169,12 @@ class FinetuneConfig(Section):
         "to less. The training sets mix few-shot (~200-550 tokens) and zero-shot (~60-100) "
         "examples, so padding dominates with random batches. false = uniformly random batches.",
     )
+    order: Literal["shuffled", "as_written"] = Field(
+        "shuffled",
+        description="shuffled: every epoch in a seeded random order (group_by_length applies); "
+        "as_written: every epoch in the training set's order (a curriculum, with "
+        "filter.order: easy_to_hard; batches are not grouped by length).",
+    )
     attn_implementation: Literal["auto", "sdpa", "eager"] = Field(
         "auto",
         description="Attention kernel while training: sdpa (torch's scaled_dot_product_attention) "

@@ -155,8 +155,8 @@ def round_analysis(
     rationales, the kept majority's precision against the training labels (``analysis.``, for
     analysis only: no step reads labels from here) and, when ``has_refined`` (the method's refine
     step writes records of its own), the verdicts' precision (``analysis.verdict.``).
-    ``datasets``: ``(path, context)`` of the rationales, the training set, the refined records
-    and the meta-skill corpus, where they exist.
+    ``datasets``: ``(path, context)`` of the rationales, the training set, the preference pairs
+    (scpo), the refined records and the meta-skill corpus, where they exist.
     """
     from selfimprove.core.io import read_jsonl
     from selfimprove.core.timings import read_timings
@@ -174,6 +174,9 @@ def round_analysis(
         labels = {r["id"]: r["answer"] for r in read_jsonl(labels_path)}
         metrics |= flatten_metrics(majority_precision(rationales, labels), "analysis.")
         datasets = [(out / "rationales.jsonl", "rationales"), (out / "train.jsonl", "training")]
+        pairs = out / "pairs.jsonl"
+        if pairs.exists() and pairs.stat().st_size > 0:  # scpo: the preference pairs
+            datasets.append((pairs, "preference"))
         refined = out / "refined.jsonl"
         if has_refined and refined.exists():
             # per path: the model's feedback, verdicts and refined answers (or gold marks)

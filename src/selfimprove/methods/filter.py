@@ -12,6 +12,9 @@ found without that sentence gets " The answer is N." appended.
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
+
 from selfimprove.config.methods import FilterConfig
 from selfimprove.core.io import InputError
 from selfimprove.core.prompts import STYLES, build_prompt, direct_completion, is_cot
@@ -184,6 +187,31 @@ def _check_records(records: list[dict], recipe: Recipe) -> None:
                 )
 
 
+def vote_weight(share: float, cfg: FilterConfig) -> float:
+    """The weight ``filter.weighting`` gives a question of vote share ``share`` (1 when none).
+
+    >>> vote_weight(0.75, FilterConfig()), vote_weight(0.75, FilterConfig(weighting="share"))
+    (1.0, 0.75)
+    >>> round(vote_weight(0.5, FilterConfig(weighting="exp", weight_beta=0.25)), 4)  # e^2
+    7.3891
+    """
+    if cfg.weighting == "share":
+        return share
+    if cfg.weighting == "exp":
+        return math.exp(share / cfg.weight_beta)
+    return 1.0
+
+
+def in_drop_band(share: float, cfg: FilterConfig) -> bool:
+    """Whether ``filter.drop_band`` drops a question of vote share ``share``.
+
+    >>> band = FilterConfig(drop_band=[0.4, 0.7])
+    >>> in_drop_band(0.5, band), in_drop_band(0.7, band), in_drop_band(0.5, FilterConfig())
+    (True, False, False)
+    """
+    return bool(cfg.drop_band) and cfg.drop_band[0] <= share < cfg.drop_band[1]
+
+
 def select(
     records: list[dict], recipe: Recipe, cfg: FilterConfig, knobs=None, seed: int = 0
 ) -> tuple[list[dict], list[dict], dict]:
@@ -202,6 +230,11 @@ def select(
     (``recipe.path_stats``) and own counters, n_train_examples, n_train_<format>,
     mean_agreement, no_answer_rate, agreement_histogram, and the collapse monitors
     (:func:`collapse_monitors`).
+
+    The filter section's weighting and curriculum (defaults off: outputs unchanged): a question
+    whose vote share is in ``drop_band`` is not selected (``n_dropped_band``); ``weighting``
+    multiplies its examples' weight by :func:`vote_weight`; ``order: easy_to_hard`` sorts the
+    training examples by vote share, highest first.
 
     >>> recs = [{"id": "q1", "question": "Tom has 3 apples and buys 2. How many?",
     ...          "paths": ["3 + 2 = 6.", "3 + 2 = 5."], "answers": ["6", "5"],
@@ -229,9 +262,14 @@ def select(
     agreements: list[float] = []
     paths_total = {"candidates": 0, "kept": 0, "duplicates": 0, "unusable": 0}
     extra = dict.fromkeys(recipe.extra_stats, 0)
-    n_paths = n_no_answer = 0
+    n_paths = n_no_answer = n_band = 0
     for i, rec in enumerate(records):
         choice = recipe.choose(i, rec, rnd)
+        if in_drop_band(choice.agreement, cfg):  # medium agreement: not trained on
+            n_band += 1
+            choice = replace(choice, eligible=[False] * len(choice.eligible), selected=False)
+        if cfg.weighting != "none":
+            choice = replace(choice, weight=choice.weight * vote_weight(choice.agreement, cfg))
         n_paths += len(rec["paths"])
         n_no_answer += sum(a is None for a in choice.answers[: len(rec["paths"])])
         agreements.append(choice.agreement)
@@ -249,10 +287,15 @@ def select(
             _add_examples(train, per_format, rec["id"], rec["question"], texts, direct, formats,
                           cfg.n_shots, choice.weight)  # fmt: skip
         rationales.append(rationale_record(recipe, rec, choice, kept, texts, selected))
+    if cfg.order == "easy_to_hard":  # a curriculum: highest vote share first (sort is stable)
+        share = {r["id"]: r["agreement"] for r in rationales}
+        train.sort(key=lambda t: -share[t["id"]])
     counters = {name: paths_total[key] for key, name in recipe.path_stats.items()}
     stats = _stats(rationales, train, per_format, agreements, n_paths=n_paths,
                    n_no_answer=n_no_answer, **counters)  # fmt: skip
     stats |= extra
+    if cfg.drop_band:
+        stats["n_dropped_band"] = n_band
     if isinstance(plan, dict):
         stats |= plan.get("stats", {})
     return rationales, train, stats | collapse_monitors(records)

@@ -112,9 +112,12 @@ class Recipe:
       (which path counters filter.json reports, under which key), ``extra_stats`` (the
       ``Choice.counts`` keys, 0 when no question counts one), ``rationale_keys`` (the optional
       keys of the rationale schema it writes).
-    * training: ``objective`` (what finetune runs: "sft" today), ``train_inputs(round_dir)``
+    * training: ``objective`` (what finetune runs: "sft", or "dpo" on the filter's
+      preference pairs), ``train_inputs(round_dir)``
       (the examples the train step reads; default the filter's train.jsonl), ``init`` (the
       ``finetune.init`` its paper uses; another value is kept, with a warning; None: any).
+      ``pairs(records, filter_cfg, knobs) -> (rows, stats)``: the preference pairs the filter
+      stage writes to pairs.jsonl (None: it writes an empty file).
     * ``params``: the method's own params section (a :class:`Knobs` model), named after the
       method (``params.yaml``: ``<name>: {...}``); None: it has none.
     """
@@ -137,6 +140,7 @@ class Recipe:
     train_inputs: Callable[[Path], list[dict]] = read_train
     init: Literal["previous", "base"] | None = None
     params: type[Knobs] | None = None
+    pairs: Callable[[list[dict], FilterConfig, Any], tuple[list[dict], dict]] | None = None
 
     def knobs(self, params: Any) -> Any:
         """This method's own params section of a validated ``params`` (None when it has none)."""

@@ -81,14 +81,33 @@ def encode_examples(
         "input_ids"
     ]
     features, n_truncated, n_dropped = [], 0, 0
-    for p, c in zip(prompts, completions, strict=True):
+    for ex, p, c in zip(examples, prompts, completions, strict=True):
         feat, cut = build_example(p, c, eos_id, max_length, bos_id)
         n_truncated += int(cut and feat is not None)
         if feat is None:
             n_dropped += 1
         else:
+            if "weight" in ex:  # a weighted example (filter.weighting): its loss is scaled
+                feat["weight"] = ex["weight"]
             features.append(feat)
-    return features, n_truncated, n_dropped
+    return normalize_weights(features), n_truncated, n_dropped
+
+
+def normalize_weights(features: list[dict]) -> list[dict]:
+    """Features of weighted examples with their weights scaled to mean 1 over the set (a
+    feature without one weighs 1), so the learning rate means what it means unweighted; no
+    weights: the features unchanged.
+
+    >>> [f["weight"] for f in normalize_weights([{"weight": 1.0}, {"weight": 2.0}, {}])]
+    [0.75, 1.5, 0.75]
+    """
+    if not any("weight" in f for f in features):
+        return features
+    weights = [float(f.get("weight", 1.0)) for f in features]
+    if any(w < 0 or w != w for w in weights) or not sum(weights):
+        raise InputError(f"training example weights must be >= 0, not all 0: {weights[:8]}")
+    mean = sum(weights) / len(weights)
+    return [f | {"weight": w / mean} for f, w in zip(features, weights, strict=True)]
 
 
 class CompletionCollator:
@@ -137,6 +156,8 @@ class CompletionCollator:
         self.n_real += sum(len(f["input_ids"]) for f in features)
         self.n_slots += len(features) * width
         batch = {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        if any("weight" in f for f in features):  # per-row loss weights (filter.weighting)
+            batch["weights"] = torch.tensor([float(f.get("weight", 1.0)) for f in features])
         if self.share_prefix:
             prefix_len, rows = batch_prefix(features)
             if prefix_len:

@@ -409,7 +409,11 @@ def training_args(cfg: FinetuneConfig, work: Path, seed: int, bf16: bool, save_s
         remove_unused_columns=False,
         label_names=["labels"],
         dataloader_num_workers=0,
-        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
+        train_sampling_strategy=(
+            "sequential"  # finetune.order: as_written (a curriculum)
+            if cfg.order == "as_written"
+            else "group_by_length" if cfg.group_by_length else "random"
+        ),
     )
 
 

@@ -142,7 +142,9 @@ class EpochSeededSampler(_sampler_base()):
         seed: int,
         group_by_length: bool,
         groups: list[int] | None = None,
+        sequential: bool = False,
     ) -> None:
+        self.sequential = bool(sequential)
         self.lengths = [int(n) for n in lengths]
         self.group_size = int(group_size)
         self.seed = int(seed)
@@ -154,6 +156,8 @@ class EpochSeededSampler(_sampler_base()):
         self.epoch = int(epoch)
 
     def order(self, epoch: int) -> list[int]:
+        if self.sequential:  # finetune.order: as_written
+            return list(range(len(self.lengths)))
         return epoch_order(
             self.lengths, self.group_size, self.seed, epoch, self.group_by_length, self.groups
         )
@@ -213,6 +217,7 @@ def seeded_trainer(*args, share_prefix: bool = False, **kwargs):
                 a.data_seed if a.data_seed is not None else a.seed,
                 by_length,
                 groups,
+                sequential=getattr(a, "train_sampling_strategy", None) == "sequential",
             )
             self._epoch_sync.sampler = self.order_sampler = sampler
             return sampler

@@ -222,6 +222,7 @@ def completion_loss(
     prefix_len: int = 0,
     prefix_rows=None,
     num_items_in_batch=None,
+    weights=None,
 ):
     """The causal-LM loss of a right-padded batch, as ``model(..., labels=labels).loss``.
 
@@ -230,6 +231,7 @@ def completion_loss(
     (bool [B]) start with the same ``prefix_len`` ids and carry no loss there (see
     :func:`batch_prefix`); that prefix runs once (see the module docstring). The loss is
     the sum over those tokens / ``num_items_in_batch``, or their mean when it is None.
+    ``weights`` (float [B]): each row's tokens count that many times in the sum.
     """
     import torch
     import torch.nn.functional as F
@@ -252,9 +254,16 @@ def completion_loss(
         hidden = hidden.last_hidden_state
     keep = targets != IGNORE_INDEX
     logits = head(hidden[keep]).float()  # as transformers: the loss in float32
-    if num_items_in_batch is None:
+    if weights is not None:  # weighted rows: the same sum with each token's row weight
+        per_token = F.cross_entropy(logits, targets[keep], reduction="none")
+        w = weights.to(per_token.device, per_token.dtype).unsqueeze(1).expand(targets.shape)
+        loss = (per_token * w[keep]).sum()
+        if num_items_in_batch is None:
+            return loss / per_token.numel()
+    elif num_items_in_batch is None:
         return F.cross_entropy(logits, targets[keep])
-    loss = F.cross_entropy(logits, targets[keep], reduction="sum")
+    else:
+        loss = F.cross_entropy(logits, targets[keep], reduction="sum")
     if torch.is_tensor(num_items_in_batch):
         num_items_in_batch = num_items_in_batch.to(loss.device)
     return loss / num_items_in_batch
@@ -312,7 +321,7 @@ def _prefix_pass(lm, decoder, input_ids, attention_mask, targets, prefix_len, pr
 
 def use_completion_loss(model) -> None:
     """Make ``model(input_ids=, attention_mask=, labels=, [prefix_len=, prefix_rows=,
-    num_items_in_batch=])`` return its loss by :func:`completion_loss` (an output without
+    num_items_in_batch=, weights=])`` return its loss by :func:`completion_loss` (an output without
     logits). Any other call (no labels, other arguments) goes to the model's own forward."""
     from transformers.modeling_outputs import CausalLMOutputWithPast
 
@@ -326,16 +335,20 @@ def use_completion_loss(model) -> None:
         prefix_len=0,
         prefix_rows=None,
         num_items_in_batch=None,
+        weights=None,
         **kwargs,
     ):
         if labels is None or input_ids is None or attention_mask is None or kwargs:
+            if weights is not None:
+                raise ValueError("weighted rows need the completion loss (labels, no extras)")
             if num_items_in_batch is not None:
                 kwargs["num_items_in_batch"] = num_items_in_batch
             return plain(
                 input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs
             )
         loss = completion_loss(
-            self, input_ids, attention_mask, labels, prefix_len, prefix_rows, num_items_in_batch
+            self, input_ids, attention_mask, labels, prefix_len, prefix_rows, num_items_in_batch,
+            weights,
         )
         return CausalLMOutputWithPast(loss=loss)
 
