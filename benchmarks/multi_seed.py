@@ -23,8 +23,12 @@ from selfimprove.cli import main as selfimprove_main
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("action", choices=["table"])
+    ap.add_argument("action", choices=["table", "run"])
     args, rest = ap.parse_known_args(argv)
+    if args.action == "run":  # the clone-per-run runner this script had
+        print("error: studies run through DVC's experiment queue now: `selfimprove study run "
+              "--methods ... --seeds ... --jobs 2` (docs/studies.md)", file=sys.stderr)
+        return 2
     return selfimprove_main(["study", "table", *rest])
 
 

@@ -190,6 +190,8 @@ def _add_study_parser(sub) -> None:
     p.add_argument("--no-start", action="store_true", help="queue only; start it yourself")
     p.add_argument("--repo", default=".", help="the project's root")
     p.add_argument("--out", help="exported results (default benchmarks/results/<name>)")
+    p.add_argument("--push", metavar="GIT_REMOTE", help="run: then `dvc exp push GIT_REMOTE` "
+                   "the study's experiments (their outputs go to the default DVC remote)")
     p.add_argument("--root", type=Path, help="table: the exported study folder")
     p.add_argument("--round", default="r2", help="round the table compares")
     p.add_argument("--json", type=Path, help="also write the table's JSON here")

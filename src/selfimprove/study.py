@@ -15,7 +15,8 @@ the same questions, run by ``dvc queue start -j N``, then one table with interva
    and the DVC cache) into ``<out>/<method>_s<seed>/``: the rounds' JSON files, the compact
    per-question scores (:mod:`selfimprove.evaluation.question_scores`) instead of the
    predictions, the report's CSV/JSON files, and the command and revision that made it; then
-   writes the table (:func:`selfimprove.evaluation.study_table.study_table`) next to them.
+   writes the table (:func:`selfimprove.evaluation.study_table.study_table`); ``--push
+   REMOTE``: ``dvc exp push REMOTE`` the experiments (git refs and their DVC outputs).
 
 Queued experiments run in a temporary copy of the workspace (``.dvc/tmp/exps/...``); every stage
 imports that copy's ``src/`` (``stages/__init__.py`` puts it first on ``sys.path``), so an
@@ -238,6 +239,9 @@ def export_and_table(runs: Sequence[Run], repo: Path, args) -> int:
     out = Path(args.out) if args.out else repo / "benchmarks/results" / args.name
     for run in runs:
         print(f"{run.name}: exported to {export(run, found[run.name]['rev'], repo, out)}")
+    if args.push:  # the experiments' git refs to the git remote, their outputs to DVC's remote
+        _dvc(["exp", "push", args.push, *(r.name for r in runs)], repo)
+        print(f"pushed {len(runs)} experiment(s) to {args.push} and the default DVC remote")
     return write_table(out, args)
 
 
