@@ -5,7 +5,8 @@
   PYTHONPATH point at): the edit makes its first stage fail with the path it ran from;
 - ``selfimprove study run`` queues, runs (``dvc queue start``), waits, exports the compact
   results and prints the table; run again, it finds the experiment finished with the same params
-  and queues nothing (a killed study resumes with only what is missing).
+  and queues nothing (a killed study resumes with only what is missing), then pushes it: its
+  git ref to a git remote, its outputs to the DVC remote.
 """
 
 from __future__ import annotations
@@ -52,8 +53,16 @@ def test_queued_experiments_run_their_own_code_and_a_study_resumes(tiny_model, t
         assert "t-lmsi-s0" in (folder / "command.txt").read_text()
         assert "| arith / fewshot_cot / strict (n=4) |" in out.stdout
 
-        again = _study(proj, env, "--json", str(proj / "t.json"))
-        assert "t-lmsi-s0: finished, kept" in again.stdout and "queued" not in again.stdout
+        # run again: nothing queued; then the experiment is pushed (git ref + DVC outputs)
+        run(["git", "init", "-q", "--bare", str(tmp_path / "origin.git")], tmp_path, env)
+        run(["git", "remote", "add", "origin", str(tmp_path / "origin.git")], proj, env)
+        # --local: DVC reads an experiment's remote from its commit's config, or the local one
+        run(dvc("remote", "add", "--local", "-d", "store", str(tmp_path / "store")), proj, env)
+        again = _study(proj, env, "--json", str(proj / "t.json"), "--push", "origin")
+        assert "t-lmsi-s0: finished, kept" in again.stdout and ": queued" not in again.stdout
         assert json.loads((proj / "t.json").read_text())["round"] == "r1"
+        refs = run(["git", "ls-remote", "origin"], proj, env).stdout
+        assert "refs/exps/" in refs and refs.rstrip().endswith("/t-lmsi-s0")
+        assert any((tmp_path / "store").rglob("*"))  # the predictions and models, in DVC
     finally:
         run(dvc("queue", "stop"), proj, env, check=False)
