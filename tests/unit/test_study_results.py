@@ -74,3 +74,36 @@ def test_study_plan_names_settings_and_params_match():
     assert same_params(params, star.settings)
     assert not same_params(params | {"seed": 1}, star.settings)
     assert StatsConfig().n_resamples >= 100
+
+
+def test_queue_resumes_with_only_what_is_missing(monkeypatch):
+    """Finished with the same params: kept; queued/running: left alone; failed: removed from
+    the queue and queued again; never run: queued; finished with other params: an error."""
+    from selfimprove import study
+    from selfimprove.core.io import InputError
+
+    runs = plan("s", ["lmsi"], [0, 1, 2, 3], 0)
+    params = {r.name: {"method": "lmsi", "seed": r.seed, "data": {"seed": 0},
+                       "tracking": {"study": "s", "pipeline": r.name}} for r in runs}
+    found = {"s-lmsi-s0": {"rev": "a", "state": "success", "params": params["s-lmsi-s0"]},
+             "s-lmsi-s1": {"rev": "b", "state": "running", "params": {}},
+             "s-lmsi-s2": {"rev": "c", "state": "failed", "params": {}}}
+    calls = []
+    monkeypatch.setattr(study, "experiments", lambda repo: found)
+    monkeypatch.setattr(study, "_dvc", lambda args, cwd, env=None: calls.append(args) or "")
+    queued = study.queue(runs, Path("."), say=lambda _: None)
+    assert [r.name for r in queued] == ["s-lmsi-s2", "s-lmsi-s3"]
+    assert calls[0] == ["queue", "remove", "s-lmsi-s2"]
+    assert [c[:5] for c in calls[1:]] == [["exp", "run", "--queue", "-n", "s-lmsi-s2"],
+                                          ["exp", "run", "--queue", "-n", "s-lmsi-s3"]]
+    found["s-lmsi-s0"]["params"] = params["s-lmsi-s0"] | {"seed": 7}
+    with pytest.raises(InputError, match="other params"):
+        study.queue(runs, Path("."), say=lambda _: None)
+
+
+def test_old_runner_points_to_the_study_command(capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import multi_seed
+
+    assert multi_seed.main(["run", "--root", "x"]) == 2
+    assert "selfimprove study run" in capsys.readouterr().err
