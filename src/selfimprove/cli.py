@@ -159,6 +159,11 @@ def _study(args: argparse.Namespace) -> int:
         from selfimprove.core.io import InputError
 
         raise InputError("study table: give --root, the folder the study was exported to")
+    from selfimprove.core.io import InputError, folder_problem
+
+    problem = folder_problem(args.root)
+    if problem:
+        raise InputError(f"--root {args.root}: {problem}")
     return study.write_table(args.root, args)
 
 
@@ -197,7 +202,7 @@ def _add_study_parser(sub) -> None:
     p.add_argument("--json", type=Path, help="also write the table's JSON here")
     p.add_argument("--level", type=float, default=StatsConfig().level)
     p.add_argument("--resamples", type=_int_at_least(100), default=StatsConfig().n_resamples)
-    p.add_argument("--stats-seed", type=int, default=StatsConfig().seed)
+    p.add_argument("--stats-seed", type=_int_at_least(0, MAX_SEED), default=StatsConfig().seed)
     p.set_defaults(func=_study)
 
 

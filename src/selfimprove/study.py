@@ -214,6 +214,8 @@ def export(run: Run, rev: str, repo: Path, out: Path) -> Path:
 
 def run_study(args) -> int:
     """``selfimprove study run``: queue, start, wait, export, table."""
+    if not args.poll > 0:
+        raise InputError(f"--poll {args.poll}: expected seconds > 0, e.g. --poll 10")
     repo = Path(args.repo).resolve()
     runs = plan(args.name, args.methods, args.seeds, args.data_seed, args.set or [])
     queue(runs, repo)
@@ -248,10 +250,21 @@ def export_and_table(runs: Sequence[Run], repo: Path, args) -> int:
 def write_table(root: Path, args) -> int:
     """The study table from ``root``'s compact files: Markdown on stdout, the JSON in
     ``--json``."""
+    from pydantic import ValidationError
+
     from selfimprove.config.evaluation import StatsConfig
+    from selfimprove.core.io import output_problem
     from selfimprove.evaluation.study_table import study_folders, study_table
 
-    cfg = StatsConfig(level=args.level, n_resamples=args.resamples, seed=args.stats_seed)
+    try:
+        cfg = StatsConfig(level=args.level, n_resamples=args.resamples, seed=args.stats_seed)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise InputError(f"--{err['loc'][0].replace('n_resamples', 'resamples')}: "
+                         f"{err['msg']}") from None
+    problem = output_problem(Path(args.json)) if args.json else None
+    if problem:
+        raise InputError(f"--json {args.json}: {problem}")
     text, data = study_table(study_folders(root, args.methods, args.seeds), list(args.seeds),
                              args.round, cfg)
     print(text)
