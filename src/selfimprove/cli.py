@@ -150,6 +150,62 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study(args: argparse.Namespace) -> int:
+    from selfimprove import study
+
+    if args.action == "run":
+        return study.run_study(args)
+    if args.root is None:
+        from selfimprove.core.io import InputError
+
+        raise InputError("study table: give --root, the folder the study was exported to")
+    from selfimprove.core.io import InputError, folder_problem
+
+    problem = folder_problem(args.root)
+    if problem:
+        raise InputError(f"--root {args.root}: {problem}")
+    return study.write_table(args.root, args)
+
+
+def _add_study_parser(sub) -> None:
+    from selfimprove.config.evaluation import StatsConfig
+
+    p = sub.add_parser(
+        "study",
+        help="seeds x methods as DVC experiments (dvc exp run --queue, dvc queue start), then "
+        "one table with intervals",
+        description="run: queue one DVC experiment per (method, seed) on the same questions "
+        "(skipping those finished with the same params), run the queue with --jobs workers, "
+        "wait, export each experiment's compact results to --out and print the table. "
+        "table: the table again from the exported folder (--root). docs/studies.md.",
+    )
+    p.add_argument("action", choices=["run", "table"])
+    p.add_argument("--name", default="study", help="study name: experiment names "
+                   "<name>-<method>-s<seed>, MLflow tracking.study, default --out")
+    p.add_argument("--methods", nargs="+", default=["lmsi", "format_only", "star"],
+                   help="methods (params.yaml `method`); the first is the table's reference")
+    p.add_argument("--seeds", nargs="+", type=_int_at_least(0), default=[0, 1, 2])
+    p.add_argument("--data-seed", type=_int_at_least(0), default=0,
+                   help="data.seed of every run (same questions)")
+    p.add_argument("--set", "-S", action="append", metavar="KEY=VALUE",
+                   help="another param of every run (repeatable), as `dvc exp run -S`")
+    p.add_argument("--jobs", "-j", type=_int_at_least(1), default=2,
+                   help="queue workers (`dvc queue start -j`)")
+    p.add_argument("--poll", type=float, default=10.0, help="seconds between progress checks")
+    p.add_argument("--no-start", action="store_true", help="queue only; start it yourself")
+    p.add_argument("--repo", default=".", help="the project's root")
+    p.add_argument("--out", help="exported results (default benchmarks/results/<name>)")
+    p.add_argument("--push", metavar="GIT_REMOTE", help="run: then `dvc exp push GIT_REMOTE` "
+                   "the study's experiments (their outputs go to the default DVC remote)")
+    p.add_argument("--root", type=Path, help="table: the exported study folder")
+    p.add_argument("--round", default="r2", help="round the table compares")
+    p.add_argument("--json", type=Path, help="also write the table's JSON here")
+    p.add_argument("--level", type=float, default=StatsConfig().level)
+    p.add_argument("--resamples", type=_int_at_least(100), default=StatsConfig().n_resamples)
+    p.add_argument("--stats-seed", type=_int_at_least(0, MAX_SEED), default=StatsConfig().seed)
+    p.set_defaults(func=_study)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="selfimprove",
@@ -204,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate stage wrote one: scores.json's ci)",
     )
     p.set_defaults(func=_compare)
+
+    _add_study_parser(sub)
 
     p = sub.add_parser("tiny-model", help="write a tiny random model (for smoke tests)")
     p.add_argument("out", help="output folder")

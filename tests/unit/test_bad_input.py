@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -571,9 +572,29 @@ OPTION_KINDS = {
     ("tiny-model", "out"): "dir_out",
     ("tiny-model", "seed"): "int",
     ("tiny-model", "force"): "flag",
+    ("study", "action"): "choice",
+    ("study", "name"): "text",
+    ("study", "methods"): "text",
+    ("study", "seeds"): "int",
+    ("study", "data_seed"): "int",
+    ("study", "set"): "text",
+    ("study", "jobs"): "int",
+    ("study", "poll"): "text",
+    ("study", "no_start"): "flag",
+    ("study", "repo"): "text",
+    ("study", "out"): "text",
+    ("study", "push"): "text",
+    ("study", "root"): "dir_in",
+    ("study", "round"): "text",
+    ("study", "json"): "text",
+    ("study", "level"): "text",
+    ("study", "resamples"): "int",
+    ("study", "stats_seed"): "int",
 }
 #: (subcommand, option) whose value the base command line does not read: any value passes
-UNUSED = {("compare", "params"): "read only with --mlflow and no --experiment/--pipeline"}
+UNUSED = {("compare", "params"): "read only with --mlflow and no --experiment/--pipeline",
+          **{("study", k): "read by `study run` only (the base line is `study table`)"
+             for k in ("name", "data_seed", "set", "jobs", "poll", "repo", "out", "push")}}
 
 
 def _cli_options() -> list[tuple[str, object]]:
@@ -620,7 +641,11 @@ def _cli_workspace(tmp_path: Path) -> dict:
         "score": ["score", "gsm8k", str(preds)],
         "compare": ["compare", "--rounds-dir", str(rounds)],
         "tiny-model": ["tiny-model", str(tmp_path / "new_model")],
+        "study": ["study", "table", "--root", str(tmp_path / "study"), "--methods", "m",
+                  "--seeds", "0", "--round", "r0", "--resamples", "100"],
     }
+    (tmp_path / "study" / "m_s0" / "data").mkdir(parents=True)
+    shutil.copytree(rounds, tmp_path / "study" / "m_s0" / "data" / "rounds")
     return {"preds": preds, "a_file": a_file, "full": full, "base": base}
 
 

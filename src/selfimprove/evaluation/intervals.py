@@ -201,20 +201,57 @@ def interval_rows(metrics_by_round: Mapping[str, Mapping]) -> list[dict]:
 Scores = dict[tuple[str, str], tuple[list, dict[str, list]]]
 
 
+#: the compact per-question scores of a round kept in git instead of its predictions
+#: (:mod:`selfimprove.evaluation.question_scores` writes it)
+QUESTION_SCORES = "question_scores.json"
+
+
+def read_question_scores(path: str | Path) -> Scores:
+    """The compact per-question scores file of a round (:data:`QUESTION_SCORES`):
+    ``{"ids": {set: [ids]}, "scores": {"<set>__<style>": {metric: [scores], "ids"?: [..]}}}``;
+    a style's scores belong to the first ``len(scores)`` ids of its set unless it has its own
+    ``ids``."""
+    import json
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        out: Scores = {}
+        for key, by_metric in data["scores"].items():
+            set_name, style = key.split("__", 1)
+            by_metric = dict(by_metric)
+            ids = by_metric.pop("ids", None)
+            n = len(next(iter(by_metric.values()), []))
+            ids = list(ids if ids is not None else data["ids"][set_name][:n])
+            out[(set_name, style)] = ids, {m: [float(x) for x in v] for m, v in by_metric.items()}
+    except (ValueError, KeyError, TypeError, AttributeError, StopIteration) as e:
+        raise InputError(f"{path}: not a question-scores file ({e!r}); rewrite it") from None
+    return out
+
+
 def read_scores(round_path: str | Path, metrics: Mapping) -> Scores:
     """Per-question scores of one round folder (``eval/<set>__<style>.jsonl`` next to its
-    metrics.json, whose nested contents are ``metrics``); styles without a predictions file
+    metrics.json, whose nested contents are ``metrics``; where a style has no predictions
+    file, the compact :data:`QUESTION_SCORES` file kept in git instead); styles with neither
     are left out."""
     round_path = Path(round_path)
+    compact_path = round_path / QUESTION_SCORES
+    compact = read_question_scores(compact_path) if compact_path.is_file() else {}
     out: Scores = {}
     for set_name, styles in metrics.items():
         if not isinstance(styles, Mapping):
             continue
         for style, values in styles.items():
             path = round_path / "eval" / f"{set_name}__{style}.jsonl"
-            if isinstance(values, Mapping) and path.is_file():
+            if not isinstance(values, Mapping):
+                continue
+            if path.is_file():
                 ids, scores = question_scores(read_jsonl(path, required=["id"]))
-                out[(set_name, style)] = ids, {m: v for m, v in scores.items() if m in values}
+            elif (set_name, style) in compact:
+                ids, scores = compact[(set_name, style)]
+            else:
+                continue
+            out[(set_name, style)] = ids, {m: v for m, v in scores.items() if m in values}
     return out
 
 

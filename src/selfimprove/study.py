@@ -1,0 +1,274 @@
+"""Studies through DVC's experiment queue: seeds x methods (x any params) of one pipeline on
+the same questions, run by ``dvc queue start -j N``, then one table with intervals.
+
+``selfimprove study run`` (the CLI, docs/studies.md) does, with DVC doing the work:
+
+1. per (method, seed) one experiment named ``<study>-<method>-s<seed>``, queued with
+   ``dvc exp run --queue -n NAME -S method=.. -S seed=.. -S data.seed=.. -S ...`` (the method's
+   usual settings: ``finetune.init`` of its recipe; MLflow: ``tracking.study``/``pipeline``);
+   an experiment of that name already finished with the same params, queued or running is left
+   alone, a failed one is queued again: a killed study resumes with only what is missing (and
+   DVC's run cache restores every stage a finished run already computed);
+2. ``dvc queue start -j N``, then waits, printing each experiment's state as it changes
+   (``dvc exp show --json``);
+3. exports each finished experiment (its files at its revision, through ``DVCFileSystem``: git
+   and the DVC cache) into ``<out>/<method>_s<seed>/``: the rounds' JSON files, the compact
+   per-question scores (:mod:`selfimprove.evaluation.question_scores`) instead of the
+   predictions, the report's CSV/JSON files, and the command and revision that made it; then
+   writes the table (:func:`selfimprove.evaluation.study_table.study_table`); ``--push
+   REMOTE``: ``dvc exp push REMOTE`` the experiments (git refs and their DVC outputs).
+
+Queued experiments run in a temporary copy of the workspace (``.dvc/tmp/exps/...``); every stage
+imports that copy's ``src/`` (``stages/__init__.py`` puts it first on ``sys.path``), so an
+experiment queued with an edited module runs the edited module.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from selfimprove.core.io import InputError
+
+#: experiment states of ``dvc exp show --json`` that are not over yet
+PENDING = ("queued", "running")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One experiment of a study."""
+
+    method: str
+    seed: int
+    name: str  # the DVC experiment's name
+    settings: tuple[str, ...]  # its ``-S key=value`` params
+
+    @property
+    def folder(self) -> str:
+        return f"{self.method}_s{self.seed}"
+
+    def command(self) -> list[str]:
+        sets = [a for s in self.settings for a in ("-S", s)]
+        return ["dvc", "exp", "run", "--queue", "-n", self.name, *sets]
+
+
+def plan(study: str, methods: Sequence[str], seeds: Sequence[int], data_seed: int,
+         extra: Sequence[str] = ()) -> list[Run]:
+    """The study's experiments, the first method of every seed first (the others of that seed
+    then find its shared stages in the run cache)."""
+    from selfimprove.recipes import get_recipe
+
+    bad = [s for s in extra if "=" not in s]
+    if bad:
+        raise InputError(f"--set {bad[0]!r}: expected KEY=VALUE, e.g. --set generate.num_paths=16")
+    runs = []
+    for seed in seeds:
+        for method in methods:
+            init = get_recipe(method).init
+            name = f"{study}-{method}-s{seed}"
+            settings = (f"method={method}", f"seed={seed}", f"data.seed={data_seed}",
+                        *([f"finetune.init={init}"] if init else []),
+                        f"tracking.study={study}", f"tracking.pipeline={name}", *extra)
+            runs.append(Run(method, seed, name, settings))
+    return runs
+
+
+def _dvc(args: Sequence[str], cwd: Path, env: dict | None = None) -> str:
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+        raise InputError(f"dvc {' '.join(args)} failed: " + " | ".join(tail))
+    return proc.stdout
+
+
+def experiments(repo: Path) -> dict[str, dict]:
+    """The workspace baseline's experiments by name (``dvc exp show --json``): ``rev``,
+    ``state`` (success, queued, running, failed) and ``params`` (params.yaml's contents)."""
+    out: dict[str, dict] = {}
+    for baseline in json.loads(_dvc(["exp", "show", "--json", "--no-fetch"], repo) or "[]"):
+        for exp in baseline.get("experiments") or []:
+            rev = (exp.get("revs") or [{}])[0]
+            name = exp.get("name") or rev.get("name")
+            if not name:
+                continue
+            state = (exp.get("executor") or {}).get("state") or "success"
+            params = ((rev.get("data") or {}).get("params") or {}).get("params.yaml", {})
+            out[name] = {"rev": rev.get("rev"), "state": state, "params": params.get("data", {})}
+    return out
+
+
+def _get(params: dict, key: str):
+    for part in key.split("."):
+        if not isinstance(params, dict) or part not in params:
+            return None
+        params = params[part]
+    return params
+
+
+def same_params(params: dict, settings: Sequence[str]) -> bool:
+    """Whether an experiment's params hold every ``key=value`` of ``settings``."""
+    return all(_get(params, k) == yaml.safe_load(v)
+               for k, v in (s.split("=", 1) for s in settings))
+
+
+def queue(runs: Sequence[Run], repo: Path, say: Callable[[str], None] = print) -> list[Run]:
+    """Queue every run that has not finished with its params and is not queued or running;
+    returns those queued. A finished experiment of the name with other params is an error."""
+    found = experiments(repo)
+    queued = []
+    for run in runs:
+        exp = found.get(run.name)
+        if exp and exp["state"] == "success":
+            if not same_params(exp["params"], run.settings):
+                raise InputError(
+                    f"experiment {run.name} exists with other params; choose another --name or "
+                    f"remove it (dvc exp remove {run.name})")
+            say(f"{run.name}: finished, kept")
+            continue
+        if exp and exp["state"] in PENDING:
+            say(f"{run.name}: {exp['state']} already")
+            continue
+        if exp and exp["state"] == "failed":
+            _dvc(["queue", "remove", run.name], repo)
+        _dvc(run.command()[1:], repo)
+        say(f"{run.name}: queued ({' '.join(run.settings)})")
+        queued.append(run)
+    return queued
+
+
+def start_and_wait(runs: Sequence[Run], repo: Path, jobs: int, poll_s: float = 10.0,
+                   say: Callable[[str], None] = print) -> dict[str, str]:
+    """``dvc queue start -j jobs``, then wait until none of ``runs`` is queued or running,
+    saying each state change; returns each run's final state."""
+    names = [r.name for r in runs]
+    if any(experiments(repo).get(n, {}).get("state") in PENDING for n in names):
+        _dvc(["queue", "start", "-j", str(jobs)], repo)
+    seen: dict[str, str] = {}
+    t0 = time.monotonic()
+    while True:
+        found = experiments(repo)
+        states = {n: found.get(n, {}).get("state", "missing") for n in names}
+        changed = {n: s for n, s in states.items() if seen.get(n) != s}
+        if changed:
+            done = sum(s == "success" for s in states.values())
+            say(f"[{time.monotonic() - t0:.0f} s] {done}/{len(names)} finished; "
+                + ", ".join(f"{n}: {s}" for n, s in changed.items()))
+            seen = states
+        if not any(s in PENDING for s in states.values()):
+            return states
+        time.sleep(poll_s)
+
+
+#: files of a run a study keeps in git (small); the predictions become question_scores.json
+_KEPT_SUFFIXES = (".json", ".csv")
+
+
+def export(run: Run, rev: str, repo: Path, out: Path) -> Path:
+    """Write a finished experiment's results (at ``rev``) in compact form to ``out/<folder>``:
+    the rounds' JSON files, ``question_scores.json`` per round, the report's CSV/JSON files,
+    command.txt and commit.txt. The folder is replaced whole."""
+    import shutil
+
+    from dvc.api import DVCFileSystem
+
+    from selfimprove.core.io import atomic_path
+    from selfimprove.evaluation.headline import read_round_scores
+    from selfimprove.evaluation.question_scores import compact_round, write_question_scores
+
+    fs = DVCFileSystem(str(repo), rev=rev)
+    target = out / run.folder
+    with tempfile.TemporaryDirectory() as tmp, atomic_path(target, is_dir=True) as dest:
+        dest.mkdir(parents=True, exist_ok=True)
+        for top in ("data/rounds", "data/report"):
+            if not fs.isdir(top):
+                continue
+            for path in sorted(fs.find(top)):
+                rel = path.lstrip("/")
+                parts = rel.split("/")
+                in_eval = top == "data/rounds" and len(parts) == 5 and parts[3] == "eval"
+                kept = len(parts) == (4 if top == "data/rounds" else 3) and rel.endswith(
+                    _KEPT_SUFFIXES)
+                if in_eval or kept:
+                    local = Path(tmp if in_eval else dest) / rel
+                    local.parent.mkdir(parents=True, exist_ok=True)
+                    fs.get_file(path, str(local))
+        for round_dir in sorted((dest / "data/rounds").glob("r*")):
+            staged = Path(tmp) / "data/rounds" / round_dir.name
+            if (staged / "eval").is_dir():
+                shutil.copytree(round_dir, staged, dirs_exist_ok=True)
+                content = compact_round(staged, read_round_scores(staged))
+                write_question_scores(round_dir, content)
+        (dest / "command.txt").write_text(f"$ {' '.join(run.command())}\n")
+        (dest / "commit.txt").write_text(f"{rev}\n")
+    return target
+
+
+def run_study(args) -> int:
+    """``selfimprove study run``: queue, start, wait, export, table."""
+    if not args.poll > 0:
+        raise InputError(f"--poll {args.poll}: expected seconds > 0, e.g. --poll 10")
+    repo = Path(args.repo).resolve()
+    runs = plan(args.name, args.methods, args.seeds, args.data_seed, args.set or [])
+    queue(runs, repo)
+    if args.no_start:
+        return 0
+    states = start_and_wait(runs, repo, args.jobs, args.poll)
+    failed = [n for n, s in states.items() if s != "success"]
+    if failed:
+        print(f"error: {len(failed)} experiment(s) did not finish: {', '.join(failed)} "
+              f"(`dvc queue logs NAME`; rerun this command to run only those)", file=sys.stderr)
+        return 1
+    return export_and_table(runs, repo, args)
+
+
+def export_and_table(runs: Sequence[Run], repo: Path, args) -> int:
+    """Export every run of the study (finished, with its params) and write the table."""
+    found = experiments(repo)
+    missing = [r.name for r in runs if found.get(r.name, {}).get("state") != "success"
+               or not same_params(found[r.name]["params"], r.settings)]
+    if missing:
+        raise InputError(f"not finished with the study's params: {', '.join(missing)}; run "
+                         "`selfimprove study run` with the same arguments")
+    out = Path(args.out) if args.out else repo / "benchmarks/results" / args.name
+    for run in runs:
+        print(f"{run.name}: exported to {export(run, found[run.name]['rev'], repo, out)}")
+    if args.push:  # the experiments' git refs to the git remote, their outputs to DVC's remote
+        _dvc(["exp", "push", args.push, *(r.name for r in runs)], repo)
+        print(f"pushed {len(runs)} experiment(s) to {args.push} and the default DVC remote")
+    return write_table(out, args)
+
+
+def write_table(root: Path, args) -> int:
+    """The study table from ``root``'s compact files: Markdown on stdout, the JSON in
+    ``--json``."""
+    from pydantic import ValidationError
+
+    from selfimprove.config.evaluation import StatsConfig
+    from selfimprove.core.io import output_problem
+    from selfimprove.evaluation.study_table import study_folders, study_table
+
+    try:
+        cfg = StatsConfig(level=args.level, n_resamples=args.resamples, seed=args.stats_seed)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise InputError(f"--{err['loc'][0].replace('n_resamples', 'resamples')}: "
+                         f"{err['msg']}") from None
+    problem = output_problem(Path(args.json)) if args.json else None
+    if problem:
+        raise InputError(f"--json {args.json}: {problem}")
+    text, data = study_table(study_folders(root, args.methods, args.seeds), list(args.seeds),
+                             args.round, cfg)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(json.dumps(data, indent=1) + "\n")
+    return 0
+

@@ -1,0 +1,109 @@
+"""Study results kept in git in compact form: per-question scores recompute every figure."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from selfimprove.config.evaluation import StatsConfig
+from selfimprove.core.io import write_json, write_jsonl
+from selfimprove.evaluation.intervals import QUESTION_SCORES, read_scores
+from selfimprove.evaluation.question_scores import compact_round, write_question_scores
+from selfimprove.study import plan, same_params
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def test_committed_multi_seed_table_recomputes_from_compact_files(tmp_path):
+    """Every figure of multi_seed.json, byte for byte, from git alone (no predictions)."""
+    study = RESULTS / "multi_seed"
+    assert not list(study.rglob("*.jsonl"))  # the predictions live in DVC, not in git
+    out = tmp_path / "multi_seed.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "multi_seed.py"), "table", "--root",
+           str(study), "--methods", "lmsi", "format_only", "star", "--seeds", "0", "1", "2",
+           "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert out.read_bytes() == (RESULTS / "multi_seed.json").read_bytes()
+
+
+def test_no_per_question_text_files_in_results():
+    assert not list(RESULTS.rglob("*.jsonl"))
+    assert len(list(RESULTS.rglob(QUESTION_SCORES))) >= 36
+
+
+def test_compact_scores_read_back_like_the_predictions(tmp_path):
+    """Greedy and self-consistency scores (old sc records without ``scores`` are scored from
+    their answers); the compact file gives what the predictions give."""
+    greedy = [{"id": f"q{i}", "correct_strict": i % 2 == 0, "correct_flexible": i < 3}
+              for i in range(5)]
+    sc = [{"id": "q0", "gold": "2", "answers": ["2", "3", "2"]},
+          {"id": "q1", "gold": "5", "answers": ["4", "4", "5"]}]
+    metrics = {"arith": {"fewshot_cot": {"n": 5, "strict": 0.6, "flexible": 0.6},
+                         "sc": {"n": 2, "maj@1": 0.5, "maj@3": 0.5, "pass@3": 1.0}}}
+    write_jsonl(tmp_path / "r1/eval/arith__fewshot_cot.jsonl", greedy)
+    write_jsonl(tmp_path / "r1/eval/arith__sc.jsonl", sc)
+    write_json(tmp_path / "r1/metrics.json", metrics)
+    content = compact_round(tmp_path / "r1", metrics)
+    assert content["scores"]["arith__sc"] == {"maj@1": [1, 0], "maj@3": [1, 0], "pass@3": [1, 1]}
+    assert content["sources"]["eval/arith__sc.jsonl"].startswith("sha256:")
+    from_preds = read_scores(tmp_path / "r1", metrics)[("arith", "fewshot_cot")]
+    write_question_scores(tmp_path / "r1", content)
+    (tmp_path / "r1/eval/arith__fewshot_cot.jsonl").unlink()
+    (tmp_path / "r1/eval/arith__sc.jsonl").unlink()
+    back = read_scores(tmp_path / "r1", metrics)
+    assert back[("arith", "fewshot_cot")] == from_preds
+    assert back[("arith", "sc")] == (["q0", "q1"], {"maj@1": [1.0, 0.0], "maj@3": [1.0, 0.0],
+                                                      "pass@3": [1.0, 1.0]})
+    metrics["arith"]["fewshot_cot"]["strict"] = 0.8  # predictions of another round: refused
+    write_jsonl(tmp_path / "r1/eval/arith__fewshot_cot.jsonl", greedy)
+    with pytest.raises(Exception, match="averages"):
+        compact_round(tmp_path / "r1", metrics)
+
+
+def test_study_plan_names_settings_and_params_match():
+    runs = plan("s", ["lmsi", "star"], [0, 1], 0, ["generate.num_paths=4"])
+    assert [r.name for r in runs] == ["s-lmsi-s0", "s-star-s0", "s-lmsi-s1", "s-star-s1"]
+    star = runs[1]
+    assert "finetune.init=base" in star.settings and "data.seed=0" in star.settings
+    assert star.command()[:6] == ["dvc", "exp", "run", "--queue", "-n", "s-star-s0"]
+    params = {"method": "star", "seed": 0, "data": {"seed": 0}, "finetune": {"init": "base"},
+              "tracking": {"study": "s", "pipeline": "s-star-s0"}, "generate": {"num_paths": 4}}
+    assert same_params(params, star.settings)
+    assert not same_params(params | {"seed": 1}, star.settings)
+    assert StatsConfig().n_resamples >= 100
+
+
+def test_queue_resumes_with_only_what_is_missing(monkeypatch):
+    """Finished with the same params: kept; queued/running: left alone; failed: removed from
+    the queue and queued again; never run: queued; finished with other params: an error."""
+    from selfimprove import study
+    from selfimprove.core.io import InputError
+
+    runs = plan("s", ["lmsi"], [0, 1, 2, 3], 0)
+    params = {r.name: {"method": "lmsi", "seed": r.seed, "data": {"seed": 0},
+                       "tracking": {"study": "s", "pipeline": r.name}} for r in runs}
+    found = {"s-lmsi-s0": {"rev": "a", "state": "success", "params": params["s-lmsi-s0"]},
+             "s-lmsi-s1": {"rev": "b", "state": "running", "params": {}},
+             "s-lmsi-s2": {"rev": "c", "state": "failed", "params": {}}}
+    calls = []
+    monkeypatch.setattr(study, "experiments", lambda repo: found)
+    monkeypatch.setattr(study, "_dvc", lambda args, cwd, env=None: calls.append(args) or "")
+    queued = study.queue(runs, Path("."), say=lambda _: None)
+    assert [r.name for r in queued] == ["s-lmsi-s2", "s-lmsi-s3"]
+    assert calls[0] == ["queue", "remove", "s-lmsi-s2"]
+    assert [c[:5] for c in calls[1:]] == [["exp", "run", "--queue", "-n", "s-lmsi-s2"],
+                                          ["exp", "run", "--queue", "-n", "s-lmsi-s3"]]
+    found["s-lmsi-s0"]["params"] = params["s-lmsi-s0"] | {"seed": 7}
+    with pytest.raises(InputError, match="other params"):
+        study.queue(runs, Path("."), say=lambda _: None)
+
+
+def test_old_runner_points_to_the_study_command(capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import multi_seed
+
+    assert multi_seed.main(["run", "--root", "x"]) == 2
+    assert "selfimprove study run" in capsys.readouterr().err
