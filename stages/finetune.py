@@ -1,6 +1,7 @@
 """finetune stage: LoRA (or full) fine-tuning on the round's training set; adapter + merged.
-The method's recipe (selfimprove.recipes) names the objective (sft) and what the train step reads
-(default: the filter's train.jsonl; a recipe may read the round's refined.jsonl itself).
+The method's recipe (selfimprove.recipes) names the objective (sft, or grpo: TTRL's online RL on
+the round's questions, selfimprove.training.ttrl) and what the train step reads (default: the
+filter's train.jsonl; a recipe may read the round's refined.jsonl itself).
 
 A round with nothing to train on (the filter kept nothing, or every example is too long) is
 recorded as skipped: finetune.json gets `skipped: true`, `skipped_flag: 1` (an MLflow metric) and
@@ -52,13 +53,13 @@ def main(args, params):
     cfg, recipe = params.finetune, get_recipe(params.method)
     start = round_dir("r0" if cfg.init == "base" else args.prev) / "model"
     out = round_dir(args.round)
-    if recipe.objective != "sft":
+    if recipe.objective not in ("sft", "grpo"):
         raise InputError(
             f"method {recipe.name}: training objective {recipe.objective!r} is not implemented "
-            "(finetune runs sft)"
+            "(finetune runs sft and grpo)"
         )
     examples = recipe.train_inputs(out)  # default: the filter's train.jsonl
-    if any(ex.get("weight", 1) != 1 for ex in examples):
+    if recipe.objective == "sft" and any(ex.get("weight", 1) != 1 for ex in examples):
         raise InputError(
             f"method {recipe.name}: its examples carry weights, but sft trains every example "
             "with weight 1; weighted training is not implemented"
@@ -66,7 +67,14 @@ def main(args, params):
     save_steps = os.environ.get("SELFIMPROVE_SAVE_STEPS", "50")
     if not save_steps.isdigit() or int(save_steps) < 1:
         raise InputError(f"SELFIMPROVE_SAVE_STEPS={save_steps!r}: expected a positive integer")
-    info = finetune(
+    train_step = finetune
+    if recipe.objective == "grpo":  # online RL on the round's questions (method ttrl)
+        from functools import partial
+
+        from selfimprove.training.ttrl import ttrl
+
+        train_step = partial(ttrl, knobs=recipe.knobs(params))
+    info = train_step(
         start,
         examples,
         out / "model",
