@@ -115,8 +115,11 @@ def majority_rewards(
         answers = [extract_answer(c) for c in completions[start:end]]
         r, majority, share = group_rewards(answers, min_share)
         rewards += r
-        groups.append({"id": group_ids[start], "majority": majority, "share": share,
-                       "n": end - start, "n_parsed": sum(a is not None for a in answers)})  # fmt: skip
+        n_parsed = sum(a is not None for a in answers)
+        groups.append(
+            {"id": group_ids[start], "majority": majority, "share": share, "n": end - start,
+             "n_parsed": n_parsed}
+        )  # fmt: skip
         start = end
     return rewards, groups
 

@@ -208,12 +208,12 @@ class SamplerRollout:
             raise RuntimeError("rollout_func: prompts do not come in runs of num_generations")
         self.sync(trainer.model)
         suffixes = [p[len(self.prefix) :] for p in distinct]
+        step_key = f"ttrl:{self.seed}:{trainer.state.global_step}".encode()
         params = SamplingParams(
             n=g,
             temperature=self.knobs.temperature,
             max_new_tokens=self.knobs.max_new_tokens,
-            seed=int(hashlib.sha256(f"ttrl:{self.seed}:{trainer.state.global_step}".encode())
-                     .hexdigest()[:8], 16),  # fmt: skip
+            seed=int(hashlib.sha256(step_key).hexdigest()[:8], 16),  # per step: resumes alike
         )
         t0 = time.perf_counter()
         out = self.sampler.sample(self.prefix, suffixes, params, desc="ttrl rollouts")
