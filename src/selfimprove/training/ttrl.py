@@ -240,20 +240,23 @@ def ttrl(
     save_steps: int = 50,
     *,
     knobs: TtrlParams,
+    callbacks: list | None = None,
 ) -> dict:
     """Train ``start`` on ``questions`` (``id``, ``question``) with TTRL and write the model
     folder ``out_dir`` (see the module docstring). Returns the info fine-tuning returns (steps,
     train_loss, final_loss, ...) plus ``n_questions``, ``mean_reward``, ``mean_majority_ratio``,
     ``mean_masked_fraction``, ``rollout``; ``runtime_s``, ``rollout_s`` and
-    ``resumed_from_step`` are run keys (not in ``finetune_info.json``)."""
+    ``resumed_from_step`` are run keys (not in ``finetune_info.json``). ``callbacks``: extra
+    Trainer callbacks."""
     with _no_temp_leftovers():
-        return _ttrl(Path(start), questions, Path(out_dir), cfg, knobs, seed, ckpt_dir, save_steps)
+        return _ttrl(Path(start), questions, Path(out_dir), cfg, knobs, seed, ckpt_dir, save_steps,
+                     callbacks)  # fmt: skip
 
 
 RUN_KEYS = ("runtime_s", "rollout_s", "resumed_from_step")
 
 
-def _ttrl(start, questions, out_dir, cfg, knobs, seed, ckpt_dir, save_steps) -> dict:
+def _ttrl(start, questions, out_dir, cfg, knobs, seed, ckpt_dir, save_steps, callbacks) -> dict:
     import torch
     from transformers import AutoTokenizer, set_seed
 
@@ -322,7 +325,7 @@ def _ttrl(start, questions, out_dir, cfg, knobs, seed, ckpt_dir, save_steps) -> 
             work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="selfimprove-")))
         trainer, rollout = _trainer(model, tokenizer, questions, cfg, knobs, seed, bf16, work,
                                     save_steps if ckpt_dir is not None else None, groups,
-                                    start)  # fmt: skip
+                                    start, callbacks)  # fmt: skip
         del model
         t0 = time.perf_counter()
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
@@ -360,7 +363,8 @@ def _summary(records: list[dict], result) -> dict:
     }
 
 
-def _trainer(model, tokenizer, questions, cfg, knobs, seed, bf16, work, save_steps, groups, start):
+def _trainer(model, tokenizer, questions, cfg, knobs, seed, bf16, work, save_steps, groups, start,
+             callbacks):  # fmt: skip
     import torch
     from trl import GRPOConfig, GRPOTrainer
 
@@ -385,7 +389,7 @@ def _trainer(model, tokenizer, questions, cfg, knobs, seed, bf16, work, save_ste
         top_k=0,
         max_completion_length=knobs.max_new_tokens,
         bf16=bf16 and cfg.method == "full",
-        gradient_checkpointing=False,
+        activation_checkpointing=False,  # (gradient checkpointing) off on CPU
         logging_steps=1,
         save_strategy="steps" if save_steps is not None else "no",
         save_steps=save_steps if save_steps is not None else 50,
@@ -414,6 +418,6 @@ def _trainer(model, tokenizer, questions, cfg, knobs, seed, bf16, work, save_ste
         train_dataset=rollout_dataset(questions, knobs.n_shots),
         processing_class=tokenizer,
         rollout_func=rollout,
-        callbacks=[groups.callback(), complete_marker_callback()],
+        callbacks=[groups.callback(), complete_marker_callback(), *(callbacks or [])],
     )
     return trainer, rollout
