@@ -168,3 +168,29 @@ def test_trl_generation_path_trains_on_cpu(varied, tmp_path):
     assert info["steps"] == 2 and info["rollout"] == "trl" and info["rollout_s"] is None
     assert all(r["completion_length"] <= 10 for r in log)
     assert all({"reward", "majority_ratio", "entropy", "masked_fraction"} <= set(r) for r in log)
+
+
+def test_micro_batch_must_divide_the_step():
+    with pytest.raises(ConfigError, match="ttrl.*micro_batch_size=3 must divide"):
+        parse_params({"ttrl": {"micro_batch_size": 3}})  # 4 x 8 = 32 completions a step
+
+
+def test_label_accuracy_is_computed_after_training_from_the_logged_majorities():
+    """The track stage's analysis: majorities vs the held-aside labels, per step and per round
+    (masked groups have no majority and do not count)."""
+    from selfimprove.tracking.steps import round_label_accuracy, step_metrics
+
+    records = [
+        {"step": 1, "reward": 0.5, "majority_ratio": 0.6, "entropy": 1.0, "lr": None,
+         "groups": [{"id": "a", "majority": "4"}, {"id": "b", "majority": "7"}]},
+        {"step": 2, "reward": 1.0, "groups": [{"id": "a", "majority": None}]},
+    ]  # fmt: skip
+    labels = {"a": "2 + 2 = 4\n#### 4", "b": "#### 6"}
+    rows = step_metrics(records, labels)
+    assert ("train.label_accuracy", 0.5, 1) in rows and ("train.n_majority", 2.0, 1) in rows
+    assert ("train.n_majority", 0.0, 2) in rows
+    assert not any(k == "train.label_accuracy" and s == 2 for k, _, s in rows)
+    assert not any(k in ("train.lr", "train.groups") for k, _, _ in rows)
+    assert round_label_accuracy(records, labels) == {
+        "analysis.ttrl.n_groups": 3.0, "analysis.ttrl.n_majority": 2.0,
+        "analysis.ttrl.label_accuracy": 0.5}  # fmt: skip

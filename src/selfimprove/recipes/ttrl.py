@@ -19,7 +19,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from selfimprove.core.answers import extract_answer
 from selfimprove.recipes.base import PATH_STATS, Knobs, Recipe
@@ -35,6 +35,14 @@ class TtrlParams(Knobs):
     )
     questions_per_step: int = Field(
         4, ge=1, description="Questions per optimizer step (each a group of num_generations)."
+    )
+    micro_batch_size: int = Field(
+        2,
+        ge=1,
+        description="Completions per forward/backward pass (gradients accumulate over the "
+        "step's questions_per_step x num_generations completions, which it must divide); "
+        "memory grows with it (a group of 8 four-shot completions of SmolLM2-135M at once "
+        "took over 11 GB on CPU).",
     )
     epochs: float = Field(1, gt=0.0, description="Passes over the round's questions.")
     learning_rate: float = Field(1e-5, gt=0.0, description="Peak learning rate (AdamW).")
@@ -65,6 +73,16 @@ class TtrlParams(Knobs):
         "'Q:'; the training weights are copied in before each step); trl = TRL's own "
         "model.generate (no stop strings: every completion runs to max_new_tokens).",
     )
+
+    @model_validator(mode="after")
+    def _micro_batch_divides_the_step(self) -> TtrlParams:
+        per_step = self.questions_per_step * self.num_generations
+        if per_step % self.micro_batch_size:
+            raise ValueError(
+                f"ttrl.micro_batch_size={self.micro_batch_size} must divide questions_per_step x "
+                f"num_generations = {per_step} (the completions of one optimizer step)"
+            )
+        return self
 
 
 def group_rewards(answers: list[str | None], min_share: float) -> tuple[list, str | None, float]:

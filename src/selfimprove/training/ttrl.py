@@ -3,8 +3,8 @@
 
 Each optimizer step takes ``ttrl.questions_per_step`` questions (few-shot CoT prompts of the
 project's prompt module), samples ``ttrl.num_generations`` completions of each (one generation
-per step: ``steps_per_generation`` = gradient accumulation = questions per step, one question's
-group per micro-batch), rewards each completion 1 when its answer equals its group's majority
+per step: ``steps_per_generation`` = gradient accumulation = the step's completions /
+``ttrl.micro_batch_size``), rewards each completion 1 when its answer equals its group's majority
 (masked groups: ``None``, zero advantage) and takes one GRPO step. Rollouts
 (``ttrl.rollout``): ``sampler`` = the project's :class:`~selfimprove.sampling.
 transformers_sampler.TransformersSampler` through TRL's ``rollout_func`` (shared prefix once,
@@ -368,12 +368,13 @@ def _trainer(model, tokenizer, questions, cfg, knobs, seed, bf16, work, save_ste
     import torch
     from trl import GRPOConfig, GRPOTrainer
 
-    g, q = knobs.num_generations, knobs.questions_per_step
+    g, q, micro = knobs.num_generations, knobs.questions_per_step, knobs.micro_batch_size
+    accum = q * g // micro
     args = GRPOConfig(
         output_dir=str(work),
-        per_device_train_batch_size=g,  # one question's group per micro-batch
-        gradient_accumulation_steps=q,
-        steps_per_generation=q,  # one generation of q groups per optimizer step
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=accum,
+        steps_per_generation=accum,  # one generation of q groups per optimizer step
         num_generations=g,
         num_iterations=1,
         num_train_epochs=knobs.epochs,
