@@ -224,7 +224,10 @@ class SamplerRollout:
             ids = self.sampler.input_ids(self.prefix, suffix)
             for c in comps:
                 prompt_ids.append(ids)
+                # the sampled text's tokens (a re-tokenization: the sampler returns text; BPE
+                # may split it otherwise than sampled, so it is capped at the sampled count)
                 cids = tok(c.text, add_special_tokens=False).input_ids if c.text else []
+                cids = cids[: max(c.n_tokens, 1)]
                 # a finished completion ends in EOS (as fine-tuning's examples do)
                 completion_ids.append(cids + ([eos] if c.finish_reason != "length" else []))
         return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": None}
