@@ -37,7 +37,7 @@ def main(args, params):
     if recipe.objective == "grpo" and train_log.exists():  # online RL: per-step records
         from selfimprove.tracking.steps import round_label_accuracy, step_metrics
 
-        records = read_jsonl(train_log)
+        records = [r for r in read_jsonl(train_log) if "groups" in r]  # r0: no ttrl records
         labels = {r["id"]: r["answer"] for r in read_jsonl(TRAIN_LABELS)} if records else {}
         metrics |= round_label_accuracy(records, labels)  # analysis only
         steps = step_metrics(records, labels)

@@ -194,3 +194,28 @@ def test_label_accuracy_is_computed_after_training_from_the_logged_majorities():
     assert round_label_accuracy(records, labels) == {
         "analysis.ttrl.n_groups": 3.0, "analysis.ttrl.n_majority": 2.0,
         "analysis.ttrl.label_accuracy": 0.5}  # fmt: skip
+
+
+def test_sampler_rollout_samples_with_the_training_weights(varied):
+    """sync copies base + LoRA delta into the sampler's model: its weights equal the merged
+    model's (what export writes)."""
+    import torch
+
+    from selfimprove.config.training import LoraSection
+    from selfimprove.training.finetune import _load_model, _wrap_lora
+    from selfimprove.training.ttrl import SamplerRollout, prompt_parts
+
+    torch.manual_seed(0)
+    model = _wrap_lora(_load_model(varied, torch.float32), LoraSection())
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.1)  # a trained-looking adapter (B starts at zero)
+    rollout = SamplerRollout(varied, prompt_parts(1), _knobs(), seed=0, bf16=False)
+    rollout.sync(model)
+    merged = model.merge_and_unload().state_dict()
+    got = dict(rollout.sampler.model.named_parameters())
+    assert set(got) <= set(merged)  # (lm_head.weight: tied to the embeddings)
+    assert max((merged[k] - got[k]).abs().max().item() for k in got) < 1e-6
+    assert any((merged[k] - _load_model(varied, torch.float32).state_dict()[k]).abs().max() > 0.01
+               for k in merged)  # fmt: skip
