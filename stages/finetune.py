@@ -1,7 +1,8 @@
 """finetune stage: LoRA (or full) fine-tuning on the round's training set; adapter + merged.
-The method's recipe (selfimprove.recipes) names the objective (sft, or dpo: scpo's preference
-pairs, pairs.jsonl, with TRL's DPOTrainer, selfimprove.training.preference) and what the sft
-train step reads (default: the filter's train.jsonl; a recipe may read refined.jsonl itself).
+The method's recipe (selfimprove.recipes) names the objective: sft (default: the filter's
+train.jsonl; a recipe may read refined.jsonl itself), dpo (scpo's preference pairs, pairs.jsonl,
+with TRL's DPOTrainer, selfimprove.training.preference) or grpo (TTRL's online RL on the round's
+questions, selfimprove.training.ttrl).
 
 A round with nothing to train on (the filter kept nothing, or every example is too long) is
 recorded as skipped: finetune.json gets `skipped: true`, `skipped_flag: 1` (an MLflow metric) and
@@ -53,10 +54,10 @@ def main(args, params):
     cfg, recipe = params.finetune, get_recipe(params.method)
     start = round_dir("r0" if cfg.init == "base" else args.prev) / "model"
     out = round_dir(args.round)
-    if recipe.objective not in ("sft", "dpo"):
+    if recipe.objective not in ("sft", "dpo", "grpo"):
         raise InputError(
             f"method {recipe.name}: training objective {recipe.objective!r} is not implemented "
-            "(finetune runs sft and dpo)"
+            "(finetune runs sft, dpo and grpo)"
         )
     save_steps = os.environ.get("SELFIMPROVE_SAVE_STEPS", "50")
     if not save_steps.isdigit() or int(save_steps) < 1:
@@ -72,7 +73,14 @@ def main(args, params):
         return
     examples = recipe.train_inputs(out)  # default: the filter's train.jsonl
     # examples may carry a "weight" (filter.weighting): scaled to mean 1, it scales their loss
-    info = finetune(
+    train_step = finetune
+    if recipe.objective == "grpo":  # online RL on the round's questions (method ttrl)
+        from functools import partial
+
+        from selfimprove.training.ttrl import ttrl
+
+        train_step = partial(ttrl, knobs=recipe.knobs(params))
+    info = train_step(
         start,
         examples,
         out / "model",

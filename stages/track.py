@@ -29,8 +29,18 @@ def main(args, params):
         return
     check_tracking(cfg)
     # refine step none (lmsi, format_only): refined.jsonl = samples.jsonl (nothing to log)
-    has_refined = get_recipe(params.method).refine != "none"
+    recipe = get_recipe(params.method)
+    has_refined = recipe.refine != "none"
     metrics, found = round_analysis(out, TRAIN_LABELS, has_refined, args.round)
+    steps = []
+    train_log = out / "model" / "train_log.jsonl"
+    if recipe.objective == "grpo" and train_log.exists():  # online RL: per-step records
+        from selfimprove.tracking.steps import round_label_accuracy, step_metrics
+
+        records = [r for r in read_jsonl(train_log) if "groups" in r]  # r0: no ttrl records
+        labels = {r["id"]: r["answer"] for r in read_jsonl(TRAIN_LABELS)} if records else {}
+        metrics |= round_label_accuracy(records, labels)  # analysis only
+        steps = step_metrics(records, labels)
     datasets = [DatasetSpec(p, f"{args.round}-{p.stem}", ctx) for p, ctx in found]
     tables = {}
     for pred_file in sorted((out / "eval").glob("*.jsonl")):
@@ -52,6 +62,10 @@ def main(args, params):
         tables=tables,
         root=root,
     )
+    if steps and run_id:
+        from selfimprove.tracking.steps import log_step_metrics
+
+        log_step_metrics(run_id, steps)  # train.<key> at each optimizer step
     write_json(out / "mlflow.json", {"run_id": run_id, "round": args.round})
     print(f"{args.round}: logged to MLflow run {run_id}")
 

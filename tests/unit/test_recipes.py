@@ -76,8 +76,9 @@ def test_recipes_are_unique_and_the_default_first():
     names = [r.name for r in RECIPES]
     assert names[0] == "lmsi" == parse_params({}).method
     assert len(set(names)) == len(names) and tuple(names) == METHOD_NAMES
-    assert {r.objective for r in RECIPES} == {"sft", "dpo"}
+    assert {r.objective for r in RECIPES} == {"sft", "dpo", "grpo"}
     assert [r.name for r in RECIPES if r.pairs is not None] == ["scpo"]
+    assert [r.name for r in RECIPES if r.objective == "grpo"] == ["ttrl"]
     assert [r.name for r in RECIPES if r.uses_labels] == ["star", "rest_em"]
     assert [r.name for r in RECIPES if r.needs_seed_set] == ["self", "lmsi_self"]
     assert [r.name for r in RECIPES if r.init == "base"] == ["star", "rest_em"]

@@ -7,7 +7,16 @@ one entry in :data:`RECIPES`.
 from __future__ import annotations
 
 from selfimprove.core.io import InputError
-from selfimprove.recipes import format_only, lmsi, lmsi_self, rest_em, scpo, self_refine, star
+from selfimprove.recipes import (
+    format_only,
+    lmsi,
+    lmsi_self,
+    rest_em,
+    scpo,
+    self_refine,
+    star,
+    ttrl,
+)
 from selfimprove.recipes.base import Recipe
 
 #: every method, the default first
@@ -19,6 +28,7 @@ RECIPES: tuple[Recipe, ...] = (
     rest_em.RECIPE,
     format_only.RECIPE,
     scpo.RECIPE,
+    ttrl.RECIPE,
 )
 
 
