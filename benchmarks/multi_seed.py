@@ -70,14 +70,18 @@ def _clone(root: Path, name: str) -> Path:
     shared = root / "shared"  # the project reads ../shared (benchmark data) from its root
     if not shared.exists() and (REPO.parent / "shared").exists():
         shared.symlink_to((REPO.parent / "shared").resolve())
-    subprocess.run([sys.executable, "-m", "dvc", "cache", "dir", "--local", str(root / "cache")],
-                   cwd=path, check=True)
+    subprocess.run(
+        [sys.executable, "-m", "dvc", "cache", "dir", "--local", str(root / "cache")],
+        cwd=path,
+        check=True,
+    )
     return path
 
 
 def _head() -> str:
-    return subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
-                          text=True, check=True).stdout.strip()
+    return subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def _run_one(root: Path, method: str, seed: int, data_seed: int, threads: int) -> dict:
@@ -85,14 +89,24 @@ def _run_one(root: Path, method: str, seed: int, data_seed: int, threads: int) -
     path = _clone(root, name)
     # one MLflow store for the study (<root>/mlflow.db): a study run, one child per run (its
     # pipeline, named like the clone), each with its rounds
-    sets = [f"method={method}", f"seed={seed}", f"data.seed={data_seed}",
-            f"tracking.pipeline={name}", f"tracking.study={root.resolve().name}",
-            *method_settings(method)]
+    sets = [
+        f"method={method}",
+        f"seed={seed}",
+        f"data.seed={data_seed}",
+        f"tracking.pipeline={name}",
+        f"tracking.study={root.resolve().name}",
+        *method_settings(method),
+    ]
     cmd = [sys.executable, "-m", "dvc", "exp", "run", *(a for s in sets for a in ("-S", s))]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1",
-               MLFLOW_DISABLE_TELEMETRY="true", PYTHONPATH=str(path / "src"),
-               MLFLOW_TRACKING_URI=f"sqlite:///{(root / 'mlflow.db').resolve()}",
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS=str(threads),
+        HF_HUB_OFFLINE="1",
+        MLFLOW_DISABLE_TELEMETRY="true",
+        PYTHONPATH=str(path / "src"),
+        MLFLOW_TRACKING_URI=f"sqlite:///{(root / 'mlflow.db').resolve()}",
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    )
     t0 = time.perf_counter()
     with open(path / "multi_seed.log", "a") as log:
         log.write(f"$ {' '.join(cmd)}\n")
@@ -111,8 +125,10 @@ def run(args) -> int:
     # keeps every worker busy. Waiting never deadlocks: a seed's first run is queued, so
     # started, before any run that waits for it.
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        firsts = {k: pool.submit(_run_one, args.root, first, k, args.data_seed, args.threads)
-                  for k in args.seeds}
+        firsts = {
+            k: pool.submit(_run_one, args.root, first, k, args.data_seed, args.threads)
+            for k in args.seeds
+        }
 
         def after_first(method: str, seed: int) -> dict:
             firsts[seed].result()
@@ -156,8 +172,13 @@ def _within_runs(pairs: list[tuple[tuple, tuple]], cfg: StatsConfig) -> dict:
 
     diffs = [[b - a for a, b in zip(pick(*sa), pick(*sb), strict=True)] for sa, sb in pairs]
     iv = seeds_bootstrap_ci(diffs, cfg.seed, cfg.n_resamples, cfg.level)
-    return {"diff": iv.estimate, "lo": iv.lo, "hi": iv.hi, "n_questions": len(common),
-            "n_runs": len(pairs)}
+    return {
+        "diff": iv.estimate,
+        "lo": iv.lo,
+        "hi": iv.hi,
+        "n_questions": len(common),
+        "n_runs": len(pairs),
+    }
 
 
 def _read_runs(folders: list[Path]) -> tuple[list, list]:
@@ -173,9 +194,17 @@ def _within_rows(read: tuple[list, list], choose, cfg: StatsConfig) -> list[dict
     """Per shown (set, style, metric): ``choose(rounds_metrics, flat_key) -> (round_a, round_b)``
     for every run (``read``: :func:`_read_runs`), then :func:`_within_runs` of b - a."""
     runs, scores = read
-    keys = set.intersection(*({(st, sy, m) for by_style in sc.values()
-                               for (st, sy), (_, per) in by_style.items() for m in per}
-                              for sc in scores))
+    keys = set.intersection(
+        *(
+            {
+                (st, sy, m)
+                for by_style in sc.values()
+                for (st, sy), (_, per) in by_style.items()
+                for m in per
+            }
+            for sc in scores
+        )
+    )
     rows = []
     for set_name, style, metric in sorted(k for k in keys if k[2] in SHOWN):
         picks = [choose(rounds, f"{set_name}.{style}.{metric}") for _, rounds in runs]
@@ -185,14 +214,28 @@ def _within_rows(read: tuple[list, list], choose, cfg: StatsConfig) -> list[dict
         for (a, b), sc in zip(picks, scores, strict=True):
             (ids_a, per_a), (ids_b, per_b) = sc[a][(set_name, style)], sc[b][(set_name, style)]
             pairs.append(((ids_a, per_a[metric]), (ids_b, per_b[metric])))
-        rows.append({"set": set_name, "style": style, "metric": metric,
-                     "rounds": [list(p) for p in picks], **_within_runs(pairs, cfg)})
+        rows.append(
+            {
+                "set": set_name,
+                "style": style,
+                "metric": metric,
+                "rounds": [list(p) for p in picks],
+                **_within_runs(pairs, cfg),
+            }
+        )
     return rows
 
 
 # Collapse monitors summarized over seeds (filter.json; precision: analysis only, training labels).
-MONITORS = ("selected_fraction", "mean_agreement", "answer_entropy", "distinct_answers",
-            "mean_path_tokens", "selected_precision", "kept_precision")
+MONITORS = (
+    "selected_fraction",
+    "mean_agreement",
+    "answer_entropy",
+    "distinct_answers",
+    "mean_path_tokens",
+    "selected_precision",
+    "kept_precision",
+)
 
 
 def _monitors(folders: list[Path]) -> dict[str, dict[str, list]]:
@@ -228,50 +271,79 @@ def _label_free_vs_best(rounds: dict[str, dict], key: str) -> tuple[str, str] | 
 
 def table(args) -> int:
     cfg = StatsConfig(level=args.level, n_resamples=args.resamples, seed=args.stats_seed)
-    folders = {m: [args.root / f"{m}_s{k}" / "data" / "rounds" for k in args.seeds]
-               for m in args.methods}
-    missing = [str(f) for fs in folders.values() for f in fs
-               if not (f / args.round / "metrics.json").exists()]
+    folders = {
+        m: [args.root / f"{m}_s{k}" / "data" / "rounds" for k in args.seeds] for m in args.methods
+    }
+    missing = [
+        str(f)
+        for fs in folders.values()
+        for f in fs
+        if not (f / args.round / "metrics.json").exists()
+    ]
     if missing:
-        print(f"error: no {args.round}/metrics.json in: {', '.join(missing)} (run them first)",
-              file=sys.stderr)
+        print(
+            f"error: no {args.round}/metrics.json in: {', '.join(missing)} (run them first)",
+            file=sys.stderr,
+        )
         return 2
     base = args.methods[0]
     out = {"seeds": args.seeds, "round": args.round, "level": cfg.level, "rows": {}}
-    lines = ["| " + " | ".join(["set / style / metric", "r0 (no training)",
-                                 *(f"{m} {args.round}" for m in args.methods),
-                                 *(f"{m} − {base}" for m in args.methods[1:])]) + " |",
-             "|---" * (2 + 2 * len(args.methods) - 1) + "|"]
+    lines = [
+        "| "
+        + " | ".join(
+            [
+                "set / style / metric",
+                "r0 (no training)",
+                *(f"{m} {args.round}" for m in args.methods),
+                *(f"{m} − {base}" for m in args.methods[1:]),
+            ]
+        )
+        + " |",
+        "|---" * (2 + 2 * len(args.methods) - 1) + "|",
+    ]
     r0 = compare(_load(folders[base], "r0"), _load(folders[base], args.round), cfg)
-    by_method = {m: compare(_load(folders[base], args.round), _load(folders[m], args.round), cfg)
-                 for m in args.methods[1:]}
+    by_method = {
+        m: compare(_load(folders[base], args.round), _load(folders[m], args.round), cfg)
+        for m in args.methods[1:]
+    }
     out["rows"]["r0_vs_" + base] = r0
     out["rows"].update({f"{m}_vs_{base}": rows for m, rows in by_method.items()})
     for row in r0:
         if row["metric"] not in SHOWN:
             continue
         key = (row["set"], row["style"], row["metric"])
-        others = [next(r for r in by_method[m] if (r["set"], r["style"], r["metric"]) == key)
-                  for m in args.methods[1:]]
-        cells = [_fmt(row["a"]), _fmt(row["b"]), *(_fmt(o["b"]) for o in others),
-                 *(_fmt_diff(o) for o in others)]
+        others = [
+            next(r for r in by_method[m] if (r["set"], r["style"], r["metric"]) == key)
+            for m in args.methods[1:]
+        ]
+        cells = [
+            _fmt(row["a"]),
+            _fmt(row["b"]),
+            *(_fmt(o["b"]) for o in others),
+            *(_fmt_diff(o) for o in others),
+        ]
         lines.append(f"| {' / '.join(key)} (n={row['n_questions']}) | " + " | ".join(cells) + " |")
     # Would a stop rule have helped? With these rounds it can only ever give back the previous
     # round's model, so the most it can gain is r_prev - r_last, paired within each run.
     from selfimprove.core.paths import round_index
 
     prev = f"r{round_index(args.round) - 1}"
-    lines += ["", f"{args.round} − {prev} within each run (what a stop rule before "
-              f"{args.round} could gain, negated), and the accuracy the label-free choice of "
-              "round loses against the truly best round of each run:", "",
-              "| method | set / style / metric | " + f"{args.round} − {prev} | "
-              "label-free loss (best − chosen) | chosen / best rounds per seed |",
-              "|---|---|---|---|---|"]
+    lines += [
+        "",
+        f"{args.round} − {prev} within each run (what a stop rule before "
+        f"{args.round} could gain, negated), and the accuracy the label-free choice of "
+        "round loses against the truly best round of each run:",
+        "",
+        "| method | set / style / metric | " + f"{args.round} − {prev} | "
+        "label-free loss (best − chosen) | chosen / best rounds per seed |",
+        "|---|---|---|---|---|",
+    ]
     out["last_minus_prev"], out["label_free_loss"] = {}, {}
     for m in args.methods:
         read = _read_runs(folders[m])
-        steps = _within_rows(read, lambda rounds, _k: (prev, args.round)
-                             if prev in rounds else None, cfg)
+        steps = _within_rows(
+            read, lambda rounds, _k: (prev, args.round) if prev in rounds else None, cfg
+        )
         loss = _within_rows(read, _label_free_vs_best, cfg)  # best - chosen
         out["last_minus_prev"][m], out["label_free_loss"][m] = steps, loss
         by_key = {(r["set"], r["style"], r["metric"]): r for r in loss}
@@ -279,18 +351,28 @@ def table(args) -> int:
             key = (row["set"], row["style"], row["metric"])
             lf = by_key.get(key)
             picks = ", ".join(f"{a}/{b}" for a, b in lf["rounds"]) if lf else "-"
-            lines.append(f"| {m} | {' / '.join(key)} | {_fmt_diff(row)} | "
-                         f"{_fmt_diff(lf) if lf else '-'} | {picks} |")
-    lines += ["", "Collapse monitors of each round's sampled paths, mean over seeds (min–max); "
-              "precision of the kept majorities uses the training labels (analysis only):", "",
-              "| method | round | " + " | ".join(MONITORS) + " |",
-              "|---|---|" + "---|" * len(MONITORS)]
+            lines.append(
+                f"| {m} | {' / '.join(key)} | {_fmt_diff(row)} | "
+                f"{_fmt_diff(lf) if lf else '-'} | {picks} |"
+            )
+    lines += [
+        "",
+        "Collapse monitors of each round's sampled paths, mean over seeds (min–max); "
+        "precision of the kept majorities uses the training labels (analysis only):",
+        "",
+        "| method | round | " + " | ".join(MONITORS) + " |",
+        "|---|---|" + "---|" * len(MONITORS),
+    ]
     out["monitors"] = {}
     for m in args.methods:
         out["monitors"][m] = mon = _monitors(folders[m])
         for name, values in mon.items():
-            cells = [f"{sum(v) / len(v):.3g} ({min(v):.3g}–{max(v):.3g})" if (v := values.get(k))
-                     else "-" for k in MONITORS]
+            cells = [
+                f"{sum(v) / len(v):.3g} ({min(v):.3g}–{max(v):.3g})"
+                if (v := values.get(k))
+                else "-"
+                for k in MONITORS
+            ]
             lines.append(f"| {m} | {name} | " + " | ".join(cells) + " |")
     print("\n".join(lines))
     if args.json:
@@ -302,8 +384,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("action", choices=["run", "table"])
     ap.add_argument("--root", type=Path, required=True, help="folder of the runs' clones")
-    ap.add_argument("--methods", nargs="+", default=["lmsi", "format_only", "star"],
-                    help="methods (params.yaml `method`); the first is the reference")
+    ap.add_argument(
+        "--methods",
+        nargs="+",
+        default=["lmsi", "format_only", "star"],
+        help="methods (params.yaml `method`); the first is the reference",
+    )
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--data-seed", type=int, default=0, help="data.seed of every run")
     ap.add_argument("--round", default="r2", help="round compared (table)")
