@@ -5,6 +5,11 @@ T = 0.7, 128 new tokens); prints the sampler's own time split (``last_stats``) a
 table (self CPU time). The profile figures in docs/speed.md came from:
 
     python benchmarks/sampler_profile.py --n 16 --batch-size 128
+
+On real GSM8K questions, one thread (docs/speed.md):
+
+    OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/sampler_profile.py --threads 1 \
+        --gsm8k ../shared/data/gsm8k/test.jsonl --n 16
 """
 
 from __future__ import annotations
@@ -27,13 +32,27 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n", type=int, default=16, help="questions")
     ap.add_argument("--batch-size", type=int, default=SamplerConfig().batch_size)
     ap.add_argument("--rows", type=int, default=30, help="operator rows to print")
+    ap.add_argument("--gsm8k", help="a GSM8K-format jsonl read in place (default: gsm_symbolic)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0=default)")
+    ap.add_argument("--question-level", action="store_true", help="the per-question cascade level")
     args = ap.parse_args(argv)
 
-    rows = list(itertools.islice(gsm_symbolic_stream(0, 4 * args.n + 16), args.n))
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.gsm8k:
+        from selfimprove.core.io import iter_jsonl
+
+        rows = list(itertools.islice(iter_jsonl(args.gsm8k, ["question", "answer"]), args.n))
+    else:
+        rows = list(itertools.islice(gsm_symbolic_stream(0, 4 * args.n + 16), args.n))
     prefix = build_prompt("", "fewshot_cot", 8)[0]
     suffixes = [build_prompt(r["question"], "fewshot_cot", 8)[1] for r in rows]
     params = SamplingParams(n=8, temperature=0.7, max_new_tokens=128, stop=("\n\nQ:", "\nQ:"))
-    sampler = TransformersSampler(args.model, batch_size=args.batch_size)
+    sampler = TransformersSampler(
+        args.model, batch_size=args.batch_size, question_level=args.question_level
+    )
     sampler.sample(prefix, suffixes[:2], params)  # warm-up
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         sampler.sample(prefix, suffixes, params)

@@ -193,18 +193,22 @@ def test_greedy_matches_generate(sampler, ref_model, prefix):
             assert c.text == tok.decode(ref, skip_special_tokens=True)
 
 
+@pytest.mark.parametrize("question_level", [False, True])
 def test_greedy_matches_generate_through_reallocations_and_compactions(
-    model_dir, ref_model, monkeypatch
+    model_dir, ref_model, monkeypatch, question_level
 ):
     """Tail buffers with 2 spare columns (reallocated every 2 steps); rows that finish at
     different steps (a common token made an end token) stay until the cache is compacted, while
-    new questions join: every row still gets generate's tokens."""
+    new questions join: every row still gets generate's tokens (also with each question's
+    prompt kept once for its rows: the cascade's third level)."""
     from collections import Counter
 
     from selfimprove.sampling import cascade
 
     monkeypatch.setattr(cascade, "_HEADROOM", 2)
-    s = TransformersSampler(model_dir, dtype="float32", batch_size=4, device="cpu")
+    s = TransformersSampler(
+        model_dir, dtype="float32", batch_size=4, device="cpu", question_level=question_level
+    )
     prompts = [p for p in PROMPTS if p] * 2
     refs = [_greedy_ref(ref_model, s.input_ids(PREFIX, p), 25) for p in prompts]
     end = Counter(t for r in refs for t in set(r[2:20])).most_common(1)[0][0]
@@ -448,14 +452,18 @@ def _padded_rebuild(widths: list[int]):
     return rebuild
 
 
-def test_tail_store_stays_bounded_and_outputs_bit_identical(model_dir, monkeypatch):
+@pytest.mark.parametrize("question_level", [False, True])
+def test_tail_store_stays_bounded_and_outputs_bit_identical(model_dir, monkeypatch, question_level):
     """Over many compactions, each row of the tail
     store holds its tail + the steps until the next compaction, while padded rows grew one column
-    per decode step; the seeded samples are bit-identical to the padded layout's."""
+    per decode step; the seeded samples are bit-identical to the padded layout's (with or
+    without the per-question level)."""
     from selfimprove.sampling import cascade
     from selfimprove.sampling import transformers_sampler as ts
 
-    s = TransformersSampler(model_dir, dtype="float32", batch_size=4, device="cpu")
+    s = TransformersSampler(
+        model_dir, dtype="float32", batch_size=4, device="cpu", question_level=question_level
+    )
     prompts = [f"Q: {i} + {i % 7}?\nA:" for i in range(90)]
     params = SamplingParams(n=2, temperature=1.0, max_new_tokens=16, seed=3)
 
@@ -480,3 +488,21 @@ def test_tail_store_stays_bounded_and_outputs_bit_identical(model_dir, monkeypat
     padded, _ = run()
     assert max(widths) > 4 * bound  # the padded rows' width: about one column per decode step
     assert fixed == padded
+
+
+def test_question_level_samples_like_the_default(model_dir):
+    """The per-question level moves only float rounding: seeded fp32 samples of the tiny model
+    are the default layout's, and it refuses a non-CPU device."""
+    params = SamplingParams(n=3, temperature=1.0, max_new_tokens=10, seed=5)
+    prompts = [p for p in PROMPTS if p]
+    outs = []
+    for level in (False, True):
+        s = TransformersSampler(
+            model_dir, dtype="float32", batch_size=4, device="cpu", question_level=level
+        )
+        outs.append(
+            [[(c.text, c.n_tokens) for c in cs] for cs in s.sample(PREFIX, prompts, params)]
+        )
+    assert outs[0] == outs[1]
+    with pytest.raises(InputError, match="CPU only"):
+        TransformersSampler(model_dir, dtype="float32", device="meta", question_level=True)

@@ -1,9 +1,11 @@
-"""Cascade attention over one shared prefix + per-row tails, and the tails' KV store.
+"""Cascade attention over one shared prefix + per-question prompts + per-row tails, and their KV.
 
-The sampler keeps the few-shot prefix's keys/values once (``ACTIVE_PREFIX`` during a forward) and
-each row's tail (question + generated tokens) in a transformers cache whose layers are
-:func:`tail_layer_class` buffers; :func:`prefix_attention` (registered with transformers as
-``ATTN_NAME``) attends over both as if they were one sequence.
+The sampler keeps the few-shot prefix's keys/values once (``ACTIVE_PREFIX`` during a forward),
+each question's prompt once for its m rows (:class:`QuestionKV`, ``ACTIVE_QUESTIONS`` during a
+decode step; on CPU) and each row's tail (its generated tokens; with the question level off, the
+question too) in a transformers cache whose layers are :func:`tail_layer_class` buffers;
+:func:`prefix_attention` (registered with transformers as ``ATTN_NAME``) attends over all of them
+as if they were one sequence.
 """
 
 from __future__ import annotations
@@ -16,6 +18,10 @@ ATTN_NAME = "selfimprove_prefix"
 # Per-layer (keys, values) of the shared prefix, each [kv_heads, prefix_len, head_dim], or None.
 ACTIVE_PREFIX: contextvars.ContextVar[list | None] = contextvars.ContextVar(
     "selfimprove_active_prefix", default=None
+)
+# The per-question level of a decode step (a QuestionKV), or None.
+ACTIVE_QUESTIONS: contextvars.ContextVar[Any] = contextvars.ContextVar(
+    "selfimprove_active_questions", default=None
 )
 
 
@@ -50,6 +56,8 @@ def prefix_attention(
             module, query.reshape(b, hkv, rep * q, d), key, value, attention_mask, scale, rep, q
         )
         return out.reshape(b, hq, q, d).transpose(1, 2).contiguous(), None
+    if ACTIVE_QUESTIONS.get() is not None:
+        raise NotImplementedError("the per-question level runs on CPU only (the sampler's choice)")
     qg = (query * scale).reshape(b, hkv, rep * q, d)  # query heads are grouped per kv head
     s_tail = torch.matmul(qg, key.transpose(-1, -2))  # [B, Hkv, rep*q, T]
     if attention_mask is not None:
@@ -100,14 +108,104 @@ def _flash_cascade(module, qg, key, value, attention_mask, scale: float, rep: in
             add = add.unsqueeze(2).expand(b, 1, rep, q, t).reshape(b, 1, rows, t)
     out, lse = flash(qg, key, value, attn_mask=add, scale=scale)[:2]
     prefix = ACTIVE_PREFIX.get()
-    if prefix is None:
+    questions = ACTIVE_QUESTIONS.get()
+    parts = [(out, lse)]
+    if prefix is not None:
+        pk, pv = prefix[module.layer_idx]  # [Hkv, P, D]
+        qp = qg.transpose(0, 1).reshape(1, hkv, b * rows, d)
+        out_p, lse_p = flash(qp, pk.unsqueeze(0), pv.unsqueeze(0), scale=scale)[:2]
+        parts.append(
+            (
+                out_p.view(hkv, b, rows, d).transpose(0, 1),
+                lse_p.reshape(hkv, b, rows).transpose(0, 1),
+            )
+        )
+    if questions is not None:
+        parts.append(questions.attend(flash, qg, module.layer_idx, scale))
+    if len(parts) == 1:
         return out
-    pk, pv = prefix[module.layer_idx]  # [Hkv, P, D]
-    qp = qg.transpose(0, 1).reshape(1, hkv, b * rows, d)
-    out_p, lse_p = flash(qp, pk.unsqueeze(0), pv.unsqueeze(0), scale=scale)[:2]
-    out_p = out_p.view(hkv, b, rows, d).transpose(0, 1)
-    w = torch.sigmoid(lse_p.view(hkv, b, rows).transpose(0, 1) - lse).unsqueeze(-1)
-    return (out.float() + w * (out_p.float() - out.float())).to(qg.dtype)
+    if len(parts) == 2:
+        (out, lse), (out_p, lse_p) = parts
+        w = torch.sigmoid(lse_p - lse).unsqueeze(-1)
+        return (out.float() + w * (out_p.float() - out.float())).to(qg.dtype)
+    # each part weighted by its share of the total exp-mass (log-sum-exp of every part)
+    lses = torch.stack([lp for _, lp in parts])
+    weights = (lses - lses.logsumexp(0)).exp().unsqueeze(-1)
+    merged = sum(w * o.float() for w, (o, _) in zip(weights, parts, strict=True))
+    return merged.to(qg.dtype)
+
+
+class QuestionKV:
+    """The keys/values of the questions of a decode batch, one slot per admitted question (for
+    its rows), left-padded to one width: every row attends to its question's slot, so a
+    question's m rows read its prompt once (one small matrix product, not m vector ones).
+
+    ``layers``: per layer (keys, values) [S, Hkv, L, D]; ``valid`` [S, L] bool; ``rows_slot``:
+    each batch row's slot (every slot has a row). Queries are grouped per slot for the kernel:
+    ``gather`` [S * g] the row at each of a slot's g places (short slots repeat a row, whose
+    result is dropped), ``place`` [B] each row's place.
+    """
+
+    def __init__(self, layers: list, valid: Any, rows_slot: list[int]):
+        import torch
+
+        self.layers, self.valid, self.rows_slot = layers, valid, rows_slot
+        groups: list[list[int]] = [[] for _ in range(valid.shape[0])]
+        for r, s in enumerate(rows_slot):
+            groups[s].append(r)
+        self.g = g = max(len(x) for x in groups)
+        gather, place = [], [0] * len(rows_slot)
+        for s, rs in enumerate(groups):
+            gather += rs + [rs[0]] * (g - len(rs))
+            for j, r in enumerate(rs):
+                place[r] = s * g + j
+        dev = valid.device
+        self.gather = torch.tensor(gather, device=dev)
+        self.place = torch.tensor(place, device=dev)
+        zero = torch.zeros((), dtype=layers[0][0].dtype, device=dev)
+        self.add = zero.masked_fill(~valid, float("-inf")).view(valid.shape[0], 1, 1, -1)
+
+    def attend(self, flash, qg, layer_idx: int, scale: float):
+        """(out [B, Hkv, rows, D], lse [B, Hkv, rows]) of decode queries qg [B, Hkv, rows, D]
+        over each row's question."""
+        k, v = self.layers[layer_idx]
+        s, g = k.shape[0], self.g
+        _, hkv, rows, d = qg.shape
+        x = qg.index_select(0, self.gather).view(s, g, hkv, rows, d).transpose(1, 2)
+        out, lse = flash(x.reshape(s, hkv, g * rows, d), k, v, attn_mask=self.add, scale=scale)[:2]
+        out = out.reshape(s, hkv, g, rows, d).transpose(1, 2).reshape(s * g, hkv, rows, d)
+        lse = lse.reshape(s, hkv, g, rows).transpose(1, 2).reshape(s * g, hkv, rows)
+        return out.index_select(0, self.place), lse.index_select(0, self.place)
+
+
+def merge_questions(old, keep_slots: list[int], new, rows_slot: list[int]):
+    """A :class:`QuestionKV` of the kept slots of ``old`` (in ``keep_slots`` order) then the new
+    ones: ``new`` = (prefill cache, valid [k, W], pick: the prefill row of each new slot) or
+    None; ``rows_slot`` numbers the slots in that order. None when no slot is left."""
+    import torch
+    import torch.nn.functional as F
+
+    parts = []  # (per-layer (keys, values), valid) of each source, rows picked
+    if old is not None and keep_slots:
+        idx = torch.tensor(keep_slots, device=old.valid.device)
+        parts.append(([(k[idx], v[idx]) for k, v in old.layers], old.valid[idx]))
+    if new is not None:
+        cache, valid, pick = new
+        parts.append(([(ly.keys[pick], ly.values[pick]) for ly in cache.layers], valid[pick]))
+    if not parts:
+        return None
+    width = max(v.shape[1] for _, v in parts)
+
+    def pad(x, left):  # [S, H, l, D] -> [S, H, width, D], zeros on the left
+        return F.pad(x, (0, 0, left, 0)) if left else x
+
+    layers = []
+    for li in range(len(parts[0][0])):
+        ks = [pad(ly[li][0], width - v.shape[1]) for ly, v in parts]
+        vs = [pad(ly[li][1], width - v.shape[1]) for ly, v in parts]
+        layers.append((torch.cat(ks), torch.cat(vs)))
+    valid = torch.cat([F.pad(v, (width - v.shape[1], 0), value=False) for _, v in parts])
+    return QuestionKV(layers, valid, rows_slot)
 
 
 def register_attention() -> None:
@@ -220,8 +318,12 @@ def rebuild(old, new, new_cache, headroom: int | None = None):
     if not parts:
         return None, None, None, None
     width = max(v.shape[1] for _, v, _, _, _ in parts)
-    # first column any row attends to (rows are right-aligned, each valid to the end)
-    start = min(width - v.shape[1] + int(v.any(0).byte().argmax()) for _, v, _, _, _ in parts)
+    # first column any row attends to (rows are right-aligned, each valid to the end; new rows
+    # of the question level start with an empty tail)
+    start = min(
+        width - v.shape[1] + int(v.any(0).byte().argmax()) if v.any() else width
+        for _, v, _, _, _ in parts
+    )
     rows = sum(v.shape[0] for _, v, _, _, _ in parts)
     row_len = width - start + headroom
     cache = new_cache()

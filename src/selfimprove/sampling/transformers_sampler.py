@@ -9,7 +9,9 @@ prefix. :class:`TransformersSampler` avoids the waste of a naive
   function ("cascade" attention: scores against the shared prefix and against the row's own tail
   are merged in one softmax), so the prefix is neither recomputed nor copied per row;
 * each question's suffix (``"Q: ...\\nA:"``) is prefilled once and its cache is shared by its
-  ``n`` sample rows;
+  ``n`` sample rows (with ``question_level``, on CPU, its keys/values are kept once for them:
+  a third level of the cascade, :class:`~selfimprove.sampling.cascade.QuestionKV`, and each
+  row's tail holds only its generated tokens);
 * rows stop at the first stop string, at EOS or at ``max_new_tokens``; freed slots are refilled
   with the next (length-sorted) questions (continuous batching), so the batch stays full;
 * the rows' tail keys/values live in per-layer buffers with spare columns, so a decode step
@@ -20,8 +22,9 @@ prefix. :class:`TransformersSampler` avoids the waste of a naive
 * a stop string is looked for only in the text of a row's last few tokens (enough tokens to hold
   the longest stop string's bytes), not in its whole decoded text at every step.
 
-The cache of the active rows holds only their tails (suffix + generated tokens), right-aligned:
-``[pad ... pad | suffix | generated]``; pad columns are masked out. Every row carries its own
+The cache of the active rows holds only their tails (generated tokens; suffix + generated tokens
+with ``question_level`` off), right-aligned: ``[pad ... pad | generated]``; pad columns are
+masked out. Every row carries its own
 position ids, so rows of different questions and ages share one batch.
 
 Reproducibility: every row (prompt ``i``, sample ``j``) draws its random numbers from its own
@@ -55,7 +58,9 @@ from selfimprove.sampling.base import (
 )
 from selfimprove.sampling.cascade import (
     ACTIVE_PREFIX,
+    ACTIVE_QUESTIONS,
     ATTN_NAME,
+    merge_questions,
     rebuild,
     register_attention,
 )
@@ -124,6 +129,19 @@ def sample_tokens(logits, generators: list, params: SamplingParams):
     return idx.clamp_(max=cdf.shape[-1] - 1)
 
 
+def _empty_tails(cache):
+    """A stand-in for ``cache`` with no columns: the rows of the question level start with an
+    empty tail (their question's keys/values are in the QuestionKV)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        layers=[
+            SimpleNamespace(keys=ly.keys[:, :, :0], values=ly.values[:, :, :0])
+            for ly in cache.layers
+        ]
+    )
+
+
 def release_heap() -> None:
     """Give the heap a finished pass freed (its KV buffers, logits) back to the OS: glibc keeps
     freed memory below its trim threshold mapped otherwise. A no-op without glibc."""
@@ -141,6 +159,11 @@ class TransformersSampler:
     The model input for a prompt is ``ids(prefix) + ids(prompt)``: both are tokenized without
     special tokens, and the tokenizer's BOS is put in front of the prefix only when the tokenizer
     adds one by default (e.g. Llama-2); see :meth:`input_ids`.
+
+    ``question_level``: keep each question's prompt once for its rows (the cascade's third
+    level; CPU only) instead of in every row's tail. Off by default: it changes the rounding of
+    the attention, so seeded samples differ from the default's (greedy fp32 outputs stay those
+    of ``generate``); docs/speed.md has its measured effect.
     """
 
     def __init__(
@@ -149,6 +172,7 @@ class TransformersSampler:
         dtype: str = "auto",
         batch_size: int = 32,
         device: str | None = None,
+        question_level: bool = False,
     ):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -164,6 +188,9 @@ class TransformersSampler:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.dtype = resolve_dtype(dtype, self.device)
         self.batch_size = batch_size
+        if question_level and self.device != "cpu":
+            raise InputError(f"question_level=True runs on CPU only, not on {self.device}")
+        self.question_level = question_level
         register_attention()
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.model = AutoModelForCausalLM.from_pretrained(
@@ -206,8 +233,9 @@ class TransformersSampler:
             )
         return cache
 
-    def _forward(self, ids, positions, mask, cache, prefix_kv):
+    def _forward(self, ids, positions, mask, cache, prefix_kv, questions=None):
         token = ACTIVE_PREFIX.set(prefix_kv)
+        qtoken = ACTIVE_QUESTIONS.set(questions)
         try:
             out = self.model(
                 input_ids=ids,
@@ -218,6 +246,7 @@ class TransformersSampler:
                 logits_to_keep=1,
             )
         finally:
+            ACTIVE_QUESTIONS.reset(qtoken)
             ACTIVE_PREFIX.reset(token)
         return out.logits[:, -1, :].float()
 
@@ -379,6 +408,8 @@ class TransformersSampler:
         rows_s: list[int] = []
         rows_gen: list[list[int]] = []
         rows_rng: list = []
+        rows_slot: list[int] = []  # each row's question slot (question level)
+        questions = None  # the QuestionKV of the batch (question level)
         alive: list[bool] = []
         n_alive = 0
         cache = None
@@ -404,17 +435,26 @@ class TransformersSampler:
                 rows_s = [rows_s[r] for r in keep]
                 rows_gen = [rows_gen[r] for r in keep]
                 rows_rng = [rows_rng[r] for r in keep]
+                kept_slots = sorted({rows_slot[r] for r in keep})
+                renumber = {s: i for i, s in enumerate(kept_slots)}
+                rows_slot = [renumber[rows_slot[r]] for r in keep]
                 alive = [True] * len(keep)
-                new = None
+                new = new_q = None
                 if admit:
                     prefills += 1
                     qs = sorted({u[0] for u in admit})
                     where = {q: i for i, q in enumerate(qs)}
                     new = self._prefill([suffixes[q] for q in qs], start, prefix_kv)
                     pick = [where[q] for q, samples in admit for _ in samples]
+                    if self.question_level:  # the prompt once per unit, the rows' tails empty
+                        c, v, p, lg = new
+                        units_pick = [where[q] for q, _ in admit]
+                        new_q = (c, v, torch.tensor(units_pick, device=self.device))
+                        new = (_empty_tails(c), v[:, :0], p, lg)
                     new = (new, torch.tensor(pick, device=self.device))
-                    for q, samples in admit:
+                    for slot, (q, samples) in enumerate(admit, start=len(kept_slots)):
                         for s in samples:
+                            rows_slot.append(slot)
                             rows_q.append(q)
                             rows_s.append(s)
                             rows_gen.append([])
@@ -425,6 +465,8 @@ class TransformersSampler:
                 if cache is not None and keep:
                     old = (cache, valid, pos, logits, torch.tensor(keep, device=self.device))
                 compactions += cache is not None
+                if self.question_level:
+                    questions = merge_questions(questions, kept_slots, new_q, rows_slot)
                 cache, valid, pos, logits = rebuild(old, new, self._new_cache)
                 n_alive = len(rows_q)
                 self._sync()
@@ -485,7 +527,7 @@ class TransformersSampler:
             x = torch.tensor(tokens, device=self.device).unsqueeze(1)
             valid = torch.cat([valid, valid.new_ones(len(tokens), 1)], dim=1)
             mask = valid.view(len(tokens), 1, 1, -1)
-            logits = self._forward(x, pos.unsqueeze(1), mask, cache, prefix_kv)
+            logits = self._forward(x, pos.unsqueeze(1), mask, cache, prefix_kv, questions)
             self._sync()
             timers["decode_s"] += time.perf_counter() - t
             decode_steps += 1
