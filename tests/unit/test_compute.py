@@ -79,3 +79,24 @@ def test_compute_keys_are_validated():
         parse_params({"compute": {"threads": 0}})
     with pytest.raises(ConfigError, match="compute.matmul_precision"):
         parse_params({"compute": {"matmul_precision": "low"}})
+
+
+#: stages that never load a model: no torch math, so no `compute` param (inputs, data, filter
+#: and report do not import torch; base_model does, but only to cast and save weights:
+#: elementwise, the same bytes at any thread count)
+NO_COMPUTE = {"inputs", "data", "filter", "report", "base_model"}
+
+
+def test_every_stage_that_runs_a_model_depends_on_the_compute_params():
+    # the thread count reaches dvc.lock through the params of every stage it can change
+    import yaml
+    from tinyproject import ROOT
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    missing = []
+    for name, stage in stages.items():
+        stage = stage.get("do", stage)  # foreach stages
+        if name.removesuffix("_r0") not in NO_COMPUTE and "compute" not in stage.get("params", []):
+            missing.append(name)
+    assert missing == []
+    assert NO_COMPUTE <= set(stages)
