@@ -33,11 +33,12 @@ Full run (2-core CPU, roughly 5-10 min; the naive loop is most of it):
 Peak memory: ``ours.peak_rss_mb`` (this process's peak resident set right after our sampling
 pass, before the other samplers run) and ``ours.tail_store`` (the KV tail buffers it allocated).
 
-A shared core (``--shared-core``): ours again while another process (a Python busy loop pinned
-with ``taskset -c 0``) keeps one core busy; ``shared_core.ratio`` = shared / quiet tokens/s
-(a machine already busy with other work gives no clean quiet figure):
+A shared core (``--shared-core``): ours again at each of ``--shared-threads`` (1 and 2) torch
+threads, quiet and while another process (a Python busy loop pinned with ``taskset -c 0``) keeps
+one core busy; ``shared_core.threads_<n>.ratio`` = shared / quiet tokens/s (a machine already
+busy with other work gives no clean quiet figure; docs/compute.md):
 
-    HF_HUB_OFFLINE=1 python benchmarks/sampler.py --threads 2 --n 8 --naive-n 0 --llama-n 0 \
+    HF_HUB_OFFLINE=1 python benchmarks/sampler.py --n 8 --naive-n 0 --llama-n 0 \
         --greedy-n 0 --shared-core
 
 Ours vs vLLM on CPU (in the vLLM environment; ``--vllm-n`` = ``--n`` for a like-for-like ratio):
@@ -362,32 +363,42 @@ def run_vllm(args, prefix, questions, params, dtype: str) -> dict:
     }
 
 
-def run_shared_core(sampler, prefix: str, suffixes: list[str], params, core: int) -> dict:
-    """Useful tokens/s of ours on a quiet machine and while a busy loop holds CPU ``core``."""
+def run_shared_core(
+    sampler, prefix: str, suffixes: list[str], params, core: int, threads: list[int]
+) -> dict:
+    """Useful tokens/s of ours at each torch thread count of ``threads``: on a quiet machine
+    and while a busy loop holds CPU ``core``; ``ratio`` = shared / quiet."""
     import shutil
     import subprocess
+
+    import torch
 
     def tok_s() -> float:
         out = sampler.sample(prefix, suffixes, params, desc="ours (shared core)")
         return sum(c.n_tokens for cs in out for c in cs) / sampler.last_stats["wall_s"]
 
-    quiet = tok_s()
     cmd = [sys.executable, "-c", "while True: pass"]
     if shutil.which("taskset"):
         cmd = ["taskset", "-c", str(core), *cmd]
-    busy = subprocess.Popen(cmd)
-    try:
-        time.sleep(0.5)
-        shared = tok_s()
-    finally:
-        busy.kill()
-        busy.wait()
-    return {
-        "busy_command": " ".join(cmd),
-        "quiet_useful_tok_s": round(quiet, 1),
-        "shared_useful_tok_s": round(shared, 1),
-        "ratio": round(shared / quiet, 3),
-    }
+    result: dict = {"busy_command": " ".join(cmd)}
+    before = torch.get_num_threads()
+    for n in threads:
+        torch.set_num_threads(n)
+        quiet = tok_s()
+        busy = subprocess.Popen(cmd)
+        try:
+            time.sleep(0.5)
+            shared = tok_s()
+        finally:
+            busy.kill()
+            busy.wait()
+        result[f"threads_{n}"] = {
+            "quiet_useful_tok_s": round(quiet, 1),
+            "shared_useful_tok_s": round(shared, 1),
+            "ratio": round(shared / quiet, 3),
+        }
+    torch.set_num_threads(before)
+    return result
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -428,6 +439,13 @@ def main(argv: list[str] | None = None) -> None:
         "--question-level",
         action="store_true",
         help="also time ours with the per-question cascade level (same seeds; ours.question_level)",
+    )
+    ap.add_argument(
+        "--shared-threads",
+        type=int,
+        nargs="+",
+        default=[1, 2],
+        help="--shared-core: the torch thread counts to time (default: 1 2)",
     )
     args = ap.parse_args(argv)
     if args.both and not args.gsm8k:
@@ -552,7 +570,9 @@ def measure(args) -> dict:
 
     if args.shared_core:
         suffixes = [q["suffix"] for q in questions]
-        result["shared_core"] = run_shared_core(sampler, prefix, suffixes, params, args.busy_core)
+        result["shared_core"] = run_shared_core(
+            sampler, prefix, suffixes, params, args.busy_core, args.shared_threads
+        )
 
     # ---- greedy identity (before the naive loop switches attention)
     result["greedy_check"] = greedy_check(

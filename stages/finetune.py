@@ -10,7 +10,7 @@ recorded as skipped: finetune.json gets `skipped: true`, `skipped_flag: 1` (an M
 model unchanged) so later rounds chain on it.
 
 finetune.json = the model folder's finetune_info.json + `start`; this run's timing and resume
-point (`runtime_s`, `resumed_from_step`) go to data/resources/finetune@<r>.timings.json
+point (`runtime_s`, `resumed_from_step`) go to data/resources/finetune@<r>.json
 (selfimprove.core.timings), so both outputs are byte-identical across reruns of the same inputs.
 
 Checkpoints go to data/rounds/<r>/model.ckpt/ (every $SELFIMPROVE_SAVE_STEPS optimizer steps,

@@ -14,6 +14,7 @@ from selfimprove.pipeline import add_round_arg, stage_main
 @stage_main(__doc__, add_round_arg)
 def main(args, params):
     from selfimprove.core.io import read_jsonl, write_json
+    from selfimprove.core.timings import resources_metrics
     from selfimprove.evaluation.analysis import round_analysis
     from selfimprove.evaluation.headline import METRICS_FILE, SCORES_FILE
     from selfimprove.recipes import get_recipe
@@ -41,6 +42,8 @@ def main(args, params):
         labels = {r["id"]: r["answer"] for r in read_jsonl(TRAIN_LABELS)} if records else {}
         metrics |= round_label_accuracy(records, labels)  # analysis only
         steps = step_metrics(records, labels)
+    # peak RSS, seconds, threads of the round's stages run here (round 0: also the one-off stages)
+    metrics |= resources_metrics(args.round, first=params.round_index(args.round) == 0)
     datasets = [DatasetSpec(p, f"{args.round}-{p.stem}", ctx) for p, ctx in found]
     tables = {}
     for pred_file in sorted((out / "eval").glob("*.jsonl")):

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from selfimprove.core.io import InputError
-from selfimprove.core.paths import EVAL, resources_file
+from selfimprove.core.paths import EVAL
 
 log = logging.getLogger(__name__)
 
@@ -156,21 +156,23 @@ def peak_rss_bytes() -> dict[str, int]:
     return {"peak_rss_bytes": max(own, children), "self": own, "children": children}
 
 
-def record_resources(stage: str, round_name: str | None, wall_s: float) -> Path | None:
-    """Write what this run of ``stage`` used (peak RSS, wall time, threads) to
-    :func:`selfimprove.core.paths.resources_file`; returns its path. Under a distributed launch
-    only the global rank 0 writes (the other processes leave their project copy untouched);
-    returns None there."""
+def record_resources(
+    stage: str, round_name: str | None, wall_s: float, compute=None
+) -> Path | None:
+    """Add what this run of ``stage`` used (peak RSS, wall time, torch threads, the ``compute``
+    settings it ran with) to its resources record
+    (:func:`selfimprove.core.timings.update_resources`, beside the per-run facts of its JSON
+    record); returns its path. Under a distributed launch only the global rank 0 writes (the
+    other processes leave their project copy untouched); returns None there."""
     if os.environ.get("RANK", "0") != "0":
         return None
-    from selfimprove.core.io import write_json
+    from selfimprove.core.timings import update_resources
 
     torch = sys.modules.get("torch")  # None when the stage never needed it
 
     rss = peak_rss_bytes()
-    path = resources_file(stage, round_name)
-    write_json(
-        path,
+    path = update_resources(
+        f"{stage}@{round_name}" if round_name else stage,
         {
             "stage": stage,
             "round": round_name,
@@ -180,6 +182,7 @@ def record_resources(stage: str, round_name: str | None, wall_s: float) -> Path 
             "peak_rss_mb": round(rss["peak_rss_bytes"] / 2**20, 1),
             "wall_s": round(wall_s, 2),
             "torch_threads": torch.get_num_threads() if torch is not None else None,
+            "compute": compute.model_dump() if compute is not None else None,
         },
     )
     log.info("%s: peak RSS %.0f MB, %.1f s", path.stem, rss["peak_rss_bytes"] / 2**20, wall_s)
@@ -210,7 +213,8 @@ def stage_main(
                 apply_compute(params.compute)
                 fn(args, params)
                 stage = Path(fn.__code__.co_filename).stem
-                record_resources(stage, getattr(args, "round", None), time.perf_counter() - t0)
+                wall = time.perf_counter() - t0
+                record_resources(stage, getattr(args, "round", None), wall, params.compute)
             except InputError as e:
                 print(f"error: {e}", file=sys.stderr)
                 sys.exit(2)

@@ -29,7 +29,7 @@ from tinyproject import ROOT, dvc, new_project, project_env, run, stale_stages, 
 pytestmark = pytest.mark.e2e
 TARGET = "finetune@r1"
 R1 = Path("data/rounds/r1")
-# run-dependent numbers (timings): in data/resources/<stage>.timings.json, no longer in the step
+# run-dependent numbers (timings): in data/resources/<stage>.json (facts), no longer in the step
 # files; kept out of the comparisons should one come back
 VOLATILE = {"wall_s", "tokens_per_s", "runtime_s", "shards_reused", "resumed_from_step"}
 VOLATILE |= {"prefix_prefill_s", "suffix_prefill_s", "decode_s", "other_s"}
@@ -37,7 +37,7 @@ VOLATILE |= {"prefix_prefill_s", "suffix_prefill_s", "decode_s", "other_s"}
 
 def _timings(proj: Path, stage: str) -> dict:
     """What ``stage`` recorded about its last run in ``proj`` (selfimprove.core.timings)."""
-    return json.loads((proj / "data" / "resources" / f"{stage}.timings.json").read_text())
+    return json.loads((proj / "data" / "resources" / f"{stage}.json").read_text())["facts"]
 
 
 def _new_project(root: Path, model_dir: Path, **finetune) -> tuple[Path, dict]:

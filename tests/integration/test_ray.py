@@ -196,7 +196,7 @@ def test_killed_ray_run_resumed_by_the_stage_equals_one_process(
     out = proj / "data" / "rounds" / "r1"
     assert (out / "samples.jsonl").read_bytes() == (tmp_path / "single.jsonl").read_bytes()
     stats = json.loads((out / "generate.json").read_text())
-    timings = json.loads((proj / "data/resources/generate@r1.timings.json").read_text())
+    timings = json.loads((proj / "data/resources/generate@r1.json").read_text())["facts"]
     assert stats["shards"] == 3 and timings["shards_reused"] == 1
     ray_stats = stats["ray"]
     assert ray_stats["workers"] == 2 and ray_stats["nodes"] == 2

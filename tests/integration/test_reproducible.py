@@ -22,7 +22,7 @@ pytestmark = pytest.mark.e2e
 #: DVC outputs that by nature carry a run id or a time (glob over the output path), and why.
 RUN_SPECIFIC = {
     "data/rounds/*/mlflow.json": "the MLflow run id of the round",
-}  # timings are no output (data/resources/<stage>.timings.json, selfimprove.core.timings)
+}  # timings are no output (data/resources/<stage>.json, selfimprove.core.timings)
 
 
 def _outs(proj) -> dict[str, str]:

@@ -96,8 +96,8 @@ def test_a_second_workspace_restores_every_stage_but_the_per_workspace_ones(clon
     a, b = root / "a", root / "b"
     gen = "data/rounds/r1/generate.json"
     assert (a / gen).read_bytes() == (b / gen).read_bytes()
-    assert (a / "data/resources/generate@r1.timings.json").exists()
-    assert not (b / "data/resources/generate@r1.timings.json").exists()
+    assert (a / "data/resources/generate@r1.json").exists()
+    assert not (b / "data/resources/generate@r1.json").exists()
     assert "wall_s" not in json.loads((b / gen).read_text())
 
 

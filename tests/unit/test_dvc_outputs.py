@@ -107,6 +107,6 @@ def test_committed_gitignore_covers_every_cached_output(stages):
     ignored = _ignored(cached + uncached)
     assert sorted(set(cached) - ignored) == []
     assert sorted(set(uncached) & ignored) == []
-    assert "data/resources/generate@r1.timings.json" in _ignored(
-        ["data/resources/generate@r1.timings.json"]
+    assert "data/resources/generate@r1.json" in _ignored(
+        ["data/resources/generate@r1.json"]
     )

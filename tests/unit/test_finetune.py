@@ -748,3 +748,59 @@ def test_finetune_computes_the_shared_prefix_once(tiny_model, tmp_path, monkeypa
         seed=0,
     )
     assert seen == [] and off["steps"] == 8
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_recomputed_attention_trains_the_same_bytes(tiny_model, tmp_path, monkeypatch, method):
+    # CPU training recomputes the eager attention probabilities in the backward instead of
+    # keeping them (memory); the model folder must be the same bytes as with plain eager
+    # (shared-prefix and plain batches, LoRA dropout replayed)
+    from selfimprove.training import finetune as ft
+
+    calls = []
+    real = ft._eager_recomputed
+
+    def spy(module, *args, **kwargs):
+        calls.append(module.training)
+        return real(module, *args, **kwargs)
+
+    monkeypatch.setattr(ft, "_eager_recomputed", spy)
+    examples = _formats_examples()
+    cfg = _cfg(epochs=1, batch_size=4, method=method, attn_implementation="eager")
+    finetune(tiny_model, examples, tmp_path / "recomputed", cfg, seed=0)
+    assert calls and all(calls)
+    monkeypatch.setattr(ft, "recompute_attention", lambda model: None)
+    finetune(tiny_model, examples, tmp_path / "eager", cfg, seed=0)
+    assert _files(tmp_path / "recomputed") == _files(tmp_path / "eager")
+
+
+def test_recomputed_attention_keeps_less_for_the_backward(tiny_model, tokenizer):
+    # the bytes autograd keeps from a training forward: the attention probabilities are gone
+    from selfimprove.training.finetune import EAGER_RECOMPUTED, recompute_attention
+
+    def saved_bytes(model, batch):
+        seen = {}
+
+        def pack(t):
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(**batch)
+        return sum(seen.values())
+
+    cfg = _cfg(attn_implementation="eager", lora=LoraSection(dropout=0.0))
+    feats, *_ = encode_examples(tokenizer, EXAMPLES[:4], 64)
+    batch = CompletionCollator(tokenizer.eos_token_id)(feats)
+    model = build_model(tiny_model, cfg, bf16=False)
+    model.train()
+    assert model.get_base_model().config._attn_implementation == EAGER_RECOMPUTED
+    recomputed = saved_bytes(model, batch)
+    model.get_base_model().set_attn_implementation("eager")
+    eager = saved_bytes(model, batch)
+    b, t = batch["input_ids"].shape
+    cfg_model = model.get_base_model().config
+    probs = cfg_model.num_hidden_layers * b * cfg_model.num_attention_heads * t * t * 4
+    assert eager - recomputed >= probs
+    recompute_attention(model)  # idempotent
+    assert saved_bytes(model, batch) == recomputed

@@ -467,12 +467,28 @@ def test_tail_store_stays_bounded_and_outputs_bit_identical(model_dir, monkeypat
     prompts = [f"Q: {i} + {i % 7}?\nA:" for i in range(90)]
     params = SamplingParams(n=2, temperature=1.0, max_new_tokens=16, seed=3)
 
+    import weakref
+
+    real_store = cascade._store
+    live = {"now": 0, "peak": 0, "max_guard": 0}
+
+    def counted_store(like, guard, rows, row_len):  # the bytes the stores hold at once
+        buf = real_store(like, guard, rows, row_len)
+        size = buf.numel() * buf.element_size()
+        live["now"] += size
+        live["peak"] = max(live["peak"], live["now"])
+        live["max_guard"] = max(live["max_guard"], guard)
+        weakref.finalize(buf, lambda: live.__setitem__("now", live["now"] - size))
+        return buf
+
     def run():
         monkeypatch.setattr(cascade, "STORE_STATS", {"buffers": 0, "bytes": 0, "max_width": 0})
         out = s.sample(PREFIX, prompts, params)
         return [[(c.text, c.n_tokens) for c in cs] for cs in out], dict(cascade.STORE_STATS)
 
+    monkeypatch.setattr(cascade, "_store", counted_store)
     fixed, stats = run()
+    monkeypatch.setattr(cascade, "_store", real_store)
     steps = s.last_stats["decode_steps"]
     assert s.last_stats["cache_compactions"] > 50
     # a row's slots: its tail (carry token + prompt + tokens so far) + steps to the next
@@ -483,6 +499,13 @@ def test_tail_store_stays_bounded_and_outputs_bit_identical(model_dir, monkeypat
     head_bytes = 2 * 16 * 4  # kv heads x head_dim x float32 bytes of the tiny model
     # + a guard for row 0's pad columns (one row's worth: at most the width, <= decode steps)
     assert stats["bytes"] <= stats["buffers"] * (steps + 4 * bound) * head_bytes
+    # held at once, over all the compactions: one cache's stores (keys and values of every
+    # layer) + one layer's pair twice (a rebuild frees each old layer as it copies it, a full
+    # row moves to a longer store) -- not a store per compaction, and all freed at the end
+    layers = s.model.config.num_hidden_layers
+    assert live["max_guard"] <= steps
+    assert live["peak"] <= (2 * layers + 2) * (live["max_guard"] + 4 * bound) * head_bytes
+    assert stats["bytes"] > 20 * live["peak"] and live["now"] == 0
     widths: list[int] = []
     monkeypatch.setattr(ts, "rebuild", _padded_rebuild(widths))
     padded, _ = run()

@@ -46,6 +46,7 @@ import time
 from pathlib import Path
 
 from selfimprove.core.cache import cache_kwarg
+from selfimprove.core.heap import release_heap
 from selfimprove.core.io import InputError
 from selfimprove.sampling.base import (
     Completion,
@@ -140,17 +141,6 @@ def _empty_tails(cache):
             for ly in cache.layers
         ]
     )
-
-
-def release_heap() -> None:
-    """Give the heap a finished pass freed (its KV buffers, logits) back to the OS: glibc keeps
-    freed memory below its trim threshold mapped otherwise. A no-op without glibc."""
-    import ctypes
-
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 class TransformersSampler:

@@ -51,6 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from selfimprove.config.training import FinetuneConfig, LoraSection
+from selfimprove.core.heap import release_heap
 from selfimprove.core.io import InputError, atomic_path, write_json, write_jsonl
 from selfimprove.training.encode import CompletionCollator, encode
 from selfimprove.training.resume import (  # is_main_process: also used by the stage, CLI
@@ -91,6 +92,49 @@ def train_attention(setting: str) -> str:
     if setting != "auto":
         return setting
     return "sdpa" if torch.cuda.is_available() else "eager"
+
+
+#: the attention kernel CPU training runs: the model's eager attention whose probabilities (its
+#: largest activations: rows x heads x queries x keys, float32 and bf16) are not kept for the
+#: backward but recomputed there (torch.utils.checkpoint): the same floats in less memory
+EAGER_RECOMPUTED = "selfimprove_eager_recomputed"
+
+
+def _eager_recomputed(module, query, key, value, attention_mask, *args, **kwargs):
+    """The eager attention of ``module``'s model file; while training, through a checkpoint."""
+    import sys
+
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    eager = sys.modules[type(module).__module__].eager_attention_forward
+    if not (module.training and torch.is_grad_enabled()):
+        return eager(module, query, key, value, attention_mask, *args, **kwargs)
+
+    def attend(q, k, v, mask):
+        return eager(module, q, k, v, mask, *args, **kwargs)[0]
+
+    return checkpoint(attend, query, key, value, attention_mask, use_reentrant=False), None
+
+
+def recompute_attention(model) -> None:
+    """Switch an eager-attention model to :data:`EAGER_RECOMPUTED` (same masks and floats as
+    eager; dropout masks are replayed): the attention probabilities of all layers are the bulk
+    of CPU training's memory otherwise. A model whose file has no ``eager_attention_forward``
+    keeps eager."""
+    import sys
+
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
+    attn = next((m for n, m in lm.named_modules() if n.endswith("self_attn")), None)
+    module = sys.modules.get(type(attn).__module__) if attn is not None else None
+    if not hasattr(module, "eager_attention_forward"):
+        return
+    AttentionInterface.register(EAGER_RECOMPUTED, _eager_recomputed)
+    AttentionMaskInterface.register(EAGER_RECOMPUTED, eager_mask)
+    lm.set_attn_implementation(EAGER_RECOMPUTED)
 
 
 def _save_model_folder(model, tokenizer, out: Path) -> None:
@@ -169,7 +213,7 @@ def _disk_full(e: OSError, out_dir: Path) -> DiskFullError:
 #: keys of the returned info that describe this run rather than its result: left out of the
 #: model folder's ``finetune_info.json`` (everything in the folder is a pure function of the
 #: inputs, so reruns and resumed runs give the same bytes); the stage writes them to the untracked
-#: data/resources/finetune@<round>.timings.json (core.timings), not to the cached finetune.json
+#: data/resources/finetune@<round>.json (core.timings), not to the cached finetune.json
 RUN_KEYS = ("runtime_s", "resumed_from_step")
 
 
@@ -375,6 +419,8 @@ def build_model(model_dir: Path, cfg: FinetuneConfig, bf16: bool):
         model = _wrap_lora(model, cfg.lora)
     else:
         model = _load_model(model_dir, torch.float32, attn)
+    if attn == "eager":
+        recompute_attention(model)
     model.config.use_cache = False
     use_completion_loss(model)  # LM head at completion tokens only, shared prefix once
     return model
@@ -512,6 +558,7 @@ def export(run: TrainRun, model_dir, tokenizer, out_dir: Path, method: str, fina
             normalize_adapter_config(tmp / "adapter" / "adapter_config.json")
             run.trainer = None
             gc.collect()
+            release_heap()  # the training's freed activations: not under the merge's peak
             # Merge on float32 weights so small deltas are not lost to bf16 rounding.
             from peft import PeftModel
 
@@ -521,6 +568,7 @@ def export(run: TrainRun, model_dir, tokenizer, out_dir: Path, method: str, fina
         elif final is not None:
             run.trainer = None
             gc.collect()
+            release_heap()  # the training's freed activations: not under the merge's peak
             _save_model_folder(_load_model(final, torch.float32), tokenizer, tmp)
         else:
             _save_model_folder(run.trainer.model, tokenizer, tmp)

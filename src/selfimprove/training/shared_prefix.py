@@ -37,7 +37,7 @@ IGNORE_INDEX = -100
 #: shorter shared prefixes are not worth the extra decoder pass (tokens)
 MIN_SHARED_PREFIX = 16
 #: attention implementations that take the explicit 4D mask of the shared-prefix pass
-PREFIX_ATTENTION = ("sdpa", "eager")
+PREFIX_ATTENTION = ("sdpa", "eager", "selfimprove_eager_recomputed")
 
 
 # ----------------------------------------------------------------------------- prefixes
