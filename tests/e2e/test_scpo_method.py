@@ -79,8 +79,8 @@ def test_the_pairs_are_an_mlflow_dataset_and_no_stray_run(project):
 
     proj, env, _ = project
     run_id = json.loads((proj / "data/rounds/r1/mlflow.json").read_text())["run_id"]
-    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
-    client = mlflow.MlflowClient()
+    # the client's own URI: mlflow.set_tracking_uri would leak into later tests of this worker
+    client = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
     inputs = client.get_run(run_id).inputs.dataset_inputs
     contexts = {t.value for d in inputs for t in d.tags if t.key == "mlflow.data.context"}
     assert "preference" in contexts
