@@ -217,6 +217,26 @@ def _disk_full(e: OSError, out_dir: Path) -> DiskFullError:
 RUN_KEYS = ("runtime_s", "resumed_from_step")
 
 
+def new_run_info(method: str, n_examples: int, n_truncated: int = 0, n_dropped: int = 0) -> dict:
+    """A training run's record before it trains (finetune.json's keys, in their order)."""
+    return {
+        "method": method,
+        "n_examples": n_examples,
+        "n_truncated": n_truncated,
+        "n_dropped": n_dropped,
+        "steps": 0,
+        "train_loss": None,
+        "final_loss": None,
+        "runtime_s": 0.0,
+        "pad_fraction": None,
+        "trainable_params": 0,
+        "skipped": False,
+        "skipped_flag": 0,
+        "skip_reason": None,
+        "resumed_from_step": None,
+    }
+
+
 def skip_reason(n_examples: int, n_dropped: int, max_length: int) -> str:
     """Why a round trains nothing (``finetune.json``'s ``skip_reason``).
 
@@ -315,22 +335,7 @@ def _finetune(model_dir, examples, out_dir, cfg, seed, ckpt_dir, save_steps, cal
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     tokenizer, features, n_truncated, n_dropped = encode(model_dir, examples, cfg.max_length)
-    info: dict = {
-        "method": cfg.method,
-        "n_examples": len(examples),
-        "n_truncated": n_truncated,
-        "n_dropped": n_dropped,
-        "steps": 0,
-        "train_loss": None,
-        "final_loss": None,
-        "runtime_s": 0.0,
-        "pad_fraction": None,
-        "trainable_params": 0,
-        "skipped": False,
-        "skipped_flag": 0,
-        "skip_reason": None,
-        "resumed_from_step": None,
-    }
+    info = new_run_info(cfg.method, len(examples), n_truncated, n_dropped)
 
     def folder_info() -> dict:
         return {k: v for k, v in info.items() if k not in RUN_KEYS}

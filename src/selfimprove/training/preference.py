@@ -42,6 +42,7 @@ from selfimprove.training.finetune import (
     export,
     export_unchanged,
     loss_records,
+    new_run_info,
     train_attention,
     train_bf16,
 )
@@ -234,23 +235,8 @@ def _dpo(model_dir, pairs, out_dir, cfg, knobs, seed, ckpt_dir, save_steps, call
                          "that makes it")  # fmt: skip
     rows = check_pairs(pairs)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)  # saved as is; TRL gets its own copy
-    info: dict = {
-        "method": cfg.method,
-        "objective": "dpo",
-        "n_examples": len(rows),
-        "n_truncated": 0,
-        "n_dropped": 0,
-        "steps": 0,
-        "train_loss": None,
-        "final_loss": None,
-        "runtime_s": 0.0,
-        "pad_fraction": None,
-        "trainable_params": 0,
-        "skipped": False,
-        "skipped_flag": 0,
-        "skip_reason": None,
-        "resumed_from_step": None,
-    }
+    # finetune's record with the objective after the method (the same keys, in the same order)
+    info = {"method": cfg.method, "objective": "dpo"} | new_run_info(cfg.method, len(rows))
 
     def folder_info() -> dict:
         return {k: v for k, v in info.items() if k not in RUN_KEYS}
