@@ -182,8 +182,14 @@ def _add_study_parser(sub) -> None:
     p.add_argument("action", choices=["run", "table"])
     p.add_argument("--name", default="study", help="study name: experiment names "
                    "<name>-<method>-s<seed>, MLflow tracking.study, default --out")
-    p.add_argument("--methods", nargs="+", default=["lmsi", "format_only", "star"],
-                   help="methods (params.yaml `method`); the first is the table's reference")
+    p.add_argument("--methods", nargs="+", default=None,
+                   help="methods (params.yaml `method`), each an arm with the method's usual "
+                   "params; the first arm is the table's reference (default, without --arm: "
+                   "lmsi format_only star)")
+    p.add_argument("--arm", nargs="+", action="append", metavar="LABEL METHOD [KEY=VALUE",
+                   help="an arm (repeatable) after --methods: a method with its own params, its "
+                   "experiments <name>-<LABEL>-s<seed>, its folder and column LABEL; e.g. "
+                   "--arm lmsi_exp lmsi filter.weighting=exp filter.weight_beta=0.25")
     p.add_argument("--seeds", nargs="+", type=_int_at_least(0), default=[0, 1, 2])
     p.add_argument("--data-seed", type=_int_at_least(0), default=0,
                    help="data.seed of every run (same questions)")

@@ -40,44 +40,96 @@ from selfimprove.core.io import InputError
 
 #: experiment states of ``dvc exp show --json`` that are not over yet
 PENDING = ("queued", "running")
+#: a study's methods when neither --methods nor --arm is given
+DEFAULT_METHODS = ("lmsi", "format_only", "star")
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One column of a study's table: a label, the method (recipe) it runs and its own params
+    (``-S key=value``), e.g. ``Arm("lmsi_exp", "lmsi", ("filter.weighting=exp",))``."""
+
+    label: str
+    method: str
+    settings: tuple[str, ...] = ()
+
+
+def parse_arm(values: Sequence[str]) -> Arm:
+    """``--arm LABEL METHOD [KEY=VALUE ...]`` as an :class:`Arm` (errors say how to fix).
+
+    >>> parse_arm(["lmsi_exp", "lmsi", "filter.weighting=exp"])
+    Arm(label='lmsi_exp', method='lmsi', settings=('filter.weighting=exp',))
+    """
+    import re
+
+    from selfimprove.recipes import by_name
+
+    example = "e.g. --arm lmsi_exp lmsi filter.weighting=exp"
+    if len(values) < 2:
+        raise InputError(f"--arm {' '.join(values)}: expected LABEL METHOD [KEY=VALUE ...], "
+                         f"{example}")
+    label, method, *settings = values
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_]*", label):
+        raise InputError(f"--arm {label!r}: a label is letters, digits and _ (it names the "
+                         f"experiment and its folder), {example}")
+    if method not in by_name():
+        raise InputError(f"--arm {label} {method!r}: not a method; use one of "
+                         f"{', '.join(by_name())}")
+    bad = [v for v in settings if "=" not in v]
+    if bad:
+        raise InputError(f"--arm {label}: {bad[0]!r} is not KEY=VALUE, {example}")
+    return Arm(label, method, tuple(settings))
 
 
 @dataclass(frozen=True)
 class Run:
     """One experiment of a study."""
 
-    method: str
+    method: str  # the recipe it runs
     seed: int
     name: str  # the DVC experiment's name
     settings: tuple[str, ...]  # its ``-S key=value`` params
+    arm: str = ""  # its column of the table (default: the method)
+
+    @property
+    def label(self) -> str:
+        return self.arm or self.method
 
     @property
     def folder(self) -> str:
-        return f"{self.method}_s{self.seed}"
+        return f"{self.label}_s{self.seed}"
 
     def command(self) -> list[str]:
         sets = [a for s in self.settings for a in ("-S", s)]
         return ["dvc", "exp", "run", "--queue", "-n", self.name, *sets]
 
 
-def plan(study: str, methods: Sequence[str], seeds: Sequence[int], data_seed: int,
+def plan(study: str, methods: Sequence[str | Arm], seeds: Sequence[int], data_seed: int,
          extra: Sequence[str] = ()) -> list[Run]:
-    """The study's experiments, the first method of every seed first (the others of that seed
-    then find its shared stages in the run cache)."""
+    """The study's experiments, the first arm of every seed first (the others of that seed
+    then find its shared stages in the run cache). ``methods``: method names, or :class:`Arm`
+    for a method with its own params (a weighted variant beside the plain method)."""
     from selfimprove.recipes import get_recipe
 
     bad = [s for s in extra if "=" not in s]
     if bad:
         raise InputError(f"--set {bad[0]!r}: expected KEY=VALUE, e.g. --set generate.num_paths=16")
+    arms = [m if isinstance(m, Arm) else Arm(m, m) for m in methods]
+    labels = [a.label for a in arms]
+    twice = sorted({x for x in labels if labels.count(x) > 1})
+    if twice:
+        raise InputError(f"study arms named twice: {', '.join(twice)}; give each --arm its own "
+                         "label")
     runs = []
     for seed in seeds:
-        for method in methods:
-            init = get_recipe(method).init
-            name = f"{study}-{method}-s{seed}"
-            settings = (f"method={method}", f"seed={seed}", f"data.seed={data_seed}",
+        for arm in arms:
+            init = get_recipe(arm.method).init
+            name = f"{study}-{arm.label}-s{seed}"
+            settings = (f"method={arm.method}", f"seed={seed}", f"data.seed={data_seed}",
                         *([f"finetune.init={init}"] if init else []),
-                        f"tracking.study={study}", f"tracking.pipeline={name}", *extra)
-            runs.append(Run(method, seed, name, settings))
+                        f"tracking.study={study}", f"tracking.pipeline={name}", *extra,
+                        *arm.settings)
+            runs.append(Run(arm.method, seed, name, settings, arm.label))
     return runs
 
 
@@ -212,12 +264,20 @@ def export(run: Run, rev: str, repo: Path, out: Path) -> Path:
     return target
 
 
+def study_arms(args) -> list[Arm]:
+    """The study's columns: ``--methods`` (each a method with the usual params), then every
+    ``--arm``; ``--methods`` defaults to lmsi format_only star when no ``--arm`` is given."""
+    methods = args.methods if args.methods is not None else (
+        [] if args.arm else list(DEFAULT_METHODS))
+    return [Arm(m, m) for m in methods] + [parse_arm(a) for a in args.arm or []]
+
+
 def run_study(args) -> int:
     """``selfimprove study run``: queue, start, wait, export, table."""
     if not args.poll > 0:
         raise InputError(f"--poll {args.poll}: expected seconds > 0, e.g. --poll 10")
     repo = Path(args.repo).resolve()
-    runs = plan(args.name, args.methods, args.seeds, args.data_seed, args.set or [])
+    runs = plan(args.name, study_arms(args), args.seeds, args.data_seed, args.set or [])
     queue(runs, repo)
     if args.no_start:
         return 0
@@ -265,7 +325,8 @@ def write_table(root: Path, args) -> int:
     problem = output_problem(Path(args.json)) if args.json else None
     if problem:
         raise InputError(f"--json {args.json}: {problem}")
-    text, data = study_table(study_folders(root, args.methods, args.seeds), list(args.seeds),
+    labels = [a.label for a in study_arms(args)]
+    text, data = study_table(study_folders(root, labels, args.seeds), list(args.seeds),
                              args.round, cfg)
     print(text)
     if args.json:

@@ -10,7 +10,7 @@ from selfimprove.config.evaluation import StatsConfig
 from selfimprove.core.io import write_json, write_jsonl
 from selfimprove.evaluation.intervals import QUESTION_SCORES, read_scores
 from selfimprove.evaluation.question_scores import compact_round, write_question_scores
-from selfimprove.study import plan, same_params
+from selfimprove.study import Arm, parse_arm, plan, same_params, study_arms
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -74,6 +74,34 @@ def test_study_plan_names_settings_and_params_match():
     assert same_params(params, star.settings)
     assert not same_params(params | {"seed": 1}, star.settings)
     assert StatsConfig().n_resamples >= 100
+
+
+def test_study_arms_run_a_method_with_their_own_params():
+    """--arm LABEL METHOD KEY=VALUE...: its own experiment name, folder and params (after the
+    study's --set, so an arm's value wins), the method's usual init; labels are unique."""
+    from types import SimpleNamespace
+
+    from selfimprove.core.io import InputError
+
+    arm = parse_arm(["star_w", "star", "filter.weighting=exp", "filter.weight_beta=0.25"])
+    runs = plan("s", ["lmsi", arm], [0], 0, ["filter.weighting=share"])
+    assert [(r.name, r.folder, r.method) for r in runs] == [
+        ("s-lmsi-s0", "lmsi_s0", "lmsi"), ("s-star_w-s0", "star_w_s0", "star")]
+    w = runs[1].settings
+    assert "method=star" in w and "finetune.init=base" in w
+    assert w.index("filter.weighting=exp") > w.index("filter.weighting=share")
+    assert "filter.weighting=exp" not in runs[0].settings
+    args = SimpleNamespace(methods=None, arm=[["a", "lmsi"]])
+    assert study_arms(args) == [Arm("a", "lmsi")]  # no default methods beside --arm
+    assert [a.label for a in study_arms(SimpleNamespace(methods=None, arm=None))] == [
+        "lmsi", "format_only", "star"]
+    for bad, match in ((["x"], "LABEL METHOD"), (["a-b", "lmsi"], "letters"),
+                       (["a", "lsmi"], "not a method; use one of"),
+                       (["a", "lmsi", "filter.weighting"], "not KEY=VALUE")):
+        with pytest.raises(InputError, match=match):
+            parse_arm(bad)
+    with pytest.raises(InputError, match="named twice: lmsi"):
+        plan("s", ["lmsi", Arm("lmsi", "lmsi", ("seed=3",))], [0], 0)
 
 
 def test_queue_resumes_with_only_what_is_missing(monkeypatch):
