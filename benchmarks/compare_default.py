@@ -1,11 +1,13 @@
 """Compare a run's held-out metrics with a reference run, within a tolerance; prints JSON.
 
-    python benchmarks/compare_default.py                      # data/rounds vs the locked reference
+    python benchmarks/compare_default.py                      # data/rounds vs this CPU's reference
     python benchmarks/compare_default.py --rerun              # `dvc repro` first, then compare
     python benchmarks/compare_default.py --tolerance 0.05 --reference benchmarks/results/X
     python benchmarks/compare_default.py --no-intervals      # leave the ``ci`` bounds out
 
-The reference is a folder with ``<round>/scores.json`` (what a run's ``data/rounds`` holds;
+The default reference is the one `make repro` made on this CPU type (``REFERENCES``: bf16 with
+AMX, or AVX512-BF16 without it; ``chosen_by`` in the JSON says which). A reference is a folder
+with ``<round>/scores.json`` (what a run's ``data/rounds`` holds;
 ``benchmarks/results/`` keeps the runs of the docs, made before the split, whose ``metrics.json``
 holds every score: either is read, by ``selfimprove.evaluation.headline.read_round_scores``).
 Every numeric leaf of every reference round's scores (accuracies, maj@k, EM/F1, no-answer
@@ -25,7 +27,46 @@ import subprocess
 import sys
 from pathlib import Path
 
-DEFAULT_REFERENCE = Path("benchmarks/results/lmsi_default_locked")
+#: the default's reference per bf16 path (`make repro` at compute.threads 1): the figures are
+#: identical only on the CPU type that made them (docs/reproducibility.md)
+REFERENCES = {
+    "amx_bf16": Path("benchmarks/results/lmsi_default_locked"),  # Xeon with AMX
+    "avx512_bf16": Path("benchmarks/results/lmsi_default_locked_avx512bf16"),  # AMD EPYC
+}
+DEFAULT_REFERENCE = REFERENCES["amx_bf16"]
+
+
+def default_reference(flags: set[str] | None = None) -> tuple[Path, str]:
+    """The reference made on this CPU's bf16 path, and why it was chosen: AMX first, then
+    AVX512-BF16; a CPU with neither runs fp32 (``sampler.dtype: auto``) and has no reference
+    of its own (the AMX one, to compare within a tolerance).
+
+    >>> default_reference({"avx512f", "avx512_bf16"})[0].name
+    'lmsi_default_locked_avx512bf16'
+    >>> default_reference({"avx512_bf16", "amx_bf16"})[0].name
+    'lmsi_default_locked'
+    >>> default_reference(set())[1]
+    'no reference for this CPU (neither amx_bf16 nor avx512_bf16): compare with a tolerance'
+    """
+    if flags is None:
+        flags = cpu_flags()
+    for flag, path in REFERENCES.items():
+        if flag in flags:
+            return path, f"CPU flag {flag}"
+    return DEFAULT_REFERENCE, ("no reference for this CPU (neither amx_bf16 nor avx512_bf16): "
+                               "compare with a tolerance")
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's flags from /proc/cpuinfo (empty where there is none)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
 
 
 def flat(d: dict, prefix: str = "") -> dict[str, float]:
@@ -75,7 +116,8 @@ def compare(run: dict[str, float], ref: dict[str, float], tolerance: float) -> l
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--reference", type=Path, default=DEFAULT_REFERENCE)
+    ap.add_argument("--reference", type=Path, default=None,
+                    help="default: the reference made on this CPU type (REFERENCES)")
     ap.add_argument("--rounds-dir", type=Path, default=Path("data/rounds"))
     ap.add_argument("--tolerance", type=float, default=0.0)
     ap.add_argument("--rerun", action="store_true", help="run `dvc repro` first")
@@ -89,12 +131,16 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run([sys.executable, "-m", "dvc", "repro"], check=True)
     from selfimprove.evaluation.headline import read_round_scores, scores_path
 
+    chosen = "--reference"
+    if args.reference is None:
+        args.reference, chosen = default_reference()
     rounds = sorted(p.name for p in args.reference.glob("*/") if scores_path(p).exists())
     if not rounds:
         print(f"error: {args.reference}: no <round>/scores.json or metrics.json", file=sys.stderr)
         return 2
     result = {
         "reference": str(args.reference),
+        "chosen_by": chosen,
         "tolerance": args.tolerance,
         "intervals": not args.no_intervals,
         "rounds": {},

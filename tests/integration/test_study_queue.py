@@ -4,7 +4,9 @@
   workspace (``.dvc/tmp/exps/...``), not the project's ``src`` (which the editable install and
   PYTHONPATH point at): the edit makes its first stage fail with the path it ran from;
 - ``selfimprove study run`` queues, runs (``dvc queue start``), waits, exports the compact
-  results and prints the table; run again, it finds the experiment finished with the same params
+  results and prints the table; a plain ``dvc repro`` of the same params and commit, computed
+  again (``--no-run-cache``), writes the experiment's metrics.json byte for byte; run again,
+  it finds the experiment finished with the same params
   and queues nothing (a killed study resumes with only what is missing), then pushes it: its
   git ref to a git remote, its outputs to the DVC remote.
 """
@@ -15,7 +17,10 @@ import json
 import sys
 
 import pytest
+import yaml
 from tinyproject import dvc, new_project, run, tiny_params
+
+from selfimprove.study import plan
 
 pytestmark = pytest.mark.e2e
 
@@ -52,6 +57,21 @@ def test_queued_experiments_run_their_own_code_and_a_study_resumes(tiny_model, t
         assert not list(folder.rglob("*.jsonl"))
         assert "t-lmsi-s0" in (folder / "command.txt").read_text()
         assert "| arith / fewshot_cot / strict (n=4) |" in out.stdout
+
+        # plain `dvc repro` of the experiment's params and commit, every stage computed again
+        params = yaml.safe_load((proj / "params.yaml").read_text())
+        for setting in plan("t", ["lmsi"], [0], 0)[0].settings:
+            key, value = setting.split("=", 1)
+            *path, last = key.split(".")
+            node = params
+            for part in path:
+                node = node[part]
+            node[last] = yaml.safe_load(value)
+        (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        run(dvc("repro", "--no-run-cache"), proj, env)
+        for rnd in ("r0", "r1"):
+            plain = (proj / f"data/rounds/{rnd}/metrics.json").read_bytes()
+            assert plain == (folder / f"data/rounds/{rnd}/metrics.json").read_bytes(), rnd
 
         # run again: nothing queued; then the experiment is pushed (git ref + DVC outputs)
         run(["git", "init", "-q", "--bare", str(tmp_path / "origin.git")], tmp_path, env)
