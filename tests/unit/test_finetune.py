@@ -804,3 +804,18 @@ def test_recomputed_attention_keeps_less_for_the_backward(tiny_model, tokenizer)
     assert eager - recomputed >= probs
     recompute_attention(model)  # idempotent
     assert saved_bytes(model, batch) == recomputed
+
+
+def test_training_returns_freed_heap_every_few_optimizer_steps(monkeypatch):
+    """The trim callback calls malloc_trim at every TRIM_EVERY_STEPS-th optimizer step only
+    (every step costs page faults; never lets the heap grow: docs/compute.md)."""
+    from selfimprove.training import finetune as ft
+
+    calls = []
+    monkeypatch.setattr(ft, "release_heap", lambda: calls.append(True))
+    callback = ft._release_heap_callback()
+    control = SimpleNamespace()
+    for step in range(1, 3 * ft.TRIM_EVERY_STEPS + 2):
+        state = SimpleNamespace(global_step=step)
+        assert callback.on_step_end(None, state, control) is control
+    assert len(calls) == 3 and ft.TRIM_EVERY_STEPS > 1

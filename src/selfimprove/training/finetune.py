@@ -189,6 +189,28 @@ def _log_last_step_callback():
     return LogLastStep()
 
 
+#: optimizer steps between two ``malloc_trim`` calls during training. glibc keeps the freed
+#: activations of each step mapped, and the next steps' allocations land beside them instead of
+#: in them: the default's round-2 fine-tuning grew to a 2,856 MB peak that way. Measured there
+#: (1 thread, the same model bytes each time): never 2,856 MB peak / 7 s system time; every
+#: 4 steps 2,683 MB / 26 s; every step 2,510 MB / 49 s (re-faulting the returned pages).
+TRIM_EVERY_STEPS = 4
+
+
+def _release_heap_callback(every: int = TRIM_EVERY_STEPS):
+    """A Trainer callback that returns freed heap to the OS every ``every`` optimizer steps
+    (:data:`TRIM_EVERY_STEPS`; it changes no float, only the peak resident memory)."""
+    from transformers import TrainerCallback
+
+    class ReleaseHeap(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step % every == 0:
+                release_heap()
+            return control
+
+    return ReleaseHeap()
+
+
 def _step_weighted_mean(records: list[dict]) -> float:
     """Mean loss per optimizer step from logging-window means (windows weighted by length).
 
@@ -513,7 +535,8 @@ def train(
         train_dataset=features,
         data_collator=CompletionCollator(pad_id, share_prefix=cfg.shared_prefix),
         share_prefix=cfg.shared_prefix,
-        callbacks=[_log_last_step_callback(), complete_marker_callback(), *(callbacks or [])],
+        callbacks=[_log_last_step_callback(), complete_marker_callback(),
+                   _release_heap_callback(), *(callbacks or [])],
     )
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
