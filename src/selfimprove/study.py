@@ -133,6 +133,11 @@ def plan(study: str, methods: Sequence[str | Arm], seeds: Sequence[int], data_se
     return runs
 
 
+def _say(line: str) -> None:
+    """A progress line, flushed (a study's output often goes to a log file)."""
+    print(line, flush=True)
+
+
 def _dvc(args: Sequence[str], cwd: Path, env: dict | None = None) -> str:
     proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, env=env,
                           capture_output=True, text=True)
@@ -172,7 +177,7 @@ def same_params(params: dict, settings: Sequence[str]) -> bool:
                for k, v in (s.split("=", 1) for s in settings))
 
 
-def queue(runs: Sequence[Run], repo: Path, say: Callable[[str], None] = print) -> list[Run]:
+def queue(runs: Sequence[Run], repo: Path, say: Callable[[str], None] = _say) -> list[Run]:
     """Queue every run that has not finished with its params and is not queued or running;
     returns those queued. A finished experiment of the name with other params is an error."""
     found = experiments(repo)
@@ -198,7 +203,7 @@ def queue(runs: Sequence[Run], repo: Path, say: Callable[[str], None] = print) -
 
 
 def start_and_wait(runs: Sequence[Run], repo: Path, jobs: int, poll_s: float = 10.0,
-                   say: Callable[[str], None] = print) -> dict[str, str]:
+                   say: Callable[[str], None] = _say) -> dict[str, str]:
     """``dvc queue start -j jobs``, then wait until none of ``runs`` is queued or running,
     saying each state change; returns each run's final state."""
     names = [r.name for r in runs]
