@@ -77,3 +77,16 @@ def test_no_intervals_leaves_out_exactly_the_bounds(tmp_path, capsys):
     assert [r["metric"] for r in lean["rounds"]["r1"]["outside"]] == [
         f"{set_name}.fewshot_cot.strict"
     ]
+
+
+def test_each_cpu_type_has_a_committed_reference(capsys):
+    """REFERENCES names a committed r0-r2 reference per bf16 path; the default is picked by
+    the CPU's flags and named in the JSON."""
+    bench = _bench()
+    for path in bench.REFERENCES.values():
+        assert sorted(p.name for p in (ROOT / path).iterdir()) == ["r0", "r1", "r2"]
+    assert bench.default_reference({"avx512_bf16"})[0] == bench.REFERENCES["avx512_bf16"]
+    rounds = ROOT / bench.REFERENCES["avx512_bf16"]
+    code = bench.main(["--reference", str(rounds), "--rounds-dir", str(rounds)])
+    out = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert code == 0 and out["ok"] and out["chosen_by"] == "--reference"
