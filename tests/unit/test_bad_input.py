@@ -575,6 +575,7 @@ OPTION_KINDS = {
     ("study", "action"): "choice",
     ("study", "name"): "text",
     ("study", "methods"): "text",
+    ("study", "arm"): "text",
     ("study", "seeds"): "int",
     ("study", "data_seed"): "int",
     ("study", "set"): "text",
