@@ -62,7 +62,7 @@ def parse_arm(values: Sequence[str]) -> Arm:
     """
     import re
 
-    from selfimprove.recipes import by_name
+    from selfimprove.recipes import get_recipe
 
     example = "e.g. --arm lmsi_exp lmsi filter.weighting=exp"
     if len(values) < 2:
@@ -72,9 +72,10 @@ def parse_arm(values: Sequence[str]) -> Arm:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_]*", label):
         raise InputError(f"--arm {label!r}: a label is letters, digits and _ (it names the "
                          f"experiment and its folder), {example}")
-    if method not in by_name():
-        raise InputError(f"--arm {label} {method!r}: not a method; use one of "
-                         f"{', '.join(by_name())}")
+    try:
+        get_recipe(method)
+    except InputError as e:
+        raise InputError(f"--arm {label}: not a method; use one of: {e}") from None
     bad = [v for v in settings if "=" not in v]
     if bad:
         raise InputError(f"--arm {label}: {bad[0]!r} is not KEY=VALUE, {example}")
