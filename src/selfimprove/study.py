@@ -107,8 +107,9 @@ class Run:
 
 def plan(study: str, methods: Sequence[str | Arm], seeds: Sequence[int], data_seed: int,
          extra: Sequence[str] = ()) -> list[Run]:
-    """The study's experiments, the first arm of every seed first (the others of that seed
-    then find its shared stages in the run cache). ``methods``: method names, or :class:`Arm`
+    """The study's experiments, arm by arm: the first arm's run of every seed comes before any
+    other arm's, so with several workers the others of a seed start after it and restore its
+    shared stages (data, round 0's evaluation and sampling) from the run cache. ``methods``: method names, or :class:`Arm`
     for a method with its own params (a weighted variant beside the plain method)."""
     from selfimprove.recipes import get_recipe
 
@@ -122,8 +123,8 @@ def plan(study: str, methods: Sequence[str | Arm], seeds: Sequence[int], data_se
         raise InputError(f"study arms named twice: {', '.join(twice)}; give each --arm its own "
                          "label")
     runs = []
-    for seed in seeds:
-        for arm in arms:
+    for arm in arms:
+        for seed in seeds:
             init = get_recipe(arm.method).init
             name = f"{study}-{arm.label}-s{seed}"
             settings = (f"method={arm.method}", f"seed={seed}", f"data.seed={data_seed}",

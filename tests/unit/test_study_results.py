@@ -65,8 +65,8 @@ def test_compact_scores_read_back_like_the_predictions(tmp_path):
 
 def test_study_plan_names_settings_and_params_match():
     runs = plan("s", ["lmsi", "star"], [0, 1], 0, ["generate.num_paths=4"])
-    assert [r.name for r in runs] == ["s-lmsi-s0", "s-star-s0", "s-lmsi-s1", "s-star-s1"]
-    star = runs[1]
+    assert [r.name for r in runs] == ["s-lmsi-s0", "s-lmsi-s1", "s-star-s0", "s-star-s1"]
+    star = runs[2]
     assert "finetune.init=base" in star.settings and "data.seed=0" in star.settings
     assert star.command()[:6] == ["dvc", "exp", "run", "--queue", "-n", "s-star-s0"]
     params = {"method": "star", "seed": 0, "data": {"seed": 0}, "finetune": {"init": "base"},
