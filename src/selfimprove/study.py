@@ -109,8 +109,9 @@ def plan(study: str, methods: Sequence[str | Arm], seeds: Sequence[int], data_se
          extra: Sequence[str] = ()) -> list[Run]:
     """The study's experiments, arm by arm: the first arm's run of every seed comes before any
     other arm's, so with several workers the others of a seed start after it and restore its
-    shared stages (data, round 0's evaluation and sampling) from the run cache. ``methods``: method names, or :class:`Arm`
-    for a method with its own params (a weighted variant beside the plain method)."""
+    shared stages (data, round 0's evaluation and sampling) from the run cache.
+    ``methods``: method names, or :class:`Arm` for a method with its own params (a weighted
+    variant beside the plain method)."""
     from selfimprove.recipes import get_recipe
 
     bad = [s for s in extra if "=" not in s]
