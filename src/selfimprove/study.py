@@ -141,8 +141,23 @@ def _say(line: str) -> None:
     print(line, flush=True)
 
 
+def dvc_env(env: dict | None = None) -> dict:
+    """``env`` (default: this process's) with this interpreter's bin folder first on PATH.
+    ``dvc queue start`` spawns its workers as ``dvc exp queue-worker`` and the stages run
+    ``python -m stages...``, both looked up on PATH: run as ``.venv/bin/selfimprove`` without an
+    activated environment, the workers would silently never start (or the stages would run
+    another Python)."""
+    import os
+
+    env = dict(os.environ if env is None else env)
+    bin_dir = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join([bin_dir, *(p for p in env.get("PATH", "").split(os.pathsep)
+                                             if p and p != bin_dir)])
+    return env
+
+
 def _dvc(args: Sequence[str], cwd: Path, env: dict | None = None) -> str:
-    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, env=env,
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, env=dvc_env(env),
                           capture_output=True, text=True)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]

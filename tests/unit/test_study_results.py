@@ -135,3 +135,26 @@ def test_old_runner_points_to_the_study_command(capsys, monkeypatch):
 
     assert multi_seed.main(["run", "--root", "x"]) == 2
     assert "selfimprove study run" in capsys.readouterr().err
+
+
+def test_dvc_runs_with_this_interpreters_bin_first_on_path(monkeypatch, tmp_path):
+    """`dvc queue start` spawns `dvc exp queue-worker` and the stages run `python`, both from
+    PATH: run as .venv/bin/selfimprove without an activated environment, the workers never
+    started and the study waited forever. Every dvc call gets this interpreter's bin first."""
+    import os
+
+    from selfimprove import study
+
+    seen = {}
+
+    def fake_run(cmd, cwd, env, capture_output, text):
+        seen["cmd"], seen["env"] = cmd, env
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(study.subprocess, "run", fake_run)
+    monkeypatch.setenv("PATH", os.pathsep.join(["/usr/bin", str(Path(sys.executable).parent)]))
+    study._dvc(["queue", "start", "-j", "2"], tmp_path)
+    path = seen["env"]["PATH"].split(os.pathsep)
+    assert path[0] == str(Path(sys.executable).parent) and "/usr/bin" in path
+    assert path.count(path[0]) == 1 and seen["cmd"][:3] == [sys.executable, "-m", "dvc"]
+    assert study.dvc_env({"PATH": ""})["PATH"] == str(Path(sys.executable).parent)
