@@ -156,9 +156,20 @@ def dvc_env(env: dict | None = None) -> dict:
     return env
 
 
+def run_captured(cmd: Sequence[str], cwd: Path, env: dict | None = None):
+    """``subprocess.run`` with stdout and stderr captured in temporary files, not pipes: ``dvc
+    queue start`` leaves its workers running with the caller's stdout and stderr, so a pipe would
+    stay open (and ``subprocess.run`` wait) until the queue is empty - the study printed no
+    progress until the end."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        code = subprocess.run(list(cmd), cwd=cwd, env=env, stdout=out, stderr=err).returncode
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(list(cmd), code, out.read(), err.read())
+
+
 def _dvc(args: Sequence[str], cwd: Path, env: dict | None = None) -> str:
-    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, env=dvc_env(env),
-                          capture_output=True, text=True)
+    proc = run_captured([sys.executable, "-m", "dvc", *args], cwd, dvc_env(env))
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
         raise InputError(f"dvc {' '.join(args)} failed: " + " | ".join(tail))

@@ -147,14 +147,34 @@ def test_dvc_runs_with_this_interpreters_bin_first_on_path(monkeypatch, tmp_path
 
     seen = {}
 
-    def fake_run(cmd, cwd, env, capture_output, text):
+    def fake_run(cmd, cwd, env=None):
         seen["cmd"], seen["env"] = cmd, env
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
-    monkeypatch.setattr(study.subprocess, "run", fake_run)
+    monkeypatch.setattr(study, "run_captured", fake_run)
     monkeypatch.setenv("PATH", os.pathsep.join(["/usr/bin", str(Path(sys.executable).parent)]))
     study._dvc(["queue", "start", "-j", "2"], tmp_path)
     path = seen["env"]["PATH"].split(os.pathsep)
     assert path[0] == str(Path(sys.executable).parent) and "/usr/bin" in path
     assert path.count(path[0]) == 1 and seen["cmd"][:3] == [sys.executable, "-m", "dvc"]
     assert study.dvc_env({"PATH": ""})["PATH"] == str(Path(sys.executable).parent)
+
+
+def test_a_command_leaving_a_daemon_behind_returns_at_once(tmp_path):
+    """`dvc queue start` exits while its workers keep the caller's stdout open: read through a
+    pipe, the call (and the study's progress) waited until the queue was empty."""
+    import time
+
+    from selfimprove.study import run_captured
+
+    daemon = "import time; time.sleep(120)"
+    cmd = [sys.executable, "-c", "import subprocess, sys; p = subprocess.Popen([sys.executable, "
+           f"'-c', {daemon!r}]); print(p.pid); print('bad', file=sys.stderr); sys.exit(3)"]
+    t0 = time.monotonic()
+    proc = run_captured(cmd, tmp_path)
+    elapsed = time.monotonic() - t0
+    import os
+    import signal
+
+    os.kill(int(proc.stdout.split()[0]), signal.SIGKILL)
+    assert elapsed < 60 and proc.returncode == 3 and proc.stderr.strip() == "bad"

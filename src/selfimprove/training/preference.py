@@ -38,6 +38,7 @@ from selfimprove.training.finetune import (
     RUN_KEYS,
     TrainRun,
     _log_last_step_callback,
+    _release_heap_callback,
     _step_weighted_mean,
     export,
     export_unchanged,
@@ -277,7 +278,12 @@ def _dpo(model_dir, pairs, out_dir, cfg, knobs, seed, ckpt_dir, save_steps, call
             processing_class=AutoTokenizer.from_pretrained(model_dir),
             data_collator=weighted_collator(pad_id, cfg.max_length),
             peft_config=_peft_config(cfg) if lora else None,
-            callbacks=[_log_last_step_callback(), complete_marker_callback(), *(callbacks or [])],
+            callbacks=[
+                _log_last_step_callback(),
+                _release_heap_callback(),  # peak RSS only, no float changes
+                complete_marker_callback(),
+                *(callbacks or []),
+            ],
         )
         del model
         info["trainable_params"] = sum(

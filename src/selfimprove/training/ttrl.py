@@ -42,6 +42,7 @@ from selfimprove.training.finetune import (
     TrainRun,
     _load_model,
     _no_temp_leftovers,
+    _release_heap_callback,
     _wrap_lora,
     export,
     export_unchanged,
@@ -422,6 +423,11 @@ def _trainer(model, tokenizer, questions, cfg, knobs, seed, bf16, work, save_ste
         train_dataset=rollout_dataset(questions, knobs.n_shots),
         processing_class=tokenizer,
         rollout_func=rollout,
-        callbacks=[groups.callback(), complete_marker_callback(), *(callbacks or [])],
+        callbacks=[
+            groups.callback(),
+            _release_heap_callback(),  # peak RSS only, no float changes
+            complete_marker_callback(),
+            *(callbacks or []),
+        ],
     )
     return trainer, rollout
