@@ -303,6 +303,8 @@ def test_train_step(tiny_model, tmp_path):
     assert run.stats["final_loss"] == run.records[-1]["loss"]
     assert run.stats["train_loss"] == pytest.approx(sum(r["loss"] for r in run.records) / 2)
     assert 0 <= run.stats["pad_fraction"] < 0.1  # 8 examples of nearly equal length
+    # compute: one epoch over the 8 examples, every (non-pad) token once
+    assert run.stats["tokens_trained"] == sum(len(f["input_ids"]) for f in features) > 0
     after = model.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)  # it trained
     assert not list(tmp_path.glob("checkpoint-*"))  # save_steps None: no checkpoints

@@ -222,6 +222,8 @@ def test_dpo_writes_the_fine_tuning_layout_and_resumes_to_the_same_weights(tiny_
     res = dpo_finetune(tiny_model, PAIRS, tmp_path / "out", cfg, knobs, seed=3, ckpt_dir=ckpt,
                        save_steps=1)  # fmt: skip
     assert res["resumed_from_step"] == 2 and res["steps"] == 4  # killed before step 3 saved
+    # compute: TRL's num_tokens (prompt+chosen and prompt+rejected, every epoch), from the data
+    assert res["tokens_trained"] == full["tokens_trained"] == info["tokens_trained"] > 0
     a = read_jsonl(out / "train_log.jsonl")
     b = read_jsonl(tmp_path / "out" / "train_log.jsonl")
     for x, y in zip(a, b, strict=True):

@@ -178,3 +178,17 @@ def test_a_command_leaving_a_daemon_behind_returns_at_once(tmp_path):
 
     os.kill(int(proc.stdout.split()[0]), signal.SIGKILL)
     assert elapsed < 60 and proc.returncode == 3 and proc.stderr.strip() == "bad"
+
+
+def test_study_compute_sums_the_rounds_tokens(tmp_path):
+    """Tokens sampled (generate.json) and trained (finetune.json tokens_trained; a skipped
+    round trained none) summed per run; a run whose records lack them shows None."""
+    from selfimprove.evaluation.study_table import _compute
+
+    runs = [tmp_path / "a", tmp_path / "b"]
+    for k, run in enumerate(runs):
+        for r, (gen, fit) in enumerate([(100, {"tokens_trained": 40}),
+                                        (50, {"skipped": True, "tokens_trained": 0})], 1):
+            write_json(run / f"r{r}/generate.json", {"tokens": gen + k})
+            write_json(run / f"r{r}/finetune.json", fit if k == 0 else {"steps": 3})
+    assert _compute(runs) == {"tokens_sampled": [150, 152], "tokens_trained": [40, None]}

@@ -152,6 +152,8 @@ def test_crashed_ttrl_resumes_to_the_weights_of_an_uninterrupted_run(varied, tmp
     assert not ckpt.exists()
     info = json.loads((tmp_path / "out" / "finetune_info.json").read_text())
     assert info["objective"] == "grpo" and "runtime_s" not in info
+    # compute: TRL's num_tokens, kept in the checkpoint: the same after the resume
+    assert info["tokens_trained"] == res["tokens_trained"] == full["tokens_trained"] > 0
     # the layout fine-tuning writes: merged float32 weights, tokenizer, adapter
     assert {"config.json", "model.safetensors", "tokenizer.json", "adapter"} <= {
         p.name for p in (tmp_path / "out").iterdir()}  # fmt: skip

@@ -236,7 +236,31 @@ def study_table(
             cells = [f"{sum(v) / len(v):.3g} ({min(v):.3g}–{max(v):.3g})" if (v := values.get(k))
                      else "-" for k in MONITORS]
             lines.append(f"| {m} | {name} | " + " | ".join(cells) + " |")
+    out["compute"] = {m: _compute(folders[m]) for m in methods}
+    lines += ["", "Compute per run, summed over its rounds, mean over seeds (min–max): tokens "
+              "sampled by `generate` and tokens trained on (fine-tuning: the examples' tokens, "
+              "every epoch; DPO and GRPO: TRL's `num_tokens`); `-` where a run did not record "
+              "them:", "", "| method | tokens sampled | tokens trained |", "|---|---|---|"]
+    for m, comp in out["compute"].items():
+        cells = [f"{sum(v) / len(v):,.0f} ({min(v):,}–{max(v):,})"
+                 if (v := comp[k]) and None not in v else "-"
+                 for k in ("tokens_sampled", "tokens_trained")]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines), out
+
+
+def _compute(folders: list[Path]) -> dict[str, list]:
+    """Per run (seed): the tokens its rounds sampled (``generate.json`` ``tokens``) and trained
+    on (``finetune.json`` ``tokens_trained``; None when a round's record lacks it)."""
+    sampled, trained = [], []
+    for folder in folders:
+        gen = [json.loads(p.read_text()).get("tokens")
+               for p in sorted(folder.glob("r*/generate.json"))]
+        fit = [json.loads(p.read_text()) for p in sorted(folder.glob("r*/finetune.json"))]
+        tok = [0 if f.get("skipped") else f.get("tokens_trained") for f in fit]
+        sampled.append(None if not gen or None in gen else sum(gen))
+        trained.append(None if not tok or None in tok else sum(tok))
+    return {"tokens_sampled": sampled, "tokens_trained": trained}
 
 
 def study_folders(root: Path, methods: list[str], seeds: list[int]) -> dict[str, list[Path]]:

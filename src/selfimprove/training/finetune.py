@@ -60,6 +60,7 @@ from selfimprove.training.resume import (  # is_main_process: also used by the s
     epochs_planned,
     is_main_process,
     planned_pad_fraction,
+    planned_tokens,
     prepare_resume,
     resume_settings,
     seeded_trainer,
@@ -251,6 +252,7 @@ def new_run_info(method: str, n_examples: int, n_truncated: int = 0, n_dropped: 
         "final_loss": None,
         "runtime_s": 0.0,
         "pad_fraction": None,
+        "tokens_trained": 0,
         "trainable_params": 0,
         "skipped": False,
         "skipped_flag": 0,
@@ -562,6 +564,10 @@ def train(
         final_loss=records[-1]["loss"] if records else float(result.training_loss),
         runtime_s=round(runtime, 3),
         pad_fraction=round(planned_pad_fraction(sampler.lengths, orders, batch), 4),
+        # compute, for studies at equal compute: the batches the optimizer steps covered
+        tokens_trained=planned_tokens(
+            sampler.lengths, orders, batch, int(result.global_step) * cfg.grad_accum
+        ),
     )
     if any(not math.isfinite(r["loss"]) for r in records):
         log.warning("finetune: non-finite loss logged; check learning_rate and dtype")

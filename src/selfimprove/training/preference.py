@@ -222,6 +222,18 @@ def dpo_finetune(
         return _dpo(model_dir, pairs, out_dir, cfg, knobs, seed, ckpt_dir, save_steps, callbacks)
 
 
+def dpo_tokens(dataset, max_length: int | None) -> int:
+    """Tokens one pass over the tokenized pairs computes on: prompt + chosen and prompt +
+    rejected of every pair, each cut to ``max_length`` (TRL's ``num_tokens``, the policy side).
+
+    >>> dpo_tokens([{"prompt_ids": [1, 2], "chosen_ids": [3], "rejected_ids": [4, 5, 6]}], 4)
+    7
+    """
+    cap = max_length or 10**9
+    return sum(min(len(r["prompt_ids"]) + len(r["chosen_ids"]), cap)
+               + min(len(r["prompt_ids"]) + len(r["rejected_ids"]), cap) for r in dataset)
+
+
 def _dpo(model_dir, pairs, out_dir, cfg, knobs, seed, ckpt_dir, save_steps, callbacks) -> dict:
     import torch
     from datasets import Dataset
@@ -289,6 +301,7 @@ def _dpo(model_dir, pairs, out_dir, cfg, knobs, seed, ckpt_dir, save_steps, call
         info["trainable_params"] = sum(
             p.numel() for p in trainer.model.parameters() if p.requires_grad
         )
+        tokens_per_epoch = dpo_tokens(trainer.train_dataset, cfg.max_length)
         t0 = time.perf_counter()
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         runtime = time.perf_counter() - t0
@@ -301,6 +314,9 @@ def _dpo(model_dir, pairs, out_dir, cfg, knobs, seed, ckpt_dir, save_steps, call
             train_loss=train_loss,
             final_loss=records[-1]["loss"] if records else train_loss,
             runtime_s=round(runtime, 3),
+            # compute, for studies at equal compute (what TRL logs as num_tokens, from the data:
+            # a resumed run reports what an uninterrupted one does)
+            tokens_trained=round(tokens_per_epoch * cfg.epochs),
         )
         run = TrainRun(trainer, records, {})
         del trainer

@@ -121,6 +121,21 @@ def planned_pad_fraction(lengths: list[int], orders: list[list[int]], batch_size
     return 1.0 - real / slots if slots else 0.0
 
 
+def planned_tokens(lengths: list[int], orders: list[list[int]], batch_size: int,
+                   n_batches: int | None = None) -> int:
+    """Tokens (not padding) of the first ``n_batches`` batches of the plan (default: all),
+    every order cut into batches of ``batch_size``: the tokens a training run computed on,
+    from the plan, so a resumed run reports what an uninterrupted one does.
+
+    >>> plan = [[0, 1, 2, 3], [3, 2, 1, 0]]
+    >>> planned_tokens([3, 1, 2, 2], plan, 2), planned_tokens([3, 1, 2, 2], plan, 2, 3)
+    (16, 12)
+    """
+    batches = [sum(lengths[j] for j in order[i : i + batch_size])
+               for order in orders for i in range(0, len(order), batch_size)]
+    return sum(batches if n_batches is None else batches[:n_batches])
+
+
 def _sampler_base():
     from torch.utils.data import Sampler
 

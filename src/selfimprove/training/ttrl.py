@@ -336,6 +336,9 @@ def _ttrl(start, questions, out_dir, cfg, knobs, seed, ckpt_dir, save_steps, cal
         records = step_records(list(trainer.state.log_history), groups.by_step)
         del rollout  # the sampler's copy of the model
         info |= _summary(records, result) | {"runtime_s": round(time.perf_counter() - t0, 3)}
+        # compute, for studies at equal compute: prompt + completion tokens of the rollouts the
+        # steps trained on (TRL's num_tokens; kept in the checkpoint, so the same after a resume)
+        info["tokens_trained"] = int(trainer.state.num_input_tokens_seen)
         info["rollout_s"] = None if trainer.rollout_func is None else round(
             trainer.rollout_func.sample_s, 3)  # fmt: skip
         if not is_main_process():
