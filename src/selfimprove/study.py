@@ -239,6 +239,7 @@ def start_and_wait(runs: Sequence[Run], repo: Path, jobs: int, poll_s: float = 1
     if any(experiments(repo).get(n, {}).get("state") in PENDING for n in names):
         _dvc(["queue", "start", "-j", str(jobs)], repo)
     seen: dict[str, str] = {}
+    times = read_times(repo)
     t0 = time.monotonic()
     while True:
         found = experiments(repo)
@@ -249,9 +250,65 @@ def start_and_wait(runs: Sequence[Run], repo: Path, jobs: int, poll_s: float = 1
             say(f"[{time.monotonic() - t0:.0f} s] {done}/{len(names)} finished; "
                 + ", ".join(f"{n}: {s}" for n, s in changed.items()))
             seen = states
+            note_times(times, changed, time.time(), poll_s)
+            write_times(repo, times)
         if not any(s in PENDING for s in states.values()):
             return states
         time.sleep(poll_s)
+
+
+#: when the study saw each experiment start and finish (by name; the wall time a study
+#: records per run), kept across study invocations beside DVC's own queue state
+TIMES_FILE = Path(".dvc/tmp/selfimprove-study-times.json")
+
+
+def read_times(repo: Path) -> dict[str, dict]:
+    path = repo / TIMES_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def write_times(repo: Path, times: dict[str, dict]) -> None:
+    from selfimprove.core.io import write_json
+
+    write_json(repo / TIMES_FILE, times)
+
+
+def note_times(times: dict[str, dict], changed: dict[str, str], now: float,
+               poll_s: float) -> None:
+    """Record state changes: ``running`` (again) starts a run's clock, ``success`` stops it.
+    Seen by polling every ``poll_s`` seconds: each end is known to that resolution.
+
+    >>> t = {}
+    >>> note_times(t, {"a": "running", "b": "queued"}, 100.0, 10)
+    >>> note_times(t, {"a": "success"}, 160.0, 10); t
+    {'a': {'started': 100.0, 'poll_s': 10, 'finished': 160.0}}
+    >>> note_times(t, {"a": "running"}, 200.0, 10); t  # requeued: a new clock
+    {'a': {'started': 200.0, 'poll_s': 10}}
+    """
+    for name, state in changed.items():
+        if state == "running":
+            times[name] = {"started": now, "poll_s": poll_s}
+        elif state == "success" and "started" in times.get(name, {}) \
+                and "finished" not in times[name]:
+            times[name]["finished"] = now
+
+
+def wall_record(entry: dict | None) -> dict | None:
+    """``wall.json`` of an exported run: its start, end and wall time as the study saw them.
+
+    >>> wall_record({"started": 0.0, "finished": 90.5, "poll_s": 10})["wall_s"]
+    90.5
+    >>> wall_record({"started": 0.0}) is None
+    True
+    """
+    from datetime import UTC, datetime
+
+    if not entry or "finished" not in entry:
+        return None
+    iso = {k: datetime.fromtimestamp(entry[k], UTC).isoformat(timespec="seconds")
+           for k in ("started", "finished")}
+    return {"wall_s": round(entry["finished"] - entry["started"], 1), **iso,
+            "resolution_s": entry["poll_s"]}
 
 
 #: files of a run a study keeps in git (small); the predictions become question_scores.json
@@ -261,7 +318,8 @@ _KEPT_SUFFIXES = (".json", ".csv")
 def export(run: Run, rev: str, repo: Path, out: Path) -> Path:
     """Write a finished experiment's results (at ``rev``) in compact form to ``out/<folder>``:
     the rounds' JSON files, ``question_scores.json`` per round, the report's CSV/JSON files,
-    command.txt and commit.txt. The folder is replaced whole."""
+    command.txt, commit.txt and wall.json (when a study command saw it run: :func:`note_times`).
+    The folder is replaced whole."""
     import shutil
 
     from dvc.api import DVCFileSystem
@@ -295,6 +353,9 @@ def export(run: Run, rev: str, repo: Path, out: Path) -> Path:
                 write_question_scores(round_dir, content)
         (dest / "command.txt").write_text(f"$ {' '.join(run.command())}\n")
         (dest / "commit.txt").write_text(f"{rev}\n")
+        wall = wall_record(read_times(repo).get(run.name))
+        if wall:  # the queue's wall time of this run, when a study command saw it run
+            (dest / "wall.json").write_text(json.dumps(wall, indent=1) + "\n")
     return target
 
 

@@ -191,4 +191,35 @@ def test_study_compute_sums_the_rounds_tokens(tmp_path):
                                         (50, {"skipped": True, "tokens_trained": 0})], 1):
             write_json(run / f"r{r}/generate.json", {"tokens": gen + k})
             write_json(run / f"r{r}/finetune.json", fit if k == 0 else {"steps": 3})
-    assert _compute(runs) == {"tokens_sampled": [150, 152], "tokens_trained": [40, None]}
+    write_json(tmp_path / "wall.json", {"wall_s": 90.5})  # <label>_s<seed>/wall.json
+    assert _compute(runs) == {"tokens_sampled": [150, 152], "tokens_trained": [40, None],
+                              "wall_s": [None, None]}
+    runs = [tmp_path / "x" / "data" / "rounds"]
+    write_json(runs[0] / "r1/generate.json", {"tokens": 7})
+    write_json(tmp_path / "x" / "wall.json", {"wall_s": 90.5})
+    assert _compute(runs)["wall_s"] == [90.5]
+
+
+def test_the_study_records_each_runs_wall_time_across_invocations(monkeypatch, tmp_path):
+    """start_and_wait notes when each experiment starts running and finishes (DVC's states,
+    polled) in .dvc/tmp, so export's wall.json survives a killed and restarted study."""
+    from selfimprove import study
+
+    states = iter([{"s-lmsi-s0": "queued"}, {"s-lmsi-s0": "queued"},
+                   {"s-lmsi-s0": "running"}, {"s-lmsi-s0": "running"},
+                   {"s-lmsi-s0": "success"}])
+    monkeypatch.setattr(study, "experiments", lambda repo: {
+        n: {"state": s} for n, s in next(states).items()})
+    calls = []
+    monkeypatch.setattr(study, "_dvc", lambda args, cwd, env=None: calls.append(args) or "")
+    clock = iter(range(0, 10**6, 30))
+    monkeypatch.setattr(study.time, "time", lambda: float(next(clock)))
+    monkeypatch.setattr(study.time, "sleep", lambda s: None)
+    runs = plan("s", ["lmsi"], [0], 0)
+    assert study.start_and_wait(runs, tmp_path, 2, 5, say=lambda line: None) == {
+        "s-lmsi-s0": "success"}
+    assert calls == [["queue", "start", "-j", "2"]]
+    times = study.read_times(tmp_path)
+    assert (tmp_path / study.TIMES_FILE).is_file()
+    wall = study.wall_record(times["s-lmsi-s0"])
+    assert wall["wall_s"] == 30.0 and wall["resolution_s"] == 5  # running at 30 s, done at 60

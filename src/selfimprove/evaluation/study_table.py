@@ -239,28 +239,36 @@ def study_table(
     out["compute"] = {m: _compute(folders[m]) for m in methods}
     lines += ["", "Compute per run, summed over its rounds, mean over seeds (min–max): tokens "
               "sampled by `generate` and tokens trained on (fine-tuning: the examples' tokens, "
-              "every epoch; DPO and GRPO: TRL's `num_tokens`); `-` where a run did not record "
-              "them:", "", "| method | tokens sampled | tokens trained |", "|---|---|---|"]
+              "every epoch; DPO and GRPO: TRL's `num_tokens`) and the run's wall time in DVC's "
+              "queue (minutes, as the study command saw it; stages restored from the run cache "
+              "cost little there); `-` where a run did not record them:", "",
+              "| method | tokens sampled | tokens trained | wall time (min) |", "|---|---|---|---|"]
     for m, comp in out["compute"].items():
         cells = [f"{sum(v) / len(v):,.0f} ({min(v):,}–{max(v):,})"
                  if (v := comp[k]) and None not in v else "-"
                  for k in ("tokens_sampled", "tokens_trained")]
+        wall = comp["wall_s"]
+        cells.append(f"{sum(wall) / len(wall) / 60:.1f} ({min(wall) / 60:.1f}–"
+                     f"{max(wall) / 60:.1f})" if wall and None not in wall else "-")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines), out
 
 
 def _compute(folders: list[Path]) -> dict[str, list]:
     """Per run (seed): the tokens its rounds sampled (``generate.json`` ``tokens``) and trained
-    on (``finetune.json`` ``tokens_trained``; None when a round's record lacks it)."""
-    sampled, trained = [], []
+    on (``finetune.json`` ``tokens_trained``; None when a round's record lacks it), and its
+    wall time in the queue (the export's ``wall.json``; None without one)."""
+    sampled, trained, wall = [], [], []
     for folder in folders:
+        record = folder.parent.parent / "wall.json"  # <label>_s<seed>/wall.json (study export)
+        wall.append(json.loads(record.read_text())["wall_s"] if record.is_file() else None)
         gen = [json.loads(p.read_text()).get("tokens")
                for p in sorted(folder.glob("r*/generate.json"))]
         fit = [json.loads(p.read_text()) for p in sorted(folder.glob("r*/finetune.json"))]
         tok = [0 if f.get("skipped") else f.get("tokens_trained") for f in fit]
         sampled.append(None if not gen or None in gen else sum(gen))
         trained.append(None if not tok or None in tok else sum(tok))
-    return {"tokens_sampled": sampled, "tokens_trained": trained}
+    return {"tokens_sampled": sampled, "tokens_trained": trained, "wall_s": wall}
 
 
 def study_folders(root: Path, methods: list[str], seeds: list[int]) -> dict[str, list[Path]]:
