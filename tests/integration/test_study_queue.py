@@ -57,6 +57,10 @@ def test_queued_experiments_run_their_own_code_and_a_study_resumes(tiny_model, t
         assert not list(folder.rglob("*.jsonl"))
         assert "t-lmsi-s0" in (folder / "command.txt").read_text()
         assert "| arith / fewshot_cot / strict (n=4) |" in out.stdout
+        # its compute: tokens sampled and trained, and the wall time the study saw it run
+        assert json.loads((folder / "wall.json").read_text())["wall_s"] > 0
+        compute = out.stdout.split("| method | tokens sampled |", 1)[1].splitlines()[2]
+        assert compute.startswith("| lmsi | ") and "-" not in compute.replace("–", " ")
 
         # plain `dvc repro` of the experiment's params and commit, every stage computed again
         params = yaml.safe_load((proj / "params.yaml").read_text())
