@@ -196,8 +196,9 @@ def test_study_compute_sums_the_rounds_tokens(tmp_path):
                               "wall_s": [None, None]}
     runs = [tmp_path / "x" / "data" / "rounds"]
     write_json(runs[0] / "r1/generate.json", {"tokens": 7})
-    write_json(tmp_path / "x" / "wall.json", {"wall_s": 90.5})
-    assert _compute(runs)["wall_s"] == [90.5]
+    write_json(runs[0] / "r1/finetune.json", {"tokens_trained": 30, "tokens_sampled": 20})
+    write_json(tmp_path / "x" / "wall.json", {"wall_s": 90.5})  # TTRL: + its online rollouts
+    assert _compute(runs) == {"tokens_sampled": [27], "tokens_trained": [30], "wall_s": [90.5]}
 
 
 def test_the_study_records_each_runs_wall_time_across_invocations(monkeypatch, tmp_path):

@@ -154,6 +154,10 @@ def test_crashed_ttrl_resumes_to_the_weights_of_an_uninterrupted_run(varied, tmp
     assert info["objective"] == "grpo" and "runtime_s" not in info
     # compute: TRL's num_tokens, kept in the checkpoint: the same after the resume
     assert info["tokens_trained"] == res["tokens_trained"] == full["tokens_trained"] > 0
+    # and the completions it sampled online: the groups' tokens, the same after the resume
+    assert info["tokens_sampled"] == full["tokens_sampled"] == sum(
+        g["tokens"] for r in b for g in r["groups"]) > 0
+    assert info["tokens_sampled"] < info["tokens_trained"]  # TRL's count adds the prompts
     # the layout fine-tuning writes: merged float32 weights, tokenizer, adapter
     assert {"config.json", "model.safetensors", "tokenizer.json", "adapter"} <= {
         p.name for p in (tmp_path / "out").iterdir()}  # fmt: skip

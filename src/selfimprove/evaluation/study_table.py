@@ -255,7 +255,8 @@ def study_table(
 
 
 def _compute(folders: list[Path]) -> dict[str, list]:
-    """Per run (seed): the tokens its rounds sampled (``generate.json`` ``tokens``) and trained
+    """Per run (seed): the tokens its rounds sampled (``generate.json`` ``tokens``, plus TTRL's
+    online rollouts: ``finetune.json`` ``tokens_sampled``) and trained
     on (``finetune.json`` ``tokens_trained``; None when a round's record lacks it), and its
     wall time in the queue (the export's ``wall.json``; None without one)."""
     sampled, trained, wall = [], [], []
@@ -266,7 +267,8 @@ def _compute(folders: list[Path]) -> dict[str, list]:
                for p in sorted(folder.glob("r*/generate.json"))]
         fit = [json.loads(p.read_text()) for p in sorted(folder.glob("r*/finetune.json"))]
         tok = [0 if f.get("skipped") else f.get("tokens_trained") for f in fit]
-        sampled.append(None if not gen or None in gen else sum(gen))
+        online = sum(f.get("tokens_sampled", 0) for f in fit)  # TTRL's rollouts
+        sampled.append(None if not gen or None in gen else sum(gen) + online)
         trained.append(None if not tok or None in tok else sum(tok))
     return {"tokens_sampled": sampled, "tokens_trained": trained, "wall_s": wall}
 

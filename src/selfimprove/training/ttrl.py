@@ -131,11 +131,17 @@ class Groups:
         self.min_share = min_share
         self.by_step: dict[int, list[dict]] = {}
 
-    def __call__(self, prompts, completions, id, trainer_state=None, log_metric=None, **kw):  # noqa: A002
+    def __call__(self, prompts, completions, id, trainer_state=None, log_metric=None,  # noqa: A002
+                 completion_ids=None, **kw):  # fmt: skip
         rewards, groups = majority_rewards(list(completions), list(id), self.min_share)
         step = (trainer_state.global_step if trainer_state is not None else 0) + 1
+        tokens: dict[str, int] = {}  # sampled tokens per question (compute, not the reward)
+        for qid, ids in zip(id, completion_ids or [], strict=False):
+            tokens[qid] = tokens.get(qid, 0) + len(ids)
         self.by_step.setdefault(step, []).extend(
-            {k: g[k] for k in ("id", "majority", "share", "n_parsed")} for g in groups
+            {k: g[k] for k in ("id", "majority", "share", "n_parsed")}
+            | ({"tokens": tokens.get(g["id"], 0)} if completion_ids is not None else {})
+            for g in groups
         )
         if log_metric is not None:
             n = sum(g["n"] for g in groups)
@@ -339,6 +345,9 @@ def _ttrl(start, questions, out_dir, cfg, knobs, seed, ckpt_dir, save_steps, cal
         # compute, for studies at equal compute: prompt + completion tokens of the rollouts the
         # steps trained on (TRL's num_tokens; kept in the checkpoint, so the same after a resume)
         info["tokens_trained"] = int(trainer.state.num_input_tokens_seen)
+        # the completions sampled online (the groups' tokens, kept in each checkpoint)
+        info["tokens_sampled"] = sum(g.get("tokens", 0) for step in groups.by_step.values()
+                                     for g in step)
         info["rollout_s"] = None if trainer.rollout_func is None else round(
             trainer.rollout_func.sample_s, 3)  # fmt: skip
         if not is_main_process():
