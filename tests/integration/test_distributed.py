@@ -202,6 +202,8 @@ def test_two_processes_really_ran_distributed(runs):
     one = json.loads((runs["one"] / "finetune_info.json").read_text())
     # 32 examples x 2 epochs / global batch 8 = 8 steps (not 16: the ranks split each batch)
     assert info["steps"] == one["steps"] == 8
+    # compute: every token of both epochs once, whichever process computed it
+    assert info["tokens_trained"] == one["tokens_trained"] > 0
     assert not (runs["ddp"].parent / "model.ckpt").exists()  # removed after success
 
 

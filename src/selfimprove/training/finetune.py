@@ -564,9 +564,13 @@ def train(
         final_loss=records[-1]["loss"] if records else float(result.training_loss),
         runtime_s=round(runtime, 3),
         pad_fraction=round(planned_pad_fraction(sampler.lengths, orders, batch), 4),
-        # compute, for studies at equal compute: the batches the optimizer steps covered
+        # compute, for studies at equal compute: the batches the optimizer steps covered (each
+        # step: grad_accum batches on every process of a distributed run)
         tokens_trained=planned_tokens(
-            sampler.lengths, orders, batch, int(result.global_step) * cfg.grad_accum
+            sampler.lengths,
+            orders,
+            batch,
+            int(result.global_step) * cfg.grad_accum * trainer.args.world_size,
         ),
     )
     if any(not math.isfinite(r["loss"]) for r in records):
