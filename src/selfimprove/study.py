@@ -315,11 +315,11 @@ def wall_record(entry: dict | None) -> dict | None:
 _KEPT_SUFFIXES = (".json", ".csv")
 
 
-def export(run: Run, rev: str, repo: Path, out: Path) -> Path:
+def export(run: Run, rev: str, repo: Path, out: Path, wall: dict | None = None) -> Path:
     """Write a finished experiment's results (at ``rev``) in compact form to ``out/<folder>``:
     the rounds' JSON files, ``question_scores.json`` per round, the report's CSV/JSON files,
-    command.txt, commit.txt and wall.json (when a study command saw it run: :func:`note_times`).
-    The folder is replaced whole."""
+    command.txt, commit.txt and ``wall`` as wall.json (:func:`wall_record`, when a study command
+    saw it run). The folder is replaced whole."""
     import shutil
 
     from dvc.api import DVCFileSystem
@@ -353,8 +353,7 @@ def export(run: Run, rev: str, repo: Path, out: Path) -> Path:
                 write_question_scores(round_dir, content)
         (dest / "command.txt").write_text(f"$ {' '.join(run.command())}\n")
         (dest / "commit.txt").write_text(f"{rev}\n")
-        wall = wall_record(read_times(repo).get(run.name))
-        if wall:  # the queue's wall time of this run, when a study command saw it run
+        if wall:  # the queue's wall time of this run
             (dest / "wall.json").write_text(json.dumps(wall, indent=1) + "\n")
     return target
 
@@ -394,8 +393,10 @@ def export_and_table(runs: Sequence[Run], repo: Path, args) -> int:
         raise InputError(f"not finished with the study's params: {', '.join(missing)}; run "
                          "`selfimprove study run` with the same arguments")
     out = Path(args.out) if args.out else repo / "benchmarks/results" / args.name
+    times = read_times(repo)
     for run in runs:
-        print(f"{run.name}: exported to {export(run, found[run.name]['rev'], repo, out)}")
+        wall = wall_record(times.get(run.name))
+        print(f"{run.name}: exported to {export(run, found[run.name]['rev'], repo, out, wall)}")
     if args.push:  # the experiments' git refs to the git remote, their outputs to DVC's remote
         _dvc(["exp", "push", args.push, *(r.name for r in runs)], repo)
         print(f"pushed {len(runs)} experiment(s) to {args.push} and the default DVC remote")

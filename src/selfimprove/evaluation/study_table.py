@@ -233,8 +233,7 @@ def study_table(
     for m in methods:
         out["monitors"][m] = mon = _monitors(folders[m])
         for name, values in mon.items():
-            cells = [f"{sum(v) / len(v):.3g} ({min(v):.3g}–{max(v):.3g})" if (v := values.get(k))
-                     else "-" for k in MONITORS]
+            cells = [_spread(values.get(k), ".3g") for k in MONITORS]
             lines.append(f"| {m} | {name} | " + " | ".join(cells) + " |")
     out["compute"] = {m: _compute(folders[m]) for m in methods}
     lines += ["", "Compute per run, summed over its rounds, mean over seeds (min–max): tokens "
@@ -244,14 +243,22 @@ def study_table(
               "cost little there); `-` where a run did not record them:", "",
               "| method | tokens sampled | tokens trained | wall time (min) |", "|---|---|---|---|"]
     for m, comp in out["compute"].items():
-        cells = [f"{sum(v) / len(v):,.0f} ({min(v):,}–{max(v):,})"
-                 if (v := comp[k]) and None not in v else "-"
-                 for k in ("tokens_sampled", "tokens_trained")]
         wall = comp["wall_s"]
-        cells.append(f"{sum(wall) / len(wall) / 60:.1f} ({min(wall) / 60:.1f}–"
-                     f"{max(wall) / 60:.1f})" if wall and None not in wall else "-")
+        cells = [_spread(comp["tokens_sampled"], ",.0f"), _spread(comp["tokens_trained"], ",.0f"),
+                 _spread(None if None in wall else [w / 60 for w in wall], ".1f")]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines), out
+
+
+def _spread(values: list | None, spec: str) -> str:
+    """``mean (min–max)`` of ``values`` in format ``spec``; ``-`` when empty or one is missing.
+
+    >>> _spread([1000, 3000], ",.0f"), _spread([1, None], ".1f"), _spread(None, ".3g")
+    ('2,000 (1,000–3,000)', '-', '-')
+    """
+    if not values or None in values:
+        return "-"
+    return f"{sum(values) / len(values):{spec}} ({min(values):{spec}}–{max(values):{spec}})"
 
 
 def _compute(folders: list[Path]) -> dict[str, list]:

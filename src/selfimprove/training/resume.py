@@ -104,6 +104,14 @@ def epoch_order(
     return torch.randperm(len(lengths), generator=generator).tolist()
 
 
+def planned_batches(lengths: list[int], orders: list[list[int]], batch_size: int):
+    """The examples' lengths of every batch of the plan, in order: each order cut into batches
+    of ``batch_size`` (what the Trainer's dataloader does with each epoch's order)."""
+    for order in orders:
+        for i in range(0, len(order), batch_size):
+            yield [lengths[j] for j in order[i : i + batch_size]]
+
+
 def planned_pad_fraction(lengths: list[int], orders: list[list[int]], batch_size: int) -> float:
     """Share of padding slots when every order is cut into batches of ``batch_size`` and each
     batch is padded to its longest example (what the collator pads, computed from the plan so
@@ -113,11 +121,9 @@ def planned_pad_fraction(lengths: list[int], orders: list[list[int]], batch_size
     0.2
     """
     real = slots = 0
-    for order in orders:
-        for i in range(0, len(order), batch_size):
-            chunk = [lengths[j] for j in order[i : i + batch_size]]
-            real += sum(chunk)
-            slots += len(chunk) * max(chunk)
+    for chunk in planned_batches(lengths, orders, batch_size):
+        real += sum(chunk)
+        slots += len(chunk) * max(chunk)
     return 1.0 - real / slots if slots else 0.0
 
 
@@ -131,8 +137,7 @@ def planned_tokens(lengths: list[int], orders: list[list[int]], batch_size: int,
     >>> planned_tokens([3, 1, 2, 2], plan, 2), planned_tokens([3, 1, 2, 2], plan, 2, 3)
     (16, 12)
     """
-    batches = [sum(lengths[j] for j in order[i : i + batch_size])
-               for order in orders for i in range(0, len(order), batch_size)]
+    batches = [sum(chunk) for chunk in planned_batches(lengths, orders, batch_size)]
     return sum(batches if n_batches is None else batches[:n_batches])
 
 
