@@ -7,8 +7,9 @@ the same questions, run by ``dvc queue start -j N``, then one table with interva
    ``dvc exp run --queue -n NAME -S method=.. -S seed=.. -S data.seed=.. -S ...`` (the method's
    usual settings: ``finetune.init`` of its recipe; MLflow: ``tracking.study``/``pipeline``);
    an experiment of that name already finished with the same params, queued or running is left
-   alone, a failed one is queued again: a killed study resumes with only what is missing (and
-   DVC's run cache restores every stage a finished run already computed);
+   alone, a failed one (or a running one whose process is gone: its worker was killed) is queued
+   again: a killed study resumes with only what is missing (and DVC's run cache restores every
+   stage a finished run already computed);
 2. ``dvc queue start -j N``, then waits, printing each experiment's state as it changes
    (``dvc exp show --json``);
 3. exports each finished experiment (its files at its revision, through ``DVCFileSystem``: git
@@ -176,19 +177,54 @@ def _dvc(args: Sequence[str], cwd: Path, env: dict | None = None) -> str:
     return proc.stdout
 
 
+#: ``dvc exp show`` tries before a study gives up: it fails now and then while a worker removes
+#: a finished experiment's temporary copy (``directory '.dvc/tmp/exps/tmp.../.dvc' does not
+#: exist``), and succeeds a moment later
+SHOW_TRIES = 5
+
+
+def _show(repo: Path, tries: int = SHOW_TRIES, wait_s: float = 2.0) -> str:
+    for attempt in range(1, tries + 1):
+        try:
+            return _dvc(["exp", "show", "--json", "--no-fetch"], repo)
+        except InputError:
+            if attempt == tries:
+                raise
+            time.sleep(wait_s)
+    raise AssertionError("unreachable")
+
+
+def _alive(pid) -> bool:
+    """Whether process ``pid`` exists (``None``: unknown, taken as alive)."""
+    import os
+
+    if not pid:
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def experiments(repo: Path) -> dict[str, dict]:
     """The workspace baseline's experiments by name (``dvc exp show --json``): ``rev``,
-    ``state`` (success, queued, running, failed) and ``params`` (params.yaml's contents)."""
+    ``state`` (success, queued, running, failed), ``params`` (params.yaml's contents) and
+    ``pid`` (the running experiment's process, ``None`` otherwise)."""
     out: dict[str, dict] = {}
-    for baseline in json.loads(_dvc(["exp", "show", "--json", "--no-fetch"], repo) or "[]"):
+    for baseline in json.loads(_show(repo) or "[]"):
         for exp in baseline.get("experiments") or []:
             rev = (exp.get("revs") or [{}])[0]
             name = exp.get("name") or rev.get("name")
             if not name:
                 continue
-            state = (exp.get("executor") or {}).get("state") or "success"
+            executor = exp.get("executor") or {}
+            state = executor.get("state") or "success"
             params = ((rev.get("data") or {}).get("params") or {}).get("params.yaml", {})
-            out[name] = {"rev": rev.get("rev"), "state": state, "params": params.get("data", {})}
+            out[name] = {"rev": rev.get("rev"), "state": state, "params": params.get("data", {}),
+                         "pid": (executor.get("local") or {}).get("pid")}
     return out
 
 
@@ -220,6 +256,12 @@ def queue(runs: Sequence[Run], repo: Path, say: Callable[[str], None] = _say) ->
                     f"remove it (dvc exp remove {run.name})")
             say(f"{run.name}: finished, kept")
             continue
+        if exp and exp["state"] == "running" and not _alive(exp.get("pid")):
+            # its worker was killed (a stopped machine, a closed session): DVC still says
+            # running; ``dvc queue kill`` marks it failed (DVC refuses if a worker runs it)
+            _dvc(["queue", "kill", run.name], repo)
+            say(f"{run.name}: its process {exp['pid']} is gone; queued again")
+            exp = {**exp, "state": "failed"}
         if exp and exp["state"] in PENDING:
             say(f"{run.name}: {exp['state']} already")
             continue

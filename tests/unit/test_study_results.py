@@ -1,5 +1,7 @@
 """Study results kept in git in compact form: per-question scores recompute every figure."""
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -106,27 +108,64 @@ def test_study_arms_run_a_method_with_their_own_params():
 
 def test_queue_resumes_with_only_what_is_missing(monkeypatch):
     """Finished with the same params: kept; queued/running: left alone; failed: removed from
-    the queue and queued again; never run: queued; finished with other params: an error."""
+    the queue and queued again; never run: queued; running with its process gone (a killed
+    worker): killed in DVC's queue (marks it failed), then like failed; finished with other
+    params: an error."""
     from selfimprove import study
     from selfimprove.core.io import InputError
 
-    runs = plan("s", ["lmsi"], [0, 1, 2, 3], 0)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    runs = plan("s", ["lmsi"], [0, 1, 2, 3, 4], 0)
     params = {r.name: {"method": "lmsi", "seed": r.seed, "data": {"seed": 0},
                        "tracking": {"study": "s", "pipeline": r.name}} for r in runs}
     found = {"s-lmsi-s0": {"rev": "a", "state": "success", "params": params["s-lmsi-s0"]},
-             "s-lmsi-s1": {"rev": "b", "state": "running", "params": {}},
-             "s-lmsi-s2": {"rev": "c", "state": "failed", "params": {}}}
+             "s-lmsi-s1": {"rev": "b", "state": "running", "params": {}, "pid": os.getpid()},
+             "s-lmsi-s2": {"rev": "c", "state": "failed", "params": {}},
+             "s-lmsi-s4": {"rev": "d", "state": "running", "params": {}, "pid": gone.pid}}
     calls = []
     monkeypatch.setattr(study, "experiments", lambda repo: found)
     monkeypatch.setattr(study, "_dvc", lambda args, cwd, env=None: calls.append(args) or "")
     queued = study.queue(runs, Path("."), say=lambda _: None)
-    assert [r.name for r in queued] == ["s-lmsi-s2", "s-lmsi-s3"]
-    assert calls[0] == ["queue", "remove", "s-lmsi-s2"]
-    assert [c[:5] for c in calls[1:]] == [["exp", "run", "--queue", "-n", "s-lmsi-s2"],
-                                          ["exp", "run", "--queue", "-n", "s-lmsi-s3"]]
+    assert [r.name for r in queued] == ["s-lmsi-s2", "s-lmsi-s3", "s-lmsi-s4"]
+    assert [c[:5] for c in calls] == [["queue", "remove", "s-lmsi-s2"],
+                                      ["exp", "run", "--queue", "-n", "s-lmsi-s2"],
+                                      ["exp", "run", "--queue", "-n", "s-lmsi-s3"],
+                                      ["queue", "kill", "s-lmsi-s4"],
+                                      ["queue", "remove", "s-lmsi-s4"],
+                                      ["exp", "run", "--queue", "-n", "s-lmsi-s4"]]
     found["s-lmsi-s0"]["params"] = params["s-lmsi-s0"] | {"seed": 7}
     with pytest.raises(InputError, match="other params"):
         study.queue(runs, Path("."), say=lambda _: None)
+
+
+def test_experiments_retry_a_failed_exp_show(monkeypatch):
+    """``dvc exp show`` fails now and then while a worker removes a finished experiment's
+    temporary copy (seen in CI): the study tries again, and gives up only after SHOW_TRIES."""
+    from selfimprove import study
+    from selfimprove.core.io import InputError
+
+    shown = json.dumps([{"experiments": [{"name": "s-lmsi-s0", "revs": [{"rev": "r1"}],
+                                          "executor": {"state": "running",
+                                                       "local": {"pid": 42}}}]}])
+    answers = [InputError("dvc exp show --json --no-fetch failed: ERROR: failed to show "
+                          "experiments - directory '.dvc/tmp/exps/tmpx/.dvc' does not exist"),
+               shown]
+
+    def fake_dvc(args, cwd, env=None):
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(study, "_dvc", fake_dvc)
+    monkeypatch.setattr(study.time, "sleep", lambda s: None)
+    assert study.experiments(Path(".")) == {
+        "s-lmsi-s0": {"rev": "r1", "state": "running", "params": {}, "pid": 42}}
+    monkeypatch.setattr(study, "_dvc", lambda args, cwd, env=None: (_ for _ in ()).throw(
+        InputError("dvc exp show failed: broken")))
+    with pytest.raises(InputError, match="broken"):
+        study.experiments(Path("."))
 
 
 def test_old_runner_points_to_the_study_command(capsys, monkeypatch):
