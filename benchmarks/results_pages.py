@@ -1,5 +1,6 @@
 """Write the results pages of the docs site (docs/results/*.md) from the result summaries kept in
-git under benchmarks/results/: multi_seed.json, each run's r*/metrics.json (+ filter.json), and the
+git under benchmarks/results/: ms3q.json and multi_seed.json (the three-seed studies), each
+run's r*/metrics.json (+ filter.json), and the
 benchmark JSON files. Figures are printed from the files, never typed in by hand.
 
     python benchmarks/results_pages.py                 # writes docs/results/
@@ -83,8 +84,25 @@ def _table(head: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def three_seeds() -> str:
-    d = json.loads((RESULTS / "multi_seed.json").read_text())
+#: the three-seed studies, newest first: (results name, page title, what made it, the command
+#: that recomputes its JSON from the folder in git)
+STUDIES = {
+    "ms3q": ("Three seeds through DVC's queue: LMSI, the format-only control and STaR",
+             "Made by `selfimprove study run --name ms3q --methods lmsi format_only star --seeds "
+             "0 1 2 --jobs 2` (DVC's experiment queue, 2 workers, one thread each) on an AMD EPYC "
+             "with AVX512-BF16 and no AMX; the wall time and memory: [Studies](../studies.md)",
+             "selfimprove study table --root benchmarks/results/ms3q"),
+    "multi_seed": ("Three seeds (the old study runner, AMX Xeon)",
+                   "Made by the study runner of the time (`benchmarks/multi_seed.py run`) on a "
+                   "Xeon with AMX-BF16, older code; the same study through the queue on another "
+                   "CPU: [Three seeds](three-seeds.md)",
+                   "python benchmarks/multi_seed.py table --root benchmarks/results/multi_seed"),
+}
+
+
+def three_seeds(name: str = "ms3q") -> str:
+    title, made_by, command = STUDIES[name]
+    d = json.loads((RESULTS / f"{name}.json").read_text())
     rnd, rows = d["round"], d["rows"]
 
     def find(name: str, key: tuple) -> dict:
@@ -102,14 +120,12 @@ def three_seeds() -> str:
     body += [[label, *(_ci(find(name, c)["diff"], find(name, c)["lo"], find(name, c)["hi"], "+")
                        for c in SEED_COLUMNS)] for label, name in diffs]
     level = f"{d['level']:.0%}"
-    out = [HEADER, "# Three seeds: LMSI, the format-only control and STaR\n\n",
+    out = [HEADER, f"# {title}\n\n",
            f"Round {rnd[1:]}, seeds {', '.join(map(str, d['seeds']))}, every run on the same "
            f"questions; means over the seeds with {level} intervals that resample seeds and "
-           "questions; differences paired on the same questions. Source: "
-           "`benchmarks/results/multi_seed.json`, written by\n\n```bash\n"
-           "python benchmarks/multi_seed.py table --root benchmarks/results/multi_seed "
-           "--methods lmsi format_only star --seeds 0 1 2 "
-           "--json benchmarks/results/multi_seed.json\n"
+           f"questions; differences paired on the same questions. {made_by}. Source: "
+           f"`benchmarks/results/{name}.json`, written by\n\n```bash\n{command} "
+           f"--methods lmsi format_only star --seeds 0 1 2 --json benchmarks/results/{name}.json\n"
            "```\n\n", _table(head, body)]
     prev = f"r{int(rnd[1:]) - 1}"
     out += [f"\n## {rnd} − {prev} within each run, and the label-free choice of round\n\n",
@@ -266,13 +282,16 @@ def index() -> str:
     return (HEADER + "# Results\n\nGenerated from the summaries in `benchmarks/results/` by "
             "`python benchmarks/results_pages.py`; what they mean: [Findings](../findings.md).\n\n"
             "- [Three seeds](three-seeds.md): LMSI, the format-only control and STaR, with "
-            "intervals over seeds and questions (the headline)\n"
+            "intervals over seeds and questions, through DVC's queue (the headline)\n"
+            "- [Three seeds, AMX](three-seeds-amx.md): the same study by the old runner on "
+            "another CPU\n"
             "- [Single runs](runs.md): every kept run's accuracy per round\n"
             "- [Benchmarks](benchmarks.md): real GSM8K/DROP, sampler and training speed, "
             "`dvc repro` wall time\n")
 
 
-PAGES = {"index.md": index, "three-seeds.md": three_seeds, "runs.md": runs,
+PAGES = {"index.md": index, "three-seeds.md": three_seeds,
+         "three-seeds-amx.md": lambda: three_seeds("multi_seed"), "runs.md": runs,
          "benchmarks.md": benchmarks}
 
 

@@ -18,17 +18,21 @@ ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def test_committed_multi_seed_table_recomputes_from_compact_files(tmp_path):
-    """Every figure of multi_seed.json, byte for byte, from git alone (no predictions)."""
-    study = RESULTS / "multi_seed"
+@pytest.mark.parametrize("name, table", [
+    ("multi_seed", [str(ROOT / "benchmarks" / "multi_seed.py"), "table"]),  # the old runner's
+    ("ms3q", ["-m", "selfimprove.cli", "study", "table"]),  # through DVC's queue
+])
+def test_committed_study_tables_recompute_from_compact_files(tmp_path, name, table):
+    """Every figure of a committed study's JSON, byte for byte, from git alone (no
+    predictions): the old runner's three seeds and the same study through the queue."""
+    study = RESULTS / name
     assert not list(study.rglob("*.jsonl"))  # the predictions live in DVC, not in git
-    out = tmp_path / "multi_seed.json"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "multi_seed.py"), "table", "--root",
-           str(study), "--methods", "lmsi", "format_only", "star", "--seeds", "0", "1", "2",
-           "--json", str(out)]
+    out = tmp_path / f"{name}.json"
+    cmd = [sys.executable, *table, "--root", str(study), "--methods", "lmsi", "format_only",
+           "star", "--seeds", "0", "1", "2", "--json", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert out.read_bytes() == (RESULTS / "multi_seed.json").read_bytes()
+    assert out.read_bytes() == (RESULTS / f"{name}.json").read_bytes()
 
 
 def test_no_per_question_text_files_in_results():
