@@ -258,10 +258,14 @@ def queue(runs: Sequence[Run], repo: Path, say: Callable[[str], None] = _say) ->
             continue
         if exp and exp["state"] == "running" and not _alive(exp.get("pid")):
             # its worker was killed (a stopped machine, a closed session): DVC still says
-            # running; ``dvc queue kill`` marks it failed (DVC refuses if a worker runs it)
-            _dvc(["queue", "kill", run.name], repo)
-            say(f"{run.name}: its process {exp['pid']} is gone; queued again")
-            exp = {**exp, "state": "failed"}
+            # running; ``dvc queue kill`` marks it failed. DVC refuses while a live worker has
+            # the task (it is collecting the finished run's results): then it is running.
+            try:
+                _dvc(["queue", "kill", run.name], repo)
+                say(f"{run.name}: its process {exp['pid']} is gone; queued again")
+                exp = {**exp, "state": "failed"}
+            except InputError:
+                pass
         if exp and exp["state"] in PENDING:
             say(f"{run.name}: {exp['state']} already")
             continue

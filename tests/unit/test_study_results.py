@@ -138,6 +138,18 @@ def test_queue_resumes_with_only_what_is_missing(monkeypatch):
                                       ["queue", "kill", "s-lmsi-s4"],
                                       ["queue", "remove", "s-lmsi-s4"],
                                       ["exp", "run", "--queue", "-n", "s-lmsi-s4"]]
+    # DVC refuses the kill while a live worker still has the task: left alone as running
+    def refuse_kill(args, cwd, env=None):
+        if args[:2] == ["queue", "kill"]:
+            raise InputError("dvc queue kill failed: ERROR: Task s-lmsi-s4 is running")
+        calls.append(args)
+        return ""
+
+    calls.clear()
+    monkeypatch.setattr(study, "_dvc", refuse_kill)
+    assert [r.name for r in study.queue(runs, Path("."), say=lambda _: None)] == [
+        "s-lmsi-s2", "s-lmsi-s3"]
+    assert not any("s-lmsi-s4" in c for c in calls)  # neither removed nor queued again
     found["s-lmsi-s0"]["params"] = params["s-lmsi-s0"] | {"seed": 7}
     with pytest.raises(InputError, match="other params"):
         study.queue(runs, Path("."), say=lambda _: None)
