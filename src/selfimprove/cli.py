@@ -155,15 +155,14 @@ def _study(args: argparse.Namespace) -> int:
 
     if args.action == "run":
         return study.run_study(args)
-    if args.root is None:
-        from selfimprove.core.io import InputError
-
-        raise InputError("study table: give --root, the folder the study was exported to")
     from selfimprove.core.io import InputError, folder_problem
 
-    problem = folder_problem(args.root)
-    if problem:
-        raise InputError(f"--root {args.root}: {problem}")
+    if not args.root:
+        raise InputError("study table: give --root, the folder the study was exported to")
+    for root in args.root:
+        problem = folder_problem(root)
+        if problem:
+            raise InputError(f"--root {root}: {problem}")
     return study.write_table(args.root, args)
 
 
@@ -203,7 +202,9 @@ def _add_study_parser(sub) -> None:
     p.add_argument("--out", help="exported results (default benchmarks/results/<name>)")
     p.add_argument("--push", metavar="GIT_REMOTE", help="run: then `dvc exp push GIT_REMOTE` "
                    "the study's experiments (their outputs go to the default DVC remote)")
-    p.add_argument("--root", type=Path, help="table: the exported study folder")
+    p.add_argument("--root", type=Path, action="append",
+                   help="table: the exported study folder (repeatable: several studies in one "
+                   "table, each method's runs in one of them)")
     p.add_argument("--round", default="r2", help="round the table compares")
     p.add_argument("--json", type=Path, help="also write the table's JSON here")
     p.add_argument("--level", type=float, default=StatsConfig().level)

@@ -448,9 +448,9 @@ def export_and_table(runs: Sequence[Run], repo: Path, args) -> int:
     return write_table(out, args)
 
 
-def write_table(root: Path, args) -> int:
-    """The study table from ``root``'s compact files: Markdown on stdout, the JSON in
-    ``--json``."""
+def write_table(root: Path | list[Path], args) -> int:
+    """The study table from the compact files under ``root`` (one exported study, or several,
+    each method's runs in one of them): Markdown on stdout, the JSON in ``--json``."""
     from pydantic import ValidationError
 
     from selfimprove.config.evaluation import StatsConfig

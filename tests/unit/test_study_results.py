@@ -35,6 +35,30 @@ def test_committed_study_tables_recompute_from_compact_files(tmp_path, name, tab
     assert out.read_bytes() == (RESULTS / f"{name}.json").read_bytes()
 
 
+def test_one_table_from_several_exported_studies(tmp_path):
+    """--root twice: each method's runs from the study that has them give the same table as one
+    folder; runs of a method in both studies are an error naming the method and the folders."""
+    import shutil
+
+    from selfimprove.core.io import InputError
+    from selfimprove.evaluation.study_table import study_folders
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for method, root in (("lmsi", a), ("format_only", b), ("star", b)):
+        for k in (0, 1, 2):
+            shutil.copytree(RESULTS / "ms3q" / f"{method}_s{k}", root / f"{method}_s{k}")
+    out = tmp_path / "both.json"
+    cmd = [sys.executable, "-m", "selfimprove.cli", "study", "table", "--root", str(a),
+           "--root", str(b), "--methods", "lmsi", "format_only", "star", "--seeds", "0", "1",
+           "2", "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert out.read_bytes() == (RESULTS / "ms3q.json").read_bytes()
+    shutil.copytree(a / "lmsi_s0", b / "lmsi_s0")
+    with pytest.raises(InputError, match=f"lmsi: runs in {a} and {b}"):
+        study_folders([a, b], ["lmsi", "star"], [0, 1, 2])
+
+
 def test_no_per_question_text_files_in_results():
     assert not list(RESULTS.rglob("*.jsonl"))
     assert len(list(RESULTS.rglob(QUESTION_SCORES))) >= 36

@@ -163,6 +163,33 @@ def test_crashed_ttrl_resumes_to_the_weights_of_an_uninterrupted_run(varied, tmp
         p.name for p in (tmp_path / "out").iterdir()}  # fmt: skip
 
 
+def test_skipping_zero_advantage_micro_batches_keeps_the_weights(varied, tmp_path):
+    """ttrl.skip_zero_advantage (the default) skips the pass of masked and unanimous groups'
+    micro-batches: the same weights, bit for bit, as TRL's own pass over them."""
+    from safetensors.torch import load_file
+
+    from selfimprove.config.training import FinetuneConfig
+    from selfimprove.core.io import read_jsonl
+    from selfimprove.training.ttrl import ttrl
+
+    cfg = FinetuneConfig(dtype="float32")
+    info = {name: ttrl(varied, QUESTIONS, tmp_path / name, cfg, 3,
+                       knobs=_knobs(skip_zero_advantage=skip))
+            for name, skip in (("skip", True), ("pass", False))}
+    # compute: the skipped micro-batches' tokens are not counted as trained
+    assert info["pass"]["tokens_skipped"] == 0 < info["skip"]["tokens_skipped"]
+    assert (info["skip"]["tokens_trained"] + info["skip"]["tokens_skipped"]
+            == info["pass"]["tokens_trained"])
+    skipped = [r.get("skipped_fraction") for r in read_jsonl(tmp_path / "skip/train_log.jsonl")]
+    assert all(r.get("skipped_fraction") is None
+               for r in read_jsonl(tmp_path / "pass/train_log.jsonl"))
+    assert 0 < sum(skipped) < len(skipped)  # some micro-batches skipped, some trained
+    wa, wb = (load_file(tmp_path / n / "model.safetensors") for n in ("skip", "pass"))
+    w0 = load_file(varied / "model.safetensors")
+    assert all((wa[k] == wb[k]).all() for k in wa)
+    assert max((wa[k] - w0[k]).abs().max().item() for k in wa) > 1e-4  # and they moved
+
+
 def test_trl_generation_path_trains_on_cpu(varied, tmp_path):
     from selfimprove.config.training import FinetuneConfig
     from selfimprove.core.io import read_jsonl

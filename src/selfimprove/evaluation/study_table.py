@@ -280,6 +280,20 @@ def _compute(folders: list[Path]) -> dict[str, list]:
     return {"tokens_sampled": sampled, "tokens_trained": trained, "wall_s": wall}
 
 
-def study_folders(root: Path, methods: list[str], seeds: list[int]) -> dict[str, list[Path]]:
-    """The rounds folders of a study kept under ``root``: ``<method>_s<seed>/data/rounds``."""
-    return {m: [root / f"{m}_s{k}" / "data" / "rounds" for k in seeds] for m in methods}
+def study_folders(roots: Path | list[Path], methods: list[str],
+                  seeds: list[int]) -> dict[str, list[Path]]:
+    """The rounds folders of a study kept under ``roots``: ``<method>_s<seed>/data/rounds``.
+
+    Several exported studies make one table when each method's runs live in exactly one of
+    them (a method found in none is read from the first root, so the table names what is
+    missing; one found in several is an error: which runs to compare would be a guess)."""
+    roots = [roots] if isinstance(roots, Path) else list(roots)
+    folders = {}
+    for m in methods:
+        found = [r for r in roots if any((r / f"{m}_s{k}").is_dir() for k in seeds)]
+        if len(found) > 1:
+            raise InputError(f"{m}: runs in {' and '.join(map(str, found))}; give one --root "
+                             "per method's runs (or rename one study's folders)")
+        root = found[0] if found else roots[0]
+        folders[m] = [root / f"{m}_s{k}" / "data" / "rounds" for k in seeds]
+    return folders

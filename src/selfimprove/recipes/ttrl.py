@@ -74,6 +74,15 @@ class TtrlParams(Knobs):
         "model.generate (no stop strings: every completion runs to max_new_tokens).",
     )
 
+    skip_zero_advantage: bool = Field(
+        True,
+        description="Skip the forward and backward pass of a micro-batch whose advantages are "
+        "all 0 (masked groups, groups whose completions all agree): with beta 0 its gradient is "
+        "exactly 0, so the weights are the same and the step is cheaper; TRL's entropy and "
+        "clip ratios then cover the trained micro-batches only (train_log: skipped_fraction). "
+        "Only with beta 0.",
+    )
+
     @model_validator(mode="after")
     def _micro_batch_divides_the_step(self) -> TtrlParams:
         per_step = self.questions_per_step * self.num_generations

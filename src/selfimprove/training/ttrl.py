@@ -74,6 +74,7 @@ LOG_KEYS = {
     "kl": "kl",
     "learning_rate": "lr",
     "grad_norm": "grad_norm",
+    "skipped_fraction": "skipped_fraction",
 }
 
 
@@ -130,6 +131,8 @@ class Groups:
     def __init__(self, min_share: float) -> None:
         self.min_share = min_share
         self.by_step: dict[int, list[dict]] = {}
+        #: prompt + completion tokens of the micro-batches skipped (zero advantage), per step
+        self.skipped_tokens: dict[int, int] = {}
 
     def __call__(self, prompts, completions, id, trainer_state=None, log_metric=None,  # noqa: A002
                  completion_ids=None, **kw):  # fmt: skip
@@ -160,8 +163,11 @@ class Groups:
             def on_save(self, args, state, control, **kwargs):
                 folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
                 if state.is_world_process_zero and folder.is_dir():
-                    kept = {s: g for s, g in groups.by_step.items() if s <= state.global_step}
-                    write_json(folder / GROUPS_FILE, {str(s): g for s, g in kept.items()})
+                    kept = {str(s): g for s, g in groups.by_step.items()
+                            if s <= state.global_step}
+                    skipped = {str(s): n for s, n in groups.skipped_tokens.items()
+                               if s <= state.global_step}
+                    write_json(folder / GROUPS_FILE, {"steps": kept, "skipped_tokens": skipped})
                 return control
 
         return SaveGroups()
@@ -170,7 +176,8 @@ class Groups:
         path = checkpoint / GROUPS_FILE
         if path.is_file():
             saved = json.loads(path.read_text(encoding="utf-8"))
-            self.by_step = {int(s): g for s, g in saved.items()}
+            self.by_step = {int(s): g for s, g in saved["steps"].items()}
+            self.skipped_tokens = {int(s): n for s, n in saved["skipped_tokens"].items()}
 
 
 class SamplerRollout:
@@ -343,8 +350,10 @@ def _ttrl(start, questions, out_dir, cfg, knobs, seed, ckpt_dir, save_steps, cal
         del rollout  # the sampler's copy of the model
         info |= _summary(records, result) | {"runtime_s": round(time.perf_counter() - t0, 3)}
         # compute, for studies at equal compute: prompt + completion tokens of the rollouts the
-        # steps trained on (TRL's num_tokens; kept in the checkpoint, so the same after a resume)
-        info["tokens_trained"] = int(trainer.state.num_input_tokens_seen)
+        # steps trained on (TRL's num_tokens, kept in the checkpoint, less the micro-batches
+        # skipped for a zero advantage, kept with the groups: the same after a resume)
+        info["tokens_skipped"] = sum(groups.skipped_tokens.values())
+        info["tokens_trained"] = int(trainer.state.num_input_tokens_seen) - info["tokens_skipped"]
         # the completions sampled online (the groups' tokens, kept in each checkpoint)
         info["tokens_sampled"] = sum(g.get("tokens", 0) for step in groups.by_step.values()
                                      for g in step)
@@ -379,10 +388,41 @@ def _summary(records: list[dict], result) -> dict:
     }
 
 
+def _grpo_trainer(skip_zero_advantage: bool, groups: Groups):
+    """TRL's ``GRPOTrainer``, or (``ttrl.skip_zero_advantage``) one that skips the forward and
+    backward pass of a micro-batch whose advantages are all 0 when nothing else has a gradient
+    (``beta`` 0, no entropy bonus, no auxiliary loss). The policy loss of such a micro-batch is
+    0 with a gradient of exactly 0 (every term is multiplied by an advantage of 0), so a zero
+    gradient on the trainable weights, without the pass, leaves the accumulated gradients and
+    the optimizer's step as they were. Each micro-batch logs ``skipped_fraction`` (1 skipped);
+    ``groups.skipped_tokens`` counts the prompt and completion tokens not trained on, per step."""
+    from trl import GRPOTrainer
+
+    if not skip_zero_advantage:
+        return GRPOTrainer
+
+    class ZeroAdvantageSkippingGRPOTrainer(GRPOTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if not model.training:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            skip = (self.beta == 0.0 and not getattr(self, "_entropy_bonus_enabled", False)
+                    and not self.aux_loss_enabled and not bool(inputs["advantages"].any()))
+            self._metrics["train"]["skipped_fraction"].append(float(skip))
+            if not skip:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            step = self.state.global_step + 1
+            n = int(inputs["prompt_mask"].sum() + inputs["completion_mask"].sum())
+            groups.skipped_tokens[step] = groups.skipped_tokens.get(step, 0) + n
+            trainable = [p for p in model.parameters() if p.requires_grad]
+            return sum((p * 0.0).sum() for p in trainable)  # zero gradients, no pass
+
+    return ZeroAdvantageSkippingGRPOTrainer
+
+
 def _trainer(model, tokenizer, questions, cfg, knobs, seed, bf16, work, save_steps, groups, start,
              callbacks):  # fmt: skip
     import torch
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOConfig
 
     g, q, micro = knobs.num_generations, knobs.questions_per_step, knobs.micro_batch_size
     accum = q * g // micro
@@ -428,7 +468,7 @@ def _trainer(model, tokenizer, questions, cfg, knobs, seed, bf16, work, save_ste
     trl_log = logging.getLogger("trl.trainer.grpo_trainer")
     if not any(isinstance(f, _DropMaskedWarning) for f in trl_log.filters):
         trl_log.addFilter(_DropMaskedWarning())
-    trainer = GRPOTrainer(
+    trainer = _grpo_trainer(knobs.skip_zero_advantage, groups)(
         model=model,
         reward_funcs=[groups],
         args=args,
