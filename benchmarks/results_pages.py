@@ -154,6 +154,88 @@ def three_seeds(name: str = "ms3q") -> str:
     return "".join(out)
 
 
+#: the label-free comparison: (results name, what made it, the command that recomputes its JSON
+#: from the exported folders in git)
+LABEL_FREE = (
+    "label_free",
+    "Made by `selfimprove study table` over two studies through DVC's queue on the same AMD EPYC "
+    "(AVX512-BF16, no AMX), the same questions and seeds: `ms3q` (LMSI, format-only, STaR) and "
+    "`lf3` (ScPO and the exponentially weighted LMSI); how they ran: [Studies](../studies.md)",
+    "selfimprove study table --root benchmarks/results/ms3q --root benchmarks/results/lf3 "
+    "--methods star lmsi format_only scpo --arm lmsi_exp lmsi --seeds 0 1 2 "
+    "--json benchmarks/results/label_free.json",
+)
+#: the label-free comparison's columns: (set, style, metric, heading)
+LABEL_FREE_COLUMNS = [
+    ("arith_1step", "fewshot_cot", "strict", "1-step 4-shot"),
+    ("arith_1step", "zeroshot_cot", "strict", "1-step 0-shot"),
+    ("arith_1step", "sc", "maj@8", "1-step maj@8"),
+    ("arith_2step", "fewshot_cot", "strict", "2-step 4-shot"),
+    ("gsm_symbolic", "fewshot_cot", "strict", "gsm_symbolic 4-shot"),
+]
+LABEL_FREE_MONITORS = ["selected_fraction", "mean_agreement", "answer_entropy",
+                       "selected_precision"]
+
+
+def label_free() -> str:
+    """Every method beside STaR (the first method of the JSON, the reference): round accuracy
+    with intervals, method − STaR paired on the questions, compute, the collapse monitors."""
+    name, made_by, command = LABEL_FREE
+    d = json.loads((RESULTS / f"{name}.json").read_text())
+    rnd, rows = d["round"], d["rows"]
+    ref = next(k for k in rows if k.startswith("r0_vs_"))[len("r0_vs_"):]
+    methods = [ref, *(k[: -len(f"_vs_{ref}")] for k in rows if not k.startswith("r0_vs_"))]
+
+    def find(key: str, col: tuple) -> dict:
+        return next(r for r in rows[key] if (r["set"], r["style"], r["metric"]) == col[:3])
+
+    head = ["", *(f"{c[3]} (n={find(f'r0_vs_{ref}', c)['n_questions']})"
+                  for c in LABEL_FREE_COLUMNS)]
+    body = [["r0 = base (no training)",
+             *(_ci(**{k: find(f"r0_vs_{ref}", c)["a"][k] for k in ("mean", "lo", "hi")})
+               for c in LABEL_FREE_COLUMNS)]]
+    for m in methods:
+        key, ab = (f"r0_vs_{ref}", "b") if m == ref else (f"{m}_vs_{ref}", "b")
+        body.append([f"{m} {rnd}" + (" (reads the labels)" if m == ref else ""),
+                     *(_ci(**{k: find(key, c)[ab][k] for k in ("mean", "lo", "hi")})
+                       for c in LABEL_FREE_COLUMNS)])
+    for m in methods[1:]:
+        body.append([f"**{m} − {ref}**", *(_ci(find(f"{m}_vs_{ref}", c)["diff"],
+                                                find(f"{m}_vs_{ref}", c)["lo"],
+                                                find(f"{m}_vs_{ref}", c)["hi"], "+")
+                                            for c in LABEL_FREE_COLUMNS)])
+    level = f"{d['level']:.0%}"
+    out = [HEADER, "# Label-free methods against STaR\n\n",
+           f"Round {rnd[1:]}, seeds {', '.join(map(str, d['seeds']))}, every run on the same "
+           f"questions; means over the seeds with {level} intervals that resample seeds and "
+           f"questions; each method − {ref} paired on the same questions (an interval that "
+           f"includes 0 or lies above it: the method reaches {ref}). {made_by}. Source: "
+           f"`benchmarks/results/{name}.json`, written by\n\n```bash\n{command}\n```\n\n",
+           _table(head, body)]
+    out += ["\n## Compute per run\n\n", "Summed over the run's rounds, mean over the seeds "
+            "(min–max): tokens sampled (the generate stages and, for online RL, the rollouts), "
+            "tokens trained on, wall time in DVC's queue; `–` where a run's code did not record "
+            "it yet.\n\n"]
+    body = []
+    for m in methods:
+        comp = d["compute"][m]
+        cells = []
+        for k, fmt in (("tokens_sampled", ",.0f"), ("tokens_trained", ",.0f"),
+                       ("wall_s", ",.0f")):
+            v = [x / 60 if k == "wall_s" else x for x in comp[k] if x is not None]
+            cells.append(f"{sum(v) / len(v):{fmt}} ({min(v):{fmt}}–{max(v):{fmt}})"
+                         if len(v) == len(comp[k]) and v else "–")
+        body.append([m, *cells])
+    out.append(_table(["method", "tokens sampled", "tokens trained", "wall time (min)"], body))
+    out += ["\n## Collapse monitors\n\n", "Of each round's sampled paths, mean over the seeds "
+            "(min–max); `selected_precision` uses the training labels (analysis only).\n\n"]
+    body = [[m, r, *(f"{sum(v) / len(v):.2f} ({min(v):.2f}–{max(v):.2f})" if (v := vals.get(k))
+                     else "–" for k in LABEL_FREE_MONITORS)]
+            for m, by_round in d["monitors"].items() for r, vals in by_round.items()]
+    out.append(_table(["method", "round", *LABEL_FREE_MONITORS], body))
+    return "".join(out)
+
+
 def _cell(flat: dict, s: str, st: str, m: str) -> str | None:
     v = flat.get(f"{s}.{st}.{m}")
     if v is None:

@@ -280,6 +280,21 @@ def test_study_compute_sums_the_rounds_tokens(tmp_path):
     assert _compute(runs) == {"tokens_sampled": [27], "tokens_trained": [30], "wall_s": [90.5]}
 
 
+def test_ttrl_masked_fraction_is_a_monitor_per_round(tmp_path):
+    """TTRL's share of groups without a majority (finetune.json) beside the vote monitors;
+    a method that does not record it has none."""
+    from selfimprove.evaluation.study_table import _monitors
+
+    runs = [tmp_path / m / "data" / "rounds" for m in ("ttrl_s0", "lmsi_s0")]
+    for run in runs:
+        write_json(run / "r1/filter.json", {"selected_fraction": 0.1, "mean_agreement": 0.3})
+    write_json(runs[0] / "r1/finetune.json", {"mean_masked_fraction": 0.92, "tokens_trained": 5})
+    write_json(runs[1] / "r1/finetune.json", {"tokens_trained": 5})
+    assert _monitors(runs[:1])["r1"]["masked_fraction"] == [0.92]
+    assert "masked_fraction" not in _monitors(runs[1:])["r1"]
+    assert _monitors(runs[1:])["r1"]["selected_fraction"] == [0.1]
+
+
 def test_the_study_records_each_runs_wall_time_across_invocations(monkeypatch, tmp_path):
     """start_and_wait notes when each experiment starts running and finishes (DVC's states,
     polled) in .dvc/tmp, so export's wall.json survives a killed and restarted study."""

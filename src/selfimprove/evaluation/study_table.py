@@ -29,8 +29,9 @@ from selfimprove.evaluation.stats import seeds_bootstrap_ci
 #: accuracies shown in the Markdown table (the JSON has every metric)
 SHOWN = {"strict", "f1", "maj@8"}
 #: collapse monitors summarized over seeds (filter.json; precision: analysis only, training labels)
+#: and, for online RL (TTRL), the share of groups masked for want of a majority (finetune.json)
 MONITORS = ("selected_fraction", "mean_agreement", "answer_entropy", "distinct_answers",
-            "mean_path_tokens", "selected_precision", "kept_precision")
+            "mean_path_tokens", "selected_precision", "kept_precision", "masked_fraction")
 
 
 def load_runs(folders: Sequence[Path], round_name: str) -> list[dict]:
@@ -152,6 +153,9 @@ def _monitors(folders: list[Path]) -> dict[str, dict[str, list]]:
             name = row["round_name"]
             stats = json.loads((folder / name / "filter.json").read_text())
             row["selected_fraction"] = stats.get("selected_fraction")
+            fit = folder / name / "finetune.json"
+            if fit.is_file():  # TTRL's groups without a majority (no reward, no gradient)
+                row["masked_fraction"] = json.loads(fit.read_text()).get("mean_masked_fraction")
             for key in ("selected_precision", "kept_precision"):
                 if row.get(key) is None and report.get(name, {}).get(key) not in (None, ""):
                     row[key] = float(report[name][key])
