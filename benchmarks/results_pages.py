@@ -1,7 +1,7 @@
 """Write the results pages of the docs site (docs/results/*.md) from the result summaries kept in
-git under benchmarks/results/: ms3q.json and multi_seed.json (the three-seed studies), each
-run's r*/metrics.json (+ filter.json), and the
-benchmark JSON files. Figures are printed from the files, never typed in by hand.
+git under benchmarks/results/: label_free.json, ms3q.json and multi_seed.json (the studies), each
+run's r*/metrics.json (+ filter.json), and the benchmark JSON files. Figures are printed from the
+files, never typed in by hand.
 
     python benchmarks/results_pages.py                 # writes docs/results/
     python benchmarks/results_pages.py --out DIR       # elsewhere (the staleness test compares)
@@ -363,8 +363,11 @@ def benchmarks() -> str:
 def index() -> str:
     return (HEADER + "# Results\n\nGenerated from the summaries in `benchmarks/results/` by "
             "`python benchmarks/results_pages.py`; what they mean: [Findings](../findings.md).\n\n"
+            "- [Label-free methods against STaR](label-free.md): LMSI, its weighted variant, "
+            "ScPO and the format-only control, each − STaR, three seeds, with compute "
+            "(the headline)\n"
             "- [Three seeds](three-seeds.md): LMSI, the format-only control and STaR, with "
-            "intervals over seeds and questions, through DVC's queue (the headline)\n"
+            "intervals over seeds and questions, through DVC's queue\n"
             "- [Three seeds, AMX](three-seeds-amx.md): the same study by the old runner on "
             "another CPU\n"
             "- [Single runs](runs.md): every kept run's accuracy per round\n"
@@ -372,7 +375,7 @@ def index() -> str:
             "`dvc repro` wall time\n")
 
 
-PAGES = {"index.md": index, "three-seeds.md": three_seeds,
+PAGES = {"index.md": index, "label-free.md": label_free, "three-seeds.md": three_seeds,
          "three-seeds-amx.md": lambda: three_seeds("multi_seed"), "runs.md": runs,
          "benchmarks.md": benchmarks}
 

@@ -18,18 +18,29 @@ ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results"
 
 
+STUDY = ["-m", "selfimprove.cli", "study", "table"]
+MS3Q = ["--root", str(RESULTS / "ms3q"), "--methods", "lmsi", "format_only", "star"]
+LF3 = ["--root", str(RESULTS / "lf3"), "--methods", "scpo", "--arm", "lmsi_exp", "lmsi"]
+
+
 @pytest.mark.parametrize("name, table", [
-    ("multi_seed", [str(ROOT / "benchmarks" / "multi_seed.py"), "table"]),  # the old runner's
-    ("ms3q", ["-m", "selfimprove.cli", "study", "table"]),  # through DVC's queue
+    ("multi_seed", [str(ROOT / "benchmarks" / "multi_seed.py"), "table", "--root",
+                    str(RESULTS / "multi_seed"), "--methods", "lmsi", "format_only", "star"]),
+    ("ms3q", STUDY + MS3Q),  # through DVC's queue
+    ("lf3", STUDY + LF3),  # ScPO and the weighted LMSI, the same questions and seeds
+    ("label_free", STUDY + ["--root", str(RESULTS / "ms3q"), "--root", str(RESULTS / "lf3"),
+                            "--methods", "star", "lmsi", "format_only", "scpo", "--arm",
+                            "lmsi_exp", "lmsi"]),  # both, against STaR (the headline)
 ])
 def test_committed_study_tables_recompute_from_compact_files(tmp_path, name, table):
     """Every figure of a committed study's JSON, byte for byte, from git alone (no
-    predictions): the old runner's three seeds and the same study through the queue."""
-    study = RESULTS / name
-    assert not list(study.rglob("*.jsonl"))  # the predictions live in DVC, not in git
+    predictions): the old runner's three seeds, the same study through the queue, the
+    label-free methods' study and the table of both against STaR."""
+    roots = [Path(table[i + 1]) for i, a in enumerate(table) if a == "--root"]
+    for root in roots:
+        assert not list(root.rglob("*.jsonl"))  # the predictions live in DVC, not in git
     out = tmp_path / f"{name}.json"
-    cmd = [sys.executable, *table, "--root", str(study), "--methods", "lmsi", "format_only",
-           "star", "--seeds", "0", "1", "2", "--json", str(out)]
+    cmd = [sys.executable, *table, "--seeds", "0", "1", "2", "--json", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert out.read_bytes() == (RESULTS / f"{name}.json").read_bytes()
