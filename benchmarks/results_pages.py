@@ -84,6 +84,14 @@ def _table(head: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _monitors_table(monitors: dict, keys: list[str]) -> str:
+    """A study JSON's collapse monitors: per method and round, mean over the seeds (min–max)."""
+    body = [[m, r, *(f"{sum(v) / len(v):.2f} ({min(v):.2f}–{max(v):.2f})" if (v := vals.get(k))
+                     else "–" for k in keys)]
+            for m, by_round in monitors.items() for r, vals in by_round.items()]
+    return _table(["method", "round", *keys], body)
+
+
 #: the three-seed studies, newest first: (results name, page title, what made it, the command
 #: that recomputes its JSON from the folder in git)
 STUDIES = {
@@ -147,10 +155,7 @@ def three_seeds(name: str = "ms3q") -> str:
                        "chosen/best round, per seed"], body))
     out += ["\n## Collapse monitors\n\n", "Mean over the seeds (min–max); the precision columns "
             "use the training labels (analysis only).\n\n"]
-    body = [[m, r, *(f"{sum(v) / len(v):.2f} ({min(v):.2f}–{max(v):.2f})" if (v := vals.get(k))
-                     else "–" for k in MONITORS)]
-            for m, by_round in d["monitors"].items() for r, vals in by_round.items()]
-    out.append(_table(["method", "round", *MONITORS], body))
+    out.append(_monitors_table(d["monitors"], MONITORS))
     return "".join(out)
 
 
@@ -229,10 +234,7 @@ def label_free() -> str:
     out.append(_table(["method", "tokens sampled", "tokens trained", "wall time (min)"], body))
     out += ["\n## Collapse monitors\n\n", "Of each round's sampled paths, mean over the seeds "
             "(min–max); `selected_precision` uses the training labels (analysis only).\n\n"]
-    body = [[m, r, *(f"{sum(v) / len(v):.2f} ({min(v):.2f}–{max(v):.2f})" if (v := vals.get(k))
-                     else "–" for k in LABEL_FREE_MONITORS)]
-            for m, by_round in d["monitors"].items() for r, vals in by_round.items()]
-    out.append(_table(["method", "round", *LABEL_FREE_MONITORS], body))
+    out.append(_monitors_table(d["monitors"], LABEL_FREE_MONITORS))
     return "".join(out)
 
 
