@@ -29,6 +29,7 @@ def main(args, params):
         params.seed,
         refined=refined,
         sampler_cfg=params.sampler,
+        compute=params.compute,
     )
     # 95% intervals next to every accuracy, the label-free sc agreement (from the predictions)
     metrics = annotate_metrics(metrics, predictions, params.stats)

@@ -33,6 +33,7 @@ def main(args, params):
         round_seed(params.seed, args.round),
         shard_dir=shards,
         sampler_cfg=params.sampler,
+        compute=params.compute,
     )
     write_jsonl(out / "samples.jsonl", records)
     write_stage_json(out / "generate.json", stats, f"generate@{args.round}")

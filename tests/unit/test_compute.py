@@ -33,7 +33,7 @@ def test_stage_main_applies_compute_and_records_resources(tmp_path, monkeypatch,
     assert rec["stage"] == "test_compute" and rec["round"] == "r2" and rec["torch_threads"] == 1
     assert rec["peak_rss_bytes"] >= rec["peak_rss_self_bytes"] > 50 * 2**20  # torch is loaded
     assert rec["wall_s"] >= 0
-    assert rec["compute"] == {"threads": 1, "matmul_precision": "highest"}
+    assert rec["compute"] == {"threads": 1, "processes": "auto", "matmul_precision": "highest"}
 
 
 def test_one_resources_record_per_stage_logged_by_track(tmp_path, monkeypatch):

@@ -11,6 +11,7 @@ from selfimprove.config.runtime import SamplerConfig
 from selfimprove.core.io import InputError
 from selfimprove.methods import generate as gen_mod
 from selfimprove.methods.generate import generate, shard_paths
+from selfimprove.sampling import factory
 from selfimprove.sampling.factory import make_sampler
 
 torch = pytest.importorskip("torch")
@@ -67,7 +68,7 @@ def spy(monkeypatch, real_sampler):
 
     def install(fail_on_call: int | None = None) -> Spy:
         s = Spy(real_sampler, fail_on_call)
-        monkeypatch.setattr(gen_mod, "sampler_from_params", lambda *a, **k: s)
+        monkeypatch.setattr(factory, "sampler_from_params", lambda *a, **k: s)
         return s
 
     return install
@@ -144,7 +145,7 @@ def test_resume_after_interrupted_shard(model_dir, spy, tmp_path, monkeypatch):
     def no_model(*a, **k):
         raise AssertionError("make_sampler must not be called")
 
-    monkeypatch.setattr(gen_mod, "sampler_from_params", no_model)
+    monkeypatch.setattr(factory, "sampler_from_params", no_model)
     done, stats = generate(model_dir, QUESTIONS, _cfg(), seed=1, shard_dir=shards)
     assert done == full and stats["shards_reused"] == 3 and stats["wall_s"] == 0
 

@@ -77,7 +77,7 @@ class SamplerConfig(Section):
 
 class ComputeConfig(Section):
     """Settings that move floats, applied by every stage before any torch work and recorded
-    (params -> dvc.lock, MLflow)."""
+    (params -> dvc.lock, MLflow); and how many processes sample, which moves none."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -89,8 +89,23 @@ class ComputeConfig(Section):
         "order: outputs differ. 1 reproduces the locked reference and does not collapse when "
         "another process shares a core; with N free cores, set N (faster, other numbers).",
     )
+    processes: int | Literal["auto"] = Field(
+        "auto",
+        description="worker processes for a sampling stage's independent sampler calls "
+        "(evaluate's passes, generate's shards; transformers on CPU), each with `threads` "
+        "threads. Every call's outputs are the same bytes in any process (tested), so this "
+        "moves no float. auto: one per usable core / threads when the stage has at least 2 "
+        "calls and 256 rows to sample, else 1 (tiny runs do not pay a process start).",
+    )
     matmul_precision: Literal["highest", "high", "medium"] = Field(
         "highest",
         description="torch.set_float32_matmul_precision: highest = full fp32 matmuls; high/medium "
         "allow TF32/bf16 internally where the hardware has them (faster, other numbers).",
     )
+
+    @field_validator("processes")
+    @classmethod
+    def _processes(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("must be >= 1 or 'auto' (1 = sample in the stage's own process)")
+        return value

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from selfimprove.config.evaluation import EvaluateConfig
 from selfimprove.core.answers import (
@@ -52,11 +52,11 @@ from selfimprove.core.prompts.drop import DROP_STOP_SEQUENCES, drop_prompt
 from selfimprove.core.voting import maj_at_k
 from selfimprove.evaluation.intervals import mean, scores_by_metric
 from selfimprove.evaluation.metrics.drop import drop_em_f1, extract_drop_answer, normalize_span
-from selfimprove.sampling import factory  # factory.sampler_from_params: tests replace it
 from selfimprove.sampling.base import SamplingParams
+from selfimprove.sampling.pool import Call, run_calls
 
 if TYPE_CHECKING:
-    from selfimprove.config.runtime import SamplerConfig
+    from selfimprove.config.runtime import ComputeConfig, SamplerConfig
 
 
 def score_prediction(output: str, gold: str) -> dict:
@@ -251,13 +251,16 @@ def evaluate(
     seed: int,
     refined: Mapping[str, dict] | None = None,
     sampler_cfg: SamplerConfig | None = None,
+    compute: ComputeConfig | None = None,
 ) -> tuple[dict, dict[str, list[dict]]]:
     """Evaluate one model on every set; return (metrics, predictions by "<set>__<style>").
 
     ``refined``: with ``cfg.refine_iterations`` > 0, the refined outputs of every GSM8K-format
     set and CoT style (:func:`selfimprove.evaluation.refine_at_eval.refine_for_evaluation`, the
     ``evaluate_refine`` stage), scored here as ``<style>_refined``.
-    ``sampler_cfg``: the ``sampler`` params section (``None`` = its defaults).
+    ``sampler_cfg``: the ``sampler`` params section (``None`` = its defaults); ``compute``:
+    the ``compute`` section, whose ``processes`` may run the passes side by side (``None``: one
+    process).
 
     ``metrics[set][style]`` is ``{n, strict, flexible, no_answer}`` for a GSM8K-format set and
     ``{n, em, f1, no_answer}`` for a DROP-format one; ``metrics[set]["sc"]`` holds maj@k
@@ -275,44 +278,38 @@ def evaluate(
             "(rerun `dvc repro data`, data.eval.<name>.n >= 1)"
         )
     formats = {name: set_format(records, name) for name, records in eval_sets.items()}
-    sampler = factory.sampler_from_params(sampler_cfg, model_dir)
     limited = {n: (r[: cfg.limit] if cfg.limit else r) for n, r in eval_sets.items()}
     # greedy passes: one sampler call per (format, style) over all the sets of that format (same
-    # prefix, stops and params), so the decoding batch stays full across sets
-    greedy: dict[str, dict[str, list]] = {n: {} for n in limited}
+    # prefix, stops and params), so the decoding batch stays full across sets; self-consistency
+    # samples likewise, one call per format over every set's first sc_limit questions (each
+    # question keeps the seeds of its index in its own set). The calls are independent: with
+    # compute.processes > 1 they run side by side, with the same outputs.
+    passes: list[_Pass] = []
     for fmt in ("gsm", "drop"):
         names = [n for n in limited if formats[n] == fmt]
         if names:
             stop = tuple(DROP_STOP_SEQUENCES) if fmt == "drop" else STOP_SEQUENCES
             for style in cfg.styles:
-                outs = _pooled_pass(
-                    sampler,
-                    fmt,
-                    {n: limited[n] for n in names},
-                    style,
-                    cfg,
-                    _greedy(cfg, seed, stop),
-                    style,
-                )
-                for name in names:
-                    greedy[name][style] = outs[name]
-    # self-consistency samples: likewise one call per format over every set's first sc_limit
-    # questions; each question keeps the seeds of its index in its own set
-    sampled: dict[str, list] = {}
+                sets = {n: limited[n] for n in names}
+                passes.append(_Pass(fmt, sets, style, _greedy(cfg, seed, stop), style, False))
     for fmt in ("gsm", "drop") if cfg.sc_paths else ():
         names = [n for n in limited if formats[n] == fmt]
         if names:
             stop = tuple(DROP_STOP_SEQUENCES) if fmt == "drop" else STOP_SEQUENCES
-            sc_sets = {n: _sc_records(limited[n], cfg) for n in names}
-            sampled |= _pooled_pass(
-                sampler,
-                fmt,
-                sc_sets,
-                cfg.sc_style,
-                cfg,
-                _sampled(cfg, seed, stop),
-                f"maj@{cfg.sc_paths}",
-            )
+            sets = {n: _sc_records(limited[n], cfg) for n in names}
+            params = _sampled(cfg, seed, stop)
+            passes.append(_Pass(fmt, sets, cfg.sc_style, params, f"maj@{cfg.sc_paths}", True))
+    calls = [_pooled_call(p.fmt, p.sets, p.style, cfg, p.params, p.label) for p in passes]
+    results = run_calls(calls, model_dir, sampler_cfg, compute)
+    greedy: dict[str, dict[str, list]] = {n: {} for n in limited}
+    sampled: dict[str, list] = {}
+    for p, (outs, _stats) in zip(passes, results, strict=True):
+        sizes = [len(r) for r in p.sets.values()]
+        for name, got in zip(p.sets, split_by_sizes(outs, sizes), strict=True):
+            if p.self_consistency:
+                sampled[name] = got
+            else:
+                greedy[name][p.style] = got
     metrics: dict = {}
     predictions: dict[str, list[dict]] = {}
     for name, records in limited.items():
@@ -348,9 +345,21 @@ def _sc_records(records: list[dict], cfg: EvaluateConfig) -> list[dict]:
     return records[: cfg.sc_limit] if cfg.sc_limit else records
 
 
-def _pooled_pass(sampler, fmt, sets: dict[str, list[dict]], style, cfg, params, label):
-    """Outputs of every set in ``sets`` (all of format ``fmt``) in ``style``, from one sampler
-    call (the same prefix and stops: the decoding batch stays full across sets), by set name.
+class _Pass(NamedTuple):
+    """One sampler call of :func:`evaluate`: every set of a format, in one style."""
+
+    fmt: str
+    sets: dict[str, list[dict]]
+    style: str
+    params: SamplingParams
+    label: str
+    self_consistency: bool
+
+
+def _pooled_call(fmt, sets: dict[str, list[dict]], style, cfg, params, label) -> Call:
+    """The one sampler call for every set in ``sets`` (all of format ``fmt``) in ``style``
+    (the same prefix and stops: the decoding batch stays full across sets); its outputs are
+    cut back per set with :func:`split_by_sizes`.
 
     Question ``i`` of a set samples with the seeds of index ``i`` (``index_offset`` per prompt),
     so a set's samples do not depend on the other sets; greedy rows draw no random numbers at
@@ -364,15 +373,14 @@ def _pooled_pass(sampler, fmt, sets: dict[str, list[dict]], style, cfg, params, 
         where += range(len(records))
     if len(prefixes) != 1:
         raise AssertionError(f"internal error: the {fmt} sets' {style!r} prefixes differ")
-    outs = sampler.sample(
-        prefixes.pop(),
-        suffixes,
-        params,
-        desc=f"eval {'+'.join(sets)}/{label}",
-        index_offset=where,
-    )
-    sizes = [len(records) for records in sets.values()]
-    return dict(zip(sets, split_by_sizes(outs, sizes), strict=True))
+    return Call(prefixes.pop(), suffixes, params, f"eval {'+'.join(sets)}/{label}", where)
+
+
+def _pooled_pass(sampler, fmt, sets: dict[str, list[dict]], style, cfg, params, label):
+    """:func:`_pooled_call` run on ``sampler``: its outputs by set name."""
+    call = _pooled_call(fmt, sets, style, cfg, params, label)
+    outs = sampler.sample(call.prefix, call.prompts, params, call.desc, call.index_offset)
+    return dict(zip(sets, split_by_sizes(outs, [len(r) for r in sets.values()]), strict=True))
 
 
 def _prompts(fmt: str, records: list[dict], style: str, n_shots: int) -> tuple[str, list[str]]:
@@ -442,7 +450,7 @@ def _evaluate_gsm(
 ) -> dict:
     """Metrics of one GSM8K-format set from its greedy outputs per style (``greedy``), plus
     the refined outputs (``refined``, see :func:`evaluate`) and self-consistency (from
-    ``sampled``: the maj@k samples of its first ``sc_limit`` questions, see ``_pooled_pass``)."""
+    ``sampled``: the maj@k samples of its first ``sc_limit`` questions, see ``_pooled_call``)."""
     metrics: dict = {}
     for style in cfg.styles:
         preds = _predictions(
@@ -503,7 +511,7 @@ def _evaluate_drop(
     sampled: list | None,
 ) -> dict:
     """Metrics of one DROP-format set from its greedy outputs per style, plus maj@k from
-    ``sampled`` (see ``_pooled_pass``)."""
+    ``sampled`` (see ``_pooled_call``)."""
     metrics: dict = {}
     for style in cfg.styles:
         preds = _predictions(

@@ -13,12 +13,14 @@ resumed run ends with the same records as an uninterrupted one.
 Across machines: with ``ray_address`` (params) or ``RAY_ADDRESS`` (environment) set, the shards
 still to sample go to sampler actors on a Ray cluster (:mod:`selfimprove.methods.ray_generate`);
 this process writes each finished shard into ``shard_dir`` as it comes back and merges them as
-above. Every shard is sampled by the same :func:`~selfimprove.methods.shards.sample_shard` call
-(one sampler call over that shard's prompts: the same batches of the same ``batch_size``, the same
-seeds), whichever process samples it. On CPU the merged records are byte-identical to a
-single-process run (tested). On GPUs the batches are the same too, so the records are as identical
-as two single-process runs on that GPU type are (the kernels' own nondeterminism; another GPU
-model, driver or library version may change float results); vLLM schedules its own batches anyway.
+above. On one machine, ``compute.processes`` samples the shards side by side in worker
+processes (:mod:`selfimprove.sampling.pool`). Every shard is sampled by the same call
+(:func:`~selfimprove.methods.shards.shard_call`: one sampler call over that shard's prompts: the
+same batches of the same ``batch_size``, the same seeds), whichever process samples it. On CPU
+the merged records are byte-identical to a single-process run (tested). On GPUs the batches are
+the same too, so the records are as identical as two single-process runs on that GPU type are
+(the kernels' own nondeterminism; another GPU model, driver or library version may change float
+results); vLLM schedules its own batches anyway.
 """
 
 from __future__ import annotations
@@ -28,14 +30,14 @@ import logging
 from pathlib import Path
 
 from selfimprove.config.methods import GenerateConfig
-from selfimprove.config.runtime import SamplerConfig
+from selfimprove.config.runtime import ComputeConfig, SamplerConfig
 from selfimprove.core.digest import file_sha256, text_sha256
 from selfimprove.core.io import read_jsonl, write_json, write_jsonl
 from selfimprove.core.prompts import build_prompt
 from selfimprove.methods.ray_generate import resolve_address, sample_on_ray
-from selfimprove.methods.shards import TIMING_KEYS, Shard, run_settings, sample_shard
+from selfimprove.methods.shards import TIMING_KEYS, Shard, run_settings, shard_call, shard_result
 from selfimprove.sampling.base import SamplingParams
-from selfimprove.sampling.factory import sampler_from_params
+from selfimprove.sampling.pool import run_calls
 
 log = logging.getLogger(__name__)
 
@@ -139,10 +141,12 @@ def generate(
     seed: int,
     shard_dir: str | Path | None = None,
     sampler_cfg: SamplerConfig | None = None,
+    compute: ComputeConfig | None = None,
 ) -> tuple[list[dict], dict]:
     """Sample ``cfg.num_paths`` paths per question; return (records, stats).
 
-    ``sampler_cfg``: the ``sampler`` params section (``None`` = its defaults).
+    ``sampler_cfg``: the ``sampler`` params section (``None`` = its defaults); ``compute``: the
+    ``compute`` section, whose ``processes`` may sample the shards side by side (same samples).
 
     Questions are sampled in shards of ``cfg.shard_size``; question ``i`` (after ``limit``)
     always uses the seeds of index ``i``. With ``shard_dir``, finished shards are saved there
@@ -207,10 +211,14 @@ def generate(
 
     address = resolve_address(cfg)
     ray_stats = None
-    if pending and address is None:
-        sampler = sampler_from_params(sampler_cfg, model_dir)
-        for shard in pending:
-            finished(shard, *sample_shard(sampler, prefix, shard, params, len(starts)))
+    if pending and address is None:  # here: one process, or one per core (compute.processes)
+        calls = [shard_call(prefix, shard, params, len(starts)) for shard in pending]
+
+        def one_done(i: int, outputs: list, sampler_stats: dict) -> None:
+            shard = pending[i]
+            finished(shard, *shard_result(shard, outputs, sampler_stats, sampler_stats["wall_s"]))
+
+        run_calls(calls, model_dir, sampler_cfg, compute, on_done=one_done)
     elif pending:
         if settings is None:
             settings = run_settings(model_dir, cfg, seed, prefix, sampler_cfg)

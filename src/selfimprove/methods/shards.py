@@ -21,6 +21,7 @@ from selfimprove.core import answers
 from selfimprove.core.answers import extract_answer
 from selfimprove.core.digest import digest, text_sha256
 from selfimprove.sampling import transformers_sampler, vllm_sampler
+from selfimprove.sampling.pool import Call
 
 MANIFEST_VERSION = 1
 #: config keys that decide where shards are sampled, not what they hold: not in the manifests
@@ -102,21 +103,28 @@ class Shard:
     expected: dict | None
 
 
-def sample_shard(sampler, prefix: str, shard: Shard, params, n_shards: int) -> tuple[list, dict]:
-    """(records, stats) of one shard: the one place samples are made, here or in a Ray actor."""
-    t0 = time.perf_counter()
-    outputs = sampler.sample(
-        prefix,
-        shard.suffixes,
-        params,
-        desc=f"generate {shard.k + 1}/{n_shards}",
-        index_offset=shard.start,
-    )
-    stats = {"wall_s": time.perf_counter() - t0}
+def shard_call(prefix: str, shard: Shard, params, n_shards: int) -> Call:
+    """The one sampler call of a shard (its questions keep the seeds of their global indices)."""
+    return Call(prefix, shard.suffixes, params, f"generate {shard.k + 1}/{n_shards}", shard.start)
+
+
+def shard_result(shard: Shard, outputs: list, sampler_stats: dict, wall_s: float) -> tuple:
+    """(records, stats) of a sampled shard."""
+    stats = {"wall_s": wall_s}
     for key in TIMING_KEYS:
-        stats[key] = getattr(sampler, "last_stats", {}).get(key, 0.0)
+        stats[key] = sampler_stats.get(key, 0.0)
     records = [
         paths_to_record(q["id"], q["question"], outs)
         for q, outs in zip(shard.questions, outputs, strict=True)
     ]
     return records, stats
+
+
+def sample_shard(sampler, prefix: str, shard: Shard, params, n_shards: int) -> tuple[list, dict]:
+    """(records, stats) of one shard on ``sampler`` (a Ray actor's; in the stage's own
+    processes, :func:`selfimprove.sampling.pool.run_calls` runs :func:`shard_call`)."""
+    t0 = time.perf_counter()
+    call = shard_call(prefix, shard, params, n_shards)
+    outputs = sampler.sample(call.prefix, call.prompts, params, call.desc, call.index_offset)
+    wall = time.perf_counter() - t0
+    return shard_result(shard, outputs, getattr(sampler, "last_stats", {}), wall)
