@@ -204,7 +204,7 @@ def _add_study_parser(sub) -> None:
                    "the study's experiments (their outputs go to the default DVC remote)")
     p.add_argument("--root", type=Path, action="append",
                    help="table: the exported study folder (repeatable: several studies in one "
-                   "table, each method's runs in one of them)")
+                   "table, each run (method and seed) in one of them)")
     p.add_argument("--round", default="r2", help="round the table compares")
     p.add_argument("--json", type=Path, help="also write the table's JSON here")
     p.add_argument("--level", type=float, default=StatsConfig().level)

@@ -311,13 +311,20 @@ def _steps(params: Params, root: Path) -> list[tuple]:
     return steps
 
 
+def _sampling_workers(compute) -> int:
+    """The most sampling processes ``compute.processes`` may start (auto: one per usable core
+    / threads; selfimprove.sampling.pool)."""
+    if compute.processes != "auto":
+        return compute.processes
+    return max(1, len(os.sched_getaffinity(0)) // compute.threads)
+
+
 def memory_problems(
     params: Params, avail: int, shape: dict | None, root: str | Path = "."
 ) -> list[str]:
     """Sampling steps whose estimate exceeds ``avail`` bytes, each naming the key that grows and
     the largest value that would fit."""
     out = []
-    budget = avail - BASE_BYTES
     # vLLM sizes its own cache on the GPU; with a GPU the transformers model and cache live there
     gpu = Path("/proc/driver/nvidia/gpus").is_dir()
     for key, paths, n_prompts, per_shard, bkey, bs, ptok, mnt, dtype, backend in _steps(
@@ -325,7 +332,18 @@ def memory_problems(
     ):
         model = shape if backend == "transformers" and not gpu else None
         grow, fixed = sampling_bytes(n_prompts, paths, per_shard, bs, ptok, mnt, dtype, model)
-        if grow + fixed <= budget:
+        # compute.processes: each worker holds its own model and cache (the most it may start)
+        workers = _sampling_workers(params.compute) if model is not None else 1
+        budget = avail - BASE_BYTES
+        if grow + fixed <= budget // workers:
+            continue
+        if workers > 1 and grow + fixed <= budget:  # fits in one process
+            need = f"{workers} processes x {_gib(grow + fixed)} + {_gib(BASE_BYTES)}"
+            out.append(
+                f"compute.processes={params.compute.processes}: {key}={paths} in {workers} "
+                f"sampling processes cannot fit in memory (needs at least {need}, "
+                f"{_gib(avail)} available); use compute.processes: 1"
+            )
             continue
         need = f"needs at least {_gib(grow + fixed + BASE_BYTES)}, {_gib(avail)} available"
         if fixed < budget and grow > 0:

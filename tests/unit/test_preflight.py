@@ -77,11 +77,18 @@ def test_memory_estimate_uses_the_model_config(project):
     (model / "config.json").write_text(json.dumps(SMOL))
     base = {"source": "local", "local_path": "model"}
     gen, smp = {"num_paths": 4096, "shard_size": 32}, {"batch_size": 1_000_000}
-    problems = preflight(_params(base_model=base, generate=gen, sampler=smp))
+    one = {"processes": 1}
+    problems = preflight(_params(base_model=base, generate=gen, sampler=smp, compute=one))
     assert len(problems) == 1 and problems[0].startswith("sampler.batch_size=1000000 cannot")
     fit = _fit(problems[0], "sampler.batch_size")
     assert 32 <= fit < 1_000_000
-    assert preflight(_params(base_model=base, generate=gen, sampler={"batch_size": fit})) == []
+    fits = {"batch_size": fit}
+    assert preflight(_params(base_model=base, generate=gen, sampler=fits, compute=one)) == []
+    # each sampling process holds its own model and cache: at that batch, 2 do not fit
+    (msg,) = preflight(_params(base_model=base, generate=gen, sampler=fits,
+                               compute={"processes": 2}))
+    assert msg.startswith("compute.processes=2: generate.num_paths=4096 in 2 sampling processes")
+    assert msg.endswith("use compute.processes: 1")
     # the same settings without the model folder: only what does not depend on the model
     assert preflight(_params(generate=gen, sampler=smp)) == []
 

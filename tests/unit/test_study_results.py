@@ -48,7 +48,8 @@ def test_committed_study_tables_recompute_from_compact_files(tmp_path, name, tab
 
 def test_one_table_from_several_exported_studies(tmp_path):
     """--root twice: each method's runs from the study that has them give the same table as one
-    folder; runs of a method in both studies are an error naming the method and the folders."""
+    folder, and so do a method's seeds split between them; a run in both studies is an error
+    naming it and the folders."""
     import shutil
 
     from selfimprove.core.io import InputError
@@ -65,8 +66,15 @@ def test_one_table_from_several_exported_studies(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert out.read_bytes() == (RESULTS / "ms3q.json").read_bytes()
-    shutil.copytree(a / "lmsi_s0", b / "lmsi_s0")
-    with pytest.raises(InputError, match=f"lmsi: runs in {a} and {b}"):
+    # a method's seeds from two studies: the same table
+    shutil.move(a / "lmsi_s2", b / "lmsi_s2")
+    assert study_folders([a, b], ["lmsi"], [0, 1, 2])["lmsi"][1:] == [
+        a / "lmsi_s1" / "data" / "rounds", b / "lmsi_s2" / "data" / "rounds"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert out.read_bytes() == (RESULTS / "ms3q.json").read_bytes()
+    shutil.copytree(b / "lmsi_s2", a / "lmsi_s2")
+    with pytest.raises(InputError, match=f"lmsi_s2: in {a} and {b}"):
         study_folders([a, b], ["lmsi", "star"], [0, 1, 2])
 
 

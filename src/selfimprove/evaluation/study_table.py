@@ -288,16 +288,18 @@ def study_folders(roots: Path | list[Path], methods: list[str],
                   seeds: list[int]) -> dict[str, list[Path]]:
     """The rounds folders of a study kept under ``roots``: ``<method>_s<seed>/data/rounds``.
 
-    Several exported studies make one table when each method's runs live in exactly one of
-    them (a method found in none is read from the first root, so the table names what is
-    missing; one found in several is an error: which runs to compare would be a guess)."""
+    Several exported studies make one table when each run (method and seed) lives in exactly one
+    of them: a method's seeds may come from different studies (e.g. one seed per session). A run
+    found in none is read from the first root, so the table names what is missing; one found in
+    several is an error: which of them to compare would be a guess."""
     roots = [roots] if isinstance(roots, Path) else list(roots)
     folders = {}
     for m in methods:
-        found = [r for r in roots if any((r / f"{m}_s{k}").is_dir() for k in seeds)]
-        if len(found) > 1:
-            raise InputError(f"{m}: runs in {' and '.join(map(str, found))}; give one --root "
-                             "per method's runs (or rename one study's folders)")
-        root = found[0] if found else roots[0]
-        folders[m] = [root / f"{m}_s{k}" / "data" / "rounds" for k in seeds]
+        folders[m] = []
+        for k in seeds:
+            found = [r for r in roots if (r / f"{m}_s{k}").is_dir()]
+            if len(found) > 1:
+                raise InputError(f"{m}_s{k}: in {' and '.join(map(str, found))}; give each run "
+                                 "in one --root only (or rename one study's folder)")
+            folders[m].append((found[0] if found else roots[0]) / f"{m}_s{k}" / "data" / "rounds")
     return folders
