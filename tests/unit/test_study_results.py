@@ -31,16 +31,18 @@ LF3 = ["--root", str(RESULTS / "lf3"), "--methods", "scpo", "--arm", "lmsi_exp",
     ("label_free", STUDY + ["--root", str(RESULTS / "ms3q"), "--root", str(RESULTS / "lf3"),
                             "--methods", "star", "lmsi", "format_only", "scpo", "--arm",
                             "lmsi_exp", "lmsi"]),  # both, against STaR (the headline)
+    ("lf4", STUDY + ["--root", str(RESULTS / "lf4"), "--methods", "ttrl", "--seeds", "0"]),
 ])
 def test_committed_study_tables_recompute_from_compact_files(tmp_path, name, table):
     """Every figure of a committed study's JSON, byte for byte, from git alone (no
     predictions): the old runner's three seeds, the same study through the queue, the
-    label-free methods' study and the table of both against STaR."""
+    label-free methods' study, the table of both against STaR, and lf4's TTRL seed 0."""
     roots = [Path(table[i + 1]) for i, a in enumerate(table) if a == "--root"]
     for root in roots:
         assert not list(root.rglob("*.jsonl"))  # the predictions live in DVC, not in git
     out = tmp_path / f"{name}.json"
-    cmd = [sys.executable, *table, "--seeds", "0", "1", "2", "--json", str(out)]
+    seeds = [] if "--seeds" in table else ["--seeds", "0", "1", "2"]
+    cmd = [sys.executable, *table, *seeds, "--json", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert out.read_bytes() == (RESULTS / f"{name}.json").read_bytes()
