@@ -39,6 +39,7 @@ from pydantic import BaseModel
 from selfimprove.config import Params
 from selfimprove.config.data import FILE_SOURCES
 from selfimprove.core.io import InputError
+from selfimprove.sampling.pool import max_processes
 
 KEPT_PER_PATH = 256
 BOOKKEEPING_PER_PATH = 48
@@ -311,14 +312,6 @@ def _steps(params: Params, root: Path) -> list[tuple]:
     return steps
 
 
-def _sampling_workers(compute) -> int:
-    """The most sampling processes ``compute.processes`` may start (auto: one per usable core
-    / threads; selfimprove.sampling.pool)."""
-    if compute.processes != "auto":
-        return compute.processes
-    return max(1, len(os.sched_getaffinity(0)) // compute.threads)
-
-
 def memory_problems(
     params: Params, avail: int, shape: dict | None, root: str | Path = "."
 ) -> list[str]:
@@ -333,7 +326,7 @@ def memory_problems(
         model = shape if backend == "transformers" and not gpu else None
         grow, fixed = sampling_bytes(n_prompts, paths, per_shard, bs, ptok, mnt, dtype, model)
         # compute.processes: each worker holds its own model and cache (the most it may start)
-        workers = _sampling_workers(params.compute) if model is not None else 1
+        workers = max_processes(params.compute) if model is not None else 1
         budget = avail - BASE_BYTES
         if grow + fixed <= budget // workers:
             continue

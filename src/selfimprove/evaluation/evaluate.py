@@ -304,8 +304,7 @@ def evaluate(
     greedy: dict[str, dict[str, list]] = {n: {} for n in limited}
     sampled: dict[str, list] = {}
     for p, (outs, _stats) in zip(passes, results, strict=True):
-        sizes = [len(r) for r in p.sets.values()]
-        for name, got in zip(p.sets, split_by_sizes(outs, sizes), strict=True):
+        for name, got in _by_set(p.sets, outs).items():
             if p.self_consistency:
                 sampled[name] = got
             else:
@@ -380,6 +379,11 @@ def _pooled_pass(sampler, fmt, sets: dict[str, list[dict]], style, cfg, params, 
     """:func:`_pooled_call` run on ``sampler``: its outputs by set name."""
     call = _pooled_call(fmt, sets, style, cfg, params, label)
     outs = sampler.sample(call.prefix, call.prompts, params, call.desc, call.index_offset)
+    return _by_set(sets, outs)
+
+
+def _by_set(sets: dict[str, list[dict]], outs: list) -> dict[str, list]:
+    """A pooled call's outputs cut back into ``sets``' runs, by set name."""
     return dict(zip(sets, split_by_sizes(outs, [len(r) for r in sets.values()]), strict=True))
 
 

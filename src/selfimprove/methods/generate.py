@@ -216,7 +216,7 @@ def generate(
 
         def one_done(i: int, outputs: list, sampler_stats: dict) -> None:
             shard = pending[i]
-            finished(shard, *shard_result(shard, outputs, sampler_stats, sampler_stats["wall_s"]))
+            finished(shard, *shard_result(shard, outputs, sampler_stats))
 
         run_calls(calls, model_dir, sampler_cfg, compute, on_done=one_done)
     elif pending:

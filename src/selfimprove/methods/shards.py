@@ -108,9 +108,9 @@ def shard_call(prefix: str, shard: Shard, params, n_shards: int) -> Call:
     return Call(prefix, shard.suffixes, params, f"generate {shard.k + 1}/{n_shards}", shard.start)
 
 
-def shard_result(shard: Shard, outputs: list, sampler_stats: dict, wall_s: float) -> tuple:
-    """(records, stats) of a sampled shard."""
-    stats = {"wall_s": wall_s}
+def shard_result(shard: Shard, outputs: list, sampler_stats: dict) -> tuple:
+    """(records, stats) of a sampled shard (``sampler_stats`` with the call's ``wall_s``)."""
+    stats = {"wall_s": sampler_stats["wall_s"]}
     for key in TIMING_KEYS:
         stats[key] = sampler_stats.get(key, 0.0)
     records = [
@@ -127,4 +127,4 @@ def sample_shard(sampler, prefix: str, shard: Shard, params, n_shards: int) -> t
     call = shard_call(prefix, shard, params, n_shards)
     outputs = sampler.sample(call.prefix, call.prompts, params, call.desc, call.index_offset)
     wall = time.perf_counter() - t0
-    return shard_result(shard, outputs, getattr(sampler, "last_stats", {}), wall)
+    return shard_result(shard, outputs, {**getattr(sampler, "last_stats", {}), "wall_s": wall})

@@ -46,6 +46,14 @@ class Call:
         return len(self.prompts) * self.params.n
 
 
+def max_processes(compute) -> int:
+    """The most processes ``compute.processes`` starts: its number, or for auto one per usable
+    core / ``compute.threads`` (at least 1)."""
+    if compute.processes != "auto":
+        return compute.processes
+    return max(1, len(os.sched_getaffinity(0)) // compute.threads)
+
+
 def processes_for(calls: list[Call], sampler_cfg, compute) -> int:
     """How many processes sample ``calls``: ``compute.processes`` (auto: one per usable core /
     ``compute.threads`` when there are >= 2 calls and >= :data:`AUTO_MIN_ROWS` rows), at most
@@ -69,7 +77,7 @@ def processes_for(calls: list[Call], sampler_cfg, compute) -> int:
     if n == "auto":
         if sum(c.rows for c in calls) < AUTO_MIN_ROWS:
             return 1
-        n = len(os.sched_getaffinity(0)) // compute.threads
+        n = max_processes(compute)
     if n > 1:
         import torch
 
