@@ -65,6 +65,7 @@ from selfimprove.sampling.cascade import (
     rebuild,
     register_attention,
 )
+from selfimprove.sampling.packed import pack_linears
 
 # where TransformersSampler.sample spends its time (see ``last_stats``)
 _TIMERS = ("prefix_prefill_s", "suffix_prefill_s", "decode_s")
@@ -187,6 +188,8 @@ class TransformersSampler:
             model_dir, dtype=self.dtype, attn_implementation=ATTN_NAME
         ).to(self.device)
         self.model.eval()
+        # CPU bf16: linear weights packed once for oneDNN where that gives the same bits
+        self.packed_linears = pack_linears(self.model)
         self.model_dir = model_dir
         self._cache_kwarg = cache_kwarg(self.model)
 
