@@ -441,6 +441,14 @@ def main(argv: list[str] | None = None) -> None:
         help="also time ours with the per-question cascade level (same seeds; ours.question_level)",
     )
     ap.add_argument(
+        "--alternate",
+        type=int,
+        default=0,
+        help="then ours and vLLM in turn, this many times each on the --vllm-n questions "
+        "(with --question-level, ours in both layouts): medians and the median of the per-turn "
+        "ratios, in 'alternate' (a load that changes over minutes moves both sides)",
+    )
+    ap.add_argument(
         "--shared-threads",
         type=int,
         nargs="+",
@@ -657,7 +665,45 @@ def measure(args) -> dict:
         result["ratio"]["ours_question_level_vs_vllm_useful_tok_s"] = round(
             ours["question_level"]["useful_tok_s"] / result["vllm"]["useful_tok_s"], 2
         )
+    if args.alternate and result["vllm"].get("useful_tok_s"):
+        result["alternate"] = alternate(
+            sampler, args, prefix, questions[:kv], params, result["machine"]["dtype"]
+        )
     return result
+
+
+def alternate(sampler, args, prefix, questions, params, dtype: str) -> dict:
+    """Ours (and with ``--question-level`` ours in that layout) then vLLM, ``--alternate``
+    times, on the same questions: each turn's tokens/s, the medians, and the median over the
+    turns of ours / vLLM. vLLM's engine is started anew each turn (excluded from its time), so
+    an idle engine never shares the core with ours."""
+    import statistics
+
+    suffixes = [q["suffix"] for q in questions]
+    layouts = [False, True] if args.question_level else [False]
+    turns = []
+    for _ in range(args.alternate):
+        turn = {}
+        for q_level in layouts:
+            sampler.question_level = q_level
+            out = sampler.sample(prefix, suffixes, params, desc="ours (alternate)")
+            useful = sum(c.n_tokens for cs in out for c in cs)
+            turn["ours_question_level" if q_level else "ours"] = round(
+                useful / sampler.last_stats["wall_s"], 1
+            )
+        sampler.question_level = False
+        turn["vllm"] = run_vllm(args, prefix, questions, params, dtype)["useful_tok_s"]
+        turns.append(turn)
+    keys = list(turns[0])
+    return {
+        "turns": turns,
+        "median_useful_tok_s": {k: statistics.median(t[k] for t in turns) for k in keys},
+        "median_ratio_vs_vllm": {
+            k: round(statistics.median(t[k] / t["vllm"] for t in turns), 3)
+            for k in keys
+            if k != "vllm"
+        },
+    }
 
 
 if __name__ == "__main__":

@@ -95,6 +95,19 @@ def test_make_sampler_errors(model_dir):
         make_sampler(model_dir, "tgi", "auto", 4)
     with pytest.raises(InputError, match="merged model folder"):
         make_sampler(model_dir, "transformers", "auto", 4, lora_path="adapter")
+    with pytest.raises(InputError, match="set sampler.question_level: false"):
+        make_sampler(model_dir, "vllm", "auto", 4, question_level=True)
+
+
+def test_sampler_question_level_comes_from_params(model_dir):
+    """sampler.question_level reaches the transformers sampler; with vllm it is refused by
+    name, value and fix."""
+    from selfimprove.sampling.factory import sampler_from_params
+
+    assert not sampler_from_params(SamplerConfig(), model_dir).question_level
+    assert sampler_from_params(SamplerConfig(question_level=True), model_dir).question_level
+    with pytest.raises(ValueError, match="not of backend: vllm; set question_level: false"):
+        SamplerConfig(backend="vllm", question_level=True)
 
 
 def test_shards_match_one_call_and_store_manifests(model_dir, spy, tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from selfimprove.config.base import Section
 
@@ -63,6 +63,22 @@ class SamplerConfig(Section):
         "another value can flip a rare near-tie token (other float reductions), so it is one "
         "key for every stage.",
     )
+    question_level: bool = Field(
+        False,
+        description="Transformers backend on CPU: keep each question's prompt keys/values once "
+        "for its m rows (a third cascade level) instead of in every row's tail: faster (docs/"
+        "sampler-speed.md), but other bf16 samples than false (the rounding of the attention "
+        "changes; greedy fp32 outputs stay those of generate). The locked reference uses false.",
+    )
+
+    @model_validator(mode="after")
+    def _question_level_backend(self) -> SamplerConfig:
+        if self.question_level and self.backend != "transformers":
+            raise ValueError(
+                f"question_level: true is a layout of the transformers backend (CPU), not of "
+                f"backend: {self.backend}; set question_level: false"
+            )
+        return self
 
     @field_validator("vllm_engine")
     @classmethod

@@ -14,6 +14,7 @@ def make_sampler(
     batch_size: int,
     lora_path: str | Path | None = None,
     vllm_engine: dict | None = None,
+    question_level: bool = False,
 ):
     """The sampler for ``backend`` (an ``if``, not a registry).
 
@@ -29,8 +30,15 @@ def make_sampler(
                 f"lora_path={str(lora_path)!r}: the transformers backend samples from a merged "
                 "model folder; give that folder as the model, or use backend: vllm"
             )
-        return TransformersSampler(model_dir, dtype=dtype, batch_size=batch_size)
+        return TransformersSampler(
+            model_dir, dtype=dtype, batch_size=batch_size, question_level=question_level
+        )
     if backend == "vllm":
+        if question_level:
+            raise InputError(
+                "question_level=True is a layout of the transformers backend; vLLM keeps its "
+                "own KV cache: set sampler.question_level: false"
+            )
         from selfimprove.sampling.vllm_sampler import VLLMSampler
 
         return VLLMSampler(model_dir, dtype=dtype, lora_path=lora_path, **(vllm_engine or {}))
@@ -51,4 +59,5 @@ def sampler_from_params(cfg, model_dir: str | Path, lora_path: str | Path | None
         cfg.batch_size,
         lora_path=lora_path,
         vllm_engine=cfg.vllm_engine,
+        question_level=cfg.question_level,
     )
