@@ -54,10 +54,26 @@ def main(argv: list[str] | None = None) -> None:
         args.model, batch_size=args.batch_size, question_level=args.question_level
     )
     sampler.sample(prefix, suffixes[:2], params)  # warm-up
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         sampler.sample(prefix, suffixes, params)
     print(sampler.last_stats)
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
+    parts = attention_parts(prof, sampler.last_stats["prefix_tokens"])
+    print("flash attention self CPU s by part:", parts)
+
+
+def attention_parts(prof, prefix_tokens: int) -> dict:
+    """The flash-attention kernel's self CPU seconds, split by part: the shared prefix (the
+    calls whose keys are the prefix's ``prefix_tokens``, one batch of every row's queries) and
+    the question + tail parts."""
+    parts = {"prefix": 0.0, "question_and_tails": 0.0}
+    for e in prof.key_averages(group_by_input_shape=True):
+        if "flash_attention" in e.key:
+            shapes = e.input_shapes
+            keys = shapes[1][2] if len(shapes) > 1 and len(shapes[1]) == 4 else None
+            part = "prefix" if keys == prefix_tokens and shapes[1][0] == 1 else "question_and_tails"
+            parts[part] += e.self_cpu_time_total / 1e6
+    return {k: round(v, 2) for k, v in parts.items()}
 
 
 if __name__ == "__main__":
