@@ -100,14 +100,18 @@ def test_make_sampler_errors(model_dir):
 
 
 def test_sampler_question_level_comes_from_params(model_dir):
-    """sampler.question_level reaches the transformers sampler; with vllm it is refused by
-    name, value and fix."""
+    """sampler.question_level reaches the transformers sampler; with vllm it (and decode_kernel)
+    is refused by name, value and fix, every such key at once."""
     from selfimprove.sampling.factory import sampler_from_params
 
     assert not sampler_from_params(SamplerConfig(), model_dir).question_level
     assert sampler_from_params(SamplerConfig(question_level=True), model_dir).question_level
     with pytest.raises(ValueError, match="not of backend: vllm; set question_level: false"):
         SamplerConfig(backend="vllm", question_level=True)
+    with pytest.raises(ValueError, match="question_level: false; decode_kernel: true is a"):
+        SamplerConfig(backend="vllm", question_level=True, decode_kernel=True)
+    with pytest.raises(InputError, match="set sampler.decode_kernel: false"):
+        make_sampler(model_dir, "vllm", "auto", 4, decode_kernel=True)
 
 
 def test_shards_match_one_call_and_store_manifests(model_dir, spy, tmp_path):

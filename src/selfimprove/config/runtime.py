@@ -70,13 +70,25 @@ class SamplerConfig(Section):
         "sampler-speed.md), but other bf16 samples than false (the rounding of the attention "
         "changes; greedy fp32 outputs stay those of generate). The locked reference uses false.",
     )
+    decode_kernel: bool = Field(
+        False,
+        description="Transformers backend on CPU, bf16: a decode step's attention over the "
+        "rows' tails through selfimprove's AVX-512 kernel (compiled at first use: a C++ "
+        "compiler and ninja, ~25 s once) instead of torch's flash kernel: ~3x faster there "
+        "(docs/sampler-speed.md), equal up to rounding, so other bf16 samples than false. The "
+        "locked reference uses false.",
+    )
 
     @model_validator(mode="after")
-    def _question_level_backend(self) -> SamplerConfig:
-        if self.question_level and self.backend != "transformers":
+    def _transformers_only(self) -> SamplerConfig:
+        on = [k for k in ("question_level", "decode_kernel") if getattr(self, k)]
+        if on and self.backend != "transformers":
             raise ValueError(
-                f"question_level: true is a layout of the transformers backend (CPU), not of "
-                f"backend: {self.backend}; set question_level: false"
+                "; ".join(
+                    f"{k}: true is a setting of the transformers backend (CPU), not of "
+                    f"backend: {self.backend}; set {k}: false"
+                    for k in on
+                )
             )
         return self
 

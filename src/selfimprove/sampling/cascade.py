@@ -14,6 +14,8 @@ import contextvars
 import functools
 from typing import Any
 
+from selfimprove.sampling import decode_kernel
+
 ATTN_NAME = "selfimprove_prefix"
 # Per-layer (keys, values) of the shared prefix, each [kv_heads, prefix_len, head_dim], or None.
 ACTIVE_PREFIX: contextvars.ContextVar[list | None] = contextvars.ContextVar(
@@ -22,6 +24,10 @@ ACTIVE_PREFIX: contextvars.ContextVar[list | None] = contextvars.ContextVar(
 # The per-question level of a decode step (a QuestionKV), or None.
 ACTIVE_QUESTIONS: contextvars.ContextVar[Any] = contextvars.ContextVar(
     "selfimprove_active_questions", default=None
+)
+# Whether a decode step's tail part goes through selfimprove's kernel (decode_kernel.py).
+DECODE_KERNEL: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "selfimprove_decode_kernel", default=False
 )
 
 
@@ -85,6 +91,21 @@ def prefix_attention(
 
 # the additive form of the last bool mask seen: every layer of a forward gets the same mask
 _MASK_MEMO: list = [None, None]
+_FLOAT_MASK_MEMO: list = [None, None]
+
+
+def _float_mask(attention_mask):
+    """A decode step's bool mask [B, 1, 1, T] as the kernel's additive fp32 [B, T] (memoized
+    like ``_MASK_MEMO``), or None."""
+    if attention_mask is None:
+        return None
+    if _FLOAT_MASK_MEMO[0] is not attention_mask:
+        import torch
+
+        m = attention_mask.reshape(attention_mask.shape[0], -1)
+        add = torch.zeros(m.shape, dtype=torch.float32).masked_fill_(~m, float("-inf"))
+        _FLOAT_MASK_MEMO[:] = [attention_mask, add]
+    return _FLOAT_MASK_MEMO[1]
 
 
 def _flash_cascade(module, qg, key, value, attention_mask, scale: float, rep: int, q: int):
@@ -106,7 +127,10 @@ def _flash_cascade(module, qg, key, value, attention_mask, scale: float, rep: in
         if q > 1 and rep > 1:  # row (r, i) of a kv head's group sees query i's mask row
             t = add.shape[-1]
             add = add.unsqueeze(2).expand(b, 1, rep, q, t).reshape(b, 1, rows, t)
-    out, lse = flash(qg, key, value, attn_mask=add, scale=scale)[:2]
+    if q == 1 and DECODE_KERNEL.get() and decode_kernel.fits(qg):
+        out, lse = decode_kernel.attend(qg, key, value, _float_mask(attention_mask), scale)
+    else:
+        out, lse = flash(qg, key, value, attn_mask=add, scale=scale)[:2]
     prefix = ACTIVE_PREFIX.get()
     questions = ACTIVE_QUESTIONS.get()
     parts = [(out, lse)]

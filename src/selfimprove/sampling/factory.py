@@ -15,6 +15,7 @@ def make_sampler(
     lora_path: str | Path | None = None,
     vllm_engine: dict | None = None,
     question_level: bool = False,
+    decode_kernel: bool = False,
 ):
     """The sampler for ``backend`` (an ``if``, not a registry).
 
@@ -31,14 +32,19 @@ def make_sampler(
                 "model folder; give that folder as the model, or use backend: vllm"
             )
         return TransformersSampler(
-            model_dir, dtype=dtype, batch_size=batch_size, question_level=question_level
+            model_dir,
+            dtype=dtype,
+            batch_size=batch_size,
+            question_level=question_level,
+            decode_kernel=decode_kernel,
         )
     if backend == "vllm":
-        if question_level:
-            raise InputError(
-                "question_level=True is a layout of the transformers backend; vLLM keeps its "
-                "own KV cache: set sampler.question_level: false"
-            )
+        for key, on in (("question_level", question_level), ("decode_kernel", decode_kernel)):
+            if on:
+                raise InputError(
+                    f"{key}=True is a setting of the transformers backend; vLLM has its own "
+                    f"KV cache and kernels: set sampler.{key}: false"
+                )
         from selfimprove.sampling.vllm_sampler import VLLMSampler
 
         return VLLMSampler(model_dir, dtype=dtype, lora_path=lora_path, **(vllm_engine or {}))
@@ -60,4 +66,5 @@ def sampler_from_params(cfg, model_dir: str | Path, lora_path: str | Path | None
         lora_path=lora_path,
         vllm_engine=cfg.vllm_engine,
         question_level=cfg.question_level,
+        decode_kernel=cfg.decode_kernel,
     )

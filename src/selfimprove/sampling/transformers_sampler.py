@@ -61,6 +61,7 @@ from selfimprove.sampling.cascade import (
     ACTIVE_PREFIX,
     ACTIVE_QUESTIONS,
     ATTN_NAME,
+    DECODE_KERNEL,
     merge_questions,
     rebuild,
     register_attention,
@@ -155,6 +156,10 @@ class TransformersSampler:
     level; CPU only) instead of in every row's tail. Off by default: it changes the rounding of
     the attention, so seeded samples differ from the default's (greedy fp32 outputs stay those
     of ``generate``); docs/speed.md has its measured effect.
+
+    ``decode_kernel``: a decode step's attention over the rows' tails through
+    :mod:`selfimprove.sampling.decode_kernel` (CPU, bf16, AVX-512; built at first use) instead
+    of torch's flash kernel: faster, equal up to rounding (other bf16 samples). Off by default.
     """
 
     def __init__(
@@ -164,6 +169,7 @@ class TransformersSampler:
         batch_size: int = 32,
         device: str | None = None,
         question_level: bool = False,
+        decode_kernel: bool = False,
     ):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -182,6 +188,16 @@ class TransformersSampler:
         if question_level and self.device != "cpu":
             raise InputError(f"question_level=True runs on CPU only, not on {self.device}")
         self.question_level = question_level
+        if decode_kernel:
+            from selfimprove.sampling.decode_kernel import unavailable
+
+            why = "it runs on CPU only" if self.device != "cpu" else unavailable()
+            if why:
+                raise InputError(
+                    f"decode_kernel=True (sampler.decode_kernel): {why}; set "
+                    "sampler.decode_kernel: false (torch's flash kernel)"
+                )
+        self.decode_kernel = decode_kernel
         register_attention()
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.model = AutoModelForCausalLM.from_pretrained(
@@ -229,6 +245,7 @@ class TransformersSampler:
     def _forward(self, ids, positions, mask, cache, prefix_kv, questions=None):
         token = ACTIVE_PREFIX.set(prefix_kv)
         qtoken = ACTIVE_QUESTIONS.set(questions)
+        ktoken = DECODE_KERNEL.set(self.decode_kernel)
         try:
             out = self.model(
                 input_ids=ids,
@@ -239,6 +256,7 @@ class TransformersSampler:
                 logits_to_keep=1,
             )
         finally:
+            DECODE_KERNEL.reset(ktoken)
             ACTIVE_QUESTIONS.reset(qtoken)
             ACTIVE_PREFIX.reset(token)
         return out.logits[:, -1, :].float()

@@ -1,0 +1,235 @@
+"""A decode-step attention kernel over the rows' tails (CPU, bf16, AVX-512), built at first use.
+
+In a decode step each row's few grouped queries (the query heads of one kv head) attend to
+that row's tail; torch's flash kernel spends most of that time on per-(row, kv head) set-up
+(docs/sampler-speed.md). :func:`attend` does the same product in one pass per (row, kv head):
+scores against every key (fp32 accumulation), the softmax with a vectorized exp, then the
+weighted values, and returns the log-sum-exp the cascade's exact merge needs, like
+``_scaled_dot_product_flash_attention_for_cpu``. Its results equal flash's up to float rounding
+(not bit for bit), so it is a sampler setting (``sampler.decode_kernel``), off by default.
+
+It is compiled with torch's own ``torch.utils.cpp_extension.load_inline`` (a C++ compiler and
+ninja; ~25 s once, then cached in ``~/.cache/torch_extensions``). :func:`unavailable` says why
+it cannot run here, if it cannot.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+#: the kernel's shapes: head_dim and the most queries per (row, kv head) it takes
+HEAD_DIM = 64
+MAX_GROUP = 8
+
+_SOURCE = r"""
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+namespace {
+constexpr int D = 64;
+constexpr int G_MAX = 8;
+
+inline __m512 load_bf16(const at::BFloat16* p) {  // 16 bf16 -> 16 fp32
+  __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(x), 16));
+}
+
+// e^x for x <= 0 (a score minus the row's max); 0 below -87, so masked (-inf) columns weigh 0
+inline __m512 exp_nonpositive(__m512 x) {
+  const __m512 lo = _mm512_set1_ps(-87.0f);
+  const __mmask16 small = _mm512_cmp_ps_mask(x, lo, _CMP_LT_OQ);
+  x = _mm512_max_ps(x, lo);
+  const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f));
+  const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_mul_ps(_mm512_sub_ps(t, n), _mm512_set1_ps(0.69314718055994531f));
+  __m512 p = _mm512_set1_ps(1.f / 720);  // e^f, |f| <= ln2/2: Taylor to f^6 (rel. err < 2e-7)
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f / 120));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f / 24));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f / 6));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f));
+  return _mm512_maskz_scalef_ps(static_cast<__mmask16>(~small), p, n);
+}
+}  // namespace
+
+// q [B, H, G, 64] bf16; k, v [B, H, T, 64] bf16 (any strides but the last); add [B, T] fp32
+// (0 or -inf) or empty: (out [B, H, G, 64] bf16, lse [B, H, G] fp32)
+std::vector<torch::Tensor> decode_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v,
+                                            torch::Tensor add, double scale) {
+  TORCH_CHECK(q.scalar_type() == at::kBFloat16 && k.scalar_type() == at::kBFloat16 &&
+              v.scalar_type() == at::kBFloat16, "decode_attention: bf16 only");
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "decode_attention: 4-d tensors");
+  const int64_t B = q.size(0), H = q.size(1), G = q.size(2), T = k.size(2);
+  TORCH_CHECK(q.size(3) == D && k.size(3) == D && v.size(3) == D, "decode_attention: head_dim 64");
+  TORCH_CHECK(G >= 1 && G <= G_MAX, "decode_attention: 1-8 queries per (row, kv head)");
+  TORCH_CHECK(k.size(0) == B && k.size(1) == H && v.sizes() == k.sizes(),
+              "decode_attention: shapes");
+  TORCH_CHECK(k.stride(3) == 1 && v.stride(3) == 1, "decode_attention: head_dim contiguous");
+  const bool masked = add.defined() && add.numel() > 0;
+  if (masked) {
+    TORCH_CHECK(add.scalar_type() == at::kFloat && add.is_contiguous() && add.size(0) == B &&
+                add.size(1) == T, "decode_attention: add is [B, T] fp32, contiguous");
+  }
+  q = q.contiguous();
+  auto out = torch::empty({B, H, G, D}, q.options());
+  auto lse = torch::empty({B, H, G}, q.options().dtype(at::kFloat));
+  const at::BFloat16* qp = q.data_ptr<at::BFloat16>();
+  const at::BFloat16* kp = k.data_ptr<at::BFloat16>();
+  const at::BFloat16* vp = v.data_ptr<at::BFloat16>();
+  const float* ap = masked ? add.data_ptr<float>() : nullptr;
+  at::BFloat16* op = out.data_ptr<at::BFloat16>();
+  float* lp = lse.data_ptr<float>();
+  const int64_t ks0 = k.stride(0), ks1 = k.stride(1), ks2 = k.stride(2);
+  const int64_t vs0 = v.stride(0), vs1 = v.stride(1), vs2 = v.stride(2);
+  const float sc = static_cast<float>(scale);
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> s(static_cast<size_t>(G * T));
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const int64_t b = bh / H, h = bh % H;
+      const at::BFloat16* kb = kp + b * ks0 + h * ks1;
+      const at::BFloat16* vb = vp + b * vs0 + h * vs1;
+      const float* arow = masked ? ap + b * T : nullptr;
+      __m512 qv[G_MAX][4];
+      float mx[G_MAX], sum[G_MAX];
+      for (int64_t g = 0; g < G; ++g) {
+        mx[g] = neg_inf;
+        for (int c = 0; c < 4; ++c)
+          qv[g][c] = _mm512_mul_ps(load_bf16(qp + (bh * G + g) * D + 16 * c), _mm512_set1_ps(sc));
+      }
+      for (int64_t t = 0; t < T; ++t) {  // scores
+        const float a = arow ? arow[t] : 0.f;
+        if (a == neg_inf) {
+          for (int64_t g = 0; g < G; ++g) s[g * T + t] = neg_inf;
+          continue;
+        }
+        const at::BFloat16* kr = kb + t * ks2;
+        const __m512 k0 = load_bf16(kr), k1 = load_bf16(kr + 16), k2 = load_bf16(kr + 32),
+                     k3 = load_bf16(kr + 48);
+        for (int64_t g = 0; g < G; ++g) {
+          __m512 acc = _mm512_mul_ps(qv[g][0], k0);
+          acc = _mm512_fmadd_ps(qv[g][1], k1, acc);
+          acc = _mm512_fmadd_ps(qv[g][2], k2, acc);
+          acc = _mm512_fmadd_ps(qv[g][3], k3, acc);
+          const float x = _mm512_reduce_add_ps(acc) + a;
+          s[g * T + t] = x;
+          mx[g] = x > mx[g] ? x : mx[g];
+        }
+      }
+      for (int64_t g = 0; g < G; ++g) {  // softmax weights (unnormalized) and their sum
+        float* sg = s.data() + g * T;
+        const __m512 m = _mm512_set1_ps(mx[g]);
+        __m512 total = _mm512_setzero_ps();
+        int64_t t = 0;
+        for (; t + 16 <= T; t += 16) {
+          const __m512 e = exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(sg + t), m));
+          _mm512_storeu_ps(sg + t, e);
+          total = _mm512_add_ps(total, e);
+        }
+        if (t < T) {
+          const __mmask16 km = static_cast<__mmask16>((1u << (T - t)) - 1);
+          const __m512 e = _mm512_maskz_mov_ps(
+              km, exp_nonpositive(_mm512_sub_ps(_mm512_maskz_loadu_ps(km, sg + t), m)));
+          _mm512_mask_storeu_ps(sg + t, km, e);
+          total = _mm512_add_ps(total, e);
+        }
+        sum[g] = _mm512_reduce_add_ps(total);
+      }
+      __m512 acc[G_MAX][4];
+      for (int64_t g = 0; g < G; ++g)
+        for (int c = 0; c < 4; ++c) acc[g][c] = _mm512_setzero_ps();
+      for (int64_t t = 0; t < T; ++t) {  // weighted values
+        if (arow && arow[t] == neg_inf) continue;
+        const at::BFloat16* vr = vb + t * vs2;
+        const __m512 v0 = load_bf16(vr), v1 = load_bf16(vr + 16), v2 = load_bf16(vr + 32),
+                     v3 = load_bf16(vr + 48);
+        for (int64_t g = 0; g < G; ++g) {
+          const __m512 p = _mm512_set1_ps(s[g * T + t]);
+          acc[g][0] = _mm512_fmadd_ps(p, v0, acc[g][0]);
+          acc[g][1] = _mm512_fmadd_ps(p, v1, acc[g][1]);
+          acc[g][2] = _mm512_fmadd_ps(p, v2, acc[g][2]);
+          acc[g][3] = _mm512_fmadd_ps(p, v3, acc[g][3]);
+        }
+      }
+      for (int64_t g = 0; g < G; ++g) {
+        const bool any = sum[g] > 0.f;  // a row with every column masked: zeros, lse -inf
+        const __m512 inv = _mm512_set1_ps(any ? 1.f / sum[g] : 0.f);
+        float row[D];
+        for (int c = 0; c < 4; ++c) _mm512_storeu_ps(row + 16 * c, _mm512_mul_ps(acc[g][c], inv));
+        at::BFloat16* o = op + (bh * G + g) * D;
+        for (int d = 0; d < D; ++d) o[d] = at::BFloat16(row[d]);
+        lp[bh * G + g] = any ? mx[g] + std::log(sum[g]) : neg_inf;
+      }
+    }
+  });
+  return {out, lse};
+}
+"""
+
+_FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mfma"]
+
+
+@functools.cache
+def _module() -> Any:
+    import os
+    import shutil
+
+    from torch.utils.cpp_extension import load_inline
+
+    if shutil.which("ninja") is None:  # the ninja wheel's binary, when its venv is not on PATH
+        try:
+            import ninja
+
+            os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+        except ImportError:
+            pass
+    return load_inline(
+        "selfimprove_decode_attention",
+        cpp_sources=_SOURCE,
+        functions=["decode_attention"],
+        extra_cflags=_FLAGS,
+    )
+
+
+@functools.cache
+def unavailable() -> str | None:
+    """Why the kernel cannot run on this machine (None: it can; building it if need be)."""
+    import torch
+
+    cap = torch.backends.cpu.get_cpu_capability()
+    if not cap.startswith("AVX512"):
+        return f"it needs an AVX-512 CPU (torch reports {cap})"
+    try:
+        _module()
+    except Exception as e:  # no compiler, no ninja, a build error: say which
+        return f"it could not be built ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+    return None
+
+
+def attend(query: Any, key: Any, value: Any, add: Any, scale: float) -> tuple[Any, Any]:
+    """(out [B, H, G, 64] bf16, lse [B, H, G] fp32) of ``query`` [B, H, G, 64] over ``key`` /
+    ``value`` [B, H, T, 64] (strided views are fine) with ``add`` [B, T] fp32 (0 / -inf) or
+    None; what ``_scaled_dot_product_flash_attention_for_cpu`` returns, up to rounding."""
+    import torch
+
+    if add is None:
+        add = torch.empty(0, dtype=torch.float32)
+    return tuple(_module().decode_attention(query, key, value, add, scale))
+
+
+def fits(query: Any) -> bool:
+    """Whether a query block [B, H, G, D] is one the kernel takes (bf16, D = 64, G <= 8)."""
+    import torch
+
+    return (
+        query.dtype == torch.bfloat16
+        and query.shape[-1] == HEAD_DIM
+        and query.shape[2] <= MAX_GROUP
+        and query.device.type == "cpu"
+    )
