@@ -441,6 +441,11 @@ def main(argv: list[str] | None = None) -> None:
         help="also time ours with the per-question cascade level (same seeds; ours.question_level)",
     )
     ap.add_argument(
+        "--decode-kernel",
+        action="store_true",
+        help="ours with sampler.decode_kernel (the AVX-512 decode attention kernel)",
+    )
+    ap.add_argument(
         "--alternate",
         type=int,
         default=0,
@@ -493,7 +498,9 @@ def measure(args) -> dict:
     golds = [q["gold"] for q in questions]
 
     t = time.perf_counter()
-    sampler = TransformersSampler(args.model, dtype=args.dtype, batch_size=args.batch_size)
+    sampler = TransformersSampler(
+        args.model, dtype=args.dtype, batch_size=args.batch_size, decode_kernel=args.decode_kernel
+    )
     load_s = time.perf_counter() - t
     cascade.STORE_STATS.update(buffers=0, bytes=0, max_width=0)
     params = SamplingParams(
@@ -563,6 +570,7 @@ def measure(args) -> dict:
         },
         "setup": {
             "model": str(args.model),
+            "decode_kernel": args.decode_kernel,
             "questions": len(questions),
             "source": source,
             "prompt": f"fewshot_cot, {args.shots} shots",
