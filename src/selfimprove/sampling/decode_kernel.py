@@ -9,8 +9,8 @@ weighted values, and returns the log-sum-exp the cascade's exact merge needs, li
 (not bit for bit), so it is a sampler setting (``sampler.decode_kernel``), off by default.
 
 It is compiled with torch's own ``torch.utils.cpp_extension.load_inline`` (a C++ compiler and
-ninja; ~25 s once, then cached in ``~/.cache/torch_extensions``). :func:`unavailable` says why
-it cannot run here, if it cannot.
+ninja; ~25 s once, then cached in ``~/.cache/torch_extensions``), in a child interpreter, and
+imported from there. :func:`unavailable` says why it cannot run here, if it cannot.
 """
 
 from __future__ import annotations
@@ -173,14 +173,17 @@ std::vector<torch::Tensor> decode_attention(torch::Tensor q, torch::Tensor k, to
 """
 
 _FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mfma"]
+_NAME = "selfimprove_decode_attention"
 
 
-@functools.cache
-def _module() -> Any:
+def build() -> str:
+    """Build the extension (or find it built, in torch's extensions cache) in this process and
+    return its file. :func:`_module` runs this in a fresh interpreter: torch's build helpers
+    import setuptools, whose distutils hack fails in a process that already imported the
+    standard library's distutils (a test session, another package)."""
     import os
     import shutil
-
-    from torch.utils.cpp_extension import load_inline
+    import warnings
 
     if shutil.which("ninja") is None:  # the ninja wheel's binary, when its venv is not on PATH
         try:
@@ -189,12 +192,34 @@ def _module() -> Any:
             os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
         except ImportError:
             pass
-    return load_inline(
-        "selfimprove_decode_attention",
-        cpp_sources=_SOURCE,
-        functions=["decode_attention"],
-        extra_cflags=_FLAGS,
-    )
+    with warnings.catch_warnings():
+        # torch's build helpers import distutils (deprecated in Python 3.11), not our call
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torch.utils.cpp_extension import load_inline
+
+        module = load_inline(
+            _NAME, cpp_sources=_SOURCE, functions=["decode_attention"], extra_cflags=_FLAGS
+        )
+    return module.__file__
+
+
+@functools.cache
+def _module() -> Any:
+    """The built extension, imported here without torch's build helpers (see :func:`build`)."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    code = "from selfimprove.sampling.decode_kernel import build; print(build())"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
+        raise RuntimeError(f"building {_NAME} failed: {last[:300]}")
+    path = proc.stdout.strip().splitlines()[-1]
+    spec = importlib.util.spec_from_file_location(_NAME, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @functools.cache
