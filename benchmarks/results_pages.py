@@ -163,11 +163,13 @@ def three_seeds(name: str = "ms3q") -> str:
 #: from the exported folders in git)
 LABEL_FREE = (
     "label_free",
-    "Made by `selfimprove study table` over two studies through DVC's queue on the same AMD EPYC "
-    "(AVX512-BF16, no AMX), the same questions and seeds: `ms3q` (LMSI, format-only, STaR) and "
-    "`lf3` (ScPO and the exponentially weighted LMSI); how they ran: [Studies](../studies.md)",
+    "Made by `selfimprove study table` over four studies through DVC's queue on the same AMD "
+    "EPYC (AVX512-BF16, no AMX), the same questions and seeds: `ms3q` (LMSI, format-only, STaR), "
+    "`lf3` (ScPO and the exponentially weighted LMSI), `lf4` and `lf4b` (TTRL seed 0; seeds 1 "
+    "and 2); how they ran: [Studies](../studies.md), [TTRL](../ttrl.md)",
     "selfimprove study table --root benchmarks/results/ms3q --root benchmarks/results/lf3 "
-    "--methods star lmsi format_only scpo --arm lmsi_exp lmsi --seeds 0 1 2 "
+    "--root benchmarks/results/lf4 --root benchmarks/results/lf4b "
+    "--methods star lmsi format_only scpo ttrl --arm lmsi_exp lmsi --seeds 0 1 2 "
     "--json benchmarks/results/label_free.json",
 )
 #: the label-free comparison's columns: (set, style, metric, heading)
@@ -179,7 +181,7 @@ LABEL_FREE_COLUMNS = [
     ("gsm_symbolic", "fewshot_cot", "strict", "gsm_symbolic 4-shot"),
 ]
 LABEL_FREE_MONITORS = ["selected_fraction", "mean_agreement", "answer_entropy",
-                       "selected_precision"]
+                       "selected_precision", "masked_fraction"]
 
 
 def label_free() -> str:

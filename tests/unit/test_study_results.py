@@ -29,14 +29,16 @@ LF3 = ["--root", str(RESULTS / "lf3"), "--methods", "scpo", "--arm", "lmsi_exp",
     ("ms3q", STUDY + MS3Q),  # through DVC's queue
     ("lf3", STUDY + LF3),  # ScPO and the weighted LMSI, the same questions and seeds
     ("label_free", STUDY + ["--root", str(RESULTS / "ms3q"), "--root", str(RESULTS / "lf3"),
-                            "--methods", "star", "lmsi", "format_only", "scpo", "--arm",
-                            "lmsi_exp", "lmsi"]),  # both, against STaR (the headline)
+                            "--root", str(RESULTS / "lf4"), "--root", str(RESULTS / "lf4b"),
+                            "--methods", "star", "lmsi", "format_only", "scpo", "ttrl", "--arm",
+                            "lmsi_exp", "lmsi"]),  # all of them, against STaR (the headline)
     ("lf4", STUDY + ["--root", str(RESULTS / "lf4"), "--methods", "ttrl", "--seeds", "0"]),
+    ("lf4b", STUDY + ["--root", str(RESULTS / "lf4b"), "--methods", "ttrl", "--seeds", "1", "2"]),
 ])
 def test_committed_study_tables_recompute_from_compact_files(tmp_path, name, table):
     """Every figure of a committed study's JSON, byte for byte, from git alone (no
     predictions): the old runner's three seeds, the same study through the queue, the
-    label-free methods' study, the table of both against STaR, and lf4's TTRL seed 0."""
+    label-free methods' study, the table of all against STaR, and lf4's and lf4b's TTRL seeds."""
     roots = [Path(table[i + 1]) for i, a in enumerate(table) if a == "--root"]
     for root in roots:
         assert not list(root.rglob("*.jsonl"))  # the predictions live in DVC, not in git
