@@ -31,18 +31,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def _unpack(sampler) -> None:
-    for m in sampler.model.modules():
-        m.__dict__.pop("forward", None)
-
-
 def sides(sampler, compare: str) -> dict:
     """``{name: set-up}`` of the two sides: the baseline first, then the change."""
+    from selfimprove.sampling.packed import unpack_linears
+
     packs = {m: m.forward for m in sampler.model.modules() if "forward" in m.__dict__}
 
     def packed(on: bool):
         def setup():
-            _unpack(sampler)
+            unpack_linears(sampler.model)
             for m, fwd in packs.items() if on else ():
                 m.forward = fwd
 

@@ -33,6 +33,10 @@ SAMPLER_MOVED_KEYS = {
 }
 
 
+#: sampler keys that are settings of the transformers backend only (vllm refuses them)
+TRANSFORMERS_ONLY = ("question_level", "decode_kernel")
+
+
 class SamplerConfig(Section):
     """The sampler of every sampling stage (generate, meta_skill, refine, evaluate, Ray actors)."""
 
@@ -81,7 +85,7 @@ class SamplerConfig(Section):
 
     @model_validator(mode="after")
     def _transformers_only(self) -> SamplerConfig:
-        on = [k for k in ("question_level", "decode_kernel") if getattr(self, k)]
+        on = [k for k in TRANSFORMERS_ONLY if getattr(self, k)]
         if on and self.backend != "transformers":
             raise ValueError(
                 "; ".join(

@@ -89,47 +89,44 @@ def prefix_attention(
     return out.reshape(b, hq, q, d).transpose(1, 2).contiguous(), None
 
 
-# the additive form of the last bool mask seen: every layer of a forward gets the same mask
-_MASK_MEMO: list = [None, None]
-_FLOAT_MASK_MEMO: list = [None, None]
+# the last bool mask seen and its additive forms by dtype: every layer of a forward gets the
+# same mask (flash takes it in the queries' dtype, the decode kernel in fp32)
+_MASK_MEMO: list = [None, {}]
 
 
-def _float_mask(attention_mask):
-    """A decode step's bool mask [B, 1, 1, T] as the kernel's additive fp32 [B, T] (memoized
-    like ``_MASK_MEMO``), or None."""
-    if attention_mask is None:
-        return None
-    if _FLOAT_MASK_MEMO[0] is not attention_mask:
+def _additive(attention_mask, dtype):
+    """``attention_mask`` (bool, True = attend) as 0 / -inf in ``dtype``, memoized."""
+    if _MASK_MEMO[0] is not attention_mask:
+        _MASK_MEMO[:] = [attention_mask, {}]
+    forms = _MASK_MEMO[1]
+    if dtype not in forms:
         import torch
 
-        m = attention_mask.reshape(attention_mask.shape[0], -1)
-        add = torch.zeros(m.shape, dtype=torch.float32).masked_fill_(~m, float("-inf"))
-        _FLOAT_MASK_MEMO[:] = [attention_mask, add]
-    return _FLOAT_MASK_MEMO[1]
+        zero = torch.zeros((), dtype=dtype, device=attention_mask.device)
+        forms[dtype] = zero.masked_fill(~attention_mask, float("-inf"))
+    return forms[dtype]
 
 
 def _flash_cascade(module, qg, key, value, attention_mask, scale: float, rep: int, q: int):
     """CPU attention of grouped queries qg [B, Hkv, rep*q, D] over prefix + tail, merged exactly.
 
     softmax over the concatenation = the two partial attentions weighted by their shares of
-    the total exp-mass: w = sigmoid(lse_prefix - lse_tail) for the prefix part.
+    the total exp-mass: w = sigmoid(lse_prefix - lse_tail) for the prefix part. A decode step
+    (q = 1) takes the tail part through the decode kernel when ``DECODE_KERNEL`` is on.
     """
     import torch
 
     flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
     b, hkv, rows, d = qg.shape
-    add = None
-    if attention_mask is not None:
-        if _MASK_MEMO[0] is not attention_mask:
-            zero = torch.zeros((), dtype=qg.dtype, device=qg.device)
-            _MASK_MEMO[:] = [attention_mask, zero.masked_fill(~attention_mask, float("-inf"))]
-        add = _MASK_MEMO[1]  # [B, 1, q, T]
-        if q > 1 and rep > 1:  # row (r, i) of a kv head's group sees query i's mask row
+    if q == 1 and DECODE_KERNEL.get() and decode_kernel.fits(qg):
+        add = None if attention_mask is None else _additive(attention_mask, torch.float32)
+        add = None if add is None else add.reshape(b, -1)  # [B, T]
+        out, lse = decode_kernel.attend(qg, key, value, add, scale)
+    else:
+        add = None if attention_mask is None else _additive(attention_mask, qg.dtype)
+        if add is not None and q > 1 and rep > 1:  # row (r, i) of a group sees query i's mask
             t = add.shape[-1]
             add = add.unsqueeze(2).expand(b, 1, rep, q, t).reshape(b, 1, rows, t)
-    if q == 1 and DECODE_KERNEL.get() and decode_kernel.fits(qg):
-        out, lse = decode_kernel.attend(qg, key, value, _float_mask(attention_mask), scale)
-    else:
         out, lse = flash(qg, key, value, attn_mask=add, scale=scale)[:2]
     prefix = ACTIVE_PREFIX.get()
     questions = ACTIVE_QUESTIONS.get()

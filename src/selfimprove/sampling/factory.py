@@ -39,8 +39,11 @@ def make_sampler(
             decode_kernel=decode_kernel,
         )
     if backend == "vllm":
-        for key, on in (("question_level", question_level), ("decode_kernel", decode_kernel)):
-            if on:
+        from selfimprove.config.runtime import TRANSFORMERS_ONLY
+
+        chosen = {"question_level": question_level, "decode_kernel": decode_kernel}
+        for key in TRANSFORMERS_ONLY:
+            if chosen[key]:
                 raise InputError(
                     f"{key}=True is a setting of the transformers backend; vLLM has its own "
                     f"KV cache and kernels: set sampler.{key}: false"

@@ -98,3 +98,9 @@ def pack_linears(model: Any) -> int:
     for m in linears:
         m.forward = PackedForward(m)
     return len(linears)
+
+
+def unpack_linears(model: Any) -> None:
+    """Undo :func:`pack_linears`: every module back to its class's forward (``F.linear``)."""
+    for m in model.modules():
+        m.__dict__.pop("forward", None)
