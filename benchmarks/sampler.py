@@ -442,8 +442,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument(
         "--decode-kernel",
-        action="store_true",
-        help="ours with sampler.decode_kernel (the AVX-512 decode attention kernel)",
+        nargs="?",
+        const="true",
+        default="auto",
+        choices=["auto", "true", "false"],
+        help="ours' sampler.decode_kernel (the AVX-512 decode attention kernel): auto (the "
+        "default: where it fits and builds), true (alone: --decode-kernel) or false (flash)",
     )
     ap.add_argument(
         "--alternate",
@@ -452,6 +456,14 @@ def main(argv: list[str] | None = None) -> None:
         help="then ours and vLLM in turn, this many times each on the --vllm-n questions "
         "(with --question-level, ours in both layouts): medians and the median of the per-turn "
         "ratios, in 'alternate' (a load that changes over minutes moves both sides)",
+    )
+    ap.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="also time ours as the pipeline runs it on several cores (compute.processes): the "
+        "questions in this many contiguous shards, one process each at --threads / N threads, "
+        "all sampling at once (ours.processes; with --alternate, in every turn)",
     )
     ap.add_argument(
         "--shared-threads",
@@ -498,8 +510,9 @@ def measure(args) -> dict:
     golds = [q["gold"] for q in questions]
 
     t = time.perf_counter()
+    kernel = {"auto": "auto", "true": True, "false": False}[args.decode_kernel]
     sampler = TransformersSampler(
-        args.model, dtype=args.dtype, batch_size=args.batch_size, decode_kernel=args.decode_kernel
+        args.model, dtype=args.dtype, batch_size=args.batch_size, decode_kernel=kernel
     )
     load_s = time.perf_counter() - t
     cascade.STORE_STATS.update(buffers=0, bytes=0, max_width=0)
@@ -540,6 +553,13 @@ def measure(args) -> dict:
         "limit_tok_s": _LIMIT_TOK_S_2_CORES * cores / 2,
         "fraction": round(ours["useful_tok_s"] / (_LIMIT_TOK_S_2_CORES * cores / 2), 4),
     }
+    if args.processes > 1:
+        ours["processes"] = in_processes(args, prefix, questions, params, kernel)
+        ours["processes"]["rows_identical_to_one_process"] = sum(
+            a == b.text
+            for x, y in zip(ours["processes"].pop("texts"), out, strict=True)
+            for a, b in zip(x, y, strict=True)
+        )
     if args.question_level:
         sampler.question_level = True
         out_q = sampler.sample(prefix, [q["suffix"] for q in questions], params, desc="ours (q)")
@@ -570,7 +590,7 @@ def measure(args) -> dict:
         },
         "setup": {
             "model": str(args.model),
-            "decode_kernel": args.decode_kernel,
+            "decode_kernel": sampler.decode_kernel,  # what ran (--decode-kernel resolved)
             "questions": len(questions),
             "source": source,
             "prompt": f"fewshot_cot, {args.shots} shots",
@@ -673,11 +693,67 @@ def measure(args) -> dict:
         result["ratio"]["ours_question_level_vs_vllm_useful_tok_s"] = round(
             ours["question_level"]["useful_tok_s"] / result["vllm"]["useful_tok_s"], 2
         )
+    if ours.get("processes") and result["vllm"].get("useful_tok_s"):
+        result["ratio"]["ours_processes_vs_vllm_useful_tok_s"] = round(
+            ours["processes"]["useful_tok_s"] / result["vllm"]["useful_tok_s"], 2
+        )
     if args.alternate and result["vllm"].get("useful_tok_s"):
         result["alternate"] = alternate(
             sampler, args, prefix, questions[:kv], params, result["machine"]["dtype"]
         )
     return result
+
+
+def _shard(args, prefix, suffixes, offset, params, kernel, threads, ready, results) -> None:
+    """One process of :func:`in_processes`: load, wait for the others, sample its shard."""
+    import torch
+
+    from selfimprove.sampling.transformers_sampler import TransformersSampler
+
+    torch.set_num_threads(threads)
+    sampler = TransformersSampler(
+        args.model, dtype=args.dtype, batch_size=args.batch_size, decode_kernel=kernel
+    )
+    ready.wait()  # every process loaded: they sample at once, model loading not timed
+    start = time.time()
+    out = sampler.sample(prefix, suffixes, params, desc=f"ours (shard @{offset})",
+                         index_offset=offset)
+    results.put((offset, start, time.time(), [[(c.text, c.n_tokens) for c in cs] for cs in out]))
+
+
+def in_processes(args, prefix, questions, params, kernel) -> dict:
+    """Ours as ``compute.processes`` runs a stage on several cores: the questions cut into
+    ``--processes`` contiguous shards (each question keeps its seeds: ``index_offset``), one
+    spawned process each at ``--threads / --processes`` threads (at least 1), sampling at
+    once. Tokens/s = all useful tokens / (last end - first start)."""
+    import multiprocessing
+
+    n = args.processes
+    threads = max(1, (args.threads or 2) // n)
+    ctx = multiprocessing.get_context("spawn")
+    size = -(-len(questions) // n)
+    offsets = range(0, len(questions), size)
+    ready, results = ctx.Barrier(len(offsets)), ctx.Queue()
+    procs = []
+    for offset in offsets:
+        suffixes = [q["suffix"] for q in questions[offset : offset + size]]
+        procs.append(ctx.Process(target=_shard, args=(
+            args, prefix, suffixes, offset, params, kernel, threads, ready, results)))
+    for p in procs:
+        p.start()
+    got = sorted(results.get() for _ in procs)
+    for p in procs:
+        p.join()
+    wall = max(g[2] for g in got) - min(g[1] for g in got)
+    useful = sum(t for g in got for cs in g[3] for _, t in cs)
+    return {
+        "processes": len(procs),
+        "threads_each": threads,
+        "wall_s": round(wall, 2),
+        "useful_tokens": useful,
+        "useful_tok_s": round(useful / wall, 1),
+        "texts": [[text for text, _ in cs] for g in got for cs in g[3]],
+    }
 
 
 def alternate(sampler, args, prefix, questions, params, dtype: str) -> dict:
@@ -700,6 +776,10 @@ def alternate(sampler, args, prefix, questions, params, dtype: str) -> dict:
                 useful / sampler.last_stats["wall_s"], 1
             )
         sampler.question_level = False
+        if args.processes > 1:
+            kernel = {"auto": "auto", "true": True, "false": False}[args.decode_kernel]
+            got = in_processes(args, prefix, questions, params, kernel)
+            turn["ours_processes"] = got["useful_tok_s"]
         turn["vllm"] = run_vllm(args, prefix, questions, params, dtype)["useful_tok_s"]
         turns.append(turn)
     keys = list(turns[0])

@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
         args.model,
         dtype="auto",
         batch_size=args.batch_size,
-        decode_kernel=args.compare == "decode_kernel",
+        decode_kernel=True if args.compare == "decode_kernel" else "auto",  # else the default
     )
     result = {
         "command": " ".join(sys.argv),
@@ -138,6 +138,7 @@ def main(argv: list[str] | None = None) -> None:
         "dtype": str(sampler.dtype),
         "threads": args.threads,
         "packed_linears": sampler.packed_linears,
+        "decode_kernel": sampler.decode_kernel,
         "load_s": round(time.perf_counter() - t, 2),
         "torch": torch.__version__,
         "workloads": {},

@@ -276,18 +276,29 @@ def queue(runs: Sequence[Run], repo: Path, say: Callable[[str], None] = _say) ->
     return queued
 
 
+#: the most of one core the waiting loop's polls take: ``dvc exp show`` costs seconds of CPU
+#: once a repository holds many experiments (10-15 s here at 40 %), which every 10 s took a
+#: third of a core from the runs on a 2-core machine; the loop sleeps at least
+#: ``1 / POLL_SHARE - 1`` times its last poll's duration (a finish is seen that much later)
+POLL_SHARE = 0.1
+
+
 def start_and_wait(runs: Sequence[Run], repo: Path, jobs: int, poll_s: float = 10.0,
                    say: Callable[[str], None] = _say) -> dict[str, str]:
     """``dvc queue start -j jobs``, then wait until none of ``runs`` is queued or running,
-    saying each state change; returns each run's final state."""
+    saying each state change; returns each run's final state. It polls every ``poll_s``
+    seconds, or less often when a poll is slow (:data:`POLL_SHARE`)."""
     names = [r.name for r in runs]
     if any(experiments(repo).get(n, {}).get("state") in PENDING for n in names):
         _dvc(["queue", "start", "-j", str(jobs)], repo)
     seen: dict[str, str] = {}
     times = read_times(repo)
     t0 = time.monotonic()
+    interval = poll_s
     while True:
+        polled = time.monotonic()
         found = experiments(repo)
+        interval = max(poll_s, (time.monotonic() - polled) * (1 / POLL_SHARE - 1))
         states = {n: found.get(n, {}).get("state", "missing") for n in names}
         changed = {n: s for n, s in states.items() if seen.get(n) != s}
         if changed:
@@ -295,11 +306,11 @@ def start_and_wait(runs: Sequence[Run], repo: Path, jobs: int, poll_s: float = 1
             say(f"[{time.monotonic() - t0:.0f} s] {done}/{len(names)} finished; "
                 + ", ".join(f"{n}: {s}" for n, s in changed.items()))
             seen = states
-            note_times(times, changed, time.time(), poll_s)
+            note_times(times, changed, time.time(), round(interval, 1))
             write_times(repo, times)
         if not any(s in PENDING for s in states.values()):
             return states
-        time.sleep(poll_s)
+        time.sleep(interval)
 
 
 #: when the study saw each experiment start and finish (by name; the wall time a study

@@ -69,7 +69,8 @@ def test_the_sampler_decodes_through_it(tmp_path, monkeypatch):
     got = on.sample("A: ", prompts, params, desc="t")
     assert calls and all(len(cs) == 3 for cs in got)
     calls.clear()
-    TransformersSampler(src, dtype="bfloat16", batch_size=4).sample("A: ", prompts, params)
+    flash = TransformersSampler(src, dtype="bfloat16", batch_size=4, decode_kernel=False)
+    flash.sample("A: ", prompts, params)
     fp32 = TransformersSampler(src, dtype="float32", batch_size=4, decode_kernel=True)
     fp32.sample("A: ", prompts, params)
     assert not calls
@@ -80,5 +81,41 @@ def test_an_unavailable_kernel_is_refused_with_the_fix(tiny_model, monkeypatch):
     from selfimprove.sampling.transformers_sampler import TransformersSampler
 
     monkeypatch.setattr(decode_kernel, "unavailable", lambda: "it needs an AVX-512 CPU")
-    with pytest.raises(InputError, match="set sampler.decode_kernel: false"):
+    with pytest.raises(InputError, match="set sampler.decode_kernel: auto .* or false"):
         TransformersSampler(tiny_model, dtype="bfloat16", decode_kernel=True)
+
+
+def test_auto_uses_it_where_the_model_fits_and_it_builds(tmp_path, tiny_model, monkeypatch):
+    """sampler.decode_kernel: auto (the default): on for a bf16 head_dim-64 model on CPU; off
+    (flash, and nothing built) for a float32 model, another head_dim, or where it cannot be
+    built, with the reason; last_stats records the choice."""
+    from selfimprove.sampling.base import SamplingParams
+    from selfimprove.sampling.transformers_sampler import TransformersSampler
+    from selfimprove.tiny import make_tiny_model
+
+    src = make_tiny_model(tmp_path / "hd64", hidden_size=256)  # 4 heads of 64
+    on = TransformersSampler(src, dtype="bfloat16", batch_size=4)
+    assert on.decode_kernel is True and "auto, on" in on.decode_kernel_why
+    on.sample("A: ", ["Q: 1 + 1 ="], SamplingParams(n=2, temperature=1.0, max_new_tokens=3))
+    assert on.last_stats["decode_kernel"] is True
+    fp32 = TransformersSampler(src, dtype="float32", batch_size=4)
+    assert fp32.decode_kernel is False and "samples in float32" in fp32.decode_kernel_why
+    built = []
+    monkeypatch.setattr(decode_kernel, "unavailable", lambda: built.append(1) or None)
+    other = TransformersSampler(tiny_model, dtype="bfloat16", batch_size=4)
+    assert other.decode_kernel is False and "head_dim" in other.decode_kernel_why
+    assert not built  # a model that never fits builds nothing
+    monkeypatch.setattr(decode_kernel, "unavailable", lambda: "it could not be built (no g++)")
+    off = TransformersSampler(src, dtype="bfloat16", batch_size=4)
+    assert off.decode_kernel is False and off.decode_kernel_why.endswith("(no g++)")
+    flash = TransformersSampler(src, dtype="bfloat16", batch_size=4, decode_kernel=False)
+    assert flash.decode_kernel is False
+
+
+def test_the_setting_is_validated():
+    from selfimprove.config.runtime import SamplerConfig
+
+    assert SamplerConfig().decode_kernel == "auto"
+    assert SamplerConfig(backend="vllm").decode_kernel == "auto"  # auto: not vLLM's concern
+    with pytest.raises(ValueError, match="decode_kernel"):
+        SamplerConfig(decode_kernel="sometimes")

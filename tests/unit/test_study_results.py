@@ -341,3 +341,27 @@ def test_the_study_records_each_runs_wall_time_across_invocations(monkeypatch, t
     assert (tmp_path / study.TIMES_FILE).is_file()
     wall = study.wall_record(times["s-lmsi-s0"])
     assert wall["wall_s"] == 30.0 and wall["resolution_s"] == 5  # running at 30 s, done at 60
+
+
+def test_a_slow_poll_waits_longer(monkeypatch, tmp_path):
+    """The waiting loop's polls (``dvc exp show``, slow with many experiments) take at most
+    POLL_SHARE of a core: a poll of 3 s is followed by 27 s of sleep, not poll_s."""
+    from selfimprove import study
+
+    states = iter(["queued", "queued", "running", "success"])
+    now = [0.0]
+
+    def show(repo):
+        now[0] += 3.0  # each poll takes 3 s
+        return {"s-lmsi-s0": {"state": next(states)}}
+
+    monkeypatch.setattr(study, "experiments", show)
+    monkeypatch.setattr(study, "_dvc", lambda args, cwd, env=None: "")
+    monkeypatch.setattr(study.time, "monotonic", lambda: now[0])
+    slept = []
+    monkeypatch.setattr(study.time, "sleep", slept.append)
+    runs = plan("s", ["lmsi"], [0], 0)
+    assert study.start_and_wait(runs, tmp_path, 2, 5, say=lambda line: None) == {
+        "s-lmsi-s0": "success"}
+    assert slept == [pytest.approx(27.0)] * 2
+    assert study.read_times(tmp_path)["s-lmsi-s0"]["poll_s"] == 27.0

@@ -74,18 +74,20 @@ class SamplerConfig(Section):
         "sampler-speed.md), but other bf16 samples than false (the rounding of the attention "
         "changes; greedy fp32 outputs stay those of generate). The locked reference uses false.",
     )
-    decode_kernel: bool = Field(
-        False,
+    decode_kernel: bool | Literal["auto"] = Field(
+        "auto",
         description="Transformers backend on CPU, bf16: a decode step's attention over the "
         "rows' tails through selfimprove's AVX-512 kernel (compiled at first use: a C++ "
-        "compiler and ninja, ~25 s once) instead of torch's flash kernel: ~3x faster there "
-        "(docs/sampler-speed.md), equal up to rounding, so other bf16 samples than false. The "
-        "locked reference uses false.",
+        "compiler and ninja, ~25 s once) instead of torch's flash kernel: ~3x faster there, "
+        "1.3x on sampling (docs/sampler-speed.md), equal up to rounding, so other bf16 samples "
+        "than false. auto: on where the model fits it (bf16 on CPU, head_dim 64) and it builds "
+        "(AVX-512), else flash; true: refused where it cannot run; false: flash everywhere (the "
+        "AMX reference lmsi_default_locked was made so).",
     )
 
     @model_validator(mode="after")
     def _transformers_only(self) -> SamplerConfig:
-        on = [k for k in TRANSFORMERS_ONLY if getattr(self, k)]
+        on = [k for k in TRANSFORMERS_ONLY if getattr(self, k) is True]  # auto: n/a there
         if on and self.backend != "transformers":
             raise ValueError(
                 "; ".join(

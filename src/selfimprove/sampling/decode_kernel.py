@@ -6,7 +6,8 @@ that row's tail; torch's flash kernel spends most of that time on per-(row, kv h
 scores against every key (fp32 accumulation), the softmax with a vectorized exp, then the
 weighted values, and returns the log-sum-exp the cascade's exact merge needs, like
 ``_scaled_dot_product_flash_attention_for_cpu``. Its results equal flash's up to float rounding
-(not bit for bit), so it is a sampler setting (``sampler.decode_kernel``), off by default.
+(not bit for bit), so it is a sampler setting (``sampler.decode_kernel``): ``auto`` (the
+default) uses it wherever the model's decode steps fit it and it builds (:func:`choose`).
 
 It is compiled with torch's own ``torch.utils.cpp_extension.load_inline`` (a C++ compiler and
 ninja; ~25 s once, then cached in ``~/.cache/torch_extensions``), in a child interpreter, and
@@ -246,6 +247,51 @@ def attend(query: Any, key: Any, value: Any, add: Any, scale: float) -> tuple[An
     if add is None:
         add = torch.empty(0, dtype=torch.float32)
     return tuple(_module().decode_attention(query, key, value, add, scale))
+
+
+def model_fits(config: Any, dtype: Any, device: str) -> str | None:
+    """Why a model's decode steps never fit the kernel (None: they do): CPU, bf16, head_dim 64,
+    at most 8 query heads per kv head. Read from the model's config, nothing is built."""
+    import torch
+
+    heads = getattr(config, "num_attention_heads", None) or 1
+    kv = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    if device != "cpu":
+        return f"it runs on CPU only, not on {device}"
+    if dtype != torch.bfloat16:
+        return f"the model samples in {str(dtype).removeprefix('torch.')}, the kernel is bf16"
+    if head_dim != HEAD_DIM or heads // kv > MAX_GROUP:
+        return (f"the model's head_dim is {head_dim} with {heads // kv} query heads per kv "
+                f"head; the kernel takes head_dim {HEAD_DIM}, at most {MAX_GROUP}")
+    return None
+
+
+def choose(setting: bool | str, config: Any, dtype: Any, device: str) -> tuple[bool, str]:
+    """Whether a sampler decodes through the kernel, and why: ``setting`` is
+    ``sampler.decode_kernel`` (true, false or auto). ``auto`` uses it where the model fits it
+    (:func:`model_fits`) and it builds here (:func:`unavailable`), else torch's flash kernel;
+    ``true`` where it cannot run at all is an :class:`InputError` naming the fix (a float32
+    model with ``true`` keeps flash: its steps never fit)."""
+    from selfimprove.core.io import InputError
+
+    if setting is False:
+        return False, "sampler.decode_kernel: false"
+    if setting is True:
+        why = f"it runs on CPU only, not on {device}" if device != "cpu" else unavailable()
+        if why:
+            raise InputError(
+                f"decode_kernel=True (sampler.decode_kernel): {why}; set "
+                "sampler.decode_kernel: auto (use it where it can run) or false (torch's "
+                "flash kernel)"
+            )
+        return True, "sampler.decode_kernel: true"
+    if setting != "auto":
+        raise InputError(f"decode_kernel={setting!r}: use true, false or auto")
+    why = model_fits(config, dtype, device) or unavailable()
+    if why:
+        return False, f"sampler.decode_kernel: auto, off: {why}"
+    return True, "sampler.decode_kernel: auto, on (AVX-512, bf16, head_dim 64)"
 
 
 def fits(query: Any) -> bool:

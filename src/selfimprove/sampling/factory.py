@@ -15,7 +15,7 @@ def make_sampler(
     lora_path: str | Path | None = None,
     vllm_engine: dict | None = None,
     question_level: bool = False,
-    decode_kernel: bool = False,
+    decode_kernel: bool | str = "auto",
 ):
     """The sampler for ``backend`` (an ``if``, not a registry).
 
@@ -43,7 +43,7 @@ def make_sampler(
 
         chosen = {"question_level": question_level, "decode_kernel": decode_kernel}
         for key in TRANSFORMERS_ONLY:
-            if chosen[key]:
+            if chosen[key] is True:  # decode_kernel auto: not vLLM's concern
                 raise InputError(
                     f"{key}=True is a setting of the transformers backend; vLLM has its own "
                     f"KV cache and kernels: set sampler.{key}: false"

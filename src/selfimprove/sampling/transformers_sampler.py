@@ -41,6 +41,7 @@ rest (sampling, stop checks, cache bookkeeping).
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from pathlib import Path
@@ -66,7 +67,10 @@ from selfimprove.sampling.cascade import (
     rebuild,
     register_attention,
 )
+from selfimprove.sampling.decode_kernel import choose as decode_kernel_choice
 from selfimprove.sampling.packed import pack_linears
+
+log = logging.getLogger(__name__)
 
 # where TransformersSampler.sample spends its time (see ``last_stats``)
 _TIMERS = ("prefix_prefill_s", "suffix_prefill_s", "decode_s")
@@ -159,7 +163,9 @@ class TransformersSampler:
 
     ``decode_kernel``: a decode step's attention over the rows' tails through
     :mod:`selfimprove.sampling.decode_kernel` (CPU, bf16, AVX-512; built at first use) instead
-    of torch's flash kernel: faster, equal up to rounding (other bf16 samples). Off by default.
+    of torch's flash kernel: faster, equal up to rounding (other bf16 samples). ``auto`` (the
+    default) uses it where the model's decode steps fit it and it builds
+    (:func:`selfimprove.sampling.decode_kernel.choose`); ``self.decode_kernel`` is the choice.
     """
 
     def __init__(
@@ -169,7 +175,7 @@ class TransformersSampler:
         batch_size: int = 32,
         device: str | None = None,
         question_level: bool = False,
-        decode_kernel: bool = False,
+        decode_kernel: bool | str = "auto",
     ):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -188,16 +194,8 @@ class TransformersSampler:
         if question_level and self.device != "cpu":
             raise InputError(f"question_level=True runs on CPU only, not on {self.device}")
         self.question_level = question_level
-        if decode_kernel:
-            from selfimprove.sampling.decode_kernel import unavailable
-
-            why = "it runs on CPU only" if self.device != "cpu" else unavailable()
-            if why:
-                raise InputError(
-                    f"decode_kernel=True (sampler.decode_kernel): {why}; set "
-                    "sampler.decode_kernel: false (torch's flash kernel)"
-                )
-        self.decode_kernel = decode_kernel
+        if decode_kernel is True:  # refused before the model loads, when it cannot run here
+            decode_kernel_choice(True, None, None, self.device)
         register_attention()
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.model = AutoModelForCausalLM.from_pretrained(
@@ -206,6 +204,11 @@ class TransformersSampler:
         self.model.eval()
         # CPU bf16: linear weights packed once for oneDNN where that gives the same bits
         self.packed_linears = pack_linears(self.model)
+        # whether decode steps go through selfimprove's kernel, and why (recorded in last_stats)
+        self.decode_kernel, self.decode_kernel_why = decode_kernel_choice(
+            decode_kernel, self.model.config, self.dtype, self.device
+        )
+        log.info("%s", self.decode_kernel_why)
         self.model_dir = model_dir
         self._cache_kwarg = cache_kwarg(self.model)
 
@@ -370,6 +373,7 @@ class TransformersSampler:
             **counts,
             **{k: round(v, 4) for k, v in timers.items()},
             "wall_s": round(wall, 4),
+            "decode_kernel": self.decode_kernel,
         }
         return results
 
