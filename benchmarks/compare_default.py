@@ -30,8 +30,10 @@ from pathlib import Path
 #: the default's reference per bf16 path (`make repro` at compute.threads 1): the figures are
 #: identical only on the CPU type that made them (docs/reproducibility.md)
 REFERENCES = {
-    "amx_bf16": Path("benchmarks/results/lmsi_default_locked"),  # Xeon with AMX
-    "avx512_bf16": Path("benchmarks/results/lmsi_default_locked_avx512bf16"),  # AMD EPYC
+    # Xeon with AMX, made before the decode kernel: equal with sampler.decode_kernel false
+    "amx_bf16": Path("benchmarks/results/lmsi_default_locked"),
+    # AMD EPYC, sampler.decode_kernel auto (on); lmsi_default_flash_avx512bf16 is flash's
+    "avx512_bf16": Path("benchmarks/results/lmsi_default_locked_avx512bf16"),
 }
 DEFAULT_REFERENCE = REFERENCES["amx_bf16"]
 

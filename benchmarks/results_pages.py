@@ -29,8 +29,12 @@ RUNS = {
     "lmsi_default_locked": "LMSI, the default, seed 0 (the three-seed study's seed-0 run) on a "
     "Xeon with AMX: the reference `python benchmarks/compare_default.py` picks on such a CPU",
     "lmsi_default_locked_avx512bf16": "LMSI, the default: `make repro` in a fresh clone at "
-    "compute.threads 1 on an AMD EPYC (AVX512-BF16, no AMX), reproduced exactly in a second "
-    "fresh clone; the reference `compare_default.py` picks on such a CPU",
+    "compute.threads 1 on an AMD EPYC (AVX512-BF16, no AMX), sampler.decode_kernel auto (on), "
+    "reproduced exactly in a second fresh clone; the reference `compare_default.py` picks on "
+    "such a CPU",
+    "lmsi_default_flash_avx512bf16": "LMSI, the default before the decode kernel (torch's flash "
+    "attention in decode steps, = sampler.decode_kernel false) on the same AMD EPYC: the "
+    "reference until 2026-12-07",
     "lmsi_default_387d8d6": "LMSI, the default on the locked environment before the held-out "
     "1-step set grew to 240 questions (n = 100)",
     "lmsi_default_run1_e62a112": "LMSI, the default, an intermediate sampler version (n = 100)",
