@@ -443,9 +443,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--decode-kernel",
         nargs="?",
-        const="true",
+        const=True,
         default="auto",
-        choices=["auto", "true", "false"],
+        type=kernel_setting,
         help="ours' sampler.decode_kernel (the AVX-512 decode attention kernel): auto (the "
         "default: where it fits and builds), true (alone: --decode-kernel) or false (flash)",
     )
@@ -490,6 +490,14 @@ def main(argv: list[str] | None = None) -> None:
 _LIMIT_TOK_S_2_CORES = 3000
 
 
+def kernel_setting(text: str) -> bool | str:
+    """``--decode-kernel``'s value as ``sampler.decode_kernel`` takes it."""
+    settings = {"auto": "auto", "true": True, "false": False}
+    if text not in settings:
+        raise argparse.ArgumentTypeError(f"{text!r}: use auto, true or false")
+    return settings[text]
+
+
 def measure(args) -> dict:
     """One workload (args.gsm8k or args.source): ours, greedy check, naive, llama.cpp, vLLM."""
     import torch
@@ -510,9 +518,8 @@ def measure(args) -> dict:
     golds = [q["gold"] for q in questions]
 
     t = time.perf_counter()
-    kernel = {"auto": "auto", "true": True, "false": False}[args.decode_kernel]
     sampler = TransformersSampler(
-        args.model, dtype=args.dtype, batch_size=args.batch_size, decode_kernel=kernel
+        args.model, dtype=args.dtype, batch_size=args.batch_size, decode_kernel=args.decode_kernel
     )
     load_s = time.perf_counter() - t
     cascade.STORE_STATS.update(buffers=0, bytes=0, max_width=0)
@@ -554,7 +561,7 @@ def measure(args) -> dict:
         "fraction": round(ours["useful_tok_s"] / (_LIMIT_TOK_S_2_CORES * cores / 2), 4),
     }
     if args.processes > 1:
-        ours["processes"] = in_processes(args, prefix, questions, params, kernel)
+        ours["processes"] = in_processes(args, prefix, questions, params)
         ours["processes"]["rows_identical_to_one_process"] = sum(
             a == b.text
             for x, y in zip(ours["processes"].pop("texts"), out, strict=True)
@@ -704,7 +711,7 @@ def measure(args) -> dict:
     return result
 
 
-def _shard(args, prefix, suffixes, offset, params, kernel, threads, ready, results) -> None:
+def _shard(args, prefix, suffixes, offset, params, threads, ready, results) -> None:
     """One process of :func:`in_processes`: load, wait for the others, sample its shard."""
     import torch
 
@@ -712,7 +719,7 @@ def _shard(args, prefix, suffixes, offset, params, kernel, threads, ready, resul
 
     torch.set_num_threads(threads)
     sampler = TransformersSampler(
-        args.model, dtype=args.dtype, batch_size=args.batch_size, decode_kernel=kernel
+        args.model, dtype=args.dtype, batch_size=args.batch_size, decode_kernel=args.decode_kernel
     )
     ready.wait()  # every process loaded: they sample at once, model loading not timed
     start = time.time()
@@ -721,7 +728,7 @@ def _shard(args, prefix, suffixes, offset, params, kernel, threads, ready, resul
     results.put((offset, start, time.time(), [[(c.text, c.n_tokens) for c in cs] for cs in out]))
 
 
-def in_processes(args, prefix, questions, params, kernel) -> dict:
+def in_processes(args, prefix, questions, params) -> dict:
     """Ours as ``compute.processes`` runs a stage on several cores: the questions cut into
     ``--processes`` contiguous shards (each question keeps its seeds: ``index_offset``), one
     spawned process each at ``--threads / --processes`` threads (at least 1), sampling at
@@ -738,7 +745,7 @@ def in_processes(args, prefix, questions, params, kernel) -> dict:
     for offset in offsets:
         suffixes = [q["suffix"] for q in questions[offset : offset + size]]
         procs.append(ctx.Process(target=_shard, args=(
-            args, prefix, suffixes, offset, params, kernel, threads, ready, results)))
+            args, prefix, suffixes, offset, params, threads, ready, results)))
     for p in procs:
         p.start()
     got = sorted(results.get() for _ in procs)
@@ -777,8 +784,7 @@ def alternate(sampler, args, prefix, questions, params, dtype: str) -> dict:
             )
         sampler.question_level = False
         if args.processes > 1:
-            kernel = {"auto": "auto", "true": True, "false": False}[args.decode_kernel]
-            got = in_processes(args, prefix, questions, params, kernel)
+            got = in_processes(args, prefix, questions, params)
             turn["ours_processes"] = got["useful_tok_s"]
         turn["vllm"] = run_vllm(args, prefix, questions, params, dtype)["useful_tok_s"]
         turns.append(turn)
