@@ -15,9 +15,11 @@ point (`runtime_s`, `resumed_from_step`) go to data/resources/finetune@<r>.json
 
 Checkpoints go to data/rounds/<r>/model.ckpt/ (every $SELFIMPROVE_SAVE_STEPS optimizer steps,
 default 50; not a DVC output): a killed run resumes there on the next `dvc repro`.
-Several processes/GPUs: set SELFIMPROVE_LAUNCH, e.g. "accelerate launch --num_processes 8" or
-"accelerate launch --config_file configs/accelerate/fsdp.yaml"; the stage then reruns itself
-under that launcher (only rank 0 writes outputs).
+Several CPU processes: `finetune.processes` (the stage launches them with accelerate: DDP over
+gloo, the same global batch). Several GPUs/machines: set SELFIMPROVE_LAUNCH, e.g.
+"accelerate launch --num_processes 8" or "accelerate launch --config_file
+configs/accelerate/fsdp.yaml"; the stage then reruns itself under that launcher (only rank 0
+writes outputs).
 """
 
 import os
@@ -39,9 +41,13 @@ def _relaunch() -> None:
     launch = os.environ.get("SELFIMPROVE_LAUNCH", "").strip()
     if not launch or "LOCAL_RANK" in os.environ:
         return
-    cmd = [*shlex.split(launch), "-m", "stages.finetune", *sys.argv[1:]]
+    sys.exit(_launched([*shlex.split(launch), "-m", "stages.finetune", *sys.argv[1:]]))
+
+
+def _launched(cmd: list[str]) -> int:
+    """Run this stage under the launcher command ``cmd``; its exit code."""
     print(f"finetune: launching {shlex.join(cmd)}", file=sys.stderr, flush=True)
-    sys.exit(subprocess.call(cmd))
+    return subprocess.call(cmd)
 
 
 @stage_main(__doc__, _args)
@@ -62,6 +68,18 @@ def main(args, params):
     save_steps = os.environ.get("SELFIMPROVE_SAVE_STEPS", "50")
     if not save_steps.isdigit() or int(save_steps) < 1:
         raise InputError(f"SELFIMPROVE_SAVE_STEPS={save_steps!r}: expected a positive integer")
+    if recipe.objective == "sft":  # finetune.processes > 1 on CPU: run in that many processes
+        from selfimprove.training.processes import cpu_launch
+
+        launch = cpu_launch(cfg, params.compute.threads, ["stages.finetune", *sys.argv[1:]])
+        if launch:
+            code = _launched(launch)
+            if code:
+                sys.exit(code)  # the processes said why
+            return  # rank 0 wrote the outputs
+    elif cfg.processes > 1:
+        print(f"finetune: {recipe.objective} trains in one process (finetune.processes "
+              f"{cfg.processes} is for sft)", file=sys.stderr, flush=True)  # fmt: skip
     if recipe.objective == "dpo":  # preference pairs (scpo): DPO + NLL on the filter's pairs
         from selfimprove.core.io import read_jsonl
         from selfimprove.training.preference import dpo_finetune

@@ -1,8 +1,8 @@
 """Multi-process fine-tuning: `accelerate launch` with 2 CPU processes (DDP, gloo).
 
 Same global batch = same training: 1 process x batch 8, 1 process x batch 4 x grad_accum 2 and
-2 processes x batch 4 (the finetune stage relaunching itself under $SELFIMPROVE_LAUNCH) give
-the same loss at every step and the same merged weights.
+2 processes splitting each batch of 8 (`finetune.processes: 2`: the finetune stage launches
+them) give the same loss at every step and the same merged weights.
 
 Tolerance: the three runs see the same 8 examples per optimizer step (accelerate hands
 consecutive per-process batches of the seeded permutation to the ranks) and transformers
@@ -123,30 +123,33 @@ def runs(tiny_model, tmp_path_factory):
     finetune(model, examples, tmp / "accum", cfg, seed=1)
     out["accum"] = tmp / "accum"
 
-    # 2 processes x batch 4: the finetune stage relaunching itself under accelerate
-    proj = _project(tmp / "proj", model, train)
-    (out["ddp_stderr"],) = _run_stages([(proj, LAUNCH.format(port=_free_port()))], env)
+    # finetune.processes 2, batch 8: the finetune stage launching 2 processes of batch 4
+    proj = _project(tmp / "proj", model, train, processes=2)
+    (out["ddp_stderr"],) = _run_stages([(proj, "")], env)
     out["ddp"] = proj / "data" / "rounds" / "r1" / "model"
     out |= {"train": train, "env": env, "tmp": tmp}
     return out
 
 
-def _project(proj: Path, model: Path, train: Path) -> Path:
-    """A project folder whose round r1 fine-tunes ``model`` (as r0's) on ``train``, batch 4."""
+def _project(proj: Path, model: Path, train: Path, processes: int = 1) -> Path:
+    """A project folder whose round r1 fine-tunes ``model`` (as r0's) on ``train``: batch 4 per
+    process of a launcher of one's own, or ``processes`` splitting a batch of 8."""
     (proj / "data" / "rounds" / "r1").mkdir(parents=True)
     shutil.copytree(model, proj / "data" / "rounds" / "r0" / "model")
     shutil.copy(train, proj / "data" / "rounds" / "r1" / "train.jsonl")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["seed"] = 0  # round r1 trains with seed + 1 = 1, like the runs above
-    params["finetune"] |= {**SETTINGS, "batch_size": 4, "lora": {"dropout": 0.0}}
+    batch = {"batch_size": 4} if processes == 1 else {"batch_size": 8, "processes": processes}
+    params["finetune"] |= {**SETTINGS, **batch, "lora": {"dropout": 0.0}}
     (proj / "params.yaml").write_text(yaml.safe_dump(params))
     return proj
 
 
 def _run_stages(machines: list[tuple[Path, str]], env: dict, timeout: float = 300) -> list[str]:
     """Run round r1's finetune stage in each ``(project, $SELFIMPROVE_LAUNCH)`` at once (the
-    machines of one distributed launch); each one's output (stdout + stderr). One failing or
-    all past ``timeout``: the others are stopped (they would wait for it) and the test fails."""
+    machines of one distributed launch; "": no launcher); each one's output (stdout + stderr).
+    One failing or all past ``timeout``: the others are stopped (they would wait for it) and the
+    test fails."""
     cmd = [sys.executable, "-m", "stages.finetune", "--round", "r1", "--prev", "r0"]
     logs = [proj.with_name(f"{proj.name}.log") for proj, _ in machines]
     procs = []
@@ -197,7 +200,8 @@ def _files(folder: Path) -> set[str]:
 
 
 def test_two_processes_really_ran_distributed(runs):
-    assert "launching accelerate launch --multi_gpu --num_processes 2" in runs["ddp_stderr"]
+    assert "accelerate.commands.launch --multi_gpu --num_processes 2" in runs["ddp_stderr"]
+    assert "--num_cpu_threads_per_process 1" in runs["ddp_stderr"]  # compute.threads each
     info = json.loads((runs["ddp"].parents[0] / "finetune.json").read_text())
     one = json.loads((runs["one"] / "finetune_info.json").read_text())
     # 32 examples x 2 epochs / global batch 8 = 8 steps (not 16: the ranks split each batch)

@@ -53,6 +53,22 @@ def test_cross_section_checks():
     assert "evaluate.sets" in msg
 
 
+def test_finetune_processes_checks():
+    """finetune.processes splits batch_size; the warm start and meta-skill steps train in one
+    process: each problem is named with its fix, all at once."""
+    raw = _raw()
+    raw["finetune"] |= {"processes": 3}
+    raw["warmstart"]["finetune"] = {"processes": 2}
+    with pytest.raises(ConfigError) as err:
+        parse_params(raw)
+    msg = str(err.value)
+    assert "batch_size 8 does not split over processes 3" in msg
+    assert "warmstart.finetune" in msg and "set processes: 1" in msg
+    raw = _raw()
+    raw["finetune"] |= {"processes": 2}
+    assert parse_params(raw).finetune.processes == 2
+
+
 def test_yaml_errors_and_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_params(tmp_path / "nope.yaml")

@@ -3,6 +3,8 @@ shapes and masks a decode step gives it; the sampler routes its decode steps thr
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -77,6 +79,59 @@ def test_the_sampler_decodes_through_it(tmp_path, monkeypatch):
     assert cascade.DECODE_KERNEL.get() is False  # reset after each forward
 
 
+@pytest.mark.parametrize("heads, queries, keys", [(1, 1, 1), (3, 17, 40), (3, 48, 726), (2, 5, 16)])
+def test_prefix_kernel_equals_flash_up_to_rounding(heads, queries, keys):
+    """Every query of a kv head against the shared prefix's keys (counts mod 16 included): out
+    within bf16 rounding of flash's, lse within 1e-4."""
+    if decode_kernel.prefix_unavailable():
+        pytest.skip(decode_kernel.prefix_unavailable())
+    gen = torch.Generator().manual_seed(heads * 1000 + queries * 10 + keys)
+    k = torch.randn(heads, keys, 64, generator=gen).bfloat16()
+    v = torch.randn(heads, keys, 64, generator=gen).bfloat16()
+    q = torch.randn(heads, queries, 64, generator=gen).bfloat16()
+    (packed,) = decode_kernel.pack_prefix([(k, v)])
+    out, lse = decode_kernel.attend_prefix(q, packed, 0.125)
+    want_out, want_lse = FLASH(q[None], k[None], v[None], scale=0.125)[:2]
+    assert out.shape == q.shape and out.dtype == torch.bfloat16 and lse.shape == q.shape[:2]
+    assert torch.allclose(out.float(), want_out[0].float(), atol=1e-2, rtol=1e-2)
+    assert (lse - want_lse[0].float()).abs().max() < 1e-4
+
+
+def test_the_sampler_attends_the_prefix_through_it(tmp_path, monkeypatch):
+    """prefix_kernel=True: the shared prefix's part of prefill and decode steps goes through the
+    kernel, packed once per call; off by default; a model it does not fit is refused."""
+    if decode_kernel.prefix_unavailable():
+        pytest.skip(decode_kernel.prefix_unavailable())
+    from selfimprove.sampling.base import SamplingParams
+    from selfimprove.sampling.transformers_sampler import TransformersSampler
+    from selfimprove.tiny import make_tiny_model
+
+    src = make_tiny_model(tmp_path / "hd64", hidden_size=256)  # 4 heads of 64
+    calls, packs = [], []
+    real, real_pack = decode_kernel.attend_prefix, decode_kernel.pack_prefix
+    monkeypatch.setattr(decode_kernel, "attend_prefix", lambda *a: calls.append(1) or real(*a))
+    import selfimprove.sampling.transformers_sampler as ts
+
+    monkeypatch.setattr(ts, "pack_prefix", lambda kv: packs.append(1) or real_pack(kv))
+    params = SamplingParams(n=3, temperature=1.0, max_new_tokens=6, seed=0)
+    prompts = ["Q: 1 + 1 =", "Q: 2 + 5 ="]
+    on = TransformersSampler(src, dtype="bfloat16", batch_size=4, prefix_kernel=True)
+    got = on.sample("A: few-shot prefix ", prompts, params, desc="t")
+    assert calls and packs == [1] and all(len(cs) == 3 for cs in got)
+    assert on.last_stats["prefix_kernel"] is True
+    calls.clear()
+    off = TransformersSampler(src, dtype="bfloat16", batch_size=4)
+    off.sample("A: few-shot prefix ", prompts, params)
+    assert not calls and off.last_stats["prefix_kernel"] is False
+    assert cascade.PACKED_PREFIX.get() is None  # reset after each forward
+    with pytest.raises(InputError, match=r"prefix_kernel=True \(sampler.prefix_kernel\): the "
+                       "model samples in float32.*set sampler.prefix_kernel: auto"):
+        TransformersSampler(src, dtype="float32", batch_size=4, prefix_kernel=True)
+    # auto: on where it can run, off (flash) where it cannot
+    assert TransformersSampler(src, dtype="bfloat16", prefix_kernel="auto").prefix_kernel is True
+    assert TransformersSampler(src, dtype="float32", prefix_kernel="auto").prefix_kernel is False
+
+
 def test_an_unavailable_kernel_is_refused_with_the_fix(tiny_model, monkeypatch):
     from selfimprove.sampling.transformers_sampler import TransformersSampler
 
@@ -119,3 +174,31 @@ def test_the_setting_is_validated():
     assert SamplerConfig(backend="vllm").decode_kernel == "auto"  # auto: not vLLM's concern
     with pytest.raises(ValueError, match="decode_kernel"):
         SamplerConfig(decode_kernel="sometimes")
+    assert SamplerConfig().prefix_kernel is False  # until the reference is re-locked with it
+    with pytest.raises(ValueError, match="prefix_kernel: true is a setting of the transformers"):
+        SamplerConfig(backend="vllm", prefix_kernel=True)
+    with pytest.raises(ValueError, match="prefix_kernel"):
+        SamplerConfig(prefix_kernel="sometimes")
+
+
+def test_a_build_killed_midway_does_not_block_the_next(tmp_path):
+    """kill -9 mid-build (a `dvc repro` killed at its first sample) leaves torch's lock file;
+    torch's next build would wait for it forever. The next build clears it and returns."""
+    import subprocess
+    import sys
+
+    assert decode_kernel.unavailable() is None  # built (or found built) once
+    plant = (
+        "import fcntl, os; from torch.utils.cpp_extension import _get_build_directory\n"
+        f"name = {decode_kernel._NAME!r}; d = _get_build_directory(name, False)\n"
+        "with open(os.path.join(os.path.dirname(d), name + '.flock'), 'a') as f:\n"
+        "    fcntl.flock(f, fcntl.LOCK_EX)  # no builder of ours is inside torch's build now\n"
+        "    open(os.path.join(d, 'lock'), 'w').close()  # what a killed builder leaves\n"
+        "print(os.path.join(d, 'lock'))\n"
+        "from selfimprove.sampling.decode_kernel import build; print(build())"
+    )
+    proc = subprocess.run([sys.executable, "-c", plant], capture_output=True, text=True,
+                          timeout=decode_kernel.BUILD_TIMEOUT_S)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lock, built = proc.stdout.split()[-2:]
+    assert built.endswith(".so") and not os.path.exists(lock)

@@ -19,6 +19,7 @@ from selfimprove.training.finetune import (
     train_bf16,
     training_args,
 )
+from selfimprove.training.processes import cpu_launch, process_batch
 from selfimprove.training.resume import EpochSeededSampler
 from selfimprove.training.shared_prefix import IGNORE_INDEX
 
@@ -287,6 +288,37 @@ def test_training_args(tmp_path):
     args = training_args(_cfg(group_by_length=False), tmp_path, seed=5, bf16=False, save_steps=3)
     assert args.save_strategy == "steps" and args.save_steps == 3
     assert args.output_dir == str(tmp_path) and args.report_to == []
+
+
+def test_processes_split_each_batch(monkeypatch):
+    """finetune.processes: each launched process takes batch_size / processes examples of every
+    batch (the same global batch); alone, it takes all of them; a launcher with another count
+    is an error naming the fix."""
+    from pydantic import ValidationError
+
+    cfg = FinetuneConfig(batch_size=8, processes=2)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert process_batch(cfg) == 8
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert process_batch(cfg) == 4
+    assert process_batch(FinetuneConfig(batch_size=8)) == 8  # a launcher of one's own
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    with pytest.raises(InputError, match="processes is 2 but 4 processes were launched"):
+        process_batch(cfg)
+    with pytest.raises(ValidationError, match="batch_size 6 does not split over processes 4"):
+        FinetuneConfig(batch_size=6, processes=4)
+
+
+def test_cpu_launch_command(monkeypatch):
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert cpu_launch(FinetuneConfig(), 1, ["stages.finetune"]) is None  # processes 1
+    cmd = cpu_launch(FinetuneConfig(processes=2), 3, ["stages.finetune", "--round", "r1"])
+    i = cmd.index("--num_processes")
+    assert cmd[i + 1] == "2" and cmd[cmd.index("--num_cpu_threads_per_process") + 1] == "3"
+    assert cmd[1:3] == ["-m", "accelerate.commands.launch"] and "--multi_gpu" in cmd
+    assert cmd[-4:] == ["-m", "stages.finetune", "--round", "r1"]
+    monkeypatch.setenv("LOCAL_RANK", "0")  # already one of the launched processes
+    assert cpu_launch(FinetuneConfig(processes=2), 1, ["stages.finetune"]) is None
 
 
 def test_train_step(tiny_model, tmp_path):

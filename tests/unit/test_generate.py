@@ -112,6 +112,8 @@ def test_sampler_question_level_comes_from_params(model_dir):
         SamplerConfig(backend="vllm", question_level=True, decode_kernel=True)
     with pytest.raises(InputError, match="set sampler.decode_kernel: false"):
         make_sampler(model_dir, "vllm", "auto", 4, decode_kernel=True)
+    with pytest.raises(InputError, match="set sampler.prefix_kernel: false"):
+        make_sampler(model_dir, "vllm", "auto", 4, prefix_kernel=True)
 
 
 def test_shards_match_one_call_and_store_manifests(model_dir, spy, tmp_path):

@@ -34,7 +34,7 @@ SAMPLER_MOVED_KEYS = {
 
 
 #: sampler keys that are settings of the transformers backend only (vllm refuses them)
-TRANSFORMERS_ONLY = ("question_level", "decode_kernel")
+TRANSFORMERS_ONLY = ("question_level", "decode_kernel", "prefix_kernel")
 
 
 class SamplerConfig(Section):
@@ -83,6 +83,15 @@ class SamplerConfig(Section):
         "than false. auto: on where the model fits it (bf16 on CPU, head_dim 64) and it builds "
         "(AVX-512), else flash; true: refused where it cannot run; false: flash everywhere (the "
         "AMX reference lmsi_default_locked was made so).",
+    )
+    prefix_kernel: bool | Literal["auto"] = Field(
+        False,
+        description="Transformers backend on CPU, bf16: the shared few-shot prefix's part of "
+        "every step's attention through selfimprove's AVX512-BF16 kernel (built with the decode "
+        "kernel) instead of torch's flash kernel: ~2.4x faster there, 1.15x on sampling "
+        "(docs/sampler-speed.md), equal up to rounding, so other bf16 samples than false. "
+        "auto: on where the model fits it and the CPU has AVX512-BF16; true: refused where it "
+        "cannot run. false (the default) until the reference is re-locked with it.",
     )
 
     @model_validator(mode="after")

@@ -5,7 +5,14 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from selfimprove.config.base import Section, scheduler_problem, short
 
@@ -129,7 +136,22 @@ class FinetuneConfig(Section):
     )
     learning_rate: float = Field(3e-4, gt=0.0, description="Peak learning rate (AdamW).")
     epochs: float = Field(2, gt=0.0, description="Passes over the examples (may be fractional).")
-    batch_size: int = Field(8, ge=1, description="Examples per micro-batch.")
+    batch_size: int = Field(
+        8,
+        ge=1,
+        description="Examples per micro-batch: over all `processes` (each takes batch_size / "
+        "processes of them); per process under a launcher of your own (SELFIMPROVE_LAUNCH).",
+    )
+    processes: int = Field(
+        1,
+        ge=1,
+        description="CPU processes that train together (the finetune stage launches them: "
+        "DDP over gloo, `compute.threads` threads each). Each optimizer step still takes "
+        "batch_size x grad_accum examples, split over the processes: the same training up to "
+        "the order floats are summed in, so other floats than 1 (recorded). SFT on CPU only: "
+        "dpo and grpo objectives, and a GPU, train in one process (several GPUs: "
+        "SELFIMPROVE_LAUNCH).",
+    )
     grad_accum: int = Field(
         1,
         ge=1,
@@ -200,6 +222,25 @@ class FinetuneConfig(Section):
             raise ValueError(problem)
         return v
 
+    @model_validator(mode="after")
+    def _batch_splits(self) -> FinetuneConfig:
+        if self.batch_size % self.processes:
+            raise ValueError(
+                f"batch_size {self.batch_size} does not split over processes {self.processes}: "
+                f"set batch_size to a multiple of {self.processes} (each process takes "
+                "batch_size / processes examples of every micro-batch)"
+            )
+        return self
+
+
+def _one_process(cfg: FinetuneConfig) -> FinetuneConfig:
+    if cfg.processes != 1:
+        raise ValueError(
+            f"processes {cfg.processes}: this step trains in one process (only the finetune "
+            "stage launches several); set processes: 1"
+        )
+    return cfg
+
 
 def nested_finetune(epochs: float, description: str) -> Any:
     """The type of a ``finetune:`` sub-section (``warmstart.finetune``, ``meta_skill.finetune``):
@@ -212,6 +253,7 @@ def nested_finetune(epochs: float, description: str) -> Any:
     """
     return Annotated[
         FinetuneConfig,
+        AfterValidator(_one_process),
         BeforeValidator(lambda v: {"epochs": epochs, **v} if isinstance(v, dict) else v),
         Field(default_factory=lambda: FinetuneConfig(epochs=epochs), description=description),
     ]

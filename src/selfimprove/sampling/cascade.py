@@ -25,6 +25,10 @@ ACTIVE_PREFIX: contextvars.ContextVar[list | None] = contextvars.ContextVar(
 ACTIVE_QUESTIONS: contextvars.ContextVar[Any] = contextvars.ContextVar(
     "selfimprove_active_questions", default=None
 )
+# The shared prefix packed for decode_kernel.attend_prefix (per layer), or None (flash).
+PACKED_PREFIX: contextvars.ContextVar[list | None] = contextvars.ContextVar(
+    "selfimprove_packed_prefix", default=None
+)
 # Whether a decode step's tail part goes through selfimprove's kernel (decode_kernel.py).
 DECODE_KERNEL: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "selfimprove_decode_kernel", default=False
@@ -133,8 +137,12 @@ def _flash_cascade(module, qg, key, value, attention_mask, scale: float, rep: in
     parts = [(out, lse)]
     if prefix is not None:
         pk, pv = prefix[module.layer_idx]  # [Hkv, P, D]
-        qp = qg.transpose(0, 1).reshape(1, hkv, b * rows, d)
-        out_p, lse_p = flash(qp, pk.unsqueeze(0), pv.unsqueeze(0), scale=scale)[:2]
+        qp = qg.transpose(0, 1).reshape(hkv, b * rows, d)  # every query of a kv head
+        packed = PACKED_PREFIX.get()
+        if packed is not None and decode_kernel.fits(qp.unsqueeze(2)):
+            out_p, lse_p = decode_kernel.attend_prefix(qp, packed[module.layer_idx], scale)
+        else:
+            out_p, lse_p = flash(qp.unsqueeze(0), pk.unsqueeze(0), pv.unsqueeze(0), scale=scale)[:2]
         parts.append(
             (
                 out_p.view(hkv, b, rows, d).transpose(0, 1),

@@ -34,6 +34,7 @@ _SOURCE = r"""
 namespace {
 constexpr int D = 64;
 constexpr int G_MAX = 8;
+constexpr int QB = 16;  // queries per block of the prefix attention
 
 inline __m512 load_bf16(const at::BFloat16* p) {  // 16 bf16 -> 16 fp32
   __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
@@ -171,17 +172,146 @@ std::vector<torch::Tensor> decode_attention(torch::Tensor q, torch::Tensor k, to
   });
   return {out, lse};
 }
+
+// The shared prefix's part of the cascade: every query of a kv head against the same P keys, a
+// GEMM-like product. The prefix is packed once per sampler call (pack_prefix) into the layouts
+// of AVX512-BF16's dot product (vdpbf16ps: pairs of bf16, fp32 accumulation); scores, softmax
+// and the weighted values for 16 queries at a time. Needs a CPU with AVX512-BF16.
+// k, v [H, P, 64] bf16 -> kp [H, NB, 32, 16, 2] (key block, dim pair, key, pair) and
+// vp [H, NB*8, 64, 2] (key pair, dim, pair), zero-padded to NB*16 keys
+std::vector<torch::Tensor> pack_prefix(torch::Tensor k, torch::Tensor v) {
+  TORCH_CHECK(k.scalar_type() == at::kBFloat16 && v.scalar_type() == at::kBFloat16, "bf16");
+  k = k.contiguous(); v = v.contiguous();
+  const int64_t H = k.size(0), P = k.size(1), NB = (P + 15) / 16;
+  auto kp = torch::zeros({H, NB, 32, 16, 2}, k.options());
+  auto vp = torch::zeros({H, NB * 8, D, 2}, v.options());
+  const at::BFloat16* ks = k.data_ptr<at::BFloat16>();
+  const at::BFloat16* vs = v.data_ptr<at::BFloat16>();
+  at::BFloat16* kd = kp.data_ptr<at::BFloat16>();
+  at::BFloat16* vd = vp.data_ptr<at::BFloat16>();
+  for (int64_t h = 0; h < H; ++h)
+    for (int64_t t = 0; t < P; ++t)
+      for (int d = 0; d < D; ++d) {
+        const int64_t b = t / 16, i = t % 16, j = d / 2, e = d % 2;
+        kd[(((h * NB + b) * 32 + j) * 16 + i) * 2 + e] = ks[(h * P + t) * D + d];
+        vd[((h * NB * 8 + t / 2) * D + d) * 2 + t % 2] = vs[(h * P + t) * D + d];
+      }
+  return {kp, vp};
+}
+
+// 16 queries (or nq_any of them, NQ 0) of kv head h against the packed prefix
+template <int NQ>
+__attribute__((target("avx512bf16")))
+inline void block(int64_t nq_any, const at::BFloat16* qh, const at::BFloat16* kd,
+    const at::BFloat16* vd, at::BFloat16* od, std::vector<float>& S,
+    std::vector<at::BFloat16>& Pb, int64_t h, int64_t M, int64_t m0, int64_t NB, int64_t P,
+    int64_t P16, float sc, float* mx, float* sum) {
+  const int32_t* q32 = reinterpret_cast<const int32_t*>(qh);  // dim pairs
+  const int64_t nq = NQ > 0 ? NQ : nq_any;  // a compile-time count unrolls the loops
+  // scores
+  for (int64_t b = 0; b < NB; ++b) {
+    __m512 acc[QB];
+    for (int i = 0; i < QB; ++i) acc[i] = _mm512_setzero_ps();
+    const at::BFloat16* kb = kd + ((h * NB + b) * 32) * 32;
+    for (int j = 0; j < 32; ++j) {
+      const __m512bh kz = (__m512bh)_mm512_loadu_si512(kb + j * 32);
+      for (int64_t i = 0; i < nq; ++i)
+        acc[i] = _mm512_dpbf16_ps(acc[i], kz, (__m512bh)_mm512_set1_epi32(q32[i * 32 + j]));
+    }
+    const int64_t left = P - b * 16;
+    const __mmask16 km = left >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << left) - 1);
+    const __m512 ninf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+    for (int64_t i = 0; i < nq; ++i)
+      _mm512_storeu_ps(S.data() + i * P16 + b * 16,
+                       _mm512_mask_mov_ps(ninf, km, _mm512_mul_ps(acc[i], _mm512_set1_ps(sc))));
+  }
+  // softmax (unnormalized) -> bf16 weights
+  for (int64_t i = 0; i < nq; ++i) {
+    float* s = S.data() + i * P16;
+    __m512 m = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+    for (int64_t t = 0; t < P16; t += 16) m = _mm512_max_ps(m, _mm512_loadu_ps(s + t));
+    mx[i] = _mm512_reduce_max_ps(m);
+    const __m512 mm = _mm512_set1_ps(mx[i]);
+    __m512 tot = _mm512_setzero_ps();
+    at::BFloat16* pb = Pb.data() + i * P16;
+    for (int64_t t = 0; t < P16; t += 16) {
+      const __m512 e = exp_nonpositive(_mm512_sub_ps(_mm512_loadu_ps(s + t), mm));
+      tot = _mm512_add_ps(tot, e);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(pb + t), (__m256i)_mm512_cvtneps_pbh(e));
+    }
+    sum[i] = _mm512_reduce_add_ps(tot);
+  }
+  // weighted values
+  for (int c = 0; c < 4; ++c) {
+    __m512 acc[QB];
+    for (int i = 0; i < QB; ++i) acc[i] = _mm512_setzero_ps();
+    const at::BFloat16* vh = vd + (h * NB * 8) * D * 2 + c * 32;
+    for (int64_t kp2 = 0; kp2 < NB * 8; ++kp2) {
+      const __m512bh vz = (__m512bh)_mm512_loadu_si512(vh + kp2 * D * 2);
+      for (int64_t i = 0; i < nq; ++i) {
+        const int32_t pw = reinterpret_cast<const int32_t*>(Pb.data() + i * P16)[kp2];
+        acc[i] = _mm512_dpbf16_ps(acc[i], vz, (__m512bh)_mm512_set1_epi32(pw));
+      }
+    }
+    for (int64_t i = 0; i < nq; ++i) {
+      const __m512 r = _mm512_mul_ps(acc[i], _mm512_set1_ps(1.f / sum[i]));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(od + (h * M + m0 + i) * D + c * 16),
+                          (__m256i)_mm512_cvtneps_pbh(r));
+    }
+  }
+}
+
+// q [H, M, 64] bf16; kp, vp from pack_prefix of P keys: (out [H, M, 64] bf16, lse [H, M] fp32)
+__attribute__((target("avx512bf16")))
+std::vector<torch::Tensor> prefix_attention(torch::Tensor q, torch::Tensor kp, torch::Tensor vp,
+                                            int64_t P, double scale) {
+  TORCH_CHECK(q.scalar_type() == at::kBFloat16 && q.dim() == 3 && q.size(2) == D, "q");
+  q = q.contiguous();
+  const int64_t H = q.size(0), M = q.size(1), NB = kp.size(1), P16 = NB * 16;
+  TORCH_CHECK(kp.size(0) == H && (P + 15) / 16 == NB, "kp");
+  auto out = torch::empty({H, M, D}, q.options());
+  auto lse = torch::empty({H, M}, q.options().dtype(at::kFloat));
+  const at::BFloat16* qd = q.data_ptr<at::BFloat16>();
+  const at::BFloat16* kd = kp.data_ptr<at::BFloat16>();
+  const at::BFloat16* vd = vp.data_ptr<at::BFloat16>();
+  at::BFloat16* od = out.data_ptr<at::BFloat16>();
+  float* ld = lse.data_ptr<float>();
+  const float sc = static_cast<float>(scale);
+  const int64_t MB = (M + QB - 1) / QB;
+  at::parallel_for(0, H * MB, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> S(static_cast<size_t>(QB * P16));
+    std::vector<at::BFloat16> Pb(static_cast<size_t>(QB * P16));
+    for (int64_t w = begin; w < end; ++w) {
+      const int64_t h = w / MB, m0 = (w % MB) * QB, nq = std::min<int64_t>(QB, M - m0);
+      const at::BFloat16* qh = qd + (h * M + m0) * D;
+      float mx[QB], sum[QB];
+      if (nq == QB) block<QB>(nq, qh, kd, vd, od, S, Pb, h, M, m0, NB, P, P16, sc, mx, sum);
+      else block<0>(nq, qh, kd, vd, od, S, Pb, h, M, m0, NB, P, P16, sc, mx, sum);
+      for (int64_t i = 0; i < nq; ++i) ld[h * M + m0 + i] = mx[i] + std::log(sum[i]);
+    }
+  });
+  return {out, lse};
+}
 """
 
 _FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mfma"]
 _NAME = "selfimprove_decode_attention"
+#: seconds a build may take (~25 s here) before it is given up with the reason
+BUILD_TIMEOUT_S = 600
 
 
 def build() -> str:
     """Build the extension (or find it built, in torch's extensions cache) in this process and
     return its file. :func:`_module` runs this in a fresh interpreter: torch's build helpers
     import setuptools, whose distutils hack fails in a process that already imported the
-    standard library's distutils (a test session, another package)."""
+    standard library's distutils (a test session, another package).
+
+    Builders take turns on an ``flock`` (the kernel releases it when a builder dies). Torch's
+    own lock is a file it deletes when its build ends: a builder killed mid-build (kill -9 of a
+    `dvc repro`) leaves it behind and every later build would wait for it forever. Holding the
+    flock, no other builder of ours is inside torch's, so such a file is stale and goes.
+    """
+    import fcntl
     import os
     import shutil
     import warnings
@@ -196,11 +326,21 @@ def build() -> str:
     with warnings.catch_warnings():
         # torch's build helpers import distutils (deprecated in Python 3.11), not our call
         warnings.simplefilter("ignore", DeprecationWarning)
-        from torch.utils.cpp_extension import load_inline
+        from torch.utils.cpp_extension import _get_build_directory, load_inline
 
-        module = load_inline(
-            _NAME, cpp_sources=_SOURCE, functions=["decode_attention"], extra_cflags=_FLAGS
-        )
+        folder = _get_build_directory(_NAME, verbose=False)
+        with open(os.path.join(os.path.dirname(folder), f"{_NAME}.flock"), "a") as turn:
+            fcntl.flock(turn, fcntl.LOCK_EX)  # waits while another builder builds
+            try:
+                os.remove(os.path.join(folder, "lock"))  # left by a builder that was killed
+            except FileNotFoundError:
+                pass
+            module = load_inline(
+                _NAME,
+                cpp_sources=_SOURCE,
+                functions=["decode_attention", "pack_prefix", "prefix_attention"],
+                extra_cflags=_FLAGS,
+            )
     return module.__file__
 
 
@@ -212,7 +352,11 @@ def _module() -> Any:
     import sys
 
     code = "from selfimprove.sampling.decode_kernel import build; print(build())"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=BUILD_TIMEOUT_S)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"building {_NAME} took over {BUILD_TIMEOUT_S} s") from None
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
         raise RuntimeError(f"building {_NAME} failed: {last[:300]}")
@@ -247,6 +391,32 @@ def attend(query: Any, key: Any, value: Any, add: Any, scale: float) -> tuple[An
     if add is None:
         add = torch.empty(0, dtype=torch.float32)
     return tuple(_module().decode_attention(query, key, value, add, scale))
+
+
+@functools.cache
+def prefix_unavailable() -> str | None:
+    """Why the shared-prefix kernel (:func:`attend_prefix`) cannot run here (None: it can): it
+    needs AVX512-BF16's dot product besides what :func:`unavailable` checks."""
+    import torch
+
+    if not torch.cpu._is_avx512_bf16_supported():
+        return "it needs a CPU with AVX512-BF16 (vdpbf16ps)"
+    return unavailable()
+
+
+def pack_prefix(prefix_kv: list) -> list:
+    """Each layer's shared-prefix (keys, values) [Hkv, P, 64] bf16 in :func:`attend_prefix`'s
+    layouts (pairs of bf16 for the dot product, zero-padded to 16 keys): ``(kp, vp, P)``."""
+    module = _module()
+    return [(*module.pack_prefix(k, v), k.shape[1]) for k, v in prefix_kv]
+
+
+def attend_prefix(query: Any, packed: tuple, scale: float) -> tuple[Any, Any]:
+    """(out [H, M, 64] bf16, lse [H, M] fp32) of ``query`` [H, M, 64] bf16 (every query of a kv
+    head) over one layer's packed prefix (:func:`pack_prefix`); what
+    ``_scaled_dot_product_flash_attention_for_cpu`` returns for them, up to rounding."""
+    kp, vp, p = packed
+    return tuple(_module().prefix_attention(query, kp, vp, p, scale))
 
 
 def model_fits(config: Any, dtype: Any, device: str) -> str | None:
@@ -292,6 +462,28 @@ def choose(setting: bool | str, config: Any, dtype: Any, device: str) -> tuple[b
     if why:
         return False, f"sampler.decode_kernel: auto, off: {why}"
     return True, "sampler.decode_kernel: auto, on (AVX-512, bf16, head_dim 64)"
+
+
+def choose_prefix(setting: bool | str, config: Any, dtype: Any, device: str) -> tuple[bool, str]:
+    """Whether a sampler computes the shared prefix's attention with :func:`attend_prefix`, and
+    why: ``setting`` is ``sampler.prefix_kernel``, decided as :func:`choose` decides the decode
+    kernel, except that ``true`` also needs the model to fit (bf16, head_dim 64) and the CPU to
+    have AVX512-BF16 (:func:`prefix_unavailable`)."""
+    from selfimprove.core.io import InputError
+
+    if setting not in (True, False, "auto"):
+        raise InputError(f"prefix_kernel={setting!r}: use true, false or auto")
+    if setting is False:
+        return False, "sampler.prefix_kernel: false"
+    why = model_fits(config, dtype, device) or prefix_unavailable()
+    if why and setting is True:
+        raise InputError(
+            f"prefix_kernel=True (sampler.prefix_kernel): {why}; set "
+            "sampler.prefix_kernel: auto (where it can run) or false (torch's flash)"
+        )
+    if why:
+        return False, f"sampler.prefix_kernel: auto, off: {why}"
+    return True, f"sampler.prefix_kernel: {setting}, on (AVX512-BF16)"
 
 
 def fits(query: Any) -> bool:

@@ -16,6 +16,7 @@ def make_sampler(
     vllm_engine: dict | None = None,
     question_level: bool = False,
     decode_kernel: bool | str = "auto",
+    prefix_kernel: bool | str = False,
 ):
     """The sampler for ``backend`` (an ``if``, not a registry).
 
@@ -37,13 +38,15 @@ def make_sampler(
             batch_size=batch_size,
             question_level=question_level,
             decode_kernel=decode_kernel,
+            prefix_kernel=prefix_kernel,
         )
     if backend == "vllm":
         from selfimprove.config.runtime import TRANSFORMERS_ONLY
 
-        chosen = {"question_level": question_level, "decode_kernel": decode_kernel}
+        chosen = {"question_level": question_level, "decode_kernel": decode_kernel,
+                  "prefix_kernel": prefix_kernel}  # fmt: skip
         for key in TRANSFORMERS_ONLY:
-            if chosen[key] is True:  # decode_kernel auto: not vLLM's concern
+            if chosen[key] is True:  # auto: not vLLM's concern
                 raise InputError(
                     f"{key}=True is a setting of the transformers backend; vLLM has its own "
                     f"KV cache and kernels: set sampler.{key}: false"
@@ -70,4 +73,5 @@ def sampler_from_params(cfg, model_dir: str | Path, lora_path: str | Path | None
         vllm_engine=cfg.vllm_engine,
         question_level=cfg.question_level,
         decode_kernel=cfg.decode_kernel,
+        prefix_kernel=cfg.prefix_kernel,
     )

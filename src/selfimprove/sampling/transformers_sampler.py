@@ -63,11 +63,14 @@ from selfimprove.sampling.cascade import (
     ACTIVE_QUESTIONS,
     ATTN_NAME,
     DECODE_KERNEL,
+    PACKED_PREFIX,
     merge_questions,
     rebuild,
     register_attention,
 )
 from selfimprove.sampling.decode_kernel import choose as decode_kernel_choice
+from selfimprove.sampling.decode_kernel import choose_prefix as prefix_kernel_choice
+from selfimprove.sampling.decode_kernel import pack_prefix
 from selfimprove.sampling.packed import pack_linears
 
 log = logging.getLogger(__name__)
@@ -166,6 +169,12 @@ class TransformersSampler:
     of torch's flash kernel: faster, equal up to rounding (other bf16 samples). ``auto`` (the
     default) uses it where the model's decode steps fit it and it builds
     (:func:`selfimprove.sampling.decode_kernel.choose`); ``self.decode_kernel`` is the choice.
+
+    ``prefix_kernel`` (``sampler.prefix_kernel``, off by default): the shared prefix's part of
+    every step's attention through :func:`selfimprove.sampling.decode_kernel.attend_prefix`
+    (AVX512-BF16 dot products; CPU, bf16, head_dim 64) instead of torch's flash kernel: equal
+    up to rounding, other bf16 samples. ``auto``: where it can run; True where it cannot is an
+    :class:`InputError`; ``self.prefix_kernel`` is the choice.
     """
 
     def __init__(
@@ -176,6 +185,7 @@ class TransformersSampler:
         device: str | None = None,
         question_level: bool = False,
         decode_kernel: bool | str = "auto",
+        prefix_kernel: bool | str = False,
     ):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -209,6 +219,10 @@ class TransformersSampler:
             decode_kernel, self.model.config, self.dtype, self.device
         )
         log.info("%s", self.decode_kernel_why)
+        self.prefix_kernel, self.prefix_kernel_why = prefix_kernel_choice(
+            prefix_kernel, self.model.config, self.dtype, self.device
+        )
+        self._packed: tuple = (None, None)  # (prefix_kv, its packed form) of the last call
         self.model_dir = model_dir
         self._cache_kwarg = cache_kwarg(self.model)
 
@@ -249,6 +263,7 @@ class TransformersSampler:
         token = ACTIVE_PREFIX.set(prefix_kv)
         qtoken = ACTIVE_QUESTIONS.set(questions)
         ktoken = DECODE_KERNEL.set(self.decode_kernel)
+        ptoken = PACKED_PREFIX.set(self._packed_prefix(prefix_kv))
         try:
             out = self.model(
                 input_ids=ids,
@@ -259,10 +274,19 @@ class TransformersSampler:
                 logits_to_keep=1,
             )
         finally:
+            PACKED_PREFIX.reset(ptoken)
             DECODE_KERNEL.reset(ktoken)
             ACTIVE_QUESTIONS.reset(qtoken)
             ACTIVE_PREFIX.reset(token)
         return out.logits[:, -1, :].float()
+
+    def _packed_prefix(self, prefix_kv):
+        """``prefix_kv`` packed for the prefix kernel (once per prefix), or None (flash)."""
+        if not self.prefix_kernel or prefix_kv is None:
+            return None
+        if self._packed[0] is not prefix_kv:
+            self._packed = (prefix_kv, pack_prefix(prefix_kv))
+        return self._packed[1]
 
     def _prefix_kv(self, ids: list[int]):
         """Run the prefix once; return per-layer (keys, values) [Hkv, P, D], or None if empty."""
@@ -374,7 +398,9 @@ class TransformersSampler:
             **{k: round(v, 4) for k, v in timers.items()},
             "wall_s": round(wall, 4),
             "decode_kernel": self.decode_kernel,
+            "prefix_kernel": self.prefix_kernel,
         }
+        self._packed = (None, None)  # not kept past the call
         return results
 
     def _sync(self) -> None:

@@ -54,6 +54,7 @@ from selfimprove.config.training import FinetuneConfig, LoraSection
 from selfimprove.core.heap import release_heap
 from selfimprove.core.io import InputError, atomic_path, write_json, write_jsonl
 from selfimprove.training.encode import CompletionCollator, encode
+from selfimprove.training.processes import process_batch
 from selfimprove.training.resume import (  # is_main_process: also used by the stage, CLI
     CKPT_SETTINGS,
     complete_marker_callback,
@@ -463,7 +464,7 @@ def training_args(cfg: FinetuneConfig, work: Path, seed: int, bf16: bool, save_s
 
     return TrainingArguments(
         output_dir=str(work),
-        per_device_train_batch_size=cfg.batch_size,
+        per_device_train_batch_size=process_batch(cfg),
         gradient_accumulation_steps=cfg.grad_accum,
         num_train_epochs=cfg.epochs,
         learning_rate=cfg.learning_rate,
