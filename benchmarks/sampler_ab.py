@@ -11,6 +11,9 @@ tokens/s is the setting's gain on this machine:
 * ``decode_kernel``: ``sampler.decode_kernel`` (``selfimprove.sampling.decode_kernel``) vs
   torch's flash kernel; equal up to rounding, so the samples differ: the answers' no-answer
   rate and distinct answers say whether they are alike in kind;
+* ``prefix_kernel``: ``sampler.prefix_kernel`` (the shared prefix's attention in
+  ``decode_kernel.attend_prefix``, AVX512-BF16) vs torch's flash kernel; equal up to rounding,
+  so the samples differ, like ``decode_kernel``;
 * ``question_level``: ``sampler.question_level`` vs the default layout (the same kind).
 
 Real GSM8K questions (read in place) and gsm_symbolic (``--both``):
@@ -52,8 +55,8 @@ def sides(sampler, compare: str) -> dict:
         if not packs:
             sys.exit("error: nothing packed here (not CPU bf16, or the bits differ)")
         return {"unpacked": packed(False), "packed": packed(True)}
-    if compare == "decode_kernel":
-        return {"flash": attr("decode_kernel", False), "kernel": attr("decode_kernel", True)}
+    if compare in ("decode_kernel", "prefix_kernel"):
+        return {"flash": attr(compare, False), "kernel": attr(compare, True)}
     return {
         "default": attr("question_level", False),
         "question_level": attr("question_level", True),
@@ -111,7 +114,9 @@ def main(argv: list[str] | None = None) -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
-        "--compare", choices=["packing", "decode_kernel", "question_level"], required=True
+        "--compare",
+        choices=["packing", "decode_kernel", "prefix_kernel", "question_level"],
+        required=True,
     )
     ap.add_argument("--model", default="data/models/base", help="model folder")
     ap.add_argument("--gsm8k", help="a GSM8K-format jsonl (question, answer) read in place")
@@ -131,6 +136,7 @@ def main(argv: list[str] | None = None) -> None:
         dtype="auto",
         batch_size=args.batch_size,
         decode_kernel=True if args.compare == "decode_kernel" else "auto",  # else the default
+        prefix_kernel=args.compare == "prefix_kernel",  # refused where it cannot run
     )
     result = {
         "command": " ".join(sys.argv),
@@ -139,6 +145,7 @@ def main(argv: list[str] | None = None) -> None:
         "threads": args.threads,
         "packed_linears": sampler.packed_linears,
         "decode_kernel": sampler.decode_kernel,
+        "prefix_kernel": sampler.prefix_kernel,
         "load_s": round(time.perf_counter() - t, 2),
         "torch": torch.__version__,
         "workloads": {},

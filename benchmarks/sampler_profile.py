@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--gsm8k", help="a GSM8K-format jsonl read in place (default: gsm_symbolic)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0=default)")
     ap.add_argument("--question-level", action="store_true", help="the per-question cascade level")
+    ap.add_argument("--prefix-kernel", action="store_true",
+                    help="the shared prefix's attention in the AVX512-BF16 kernel")  # fmt: skip
     args = ap.parse_args(argv)
 
     if args.threads:
@@ -51,7 +53,10 @@ def main(argv: list[str] | None = None) -> None:
     suffixes = [build_prompt(r["question"], "fewshot_cot", 8)[1] for r in rows]
     params = SamplingParams(n=8, temperature=0.7, max_new_tokens=128, stop=("\n\nQ:", "\nQ:"))
     sampler = TransformersSampler(
-        args.model, batch_size=args.batch_size, question_level=args.question_level
+        args.model,
+        batch_size=args.batch_size,
+        question_level=args.question_level,
+        prefix_kernel=args.prefix_kernel,
     )
     sampler.sample(prefix, suffixes[:2], params)  # warm-up
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
