@@ -68,10 +68,13 @@ def main(args, params):
     save_steps = os.environ.get("SELFIMPROVE_SAVE_STEPS", "50")
     if not save_steps.isdigit() or int(save_steps) < 1:
         raise InputError(f"SELFIMPROVE_SAVE_STEPS={save_steps!r}: expected a positive integer")
+    examples = None
     if recipe.objective == "sft":  # finetune.processes > 1 on CPU: run in that many processes
         from selfimprove.training.processes import cpu_launch
 
-        launch = cpu_launch(cfg, params.compute.threads, ["stages.finetune", *sys.argv[1:]])
+        examples = recipe.train_inputs(out)  # none: a skipped round, recorded by one process
+        argv = ["stages.finetune", "--round", args.round, "--prev", args.prev]
+        launch = examples and cpu_launch(cfg, params.compute.threads, argv)
         if launch:
             code = _launched(launch)
             if code:
@@ -89,7 +92,8 @@ def main(args, params):
                             ckpt_dir=out / "model.ckpt", save_steps=int(save_steps))  # fmt: skip
         _record(args, out, start, info, write_stage_json)
         return
-    examples = recipe.train_inputs(out)  # default: the filter's train.jsonl
+    if examples is None:
+        examples = recipe.train_inputs(out)  # default: the filter's train.jsonl
     # examples may carry a "weight" (filter.weighting): scaled to mean 1, it scales their loss
     train_step = finetune
     if recipe.objective == "grpo":  # online RL on the round's questions (method ttrl)

@@ -570,6 +570,7 @@ def test_stage_records_a_round_without_training_data_as_skipped(
     (rounds / "r1").mkdir()
     (rounds / "r1" / "train.jsonl").write_text("")  # the filter kept nothing
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["finetune"]["processes"] = 2  # nothing to train: no processes launched
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     from stages import finetune as stage
 
