@@ -68,19 +68,7 @@ def main(args, params):
     save_steps = os.environ.get("SELFIMPROVE_SAVE_STEPS", "50")
     if not save_steps.isdigit() or int(save_steps) < 1:
         raise InputError(f"SELFIMPROVE_SAVE_STEPS={save_steps!r}: expected a positive integer")
-    examples = None
-    if recipe.objective == "sft":  # finetune.processes > 1 on CPU: run in that many processes
-        from selfimprove.training.processes import cpu_launch
-
-        examples = recipe.train_inputs(out)  # none: a skipped round, recorded by one process
-        argv = ["stages.finetune", "--round", args.round, "--prev", args.prev]
-        launch = examples and cpu_launch(cfg, params.compute.threads, argv)
-        if launch:
-            code = _launched(launch)
-            if code:
-                sys.exit(code)  # the processes said why
-            return  # rank 0 wrote the outputs
-    elif cfg.processes > 1:
+    if recipe.objective != "sft" and cfg.processes > 1:
         print(f"finetune: {recipe.objective} trains in one process (finetune.processes "
               f"{cfg.processes} is for sft)", file=sys.stderr, flush=True)  # fmt: skip
     if recipe.objective == "dpo":  # preference pairs (scpo): DPO + NLL on the filter's pairs
@@ -92,8 +80,17 @@ def main(args, params):
                             ckpt_dir=out / "model.ckpt", save_steps=int(save_steps))  # fmt: skip
         _record(args, out, start, info, write_stage_json)
         return
-    if examples is None:
-        examples = recipe.train_inputs(out)  # default: the filter's train.jsonl
+    examples = recipe.train_inputs(out)  # default: the filter's train.jsonl
+    if recipe.objective == "sft" and examples:  # finetune.processes > 1 on CPU: launch them
+        from selfimprove.training.processes import cpu_launch
+
+        argv = ["stages.finetune", "--round", args.round, "--prev", args.prev]
+        launch = cpu_launch(cfg, params.compute.threads, argv)
+        if launch:
+            code = _launched(launch)
+            if code:
+                sys.exit(code)  # the processes said why
+            return  # rank 0 wrote the outputs
     # examples may carry a "weight" (filter.weighting): scaled to mean 1, it scales their loss
     train_step = finetune
     if recipe.objective == "grpo":  # online RL on the round's questions (method ttrl)
