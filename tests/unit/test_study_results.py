@@ -30,15 +30,20 @@ LF3 = ["--root", str(RESULTS / "lf3"), "--methods", "scpo", "--arm", "lmsi_exp",
     ("lf3", STUDY + LF3),  # ScPO and the weighted LMSI, the same questions and seeds
     ("label_free", STUDY + ["--root", str(RESULTS / "ms3q"), "--root", str(RESULTS / "lf3"),
                             "--root", str(RESULTS / "lf4"), "--root", str(RESULTS / "lf4b"),
+                            "--root", str(RESULTS / "lf4c"),
                             "--methods", "star", "lmsi", "format_only", "scpo", "ttrl", "--arm",
-                            "lmsi_exp", "lmsi"]),  # all of them, against STaR (the headline)
+                            "lmsi_exp", "lmsi", "--arm", "lmsi_pool4", "lmsi"]),  # all vs STaR
     ("lf4", STUDY + ["--root", str(RESULTS / "lf4"), "--methods", "ttrl", "--seeds", "0"]),
     ("lf4b", STUDY + ["--root", str(RESULTS / "lf4b"), "--methods", "ttrl", "--seeds", "1", "2"]),
+    ("lf4c", STUDY + ["--root", str(RESULTS / "lf4c"), "--arm", "lmsi_pool4", "lmsi"]),  # 4x pool
+    ("lf4c_vs_lmsi", STUDY + ["--root", str(RESULTS / "ms3q"), "--root", str(RESULTS / "lf4c"),
+                              "--methods", "lmsi", "--arm", "lmsi_pool4", "lmsi"]),
 ])
 def test_committed_study_tables_recompute_from_compact_files(tmp_path, name, table):
     """Every figure of a committed study's JSON, byte for byte, from git alone (no
     predictions): the old runner's three seeds, the same study through the queue, the
-    label-free methods' study, the table of all against STaR, and lf4's and lf4b's TTRL seeds."""
+    label-free methods' study, the table of all against STaR, lf4's and lf4b's TTRL seeds, and
+    LMSI on the 4x pool (lf4c) alone and against plain LMSI."""
     roots = [Path(table[i + 1]) for i, a in enumerate(table) if a == "--root"]
     for root in roots:
         assert not list(root.rglob("*.jsonl"))  # the predictions live in DVC, not in git
