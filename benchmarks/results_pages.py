@@ -82,6 +82,21 @@ def _ci(mean: float, lo: float, hi: float, sign: str = "") -> str:
     return f"{mean:{sign}.3f} [{lo:{sign}.3f}, {hi:{sign}.3f}]"
 
 
+def _find(rows: list[dict], col: tuple) -> dict:
+    """The row of a study table's comparison for column ``(set, style, metric, ...)``."""
+    return next(r for r in rows if (r["set"], r["style"], r["metric"]) == tuple(col[:3]))
+
+
+def _side(row: dict, ab: str) -> str:
+    """One side (``"a"`` or ``"b"``) of a comparison row: its mean with the interval."""
+    return _ci(**{k: row[ab][k] for k in ("mean", "lo", "hi")})
+
+
+def _diff(row: dict) -> str:
+    """A comparison row's paired difference with its interval, signed."""
+    return _ci(row["diff"], row["lo"], row["hi"], "+")
+
+
 def _table(head: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -117,20 +132,17 @@ def three_seeds(name: str = "ms3q") -> str:
     d = json.loads((RESULTS / f"{name}.json").read_text())
     rnd, rows = d["round"], d["rows"]
 
-    def find(name: str, key: tuple) -> dict:
-        return next(r for r in rows[name] if (r["set"], r["style"], r["metric"]) == key)
-
-    head = ["", *(f"{s} {st} {m} (n={find('r0_vs_lmsi', (s, st, m))['n_questions']})"
+    head = ["", *(f"{s} {st} {m} (n={_find(rows['r0_vs_lmsi'], (s, st, m))['n_questions']})"
                   for s, st, m in SEED_COLUMNS)]
     side = [("r0 = base (no training)", "r0_vs_lmsi", "a"), (f"LMSI {rnd}", "r0_vs_lmsi", "b"),
             (f"format_only {rnd}", "format_only_vs_lmsi", "b"),
             (f"star {rnd}", "star_vs_lmsi", "b")]
-    body = [[label, *(_ci(**{k: find(name, c)[ab][k] for k in ("mean", "lo", "hi")})
-                      for c in SEED_COLUMNS)] for label, name, ab in side]
+    body = [[label, *(_side(_find(rows[name], c), ab) for c in SEED_COLUMNS)]
+            for label, name, ab in side]
     diffs = [(f"LMSI {rnd} − r0", "r0_vs_lmsi"), ("format_only − LMSI", "format_only_vs_lmsi"),
              ("star − LMSI", "star_vs_lmsi")]
-    body += [[label, *(_ci(find(name, c)["diff"], find(name, c)["lo"], find(name, c)["hi"], "+")
-                       for c in SEED_COLUMNS)] for label, name in diffs]
+    body += [[label, *(_diff(_find(rows[name], c)) for c in SEED_COLUMNS)]
+             for label, name in diffs]
     level = f"{d['level']:.0%}"
     out = [HEADER, f"# {title}\n\n",
            f"Round {rnd[1:]}, seeds {', '.join(map(str, d['seeds']))}, every run on the same "
@@ -199,24 +211,16 @@ def label_free() -> str:
     ref = next(k for k in rows if k.startswith("r0_vs_"))[len("r0_vs_"):]
     methods = [ref, *(k[: -len(f"_vs_{ref}")] for k in rows if not k.startswith("r0_vs_"))]
 
-    def find(key: str, col: tuple) -> dict:
-        return next(r for r in rows[key] if (r["set"], r["style"], r["metric"]) == col[:3])
-
-    head = ["", *(f"{c[3]} (n={find(f'r0_vs_{ref}', c)['n_questions']})"
-                  for c in LABEL_FREE_COLUMNS)]
-    body = [["r0 = base (no training)",
-             *(_ci(**{k: find(f"r0_vs_{ref}", c)["a"][k] for k in ("mean", "lo", "hi")})
-               for c in LABEL_FREE_COLUMNS)]]
+    r0 = rows[f"r0_vs_{ref}"]
+    head = ["", *(f"{c[3]} (n={_find(r0, c)['n_questions']})" for c in LABEL_FREE_COLUMNS)]
+    body = [["r0 = base (no training)", *(_side(_find(r0, c), "a") for c in LABEL_FREE_COLUMNS)]]
     for m in methods:
-        key, ab = (f"r0_vs_{ref}", "b") if m == ref else (f"{m}_vs_{ref}", "b")
+        key = f"r0_vs_{ref}" if m == ref else f"{m}_vs_{ref}"
         body.append([f"{m} {rnd}" + (" (reads the labels)" if m == ref else ""),
-                     *(_ci(**{k: find(key, c)[ab][k] for k in ("mean", "lo", "hi")})
-                       for c in LABEL_FREE_COLUMNS)])
+                     *(_side(_find(rows[key], c), "b") for c in LABEL_FREE_COLUMNS)])
     for m in methods[1:]:
-        body.append([f"**{m} − {ref}**", *(_ci(find(f"{m}_vs_{ref}", c)["diff"],
-                                                find(f"{m}_vs_{ref}", c)["lo"],
-                                                find(f"{m}_vs_{ref}", c)["hi"], "+")
-                                            for c in LABEL_FREE_COLUMNS)])
+        body.append([f"**{m} − {ref}**",
+                     *(_diff(_find(rows[f"{m}_vs_{ref}"], c)) for c in LABEL_FREE_COLUMNS)])
     level = f"{d['level']:.0%}"
     out = [HEADER, "# Label-free methods against STaR\n\n",
            f"Round {rnd[1:]}, seeds {', '.join(map(str, d['seeds']))}, every run on the same "
@@ -260,22 +264,14 @@ def pool4() -> str:
     own, vs, arm, command = POOL4
     d, v = (json.loads((RESULTS / f"{n}.json").read_text()) for n in (own, vs))
 
-    def find(rows: list, col: tuple) -> dict:
-        return next(r for r in rows if (r["set"], r["style"], r["metric"]) == col[:3])
-
     r0 = d["rows"][f"r0_vs_{arm}"]
     ref = next(k for k in v["rows"] if k.startswith("r0_vs_"))[len("r0_vs_"):]
     diff = v["rows"][f"{arm}_vs_{ref}"]
-    head = ["", *(f"{c[3]} (n={find(r0, c)['n_questions']})" for c in LABEL_FREE_COLUMNS)]
-    body = [[f"{arm}: its r0 (base model)",
-             *(_ci(**{k: find(r0, c)["a"][k] for k in ("mean", "lo", "hi")})
-               for c in LABEL_FREE_COLUMNS)],
-            [f"{arm} {d['round']} − its r0", *(_ci(find(r0, c)["diff"], find(r0, c)["lo"],
-                                                   find(r0, c)["hi"], "+")
-                                               for c in LABEL_FREE_COLUMNS)],
-            [f"**{arm} − {ref}**", *(_ci(find(diff, c)["diff"], find(diff, c)["lo"],
-                                         find(diff, c)["hi"], "+")
-                                     for c in LABEL_FREE_COLUMNS)]]
+    cols = LABEL_FREE_COLUMNS
+    head = ["", *(f"{c[3]} (n={_find(r0, c)['n_questions']})" for c in cols)]
+    body = [[f"{arm}: its r0 (base model)", *(_side(_find(r0, c), "a") for c in cols)],
+            [f"{arm} {d['round']} − its r0", *(_diff(_find(r0, c)) for c in cols)],
+            [f"**{arm} − {ref}**", *(_diff(_find(diff, c)) for c in cols)]]
     return "".join([
         f"\n## LMSI on 4x the unlabeled questions (`{arm}`)\n\n",
         f"Study `{own}`: 512 training questions, operands up to 32 ([A bigger unlabeled pool]"
