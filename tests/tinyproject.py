@@ -64,7 +64,9 @@ def tiny_params(model_dir: Path, **sections: dict) -> dict:
     params["generate"] |= {"num_paths": 3, "max_new_tokens": 12, "n_shots": 1}
     params["sampler"] |= {"batch_size": 8}
     params["filter"] |= {"min_agreement": 0.0, "n_shots": 1}
-    params["finetune"] |= {"epochs": 1, "batch_size": 4, "max_length": 256, "logging_steps": 1}
+    params["finetune"] |= {
+        "epochs": 1, "batch_size": 4, "max_length": 256, "logging_steps": 1, "processes": 1
+    }
     params["evaluate"] |= {
         "n_shots": 1,
         "max_new_tokens": 12,

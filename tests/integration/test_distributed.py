@@ -139,7 +139,7 @@ def _project(proj: Path, model: Path, train: Path, processes: int = 1) -> Path:
     shutil.copy(train, proj / "data" / "rounds" / "r1" / "train.jsonl")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["seed"] = 0  # round r1 trains with seed + 1 = 1, like the runs above
-    batch = {"batch_size": 4} if processes == 1 else {"batch_size": 8, "processes": processes}
+    batch = {"batch_size": 8 if processes > 1 else 4, "processes": processes}
     params["finetune"] |= {**SETTINGS, **batch, "lora": {"dropout": 0.0}}
     (proj / "params.yaml").write_text(yaml.safe_dump(params))
     return proj

@@ -174,7 +174,7 @@ def test_the_setting_is_validated():
     assert SamplerConfig(backend="vllm").decode_kernel == "auto"  # auto: not vLLM's concern
     with pytest.raises(ValueError, match="decode_kernel"):
         SamplerConfig(decode_kernel="sometimes")
-    assert SamplerConfig().prefix_kernel is False  # until the reference is re-locked with it
+    assert SamplerConfig().prefix_kernel == "auto"  # the locked reference was made so
     with pytest.raises(ValueError, match="prefix_kernel: true is a setting of the transformers"):
         SamplerConfig(backend="vllm", prefix_kernel=True)
     with pytest.raises(ValueError, match="prefix_kernel"):
@@ -202,3 +202,36 @@ def test_a_build_killed_midway_does_not_block_the_next(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     lock, built = proc.stdout.split()[-2:]
     assert built.endswith(".so") and not os.path.exists(lock)
+
+
+def test_a_finished_build_is_imported_without_a_child(monkeypatch):
+    """The stamp a build leaves (its file's size and mtime) lets the next process import the
+    file at once; a stamp whose file was replaced (another build), or a broken one, is not
+    used: the child interpreter builds (or finds) it."""
+    import json
+    import subprocess
+
+    assert decode_kernel.unavailable() is None  # built, so the stamp was written
+    stamp = decode_kernel._stamp()
+    path = decode_kernel._built()
+    assert path is not None and path.endswith(".so")
+    assert json.loads(stamp.read_text())["path"] == path
+
+    def no_child(*a, **k):
+        raise AssertionError("a child interpreter was started")
+
+    monkeypatch.setattr(subprocess, "run", no_child)
+    decode_kernel._module.cache_clear()
+    try:
+        assert decode_kernel._module().decode_attention is not None
+    finally:
+        decode_kernel._module.cache_clear()
+    original = stamp.read_text()
+    try:
+        got = json.loads(original)
+        stamp.write_text(json.dumps({"path": path, "file": [got["file"][0], 1]}))
+        assert decode_kernel._built() is None  # another mtime: not the file that build wrote
+        stamp.write_text("{")
+        assert decode_kernel._built() is None
+    finally:
+        stamp.write_text(original)

@@ -311,7 +311,7 @@ def test_processes_split_each_batch(monkeypatch):
 
 def test_cpu_launch_command(monkeypatch):
     monkeypatch.delenv("LOCAL_RANK", raising=False)
-    assert cpu_launch(FinetuneConfig(), 1, ["stages.finetune"]) is None  # processes 1
+    assert cpu_launch(FinetuneConfig(processes=1), 1, ["stages.finetune"]) is None
     cmd = cpu_launch(FinetuneConfig(processes=2), 3, ["stages.finetune", "--round", "r1"])
     i = cmd.index("--num_processes")
     assert cmd[i + 1] == "2" and cmd[cmd.index("--num_cpu_threads_per_process") + 1] == "3"

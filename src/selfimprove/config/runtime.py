@@ -85,13 +85,13 @@ class SamplerConfig(Section):
         "AMX reference lmsi_default_locked was made so).",
     )
     prefix_kernel: bool | Literal["auto"] = Field(
-        False,
+        "auto",
         description="Transformers backend on CPU, bf16: the shared few-shot prefix's part of "
         "every step's attention through selfimprove's AVX512-BF16 kernel (built with the decode "
         "kernel) instead of torch's flash kernel: ~2.4x faster there, 1.15x on sampling "
         "(docs/sampler-speed.md), equal up to rounding, so other bf16 samples than false. "
         "auto: on where the model fits it and the CPU has AVX512-BF16; true: refused where it "
-        "cannot run. false (the default) until the reference is re-locked with it.",
+        "cannot run; false: flash for the prefix (the references before 2026-12-08 were made so).",
     )
 
     @model_validator(mode="after")

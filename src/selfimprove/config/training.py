@@ -143,7 +143,7 @@ class FinetuneConfig(Section):
         "processes of them); per process under a launcher of your own (SELFIMPROVE_LAUNCH).",
     )
     processes: int = Field(
-        1,
+        2,
         ge=1,
         description="CPU processes that train together (the finetune stage launches them: "
         "DDP over gloo, `compute.threads` threads each). Each optimizer step still takes "
@@ -254,8 +254,13 @@ def nested_finetune(epochs: float, description: str) -> Any:
     return Annotated[
         FinetuneConfig,
         AfterValidator(_one_process),
-        BeforeValidator(lambda v: {"epochs": epochs, **v} if isinstance(v, dict) else v),
-        Field(default_factory=lambda: FinetuneConfig(epochs=epochs), description=description),
+        BeforeValidator(
+            lambda v: {"epochs": epochs, "processes": 1, **v} if isinstance(v, dict) else v
+        ),
+        Field(
+            default_factory=lambda: FinetuneConfig(epochs=epochs, processes=1),
+            description=description,
+        ),
     ]
 
 

@@ -341,16 +341,74 @@ def build() -> str:
                 functions=["decode_attention", "pack_prefix", "prefix_attention"],
                 extra_cflags=_FLAGS,
             )
+            _write_stamp(module.__file__)  # still holding the turn: no build in between
     return module.__file__
+
+
+def _stamp() -> Any:
+    """The file that records a finished build of this source: in the extensions cache
+    (``TORCH_EXTENSIONS_DIR`` or torch's default), named by a hash of the source, the flags,
+    torch's and Python's versions."""
+    import hashlib
+    import os
+    import sys
+    from pathlib import Path
+
+    import torch
+    from torch import _appdirs  # where torch's extensions cache lives by default
+
+    key = "\n".join([_SOURCE, *_FLAGS, torch.__version__, sys.version])
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or _appdirs.user_cache_dir("torch_extensions")
+    return Path(root) / f"{_NAME}.{digest}.json"
+
+
+def _file_id(path: str) -> list[int]:
+    import os
+
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _write_stamp(path: str) -> None:
+    """Record ``path`` as this source's finished build; the stamp only saves the next process
+    a child interpreter, so a stamp that cannot be written is no error."""
+    import json
+    import os
+
+    try:
+        stamp = _stamp()
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        tmp = stamp.with_name(f".{stamp.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"path": path, "file": _file_id(path)}))
+        os.replace(tmp, stamp)
+    except Exception:  # noqa: BLE001 - an optimization only
+        pass
+
+
+def _built() -> str | None:
+    """The extension file a finished build of this very source left, if it is still the file
+    that build wrote (same size and mtime: no build of other code replaced it), else None."""
+    import json
+
+    try:
+        got = json.loads(_stamp().read_text())
+        return got["path"] if _file_id(got["path"]) == got["file"] else None
+    except Exception:  # noqa: BLE001 - no stamp, a broken one, no cache dir: build as before
+        return None
 
 
 @functools.cache
 def _module() -> Any:
-    """The built extension, imported here without torch's build helpers (see :func:`build`)."""
-    import importlib.util
+    """The built extension, imported here without torch's build helpers (see :func:`build`):
+    the file a finished build of this source recorded (:func:`_built`), else built (or found
+    built by torch) in a child interpreter."""
     import subprocess
     import sys
 
+    path = _built()  # built before: import it without a child interpreter (~3 s saved)
+    if path is not None:
+        return _load(path)
     code = "from selfimprove.sampling.decode_kernel import build; print(build())"
     try:
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -360,7 +418,12 @@ def _module() -> Any:
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
         raise RuntimeError(f"building {_NAME} failed: {last[:300]}")
-    path = proc.stdout.strip().splitlines()[-1]
+    return _load(proc.stdout.strip().splitlines()[-1])
+
+
+def _load(path: str) -> Any:
+    import importlib.util
+
     spec = importlib.util.spec_from_file_location(_NAME, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
