@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
         dtype="auto",
         batch_size=args.batch_size,
         decode_kernel=True if args.compare == "decode_kernel" else "auto",  # else the default
-        prefix_kernel=args.compare == "prefix_kernel",  # refused where it cannot run
+        prefix_kernel=True if args.compare == "prefix_kernel" else "auto",  # as decode_kernel
     )
     result = {
         "command": " ".join(sys.argv),

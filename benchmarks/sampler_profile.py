@@ -35,8 +35,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--gsm8k", help="a GSM8K-format jsonl read in place (default: gsm_symbolic)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0=default)")
     ap.add_argument("--question-level", action="store_true", help="the per-question cascade level")
-    ap.add_argument("--prefix-kernel", action="store_true",
-                    help="the shared prefix's attention in the AVX512-BF16 kernel")  # fmt: skip
+    ap.add_argument("--flash-prefix", action="store_true",
+                    help="the shared prefix's attention in torch's flash kernel, not the "
+                    "AVX512-BF16 one (sampler.prefix_kernel: false)")  # fmt: skip
     args = ap.parse_args(argv)
 
     if args.threads:
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
         args.model,
         batch_size=args.batch_size,
         question_level=args.question_level,
-        prefix_kernel=args.prefix_kernel,
+        prefix_kernel=False if args.flash_prefix else "auto",
     )
     sampler.sample(prefix, suffixes[:2], params)  # warm-up
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:

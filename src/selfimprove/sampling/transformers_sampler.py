@@ -170,11 +170,11 @@ class TransformersSampler:
     default) uses it where the model's decode steps fit it and it builds
     (:func:`selfimprove.sampling.decode_kernel.choose`); ``self.decode_kernel`` is the choice.
 
-    ``prefix_kernel`` (``sampler.prefix_kernel``, off by default): the shared prefix's part of
-    every step's attention through :func:`selfimprove.sampling.decode_kernel.attend_prefix`
-    (AVX512-BF16 dot products; CPU, bf16, head_dim 64) instead of torch's flash kernel: equal
-    up to rounding, other bf16 samples. ``auto``: where it can run; True where it cannot is an
-    :class:`InputError`; ``self.prefix_kernel`` is the choice.
+    ``prefix_kernel`` (``sampler.prefix_kernel``): the shared prefix's part of every step's
+    attention through :func:`selfimprove.sampling.decode_kernel.attend_prefix` (AVX512-BF16
+    dot products; CPU, bf16, head_dim 64) instead of torch's flash kernel: equal up to
+    rounding, other bf16 samples than False. ``auto`` (the default): where it can run; True
+    where it cannot is an :class:`InputError`; ``self.prefix_kernel`` is the choice.
     """
 
     def __init__(
@@ -185,7 +185,7 @@ class TransformersSampler:
         device: str | None = None,
         question_level: bool = False,
         decode_kernel: bool | str = "auto",
-        prefix_kernel: bool | str = False,
+        prefix_kernel: bool | str = "auto",
     ):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -261,11 +261,32 @@ def _clean_config(config: Any) -> Any:
     return type(config).from_dict(d)
 
 
-def _gguf_field(path: Path, key: str) -> Any:
-    from gguf import GGUFReader
-
-    field = GGUFReader(path).fields.get(key)
+def _gguf_field(reader: Any, key: str) -> Any:
+    field = reader.fields.get(key)
     return None if field is None else field.contents()
+
+
+@contextlib.contextmanager
+def _read_once(path: Path) -> Any:
+    """One parsed ``gguf.GGUFReader`` of ``path``, handed to every reader of that file inside
+    the block: transformers parses the file's fields once each for the config, the tokenizer
+    and the weights (``load_gguf_checkpoint``), ~4.5 s a time for SmolLM2's 49k-token
+    vocabulary here. The reader is read-only (memory-mapped), so sharing it changes nothing;
+    a transformers that reads the file some other way just parses it again."""
+    import gguf
+
+    original = gguf.GGUFReader
+    reader = original(path)
+
+    def shared(p: Any, *args: Any, **kwargs: Any) -> Any:
+        same = not args and not kwargs and Path(p).resolve() == path.resolve()
+        return reader if same else original(p, *args, **kwargs)
+
+    gguf.GGUFReader = shared
+    try:
+        yield reader
+    finally:
+        gguf.GGUFReader = original
 
 
 def _fix_pretokenizer(tokenizer: Any, pre: str | None) -> None:
@@ -291,9 +312,10 @@ def _load_gguf(folder: Path, name: str) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    _fix_pretokenizer(tokenizer, _gguf_field(folder / name, "tokenizer.ggml.pre"))
+    with _read_once(folder / name) as reader:
+        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        _fix_pretokenizer(tokenizer, _gguf_field(reader, "tokenizer.ggml.pre"))
     config = _clean_config(loaded.config)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     state = loaded.state_dict()
