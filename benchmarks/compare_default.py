@@ -30,9 +30,11 @@ from pathlib import Path
 #: the default's reference per bf16 path (`make repro` at compute.threads 1): the figures are
 #: identical only on the CPU type that made them (docs/reproducibility.md)
 REFERENCES = {
-    # Xeon with AMX, made before the decode kernel: equal with sampler.decode_kernel false
+    # Xeon with AMX, made before the kernels and finetune.processes 2: equal with
+    # sampler.decode_kernel false, sampler.prefix_kernel false, finetune.processes 1
     "amx_bf16": Path("benchmarks/results/lmsi_default_locked"),
-    # AMD EPYC, sampler.decode_kernel auto (on); lmsi_default_flash_avx512bf16 is flash's
+    # AMD EPYC, the defaults since 2026-12-08: decode and prefix kernels on, finetune.processes
+    # 2; lmsi_default_kernel_avx512bf16 / lmsi_default_flash_avx512bf16 are the ones before
     "avx512_bf16": Path("benchmarks/results/lmsi_default_locked_avx512bf16"),
 }
 DEFAULT_REFERENCE = REFERENCES["amx_bf16"]

@@ -29,12 +29,16 @@ RUNS = {
     "lmsi_default_locked": "LMSI, the default, seed 0 (the three-seed study's seed-0 run) on a "
     "Xeon with AMX: the reference `python benchmarks/compare_default.py` picks on such a CPU",
     "lmsi_default_locked_avx512bf16": "LMSI, the default: `make repro` in a fresh clone at "
-    "compute.threads 1 on an AMD EPYC (AVX512-BF16, no AMX), sampler.decode_kernel auto (on), "
-    "reproduced exactly in a second fresh clone; the reference `compare_default.py` picks on "
-    "such a CPU",
+    "compute.threads 1 on an AMD EPYC (AVX512-BF16, no AMX), the decode and shared-prefix "
+    "kernels on (sampler.decode_kernel, sampler.prefix_kernel auto) and fine-tuning in 2 "
+    "processes (finetune.processes 2), reproduced exactly in a second fresh clone; the "
+    "reference `compare_default.py` picks on such a CPU",
+    "lmsi_default_kernel_avx512bf16": "LMSI, the default before the shared-prefix kernel and "
+    "2-process fine-tuning (= sampler.prefix_kernel false, finetune.processes 1) on the same AMD "
+    "EPYC: the reference from 2026-12-07 to 2026-12-08",
     "lmsi_default_flash_avx512bf16": "LMSI, the default before the decode kernel (torch's flash "
-    "attention in decode steps, = sampler.decode_kernel false) on the same AMD EPYC: the "
-    "reference until 2026-12-07",
+    "attention in decode steps: = sampler.decode_kernel false, sampler.prefix_kernel false, "
+    "finetune.processes 1) on the same AMD EPYC: the reference until 2026-12-07",
     "lmsi_default_387d8d6": "LMSI, the default on the locked environment before the held-out "
     "1-step set grew to 240 questions (n = 100)",
     "lmsi_default_run1_e62a112": "LMSI, the default, an intermediate sampler version (n = 100)",

@@ -99,7 +99,8 @@ def test_prefix_kernel_equals_flash_up_to_rounding(heads, queries, keys):
 
 def test_the_sampler_attends_the_prefix_through_it(tmp_path, monkeypatch):
     """prefix_kernel=True: the shared prefix's part of prefill and decode steps goes through the
-    kernel, packed once per call; off by default; a model it does not fit is refused."""
+    kernel, packed once per call; on by default (auto) where it can run, off with False; a
+    model it does not fit is refused with True."""
     if decode_kernel.prefix_unavailable():
         pytest.skip(decode_kernel.prefix_unavailable())
     from selfimprove.sampling.base import SamplingParams
@@ -120,7 +121,8 @@ def test_the_sampler_attends_the_prefix_through_it(tmp_path, monkeypatch):
     assert calls and packs == [1] and all(len(cs) == 3 for cs in got)
     assert on.last_stats["prefix_kernel"] is True
     calls.clear()
-    off = TransformersSampler(src, dtype="bfloat16", batch_size=4)
+    assert TransformersSampler(src, dtype="bfloat16", batch_size=4).prefix_kernel is True
+    off = TransformersSampler(src, dtype="bfloat16", batch_size=4, prefix_kernel=False)
     off.sample("A: few-shot prefix ", prompts, params)
     assert not calls and off.last_stats["prefix_kernel"] is False
     assert cascade.PACKED_PREFIX.get() is None  # reset after each forward
