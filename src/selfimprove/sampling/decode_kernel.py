@@ -11,7 +11,8 @@ default) uses it wherever the model's decode steps fit it and it builds (:func:`
 
 It is compiled with torch's own ``torch.utils.cpp_extension.load_inline`` (a C++ compiler and
 ninja; ~25 s once, then cached in ``~/.cache/torch_extensions``), in a child interpreter, and
-imported from there. :func:`unavailable` says why it cannot run here, if it cannot.
+imported from there; a finished build leaves a stamp, so later processes import the file
+without the child (:func:`_built`). :func:`unavailable` says why it cannot run here, if it cannot.
 """
 
 from __future__ import annotations
